@@ -1,0 +1,45 @@
+# The single source of the commands the README and CI use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DATA ?= .data/dev
+PORT ?= 8000
+
+.PHONY: install run test lint services stop-services bench clean
+
+$(STAMP): requirements/base.txt requirements/dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements/dev.txt
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## make run: embedded PostgreSQL + Redis (unless DATABASE_URL/REDIS_URL are set), migrate, web + worker + beat
+run: install
+	DATA=$(DATA) PORT=$(PORT) PY=$(PY) bash scripts/run.sh
+
+## make test: the whole suite against real PostgreSQL, Redis and Celery workers
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy .
+	bash scripts/with-services.sh $(PY) manage.py check --fail-level WARNING
+	bash scripts/with-services.sh $(PY) manage.py makemigrations --check --dry-run
+
+bench: install
+	bash scripts/with-services.sh $(PY) bench/store_bench.py
+
+services: install
+	$(PY) -m awaken_project.embedded start $(DATA)
+
+stop-services:
+	$(PY) -m awaken_project.embedded stop $(DATA)
+
+clean:
+	-$(PY) -m awaken_project.embedded stop $(DATA)
+	rm -rf $(VENV) .data .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,142 @@
+"""Django settings, all from the environment. Sections: core, database, redis/celery, mailbox, api."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from awaken_project.envurls import database_from_url
+from mailbox_app.config import ConfigError, MailboxConfig
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+ENV = os.environ
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    value = ENV.get(name)
+    if value is None:
+        return default
+    if value.lower() in {"1", "true", "yes", "on"}:
+        return True
+    if value.lower() in {"0", "false", "no", "off", ""}:
+        return False
+    raise ConfigError(f"{name}={value!r}: expected a boolean (1/0, true/false)")
+
+
+def _env_int(name: str, default: int, *, minimum: int = 0) -> int:
+    raw = ENV.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: expected an integer") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={raw!r}: must be >= {minimum}")
+    return value
+
+
+# --- core -------------------------------------------------------------------------------------
+SECRET_KEY = ENV.get("SECRET_KEY", "dev-insecure-awaken-mailbox-secret-key-change-me")
+DEBUG = _env_bool("DEBUG", False)
+ALLOWED_HOSTS = [h.strip() for h in ENV.get("ALLOWED_HOSTS", "*").split(",") if h.strip()]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "django_celery_beat",
+    "mailbox_app",
+    "runs_app",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "awaken_project.urls"
+WSGI_APPLICATION = "awaken_project.wsgi.application"
+ASGI_APPLICATION = "awaken_project.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / ".data" / "static"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- database ---------------------------------------------------------------------------------
+# DATABASE_URL is required: `make run` / the test harness export the embedded server's URL when unset.
+_database_url = ENV.get("DATABASE_URL", "postgresql://postgres@localhost:5432/awaken")
+DATABASES = {"default": database_from_url(_database_url)}
+DATABASES["default"]["CONN_MAX_AGE"] = _env_int("DB_CONN_MAX_AGE", 60)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# Long transactions pin the xmin horizon and bloat queue tables (pitfalls.md): cap idle-in-transaction.
+DATABASES["default"]["OPTIONS"].setdefault(
+    "options", f"-c idle_in_transaction_session_timeout={_env_int('DB_IDLE_TX_TIMEOUT_MS', 60_000)}"
+)
+
+# --- redis / celery ---------------------------------------------------------------------------
+REDIS_URL = ENV.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+CELERY_BROKER_URL = ENV.get("CELERY_BROKER_URL", REDIS_URL)
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": _env_int("CELERY_VISIBILITY_TIMEOUT_S", 3600)}
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TIMEZONE = "UTC"
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+
+# --- mailbox ----------------------------------------------------------------------------------
+try:
+    AWAKEN_MAILBOX = MailboxConfig.from_env(ENV)
+except ConfigError as exc:  # stop start-up with the variable's name, not a traceback
+    sys.stderr.write(f"awaken-mailbox configuration error: {exc}\n")
+    raise SystemExit(2) from None
+
+# --- api --------------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+SPECTACULAR_SETTINGS = {"TITLE": "awaken-mailbox API", "VERSION": "1.0.0"}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": ENV.get("LOG_LEVEL", "INFO")},
+}

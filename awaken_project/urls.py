@@ -1,0 +1,12 @@
+"""URL wiring."""
+
+from django.contrib import admin
+from django.urls import path
+
+from awaken_project.health import healthz, readyz
+
+urlpatterns = [
+    path("healthz", healthz, name="healthz"),
+    path("readyz", readyz, name="readyz"),
+    path("admin/", admin.site.urls),
+]

@@ -1,0 +1,138 @@
+"""The dispatch queue tables. The constraints here make illegal dispatch states unrepresentable."""
+
+from __future__ import annotations
+
+from django.db import models
+from django.db.models import Q
+
+from mailbox_app.states import TERMINAL_STATUSES, DispatchStatus
+
+_TERMINAL = sorted(s.value for s in TERMINAL_STATUSES)
+_CLAIMED = DispatchStatus.CLAIMED.value
+_QUEUED = DispatchStatus.QUEUED.value
+
+
+class ThreadEpoch(models.Model):
+    """Per-thread dispatch epoch (spec §1.4). Only `interrupt` increments it; the row is also the
+    per-thread lock that serializes claim and interrupt."""
+
+    thread_id = models.CharField(max_length=128, primary_key=True)
+    current_epoch = models.BigIntegerField(default=0)
+
+    class Meta:
+        db_table = "mailbox_thread_epoch"
+        constraints = [models.CheckConstraint(condition=Q(current_epoch__gte=0), name="epoch_non_negative")]
+
+    def __str__(self) -> str:
+        return f"{self.thread_id}@{self.current_epoch}"
+
+
+class DispatchQuerySet(models.QuerySet["Dispatch"]):
+    def queued(self) -> DispatchQuerySet:
+        return self.filter(status=_QUEUED)
+
+    def claimable(self, *, now: int) -> DispatchQuerySet:
+        return self.filter(status=_QUEUED, available_at__lte=now)
+
+    def claimed(self) -> DispatchQuerySet:
+        return self.filter(status=_CLAIMED)
+
+    def lease_expired(self, *, now: int) -> DispatchQuerySet:
+        return self.filter(status=_CLAIMED, lease_until__lt=now)
+
+    def terminal(self) -> DispatchQuerySet:
+        return self.filter(status__in=_TERMINAL)
+
+
+class Dispatch(models.Model):
+    """One durable activation attempt of a run (the reference's `RunDispatch`). Times are Unix ms."""
+
+    dispatch_id = models.CharField(max_length=64, primary_key=True)
+    thread_id = models.CharField(max_length=128)
+    run_id = models.CharField(max_length=64)
+    priority = models.SmallIntegerField(default=128)
+    dedupe_key = models.CharField(max_length=255, null=True, blank=True)
+    dispatch_epoch = models.BigIntegerField(default=0)
+    status = models.CharField(
+        max_length=16, choices=[(s.value, s.value) for s in DispatchStatus], default=_QUEUED
+    )
+    available_at = models.BigIntegerField(default=0)
+    attempt_count = models.IntegerField(default=0)
+    max_attempts = models.IntegerField(default=5)
+    last_error = models.TextField(null=True, blank=True)
+    claim_token = models.CharField(max_length=64, null=True, blank=True)
+    claimed_by = models.CharField(max_length=255, null=True, blank=True)
+    lease_until = models.BigIntegerField(null=True, blank=True)
+    # runtime-trace projection
+    dispatch_instance_id = models.CharField(max_length=64, null=True, blank=True)
+    run_status = models.CharField(max_length=16, null=True, blank=True)
+    termination = models.JSONField(null=True, blank=True)
+    run_response = models.TextField(null=True, blank=True)
+    run_error = models.TextField(null=True, blank=True)
+    completed_at = models.BigIntegerField(null=True, blank=True)
+    created_at = models.BigIntegerField()
+    updated_at = models.BigIntegerField()
+
+    objects = DispatchQuerySet.as_manager()
+
+    class Meta:
+        db_table = "mailbox_dispatch"
+        ordering = ["priority", "created_at", "dispatch_id"]
+        indexes = [
+            # claim: the thread's queued rows in claim order
+            models.Index(
+                fields=["thread_id", "priority", "created_at"],
+                condition=Q(status=_QUEUED),
+                name="dispatch_claim_idx",
+            ),
+            # list_dispatches / per-thread reads
+            models.Index(fields=["thread_id", "priority", "created_at"], name="dispatch_thread_idx"),
+            # lease sweep
+            models.Index(fields=["lease_until"], condition=Q(status=_CLAIMED), name="dispatch_lease_idx"),
+            # re-drive scan of claimable work
+            models.Index(fields=["available_at"], condition=Q(status=_QUEUED), name="dispatch_available_idx"),
+            # terminal listing and GC
+            models.Index(
+                fields=["updated_at", "created_at", "dispatch_id"],
+                condition=Q(status__in=_TERMINAL),
+                name="dispatch_terminal_idx",
+            ),
+            models.Index(fields=["run_id"], name="dispatch_run_idx"),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["thread_id"], condition=Q(status=_CLAIMED), name="one_claimed_per_thread"
+            ),
+            models.UniqueConstraint(
+                fields=["thread_id", "dedupe_key"],
+                condition=Q(status__in=[_QUEUED, _CLAIMED], dedupe_key__isnull=False),
+                name="dedupe_key_per_thread_active",
+            ),
+            models.CheckConstraint(
+                condition=Q(status__in=[s.value for s in DispatchStatus]), name="dispatch_status_valid"
+            ),
+            models.CheckConstraint(
+                condition=(
+                    Q(
+                        status=_CLAIMED,
+                        claim_token__isnull=False,
+                        claimed_by__isnull=False,
+                        lease_until__isnull=False,
+                    )
+                    | (
+                        ~Q(status=_CLAIMED)
+                        & Q(claim_token__isnull=True, claimed_by__isnull=True, lease_until__isnull=True)
+                    )
+                ),
+                name="claim_fields_iff_claimed",
+            ),
+            models.CheckConstraint(
+                condition=Q(priority__gte=0, priority__lte=255), name="dispatch_priority_u8"
+            ),
+            models.CheckConstraint(condition=Q(attempt_count__gte=0), name="attempts_non_negative"),
+            models.CheckConstraint(condition=Q(max_attempts__gte=1), name="max_attempts_positive"),
+            models.CheckConstraint(condition=Q(dispatch_epoch__gte=0), name="dispatch_epoch_non_negative"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.dispatch_id} ({self.status})"

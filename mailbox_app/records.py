@@ -1,0 +1,82 @@
+"""Immutable value objects the mailbox store returns (the reference's `RunDispatch` and friends)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from mailbox_app.states import DispatchStatus
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchRecord:
+    """A dispatch row. Times are Unix milliseconds."""
+
+    dispatch_id: str
+    thread_id: str
+    run_id: str
+    priority: int = 128
+    dedupe_key: str | None = None
+    dispatch_epoch: int = 0
+    status: DispatchStatus = DispatchStatus.QUEUED
+    available_at: int = 0
+    attempt_count: int = 0
+    max_attempts: int = 5
+    last_error: str | None = None
+    claim_token: str | None = None
+    claimed_by: str | None = None
+    lease_until: int | None = None
+    dispatch_instance_id: str | None = None
+    run_status: str | None = None
+    termination: Any = None
+    run_response: str | None = None
+    run_error: str | None = None
+    completed_at: int | None = None
+    created_at: int = 0
+    updated_at: int = 0
+
+    def replace(self, **changes: Any) -> DispatchRecord:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status.is_terminal
+
+    def public_dict(self) -> dict[str, Any]:
+        """Every field except the claim token (a fencing secret that never leaves the worker)."""
+        data = dataclasses.asdict(self)
+        data.pop("claim_token")
+        data["status"] = self.status.value
+        return data
+
+
+DISPATCH_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(DispatchRecord))
+
+
+def dispatch_from_row(row: tuple[Any, ...]) -> DispatchRecord:
+    values = list(row)
+    values[6] = DispatchStatus(values[6])
+    return DispatchRecord(*values)
+
+
+@dataclass(frozen=True, slots=True)
+class RunDispatchResult:
+    """What `record_run_result` writes into the dispatch's runtime-trace projection."""
+
+    run_id: str
+    dispatch_instance_id: str
+    status: str
+    termination: Any = None
+    response: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxInterrupt:
+    """Outcome of an interrupt: the new epoch, the claimed dispatch to cancel, what was superseded."""
+
+    new_dispatch_epoch: int
+    active_dispatch: DispatchRecord | None
+    superseded_count: int
+    superseded_dispatches: list[DispatchRecord] = field(default_factory=list)

@@ -1,0 +1,191 @@
+"""Hand-written SQL for the hot store operations (claim, fenced writes, sweep).
+
+The ORM costs several times more per cycle on these paths (see pitfalls.md); everything else is ORM.
+Statements use named parameters and are executed through Django's connection.
+"""
+
+from __future__ import annotations
+
+from mailbox_app.records import DISPATCH_COLUMNS
+
+DISPATCH = "mailbox_dispatch"
+EPOCH = "mailbox_thread_epoch"
+COLS = ", ".join(DISPATCH_COLUMNS)
+D_COLS = ", ".join(f"d.{c}" for c in DISPATCH_COLUMNS)
+CLEAR_CLAIM = "claim_token = NULL, claimed_by = NULL, lease_until = NULL"
+
+ENSURE_EPOCH = f"""
+INSERT INTO {EPOCH} (thread_id, current_epoch) VALUES (%(thread_id)s, 0)
+ON CONFLICT (thread_id) DO NOTHING
+"""
+
+READ_EPOCH = f"SELECT current_epoch FROM {EPOCH} WHERE thread_id = %(thread_id)s"
+
+LOCK_EPOCH = READ_EPOCH + " FOR UPDATE"
+
+INSERT_DISPATCH = f"""
+INSERT INTO {DISPATCH} ({COLS})
+SELECT %(dispatch_id)s, %(thread_id)s, %(run_id)s, %(priority)s, %(dedupe_key)s, e.current_epoch,
+       'queued', %(available_at)s, %(attempt_count)s, %(max_attempts)s, %(last_error)s,
+       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, %(created_at)s, %(updated_at)s
+FROM {EPOCH} e WHERE e.thread_id = %(thread_id)s
+RETURNING {COLS}
+"""
+
+# Runs after LOCK_EPOCH in the same transaction, so claims and interrupts of one thread serialize.
+CLAIM = f"""
+WITH stale AS (
+    UPDATE {DISPATCH}
+       SET status = 'superseded', dispatch_epoch = %(epoch)s, completed_at = %(now)s, updated_at = %(now)s,
+           last_error = 'queued dispatch superseded by newer dispatch epoch'
+     WHERE thread_id = %(thread_id)s AND status = 'queued' AND dispatch_epoch < %(epoch)s
+    RETURNING dispatch_id
+), pick AS (
+    SELECT dispatch_id FROM {DISPATCH}
+     WHERE thread_id = %(thread_id)s AND status = 'queued' AND dispatch_epoch >= %(epoch)s
+       AND available_at <= %(now)s
+       AND NOT EXISTS (SELECT 1 FROM {DISPATCH} c WHERE c.thread_id = %(thread_id)s AND c.status = 'claimed')
+     ORDER BY priority, created_at, dispatch_id
+     LIMIT 1
+     FOR UPDATE SKIP LOCKED
+)
+UPDATE {DISPATCH} d
+   SET status = 'claimed', claim_token = %(token)s, claimed_by = %(consumer_id)s,
+       lease_until = %(lease_until)s, updated_at = %(now)s
+  FROM pick WHERE d.dispatch_id = pick.dispatch_id
+RETURNING {D_COLS}
+"""
+
+SELECT_DISPATCH = f"SELECT {COLS} FROM {DISPATCH} WHERE dispatch_id = %(dispatch_id)s"
+
+SELECT_DISPATCH_WITH_EPOCH = f"""
+SELECT {D_COLS}, COALESCE(e.current_epoch, 0)
+  FROM {DISPATCH} d LEFT JOIN {EPOCH} e ON e.thread_id = d.thread_id
+ WHERE d.dispatch_id = %(dispatch_id)s
+ FOR UPDATE OF d
+"""
+
+CLAIM_BY_ID = f"""
+UPDATE {DISPATCH} d
+   SET status = 'claimed', claim_token = %(token)s, claimed_by = %(consumer_id)s,
+       lease_until = %(lease_until)s, updated_at = %(now)s
+ WHERE d.dispatch_id = %(dispatch_id)s AND d.status = 'queued'
+   AND NOT EXISTS (SELECT 1 FROM {DISPATCH} c WHERE c.thread_id = d.thread_id AND c.status = 'claimed')
+RETURNING {D_COLS}
+"""
+
+# A fenced write: applies only while the row is claimed with this token in the current epoch.
+FENCE = f"""
+  FROM {EPOCH} e
+ WHERE d.dispatch_id = %(dispatch_id)s AND d.status = 'claimed' AND d.claim_token = %(token)s
+   AND e.thread_id = d.thread_id AND d.dispatch_epoch >= e.current_epoch
+"""
+
+ACK = f"""
+UPDATE {DISPATCH} d SET status = 'acked', {CLEAR_CLAIM}, completed_at = %(now)s, updated_at = %(now)s
+{FENCE} RETURNING {D_COLS}
+"""
+
+NACK = f"""
+UPDATE {DISPATCH} d
+   SET attempt_count = d.attempt_count + 1, last_error = %(error)s, updated_at = %(now)s, {CLEAR_CLAIM},
+       status = CASE WHEN d.attempt_count + 1 >= d.max_attempts THEN 'dead_letter' ELSE 'queued' END,
+       available_at = CASE WHEN d.attempt_count + 1 >= d.max_attempts THEN d.available_at
+                           ELSE %(retry_at)s END,
+       completed_at = CASE WHEN d.attempt_count + 1 >= d.max_attempts THEN %(now)s ELSE NULL END
+{FENCE} RETURNING {D_COLS}
+"""
+
+DEAD_LETTER = f"""
+UPDATE {DISPATCH} d
+   SET status = 'dead_letter', last_error = %(error)s, {CLEAR_CLAIM},
+       completed_at = %(now)s, updated_at = %(now)s
+{FENCE} RETURNING {D_COLS}
+"""
+
+RECORD_START = f"""
+UPDATE {DISPATCH} d
+   SET dispatch_instance_id = %(instance_id)s, run_status = 'running', termination = NULL,
+       run_response = NULL, run_error = NULL, completed_at = NULL, updated_at = %(now)s
+{FENCE} RETURNING {D_COLS}
+"""
+
+RECORD_RESULT = f"""
+UPDATE {DISPATCH} d
+   SET dispatch_instance_id = %(instance_id)s, run_status = %(run_status)s, termination = %(termination)s,
+       run_response = %(response)s, run_error = %(error)s, completed_at = %(now)s, updated_at = %(now)s
+{FENCE} RETURNING {D_COLS}
+"""
+
+EXTEND_LEASE = f"""
+UPDATE {DISPATCH} d SET lease_until = %(lease_until)s, updated_at = %(now)s
+{FENCE} RETURNING {D_COLS}
+"""
+
+SUPERSEDE = f"""
+UPDATE {DISPATCH}
+   SET status = 'superseded', dispatch_epoch = GREATEST(dispatch_epoch, %(epoch)s), last_error = %(reason)s,
+       {CLEAR_CLAIM}, completed_at = %(now)s, updated_at = %(now)s
+ WHERE dispatch_id = %(dispatch_id)s
+RETURNING {COLS}
+"""
+
+CANCEL_QUEUED = f"""
+UPDATE {DISPATCH}
+   SET status = 'cancelled', {CLEAR_CLAIM}, completed_at = %(now)s, updated_at = %(now)s
+ WHERE dispatch_id = %(dispatch_id)s AND status = 'queued'
+RETURNING {COLS}
+"""
+
+BUMP_EPOCH = f"""
+INSERT INTO {EPOCH} (thread_id, current_epoch) VALUES (%(thread_id)s, 1)
+ON CONFLICT (thread_id) DO UPDATE SET current_epoch = {EPOCH}.current_epoch + 1
+RETURNING current_epoch
+"""
+
+SUPERSEDE_QUEUED_BY_INTERRUPT = f"""
+UPDATE {DISPATCH}
+   SET status = 'superseded', last_error = 'queued dispatch superseded by interrupt', {CLEAR_CLAIM},
+       completed_at = %(now)s, updated_at = %(now)s
+ WHERE thread_id = %(thread_id)s AND status = 'queued'
+RETURNING {COLS}
+"""
+
+SELECT_CLAIMED_OF_THREAD = f"""
+SELECT {COLS} FROM {DISPATCH} WHERE thread_id = %(thread_id)s AND status = 'claimed'
+"""
+
+# Expired leases, locked so two sweepers never reclaim one row twice.
+SELECT_EXPIRED = f"""
+SELECT {D_COLS}, COALESCE(e.current_epoch, 0)
+  FROM {DISPATCH} d LEFT JOIN {EPOCH} e ON e.thread_id = d.thread_id
+ WHERE d.status = 'claimed' AND d.lease_until < %(now)s
+ ORDER BY d.lease_until
+ LIMIT %(limit)s
+ FOR UPDATE OF d SKIP LOCKED
+"""
+
+RECLAIM = f"""
+UPDATE {DISPATCH}
+   SET attempt_count = attempt_count + 1, updated_at = %(now)s, {CLEAR_CLAIM},
+       status = CASE WHEN attempt_count + 1 >= max_attempts THEN 'dead_letter' ELSE 'queued' END,
+       completed_at = CASE WHEN attempt_count + 1 >= max_attempts THEN %(now)s ELSE completed_at END,
+       last_error = CASE WHEN attempt_count + 1 >= max_attempts THEN 'lease expired; max attempts reached'
+                         ELSE 'lease expired' END
+ WHERE dispatch_id = ANY(%(ids)s)
+RETURNING {COLS}
+"""
+
+PURGE_TERMINAL = f"""
+DELETE FROM {DISPATCH}
+ WHERE status IN ('acked', 'cancelled', 'superseded', 'dead_letter') AND updated_at < %(older_than)s
+"""
+
+# Threads with claimable queued work and no claim: the sweep's re-drive set (fixes spec §7.3).
+CLAIMABLE_THREADS = f"""
+SELECT DISTINCT q.thread_id FROM {DISPATCH} q
+ WHERE q.status = 'queued' AND q.available_at <= %(now)s
+   AND NOT EXISTS (SELECT 1 FROM {DISPATCH} c WHERE c.thread_id = q.thread_id AND c.status = 'claimed')
+ ORDER BY q.thread_id
+ LIMIT %(limit)s
+"""

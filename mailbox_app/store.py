@@ -1,0 +1,436 @@
+"""The mailbox store on PostgreSQL: the reference's `MailboxStore`, one short transaction per operation.
+
+Every write after a claim is fenced on `(dispatch_id, claim_token, status='claimed')` and the thread's
+dispatch epoch; a stale epoch supersedes the row in the same transaction and raises `VersionConflict`.
+`now` (Unix ms) is a parameter everywhere so tests control time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from django.db import IntegrityError, connection, transaction
+
+from mailbox_app import sql
+from mailbox_app.errors import AlreadyExists, NotFound, ValidationError, VersionConflict
+from mailbox_app.ids import uuid7
+from mailbox_app.records import (
+    DispatchRecord,
+    MailboxInterrupt,
+    RunDispatchResult,
+    dispatch_from_row,
+)
+from mailbox_app.states import TERMINAL_STATUSES, DispatchStatus
+
+MAX_LIST_LIMIT = 1000
+
+
+def _fetch_all(query: str, params: dict[str, Any]) -> list[DispatchRecord]:
+    with connection.cursor() as cursor:
+        cursor.execute(query, params)
+        return [dispatch_from_row(row) for row in cursor.fetchall()]
+
+
+def _fetch_one(query: str, params: dict[str, Any]) -> DispatchRecord | None:
+    rows = _fetch_all(query, params)
+    return rows[0] if rows else None
+
+
+def _scalar(query: str, params: dict[str, Any]) -> Any:
+    with connection.cursor() as cursor:
+        cursor.execute(query, params)
+        row = cursor.fetchone()
+    return None if row is None else row[0]
+
+
+# --- enqueue ---------------------------------------------------------------------------------
+
+
+def enqueue(dispatch: DispatchRecord) -> DispatchRecord:
+    """Persist a queued dispatch stamped with the thread's current epoch (spec §3.1).
+
+    Raises `AlreadyExists` for a duplicate dispatch id or an active dispatch with the same dedupe key.
+    """
+    _validate_new(dispatch)
+    params: dict[str, Any] = {
+        "dispatch_id": dispatch.dispatch_id,
+        "thread_id": dispatch.thread_id,
+        "run_id": dispatch.run_id,
+        "priority": dispatch.priority,
+        "dedupe_key": dispatch.dedupe_key,
+        "available_at": dispatch.available_at,
+        "attempt_count": dispatch.attempt_count,
+        "max_attempts": dispatch.max_attempts,
+        "last_error": dispatch.last_error,
+        "created_at": dispatch.created_at,
+        "updated_at": dispatch.updated_at,
+    }
+    try:
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute(sql.ENSURE_EPOCH, params)
+            stored = _fetch_one(sql.INSERT_DISPATCH, params)
+    except IntegrityError as exc:
+        if dispatch.dedupe_key is not None and "dedupe_key" in str(exc):
+            raise AlreadyExists(f"dedupe_key={dispatch.dedupe_key}") from None
+        raise AlreadyExists(f"dispatch_id={dispatch.dispatch_id}") from None
+    assert stored is not None
+    return stored
+
+
+def _validate_new(dispatch: DispatchRecord) -> None:
+    if not dispatch.dispatch_id.strip():
+        raise ValidationError("dispatch_id must not be empty")
+    if not dispatch.thread_id.strip():
+        raise ValidationError("thread_id must not be empty")
+    if not dispatch.run_id.strip():
+        raise ValidationError("run_id must not be empty")
+    if not 0 <= dispatch.priority <= 255:
+        raise ValidationError("priority must be between 0 and 255")
+    if dispatch.max_attempts < 1:
+        raise ValidationError("max_attempts must be at least 1")
+    if dispatch.attempt_count < 0:
+        raise ValidationError("attempt_count must not be negative")
+
+
+# --- claims ----------------------------------------------------------------------------------
+
+
+def claim(thread_id: str, consumer_id: str, lease_ms: int, now: int, limit: int = 1) -> list[DispatchRecord]:
+    """Claim the thread's next eligible dispatch (spec §3.2).
+
+    Stale-epoch queued rows are superseded first; nothing is claimed while the thread has a claimed
+    dispatch. PostgreSQL enforces one claimed dispatch per thread, so at most one row is returned
+    whatever `limit` (>= 1) says.
+    """
+    if limit <= 0:
+        return []
+    try:
+        with transaction.atomic():
+            epoch = _scalar(sql.LOCK_EPOCH, {"thread_id": thread_id})
+            if epoch is None:
+                return []
+            return _fetch_all(
+                sql.CLAIM,
+                {
+                    "thread_id": thread_id,
+                    "epoch": epoch,
+                    "now": now,
+                    "token": uuid7(),
+                    "consumer_id": consumer_id,
+                    "lease_until": now + lease_ms,
+                },
+            )
+    except IntegrityError:
+        return []
+
+
+def claim_dispatch(dispatch_id: str, consumer_id: str, lease_ms: int, now: int) -> DispatchRecord | None:
+    """Claim one queued dispatch by id, ignoring `available_at` (spec §3.3, the inline path)."""
+    thread_id = _scalar(
+        "SELECT thread_id FROM mailbox_dispatch WHERE dispatch_id = %(d)s", {"d": dispatch_id}
+    )
+    if thread_id is None:
+        return None
+    try:
+        with transaction.atomic():
+            epoch = _scalar(sql.LOCK_EPOCH, {"thread_id": thread_id}) or 0
+            current = _fetch_one(sql.SELECT_DISPATCH, {"dispatch_id": dispatch_id})
+            if current is None or current.status is not DispatchStatus.QUEUED:
+                return None
+            if current.dispatch_epoch < epoch:
+                _supersede(current, epoch, now, "queued dispatch superseded by newer dispatch epoch")
+                return None
+            return _fetch_one(
+                sql.CLAIM_BY_ID,
+                {
+                    "dispatch_id": dispatch_id,
+                    "now": now,
+                    "token": uuid7(),
+                    "consumer_id": consumer_id,
+                    "lease_until": now + lease_ms,
+                },
+            )
+    except IntegrityError:
+        return None
+
+
+# --- fenced writes on a claimed dispatch ------------------------------------------------------
+
+
+def _fenced(query: str, params: dict[str, Any], *, stale_reason: str) -> DispatchRecord:
+    """Run a fenced UPDATE; on zero rows, explain why inside one transaction (and supersede if stale)."""
+    updated = _fetch_one(query, params)
+    if updated is not None:
+        return updated
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(sql.SELECT_DISPATCH_WITH_EPOCH, params)
+            row = cursor.fetchone()
+        if row is None:
+            raise NotFound(f"dispatch {params['dispatch_id']} not found")
+        current, epoch = dispatch_from_row(row[:-1]), int(row[-1])
+        if current.status is not DispatchStatus.CLAIMED or current.claim_token != params["token"]:
+            raise VersionConflict(
+                f"dispatch {current.dispatch_id} is {current.status.value}; claim token does not match"
+            )
+        if current.dispatch_epoch < epoch:
+            _supersede(current, epoch, params["now"], stale_reason)
+            raise VersionConflict(
+                f"dispatch {current.dispatch_id} epoch {current.dispatch_epoch} is stale (thread at {epoch})",
+                expected=current.dispatch_epoch,
+                actual=epoch,
+            )
+        # The row changed between the two statements (e.g. a concurrent reclaim): retry once.
+        retried = _fetch_one(query, params)
+        if retried is None:
+            raise VersionConflict(f"dispatch {current.dispatch_id} changed concurrently")
+        return retried
+
+
+def _supersede(current: DispatchRecord, epoch: int, now: int, reason: str) -> DispatchRecord | None:
+    return _fetch_one(
+        sql.SUPERSEDE,
+        {"dispatch_id": current.dispatch_id, "epoch": epoch, "now": now, "reason": reason},
+    )
+
+
+def ack(dispatch_id: str, claim_token: str, now: int) -> DispatchRecord:
+    """Claimed -> Acked (delivery consumed). Spec §3.4."""
+    return _fenced(
+        sql.ACK,
+        {"dispatch_id": dispatch_id, "token": claim_token, "now": now},
+        stale_reason="claimed dispatch superseded before ack",
+    )
+
+
+def nack(dispatch_id: str, claim_token: str, retry_at: int, error: str, now: int) -> DispatchRecord:
+    """Claimed -> Queued at `retry_at`, or DeadLetter once attempts reach max (spec §3.7)."""
+    return _fenced(
+        sql.NACK,
+        {"dispatch_id": dispatch_id, "token": claim_token, "now": now, "retry_at": retry_at, "error": error},
+        stale_reason="claimed dispatch superseded before nack",
+    )
+
+
+def dead_letter(dispatch_id: str, claim_token: str, error: str, now: int) -> DispatchRecord:
+    """Claimed -> DeadLetter without counting an attempt (spec §3.8)."""
+    return _fenced(
+        sql.DEAD_LETTER,
+        {"dispatch_id": dispatch_id, "token": claim_token, "now": now, "error": error},
+        stale_reason="claimed dispatch superseded before dead letter",
+    )
+
+
+def record_dispatch_start(
+    dispatch_id: str, claim_token: str, dispatch_instance_id: str, now: int
+) -> DispatchRecord:
+    """Mark the runtime start of a claimed dispatch (spec §3.5)."""
+    return _fenced(
+        sql.RECORD_START,
+        {"dispatch_id": dispatch_id, "token": claim_token, "now": now, "instance_id": dispatch_instance_id},
+        stale_reason="claimed dispatch superseded before runtime start",
+    )
+
+
+def record_run_result(
+    dispatch_id: str, claim_token: str, result: RunDispatchResult, now: int
+) -> DispatchRecord:
+    """Copy the run's outcome into the dispatch's runtime-trace projection (spec §3.6)."""
+    return _fenced(
+        sql.RECORD_RESULT,
+        {
+            "dispatch_id": dispatch_id,
+            "token": claim_token,
+            "now": now,
+            "instance_id": result.dispatch_instance_id,
+            "run_status": result.status,
+            "termination": None if result.termination is None else json.dumps(result.termination),
+            "response": result.response or None,
+            "error": result.error,
+        },
+        stale_reason="claimed dispatch superseded before run result",
+    )
+
+
+def extend_lease(dispatch_id: str, claim_token: str, extension_ms: int, now: int) -> bool:
+    """Renew a lease to `now + extension_ms`; False when the claim is gone or stale (spec §3.10)."""
+    try:
+        _fenced(
+            sql.EXTEND_LEASE,
+            {"dispatch_id": dispatch_id, "token": claim_token, "now": now, "lease_until": now + extension_ms},
+            stale_reason="claimed dispatch superseded during lease renewal",
+        )
+    except (NotFound, VersionConflict):
+        return False
+    return True
+
+
+def supersede_claimed(dispatch_id: str, claim_token: str, now: int, reason: str) -> DispatchRecord | None:
+    """Terminalize a claimed dispatch as Superseded (spec §3.13); None when it is not claimed."""
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(sql.SELECT_DISPATCH_WITH_EPOCH, {"dispatch_id": dispatch_id})
+            row = cursor.fetchone()
+        if row is None:
+            return None
+        current, epoch = dispatch_from_row(row[:-1]), int(row[-1])
+        if current.status is not DispatchStatus.CLAIMED:
+            return None
+        if current.claim_token != claim_token:
+            raise VersionConflict(f"dispatch {dispatch_id}: claim token does not match")
+        return _supersede(current, epoch, now, reason)
+
+
+# --- queued-only writes -----------------------------------------------------------------------
+
+
+def cancel(dispatch_id: str, now: int) -> DispatchRecord | None:
+    """Queued -> Cancelled; None for missing, claimed or terminal dispatches (spec §3.9)."""
+    return _fetch_one(sql.CANCEL_QUEUED, {"dispatch_id": dispatch_id, "now": now})
+
+
+def interrupt_detailed(thread_id: str, now: int) -> MailboxInterrupt:
+    """Bump the thread epoch, supersede its queued dispatches, report the claimed one (spec §3.11)."""
+    with transaction.atomic():
+        new_epoch = int(_scalar(sql.BUMP_EPOCH, {"thread_id": thread_id}))
+        superseded = _fetch_all(sql.SUPERSEDE_QUEUED_BY_INTERRUPT, {"thread_id": thread_id, "now": now})
+        active = _fetch_one(sql.SELECT_CLAIMED_OF_THREAD, {"thread_id": thread_id})
+    superseded.sort(key=lambda d: (d.priority, d.created_at, d.dispatch_id))
+    return MailboxInterrupt(
+        new_dispatch_epoch=new_epoch,
+        active_dispatch=active,
+        superseded_count=len(superseded),
+        superseded_dispatches=superseded,
+    )
+
+
+def interrupt(thread_id: str, now: int) -> MailboxInterrupt:
+    """The summary form of `interrupt_detailed` (the superseded list is dropped)."""
+    details = interrupt_detailed(thread_id, now)
+    return MailboxInterrupt(
+        new_dispatch_epoch=details.new_dispatch_epoch,
+        active_dispatch=details.active_dispatch,
+        superseded_count=details.superseded_count,
+    )
+
+
+def current_dispatch_epoch(thread_id: str) -> int:
+    return int(_scalar(sql.READ_EPOCH, {"thread_id": thread_id}) or 0)
+
+
+# --- maintenance ------------------------------------------------------------------------------
+
+
+def reclaim_expired_leases(now: int, limit: int = 100) -> list[DispatchRecord]:
+    """Requeue (or dead-letter) claimed dispatches whose lease ended before `now` (spec §3.15).
+
+    A stale-epoch expired claim is superseded instead and is not returned.
+    """
+    if limit <= 0:
+        return []
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(sql.SELECT_EXPIRED, {"now": now, "limit": limit})
+            rows = cursor.fetchall()
+        expired = [(dispatch_from_row(row[:-1]), int(row[-1])) for row in rows]
+        for current, epoch in expired:
+            if current.dispatch_epoch < epoch:
+                _supersede(current, epoch, now, "claimed dispatch lease expired after interrupt")
+        ids = [d.dispatch_id for d, epoch in expired if d.dispatch_epoch >= epoch]
+        if not ids:
+            return []
+        return _fetch_all(sql.RECLAIM, {"ids": ids, "now": now})
+
+
+def purge_terminal(older_than: int) -> int:
+    """Delete terminal dispatches last updated before `older_than`; returns how many (spec §3.16)."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql.PURGE_TERMINAL, {"older_than": older_than})
+        return int(cursor.rowcount)
+
+
+def claimable_thread_ids(now: int, limit: int = 1000) -> list[str]:
+    """Threads with a queued dispatch available at `now` and no claim: what the sweep re-drives."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql.CLAIMABLE_THREADS, {"now": now, "limit": limit})
+        return [row[0] for row in cursor.fetchall()]
+
+
+# --- reads ------------------------------------------------------------------------------------
+
+
+def load_dispatch(dispatch_id: str) -> DispatchRecord | None:
+    return _fetch_one(sql.SELECT_DISPATCH, {"dispatch_id": dispatch_id})
+
+
+def list_dispatches(
+    thread_id: str,
+    status_filter: Sequence[DispatchStatus] | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[DispatchRecord]:
+    """The thread's dispatches in claim order (`priority, created_at`); an empty filter yields []."""
+    if status_filter is not None and len(status_filter) == 0:
+        return []
+    query = f"SELECT {sql.COLS} FROM mailbox_dispatch WHERE thread_id = %(thread_id)s"
+    params: dict[str, Any] = {
+        "thread_id": thread_id,
+        "limit": _clamp(limit),
+        "offset": max(offset, 0),
+    }
+    if status_filter is not None:
+        query += " AND status = ANY(%(statuses)s)"
+        params["statuses"] = [DispatchStatus(s).value for s in status_filter]
+    query += " ORDER BY priority, created_at, dispatch_id LIMIT %(limit)s OFFSET %(offset)s"
+    return _fetch_all(query, params)
+
+
+def count_thread_dispatches(thread_id: str, status_filter: Sequence[DispatchStatus] | None = None) -> int:
+    query = "SELECT count(*) FROM mailbox_dispatch WHERE thread_id = %(thread_id)s"
+    params: dict[str, Any] = {"thread_id": thread_id}
+    if status_filter is not None:
+        query += " AND status = ANY(%(statuses)s)"
+        params["statuses"] = [DispatchStatus(s).value for s in status_filter]
+    return int(_scalar(query, params))
+
+
+def count_dispatches_by_status(status: DispatchStatus) -> int:
+    return int(
+        _scalar(
+            "SELECT count(*) FROM mailbox_dispatch WHERE status = %(s)s", {"s": DispatchStatus(status).value}
+        )
+    )
+
+
+def list_terminal_dispatches(limit: int = 100, offset: int = 0) -> list[DispatchRecord]:
+    """Terminal dispatches of every thread, oldest update first (spec §3.14)."""
+    return _fetch_all(
+        f"SELECT {sql.COLS} FROM mailbox_dispatch WHERE status = ANY(%(statuses)s)"
+        " ORDER BY updated_at, created_at, dispatch_id LIMIT %(limit)s OFFSET %(offset)s",
+        {
+            "statuses": [s.value for s in TERMINAL_STATUSES],
+            "limit": _clamp(limit),
+            "offset": max(offset, 0),
+        },
+    )
+
+
+def queued_thread_ids() -> list[str]:
+    """Distinct threads with at least one queued dispatch (ignoring `available_at`), sorted."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT DISTINCT thread_id FROM mailbox_dispatch WHERE status = 'queued' ORDER BY 1")
+        return [row[0] for row in cursor.fetchall()]
+
+
+def load_dispatches_for_runs(run_ids: Iterable[str]) -> list[DispatchRecord]:
+    return _fetch_all(
+        f"SELECT {sql.COLS} FROM mailbox_dispatch WHERE run_id = ANY(%(ids)s) ORDER BY created_at",
+        {"ids": list(run_ids)},
+    )
+
+
+def _clamp(limit: int) -> int:
+    return max(0, min(limit, MAX_LIST_LIMIT))

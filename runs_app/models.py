@@ -1,0 +1,113 @@
+"""Threads, runs and the append-only message log (the reference's `ThreadRunStore`). Times are Unix ms."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from mailbox_app.states import RunStatus
+
+RUN_STATUSES = [s.value for s in RunStatus]
+ROLES = ["system", "user", "assistant", "tool"]
+VISIBILITIES = ["all", "internal"]
+
+
+class Thread(models.Model):
+    id = models.CharField(max_length=128, primary_key=True)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="threads"
+    )
+    resource_id = models.CharField(max_length=255, null=True, blank=True)
+    parent_thread_id = models.CharField(max_length=128, null=True, blank=True)
+    title = models.CharField(max_length=255, null=True, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    open_run_id = models.CharField(max_length=64, null=True, blank=True)
+    active_run_id = models.CharField(max_length=64, null=True, blank=True)
+    latest_run_id = models.CharField(max_length=64, null=True, blank=True)
+    # Highest allocated message seq; bumped under this row's lock so seqs are gapless and unique.
+    message_count = models.IntegerField(default=0)
+    created_at = models.BigIntegerField()
+    updated_at = models.BigIntegerField()
+
+    class Meta:
+        db_table = "runs_thread"
+        ordering = ["-updated_at", "id"]
+        constraints = [models.CheckConstraint(condition=Q(message_count__gte=0), name="message_count_gte_0")]
+
+    def __str__(self) -> str:
+        return self.id
+
+
+class Run(models.Model):
+    run_id = models.CharField(max_length=64, primary_key=True)
+    thread = models.ForeignKey(Thread, on_delete=models.CASCADE, related_name="runs")
+    agent_id = models.CharField(max_length=128, default="default")
+    parent_run_id = models.CharField(max_length=64, null=True, blank=True)
+    request = models.JSONField(null=True, blank=True)
+    input = models.JSONField(null=True, blank=True)
+    output = models.JSONField(null=True, blank=True)
+    status = models.CharField(max_length=16, choices=[(s, s) for s in RUN_STATUSES], default="created")
+    termination_reason = models.JSONField(null=True, blank=True)
+    final_output = models.TextField(null=True, blank=True)
+    error_payload = models.JSONField(null=True, blank=True)
+    dispatch_id = models.CharField(max_length=64, null=True, blank=True)
+    session_id = models.CharField(max_length=64, null=True, blank=True)
+    transport_request_id = models.CharField(max_length=128, null=True, blank=True)
+    waiting = models.JSONField(null=True, blank=True)
+    outcome = models.JSONField(null=True, blank=True)
+    created_at = models.BigIntegerField()
+    started_at = models.BigIntegerField(null=True, blank=True)
+    finished_at = models.BigIntegerField(null=True, blank=True)
+    updated_at = models.BigIntegerField()
+    steps = models.IntegerField(default=0)
+    input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    state = models.JSONField(null=True, blank=True)
+
+    class Meta:
+        db_table = "runs_run"
+        ordering = ["created_at", "run_id"]
+        indexes = [
+            models.Index(fields=["thread", "-updated_at", "-created_at", "-run_id"], name="run_latest_idx"),
+            models.Index(fields=["status", "created_at"], name="run_status_idx"),
+        ]
+        constraints = [
+            models.CheckConstraint(condition=Q(status__in=RUN_STATUSES), name="run_status_valid"),
+            models.CheckConstraint(
+                condition=Q(steps__gte=0, input_tokens__gte=0, output_tokens__gte=0),
+                name="run_counters_gte_0",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.run_id} ({self.status})"
+
+
+class Message(models.Model):
+    thread = models.ForeignKey(Thread, on_delete=models.CASCADE, related_name="messages")
+    seq = models.IntegerField()
+    message_id = models.CharField(max_length=64)
+    role = models.CharField(max_length=16, choices=[(r, r) for r in ROLES])
+    content = models.JSONField(default=list)
+    tool_calls = models.JSONField(null=True, blank=True)
+    tool_call_id = models.CharField(max_length=128, null=True, blank=True)
+    visibility = models.CharField(max_length=16, choices=[(v, v) for v in VISIBILITIES], default="all")
+    run_id = models.CharField(max_length=64, null=True, blank=True)
+    step_index = models.IntegerField(null=True, blank=True)
+    metadata = models.JSONField(null=True, blank=True)
+    created_at = models.BigIntegerField()
+
+    class Meta:
+        db_table = "runs_message"
+        ordering = ["thread", "seq"]
+        constraints = [
+            models.UniqueConstraint(fields=["thread", "seq"], name="message_thread_seq_unique"),
+            models.UniqueConstraint(fields=["thread", "message_id"], name="message_thread_id_unique"),
+            models.CheckConstraint(condition=Q(seq__gte=1), name="message_seq_positive"),
+            models.CheckConstraint(condition=Q(role__in=ROLES), name="message_role_valid"),
+            models.CheckConstraint(condition=Q(visibility__in=VISIBILITIES), name="message_visibility_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.thread_id}#{self.seq}"

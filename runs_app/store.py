@@ -1,0 +1,284 @@
+"""The thread/run store on PostgreSQL: append-only message log, run records, thread run pointers.
+
+Fixes spec §7.1: history is never rewritten; `seq` is allocated under the thread's row lock.
+Every function is one transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from django.db import IntegrityError, transaction
+
+from mailbox_app.errors import AlreadyExists, NotFound, ValidationError
+from mailbox_app.ids import now_ms, uuid7
+from mailbox_app.states import RunStatus, can_run_transition
+from runs_app.models import Message, Run, Thread
+from runs_app.payloads import ChatMessage, MessageRecord, RunPage, RunRecord, ThreadRecord
+
+MAX_RUN_PAGE = 200
+_RUN_FIELDS = [f for f in RunRecord.model_fields if f not in {"run_id", "thread_id"}]
+
+
+# --- conversions ------------------------------------------------------------------------------
+
+
+def _thread_record(row: Thread) -> ThreadRecord:
+    return ThreadRecord(
+        id=row.id,
+        owner_id=row.owner_id,
+        resource_id=row.resource_id,
+        parent_thread_id=row.parent_thread_id,
+        title=row.title,
+        metadata=row.metadata or {},
+        open_run_id=row.open_run_id,
+        active_run_id=row.active_run_id,
+        latest_run_id=row.latest_run_id,
+        message_count=row.message_count,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _run_record(row: Run) -> RunRecord:
+    data = {name: getattr(row, name) for name in _RUN_FIELDS}
+    return RunRecord.model_validate({"run_id": row.run_id, "thread_id": row.thread_id, **data})
+
+
+def _run_columns(run: RunRecord) -> dict[str, Any]:
+    dumped = run.model_dump(mode="json")
+    return {name: dumped[name] for name in _RUN_FIELDS}
+
+
+def _message_record(row: Message) -> MessageRecord:
+    message = ChatMessage.model_validate(
+        {
+            "id": row.message_id,
+            "role": row.role,
+            "content": row.content,
+            "tool_calls": row.tool_calls,
+            "tool_call_id": row.tool_call_id,
+            "visibility": row.visibility,
+            "metadata": row.metadata,
+        }
+    )
+    return MessageRecord(
+        message_id=row.message_id,
+        thread_id=row.thread_id,
+        seq=row.seq,
+        message=message,
+        produced_by_run_id=row.run_id,
+        step_index=row.step_index,
+        tool_call_id=row.tool_call_id,
+        created_at=row.created_at,
+    )
+
+
+# --- threads ----------------------------------------------------------------------------------
+
+
+def load_thread(*, thread_id: str) -> ThreadRecord | None:
+    row = Thread.objects.filter(id=thread_id).first()
+    return None if row is None else _thread_record(row)
+
+
+def ensure_thread(*, thread_id: str, owner_id: int | None = None, now: int | None = None) -> ThreadRecord:
+    """Create the thread if it does not exist (owner only set on creation)."""
+    stamp = now_ms() if now is None else now
+    row, _ = Thread.objects.get_or_create(
+        id=thread_id, defaults={"owner_id": owner_id, "created_at": stamp, "updated_at": stamp}
+    )
+    return _thread_record(row)
+
+
+def _lock_thread(thread_id: str, now: int) -> Thread:
+    """Row-lock the thread (creating it first if needed): serializes seq allocation and projections."""
+    if not thread_id.strip():
+        raise ValidationError("thread_id must not be empty")
+    Thread.objects.bulk_create([Thread(id=thread_id, created_at=now, updated_at=now)], ignore_conflicts=True)
+    return Thread.objects.select_for_update().get(id=thread_id)
+
+
+# --- messages ---------------------------------------------------------------------------------
+
+
+def _append_locked(thread: Thread, messages: Sequence[ChatMessage], now: int) -> list[MessageRecord]:
+    """Append under the held thread lock; messages whose id is already in the log are skipped."""
+    ids = [m.id for m in messages if m.id]
+    existing = set(
+        Message.objects.filter(thread_id=thread.id, message_id__in=ids).values_list("message_id", flat=True)
+    )
+    rows: list[Message] = []
+    seen: set[str] = set()
+    for message in messages:
+        message_id = message.id or uuid7()
+        if message_id in existing or message_id in seen:
+            continue
+        seen.add(message_id)
+        thread.message_count += 1
+        meta = message.metadata or {}
+        rows.append(
+            Message(
+                thread_id=thread.id,
+                seq=thread.message_count,
+                message_id=message_id,
+                role=message.role.value,
+                content=message.content,
+                tool_calls=None
+                if message.tool_calls is None
+                else [c.model_dump(mode="json") for c in message.tool_calls],
+                tool_call_id=message.tool_call_id,
+                visibility=message.visibility.value,
+                run_id=meta.get("run_id"),
+                step_index=meta.get("step_index"),
+                metadata=message.metadata,
+                created_at=now,
+            )
+        )
+    if rows:
+        Message.objects.bulk_create(rows)
+    return [_message_record(r) for r in rows]
+
+
+def append_messages(
+    *, thread_id: str, messages: Sequence[ChatMessage], now: int | None = None
+) -> list[MessageRecord]:
+    """Append messages to the thread log (creating the thread); returns the new records in seq order."""
+    stamp = now_ms() if now is None else now
+    with transaction.atomic():
+        thread = _lock_thread(thread_id, stamp)
+        records = _append_locked(thread, messages, stamp)
+        thread.updated_at = stamp
+        thread.save(update_fields=["message_count", "updated_at"])
+    return records
+
+
+def load_messages(*, thread_id: str, include_internal: bool = True) -> list[ChatMessage] | None:
+    """The thread's messages in seq order, or None when it has none."""
+    qs = Message.objects.filter(thread_id=thread_id).order_by("seq")
+    if not include_internal:
+        qs = qs.filter(visibility="all")
+    messages = [_message_record(row).message for row in qs]
+    return messages or None
+
+
+def list_message_records(
+    *, thread_id: str, offset: int = 0, limit: int = 50, include_internal: bool = False
+) -> tuple[list[MessageRecord], int]:
+    qs = Message.objects.filter(thread_id=thread_id)
+    if not include_internal:
+        qs = qs.filter(visibility="all")
+    total = qs.count()
+    rows = qs.order_by("seq")[max(offset, 0) : max(offset, 0) + max(min(limit, MAX_RUN_PAGE), 0)]
+    return [_message_record(r) for r in rows], total
+
+
+def load_message_record(*, thread_id: str, message_id: str) -> MessageRecord | None:
+    row = Message.objects.filter(thread_id=thread_id, message_id=message_id).first()
+    return None if row is None else _message_record(row)
+
+
+def load_message_records_range(*, thread_id: str, from_seq: int, to_seq: int) -> list[MessageRecord]:
+    """Records with `from_seq <= seq <= to_seq` (1-based, inclusive)."""
+    rows = Message.objects.filter(thread_id=thread_id, seq__gte=from_seq, seq__lte=to_seq).order_by("seq")
+    return [_message_record(r) for r in rows]
+
+
+# --- runs -------------------------------------------------------------------------------------
+
+
+def load_run(*, run_id: str) -> RunRecord | None:
+    row = Run.objects.filter(run_id=run_id).first()
+    return None if row is None else _run_record(row)
+
+
+def latest_run(*, thread_id: str) -> RunRecord | None:
+    """The most recently updated run; ties broken by created_at then run_id (fixes spec §7.10)."""
+    row = Run.objects.filter(thread_id=thread_id).order_by("-updated_at", "-created_at", "-run_id").first()
+    return None if row is None else _run_record(row)
+
+
+def list_runs(
+    *,
+    status: RunStatus | None = None,
+    thread_id: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> RunPage:
+    limit = max(1, min(limit, MAX_RUN_PAGE))
+    offset = max(offset, 0)
+    qs = Run.objects.all()
+    if status is not None:
+        qs = qs.filter(status=RunStatus(status).value)
+    if thread_id is not None:
+        qs = qs.filter(thread_id=thread_id)
+    total = qs.count()
+    rows = list(qs.order_by("created_at", "run_id")[offset : offset + limit])
+    return RunPage(items=[_run_record(r) for r in rows], total=total, has_more=offset + len(rows) < total)
+
+
+def create_run(*, run: RunRecord) -> RunRecord:
+    """Insert a new run (its thread must exist or is created); AlreadyExists when the id is taken."""
+    try:
+        with transaction.atomic():
+            _lock_thread(run.thread_id, run.created_at or now_ms())
+            Run.objects.create(run_id=run.run_id, thread_id=run.thread_id, **_run_columns(run))
+    except IntegrityError:
+        raise AlreadyExists(f"run {run.run_id} already exists") from None
+    return run
+
+
+def checkpoint(
+    *, thread_id: str, messages: Sequence[ChatMessage], run: RunRecord, now: int | None = None
+) -> list[MessageRecord]:
+    """Atomically append `messages`, upsert `run` and apply the run projection to the thread (§1.9).
+
+    The log is append-only: messages already present (by id) are skipped, nothing is rewritten.
+    A run that is already Done is never moved back (status rule of spec §1.8).
+    """
+    if run.thread_id != thread_id:
+        raise ValidationError(f"run {run.run_id} belongs to thread {run.thread_id}, not {thread_id}")
+    stamp = now_ms() if now is None else now
+    with transaction.atomic():
+        thread = _lock_thread(thread_id, stamp)
+        records = _append_locked(thread, messages, stamp)
+        current = Run.objects.select_for_update().filter(run_id=run.run_id).first()
+        if current is not None:
+            if current.thread_id != thread_id:
+                raise ValidationError(f"run {run.run_id} belongs to thread {current.thread_id}")
+            if not can_run_transition(RunStatus(current.status), run.status):
+                raise ValidationError(
+                    f"run {run.run_id}: {current.status} -> {run.status.value} is not allowed"
+                )
+        Run.objects.update_or_create(
+            run_id=run.run_id, defaults={"thread_id": thread_id, **_run_columns(run)}
+        )
+        _apply_run_projection(thread, run)
+        thread.updated_at = stamp
+        thread.save()
+    return records
+
+
+def _apply_run_projection(thread: Thread, run: RunRecord) -> None:
+    thread.latest_run_id = run.run_id
+    if thread.parent_thread_id is None and run.request and run.request.parent_thread_id:
+        thread.parent_thread_id = run.request.parent_thread_id.strip() or None
+    if run.status is RunStatus.CREATED:
+        thread.active_run_id, thread.open_run_id = None, run.run_id
+    elif run.status is RunStatus.RUNNING:
+        thread.active_run_id, thread.open_run_id = run.run_id, run.run_id
+    elif run.status is RunStatus.WAITING:
+        thread.active_run_id, thread.open_run_id = None, run.run_id
+    else:
+        if thread.active_run_id == run.run_id:
+            thread.active_run_id = None
+        if thread.open_run_id == run.run_id:
+            thread.open_run_id = None
+
+
+def require_run(*, run_id: str) -> RunRecord:
+    run = load_run(run_id=run_id)
+    if run is None:
+        raise NotFound(f"run {run_id} not found")
+    return run

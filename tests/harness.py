@@ -1,0 +1,27 @@
+"""pytest plugin (loaded with `-p tests.harness`): real PostgreSQL and Redis for the suite.
+
+When DATABASE_URL / REDIS_URL are unset it starts the embedded servers under `.data/test` before
+Django's settings are imported, and stops them when the session ends.
+"""
+
+from __future__ import annotations
+
+import os
+
+from awaken_project import embedded
+
+_DATA_DIR = embedded.PROJECT_ROOT / ".data" / "test"
+_started = False
+
+if not os.environ.get("DATABASE_URL") or not os.environ.get("REDIS_URL"):
+    _services = embedded.ensure_services(_DATA_DIR)
+    os.environ.setdefault("DATABASE_URL", _services.database_url)
+    os.environ.setdefault("REDIS_URL", _services.redis_url)
+    _started = os.environ.get("AWAKEN_KEEP_TEST_SERVICES", "") != "1"
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "awaken_project.settings")
+
+
+def pytest_unconfigure(config: object) -> None:
+    if _started and not hasattr(config, "workerinput"):
+        embedded.stop_services(_DATA_DIR)
