@@ -1,16 +1,18 @@
 """pytest plugin (loaded with `-p tests.harness`): real PostgreSQL and Redis for the suite.
 
-When DATABASE_URL / REDIS_URL are unset it starts the embedded servers under `.data/test` before
+When DATABASE_URL / REDIS_URL are unset it starts the embedded servers under `.data/test` (or
+`$AWAKEN_TEST_DATA_DIR`, so parallel sessions do not share a server) before
 Django's settings are imported, and stops them when the session ends.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from awaken_project import embedded
 
-_DATA_DIR = embedded.PROJECT_ROOT / ".data" / "test"
+_DATA_DIR = Path(os.environ.get("AWAKEN_TEST_DATA_DIR", embedded.PROJECT_ROOT / ".data" / "test"))
 _started = False
 
 if not os.environ.get("DATABASE_URL") or not os.environ.get("REDIS_URL"):
