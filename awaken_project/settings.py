@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -127,6 +128,28 @@ try:
 except ConfigError as exc:  # stop start-up with the variable's name, not a traceback
     sys.stderr.write(f"awaken-mailbox configuration error: {exc}\n")
     raise SystemExit(2) from None
+
+AWAKEN_RUN_STORE = ENV.get("AWAKEN_RUN_STORE", "runs_app.store")
+# Extra agents: a JSON object {"agent_id": "dotted.path.to.ExecutorClass"}; `echo` is built in.
+try:
+    AWAKEN_AGENTS: dict[str, str] = json.loads(ENV.get("AWAKEN_AGENTS", "{}"))
+except json.JSONDecodeError as exc:
+    sys.stderr.write(f"awaken-mailbox configuration error: AWAKEN_AGENTS is not JSON: {exc}\n")
+    raise SystemExit(2) from None
+AWAKEN_LIVE_ACK_TIMEOUT_MS = _env_int("AWAKEN_LIVE_ACK_TIMEOUT_MS", 500, minimum=1)
+# How long a suspended run holds its claim waiting for a live decision before ending `waiting`.
+AWAKEN_LIVE_SUSPEND_HOLD_MS = _env_int("AWAKEN_LIVE_SUSPEND_HOLD_MS", 15_000)
+AWAKEN_REMOTE_CANCEL_WAIT_MS = _env_int("AWAKEN_REMOTE_CANCEL_WAIT_MS", 5_000)
+AWAKEN_DISPATCH_SIGNAL_NACK_BASE_DELAY_MS = _env_int(
+    "AWAKEN_DISPATCH_SIGNAL_NACK_BASE_DELAY_MS", 500, minimum=1
+)
+AWAKEN_DISPATCH_SIGNAL_NACK_MAX_DELAY_MS = _env_int(
+    "AWAKEN_DISPATCH_SIGNAL_NACK_MAX_DELAY_MS", 30_000, minimum=1
+)
+AWAKEN_STARTUP_RECOVERY_MAX_ATTEMPTS = _env_int("AWAKEN_STARTUP_RECOVERY_MAX_ATTEMPTS", 3, minimum=1)
+AWAKEN_STARTUP_RECOVERY_RETRY_DELAY_MS = _env_int("AWAKEN_STARTUP_RECOVERY_RETRY_DELAY_MS", 250)
+# Test hook: make a worker os._exit at a named step (after_claim, mid_run, after_result).
+AWAKEN_FAULT_POINT = ENV.get("AWAKEN_FAULT_POINT", "")
 
 # --- api --------------------------------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -23,12 +23,15 @@ READ_EPOCH = f"SELECT current_epoch FROM {EPOCH} WHERE thread_id = %(thread_id)s
 
 LOCK_EPOCH = READ_EPOCH + " FOR UPDATE"
 
+# FOR SHARE: an interrupt (which updates the epoch row) waits for this enqueue to commit, and then
+# supersedes it; enqueues of one thread do not block each other.
 INSERT_DISPATCH = f"""
 INSERT INTO {DISPATCH} ({COLS})
 SELECT %(dispatch_id)s, %(thread_id)s, %(run_id)s, %(priority)s, %(dedupe_key)s, e.current_epoch,
        'queued', %(available_at)s, %(attempt_count)s, %(max_attempts)s, %(last_error)s,
        NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, %(created_at)s, %(updated_at)s
 FROM {EPOCH} e WHERE e.thread_id = %(thread_id)s
+FOR SHARE OF e
 RETURNING {COLS}
 """
 
@@ -92,7 +95,13 @@ UPDATE {DISPATCH} d
        status = CASE WHEN d.attempt_count + 1 >= d.max_attempts THEN 'dead_letter' ELSE 'queued' END,
        available_at = CASE WHEN d.attempt_count + 1 >= d.max_attempts THEN d.available_at
                            ELSE %(retry_at)s END,
-       completed_at = CASE WHEN d.attempt_count + 1 >= d.max_attempts THEN %(now)s ELSE NULL END
+       completed_at = CASE WHEN d.attempt_count + 1 >= d.max_attempts THEN %(now)s ELSE NULL END,
+       -- a requeued dispatch must not carry the runtime-trace projection of the abandoned attempt
+       dispatch_instance_id = CASE WHEN d.attempt_count + 1 >= d.max_attempts THEN d.dispatch_instance_id END,
+       run_status = CASE WHEN d.attempt_count + 1 >= d.max_attempts THEN d.run_status END,
+       termination = CASE WHEN d.attempt_count + 1 >= d.max_attempts THEN d.termination END,
+       run_response = CASE WHEN d.attempt_count + 1 >= d.max_attempts THEN d.run_response END,
+       run_error = CASE WHEN d.attempt_count + 1 >= d.max_attempts THEN d.run_error END
 {FENCE} RETURNING {D_COLS}
 """
 
@@ -169,9 +178,12 @@ RECLAIM = f"""
 UPDATE {DISPATCH}
    SET attempt_count = attempt_count + 1, updated_at = %(now)s, {CLEAR_CLAIM},
        status = CASE WHEN attempt_count + 1 >= max_attempts THEN 'dead_letter' ELSE 'queued' END,
-       completed_at = CASE WHEN attempt_count + 1 >= max_attempts THEN %(now)s ELSE completed_at END,
+       completed_at = CASE WHEN attempt_count + 1 >= max_attempts THEN %(now)s END,
        last_error = CASE WHEN attempt_count + 1 >= max_attempts THEN 'lease expired; max attempts reached'
-                         ELSE 'lease expired' END
+                         ELSE 'lease expired' END,
+       -- the attempt that lost its lease is abandoned: drop its runtime-trace projection
+       dispatch_instance_id = NULL, run_status = NULL, termination = NULL, run_response = NULL,
+       run_error = NULL
  WHERE dispatch_id = ANY(%(ids)s)
 RETURNING {COLS}
 """

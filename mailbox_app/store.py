@@ -27,10 +27,18 @@ from mailbox_app.states import TERMINAL_STATUSES, DispatchStatus
 MAX_LIST_LIMIT = 1000
 
 
+def _record(row: Sequence[Any]) -> DispatchRecord:
+    """A row as a record. Django's connection loads jsonb as text, so decode `termination` here."""
+    record = dispatch_from_row(tuple(row))
+    if isinstance(record.termination, str):
+        record = record.replace(termination=json.loads(record.termination))
+    return record
+
+
 def _fetch_all(query: str, params: dict[str, Any]) -> list[DispatchRecord]:
     with connection.cursor() as cursor:
         cursor.execute(query, params)
-        return [dispatch_from_row(row) for row in cursor.fetchall()]
+        return [_record(row) for row in cursor.fetchall()]
 
 
 def _fetch_one(query: str, params: dict[str, Any]) -> DispatchRecord | None:
@@ -165,29 +173,34 @@ def _fenced(query: str, params: dict[str, Any], *, stale_reason: str) -> Dispatc
     updated = _fetch_one(query, params)
     if updated is not None:
         return updated
+    # Raised only after the block commits: raising inside `atomic()` would roll the supersede back.
+    stale: VersionConflict | None = None
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute(sql.SELECT_DISPATCH_WITH_EPOCH, params)
             row = cursor.fetchone()
         if row is None:
             raise NotFound(f"dispatch {params['dispatch_id']} not found")
-        current, epoch = dispatch_from_row(row[:-1]), int(row[-1])
+        current, epoch = _record(row[:-1]), int(row[-1])
         if current.status is not DispatchStatus.CLAIMED or current.claim_token != params["token"]:
             raise VersionConflict(
                 f"dispatch {current.dispatch_id} is {current.status.value}; claim token does not match"
             )
         if current.dispatch_epoch < epoch:
             _supersede(current, epoch, params["now"], stale_reason)
-            raise VersionConflict(
+            stale = VersionConflict(
                 f"dispatch {current.dispatch_id} epoch {current.dispatch_epoch} is stale (thread at {epoch})",
                 expected=current.dispatch_epoch,
                 actual=epoch,
             )
-        # The row changed between the two statements (e.g. a concurrent reclaim): retry once.
-        retried = _fetch_one(query, params)
-        if retried is None:
-            raise VersionConflict(f"dispatch {current.dispatch_id} changed concurrently")
-        return retried
+        else:
+            # The row changed between the two statements (e.g. a concurrent reclaim): retry once.
+            retried = _fetch_one(query, params)
+            if retried is None:
+                raise VersionConflict(f"dispatch {current.dispatch_id} changed concurrently")
+            return retried
+    assert stale is not None
+    raise stale
 
 
 def _supersede(current: DispatchRecord, epoch: int, now: int, reason: str) -> DispatchRecord | None:
@@ -276,7 +289,7 @@ def supersede_claimed(dispatch_id: str, claim_token: str, now: int, reason: str)
             row = cursor.fetchone()
         if row is None:
             return None
-        current, epoch = dispatch_from_row(row[:-1]), int(row[-1])
+        current, epoch = _record(row[:-1]), int(row[-1])
         if current.status is not DispatchStatus.CLAIMED:
             return None
         if current.claim_token != claim_token:
@@ -335,7 +348,7 @@ def reclaim_expired_leases(now: int, limit: int = 100) -> list[DispatchRecord]:
         with connection.cursor() as cursor:
             cursor.execute(sql.SELECT_EXPIRED, {"now": now, "limit": limit})
             rows = cursor.fetchall()
-        expired = [(dispatch_from_row(row[:-1]), int(row[-1])) for row in rows]
+        expired = [(_record(row[:-1]), int(row[-1])) for row in rows]
         for current, epoch in expired:
             if current.dispatch_epoch < epoch:
                 _supersede(current, epoch, now, "claimed dispatch lease expired after interrupt")

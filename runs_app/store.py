@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 
 from mailbox_app.errors import AlreadyExists, NotFound, ValidationError
 from mailbox_app.ids import now_ms, uuid7
@@ -282,3 +282,41 @@ def require_run(*, run_id: str) -> RunRecord:
     if run is None:
         raise NotFound(f"run {run_id} not found")
     return run
+
+
+def terminal_dispatches_with_open_runs(*, limit: int) -> list[str]:
+    """Ids of cancelled / superseded / dead-lettered dispatches whose run is not done yet.
+
+    One indexed join (runs by status, dispatches by run id) instead of paging every terminal dispatch.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT d.dispatch_id FROM runs_run r
+              JOIN mailbox_dispatch d ON d.run_id = r.run_id AND d.thread_id = r.thread_id
+             WHERE r.status <> 'done' AND d.status IN ('cancelled', 'superseded', 'dead_letter')
+               AND NOT EXISTS (
+                   SELECT 1 FROM mailbox_dispatch live
+                    WHERE live.run_id = r.run_id AND live.status IN ('queued', 'claimed'))
+             ORDER BY d.updated_at
+             LIMIT %(limit)s
+            """,
+            {"limit": limit},
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
+def reopen_run(*, run_id: str, now: int) -> bool:
+    """An operator re-queued a dead-lettered dispatch: move its finished run back to Created."""
+    with transaction.atomic():
+        run = Run.objects.select_for_update().filter(run_id=run_id).first()
+        if run is None or run.status != RunStatus.DONE.value:
+            return False
+        run.status = RunStatus.CREATED.value
+        run.termination_reason = run.error_payload = run.finished_at = None
+        run.updated_at = now
+        run.save()
+        thread = Thread.objects.select_for_update().get(id=run.thread_id)
+        thread.open_run_id, thread.latest_run_id, thread.updated_at = run_id, run_id, now
+        thread.save(update_fields=["open_run_id", "latest_run_id", "updated_at"])
+    return True

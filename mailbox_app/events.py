@@ -1,0 +1,60 @@
+"""Run events in a Redis Stream per run: strictly increasing ids, bounded length, a TTL."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from mailbox_app.redis_client import get_redis
+
+STREAM_MAXLEN = 10_000
+STREAM_TTL_S = 24 * 3600
+RUN_FINISH = "run_finish"
+
+
+def stream_key(run_id: str) -> str:
+    return f"mailbox:events:{run_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class RunEvent:
+    id: str
+    type: str
+    data: dict[str, Any]
+
+
+def append_event(run_id: str, event_type: str, data: dict[str, Any]) -> str:
+    client = get_redis()
+    key = stream_key(run_id)
+    pipe = client.pipeline(transaction=False)
+    pipe.xadd(key, {"type": event_type, "data": json.dumps(data)}, maxlen=STREAM_MAXLEN, approximate=True)
+    pipe.expire(key, STREAM_TTL_S)
+    event_id, _ = pipe.execute()
+    return event_id.decode() if isinstance(event_id, bytes) else str(event_id)
+
+
+def read_events(
+    run_id: str, *, after: str = "0-0", count: int = 1000, block_ms: int | None = None
+) -> list[RunEvent]:
+    """Events strictly after `after` (exclusive), oldest first; blocks up to `block_ms` when given."""
+    client = get_redis()
+    entries: Any
+    if block_ms is None:
+        entries = client.xrange(stream_key(run_id), min=f"({after}" if after != "0-0" else "-", count=count)
+    else:
+        result: Any = client.xread({stream_key(run_id): after}, count=count, block=block_ms)
+        entries = result[0][1] if result else []
+    return [_decode(event_id, fields) for event_id, fields in entries]
+
+
+def has_stream(run_id: str) -> bool:
+    return bool(get_redis().exists(stream_key(run_id)))
+
+
+def _decode(event_id: Any, fields: dict[Any, Any]) -> RunEvent:
+    def s(value: Any) -> str:
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+    raw = {s(k): s(v) for k, v in fields.items()}
+    return RunEvent(id=s(event_id), type=raw.get("type", ""), data=json.loads(raw.get("data", "{}")))

@@ -1,0 +1,121 @@
+"""Live control over Redis: commands (cancel, messages, decision) to the worker executing a run.
+
+Addressed to the exact `(thread, run, dispatch)` target so a stale subscriber never accepts a command
+meant for a newer run. `Delivered` only after the subscriber acknowledged on a reply key within the
+timeout; otherwise `NoSubscriber`, and the caller falls back to the durable path. At-least-once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from django.conf import settings
+
+from mailbox_app.ids import uuid7
+from mailbox_app.redis_client import get_redis
+
+log = logging.getLogger(__name__)
+ACK_KEY_TTL_S = 30
+
+
+class LiveDeliveryOutcome(StrEnum):
+    DELIVERED = "delivered"
+    NO_SUBSCRIBER = "no_subscriber"
+
+
+@dataclass(frozen=True, slots=True)
+class LiveRunTarget:
+    thread_id: str
+    run_id: str
+    dispatch_id: str | None = None
+
+    @property
+    def channel(self) -> str:
+        return f"mailbox:live:{self.thread_id}:{self.run_id}:{self.dispatch_id or '-'}"
+
+
+def _ack_timeout_s() -> float:
+    return float(getattr(settings, "AWAKEN_LIVE_ACK_TIMEOUT_MS", 500)) / 1000
+
+
+def deliver_live_to(
+    target: LiveRunTarget, command: dict[str, Any], *, timeout_s: float | None = None
+) -> LiveDeliveryOutcome:
+    """Publish `command` ({"kind": "cancel"|"messages"|"decision", ...}) and wait for the receipt."""
+    client = get_redis()
+    command_id = uuid7()
+    receivers = client.publish(target.channel, json.dumps({"id": command_id, "command": command}))
+    if not receivers:
+        return LiveDeliveryOutcome.NO_SUBSCRIBER
+    wait = _ack_timeout_s() if timeout_s is None else timeout_s
+    reply = client.blpop([_ack_key(command_id)], timeout=max(wait, 0.01))
+    return LiveDeliveryOutcome.DELIVERED if reply else LiveDeliveryOutcome.NO_SUBSCRIBER
+
+
+def _ack_key(command_id: str) -> str:
+    return f"mailbox:live:ack:{command_id}"
+
+
+class LiveSubscription:
+    """Listens on a target's channel in a daemon thread; `handler(command) -> accepted` decides the ack."""
+
+    def __init__(self, target: LiveRunTarget, handler: Callable[[dict[str, Any]], bool]) -> None:
+        self.target = target
+        self._handler = handler
+        self._pubsub = get_redis().pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        self._pubsub.subscribe(target.channel)
+        self._await_subscribed()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"live-{target.run_id}", daemon=True)
+        self._thread.start()
+
+    def _await_subscribed(self) -> None:
+        """Return once Redis counts this subscriber, so a publish right after open is never missed."""
+        client = get_redis()
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            self._pubsub.get_message(timeout=0.01)
+            counts = dict(client.pubsub_numsub(self.target.channel))
+            if any(int(n) > 0 for n in counts.values()):
+                return
+        log.warning("live subscription on %s not confirmed", self.target.channel)
+
+    def _loop(self) -> None:
+        client = get_redis()
+        while not self._stop.is_set():
+            try:
+                message = self._pubsub.get_message(timeout=0.05)
+            except Exception:
+                log.exception("live subscription error on %s", self.target.channel)
+                self._stop.wait(0.1)
+                continue
+            if not message or message.get("type") != "message":
+                continue
+            try:
+                envelope = json.loads(message["data"])
+                accepted = bool(self._handler(envelope["command"]))
+            except Exception:
+                log.exception("bad live command on %s", self.target.channel)
+                continue
+            if accepted:
+                key = _ack_key(envelope["id"])
+                pipe = client.pipeline(transaction=False)
+                pipe.rpush(key, "1")
+                pipe.expire(key, ACK_KEY_TTL_S)
+                pipe.execute()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        try:
+            self._pubsub.unsubscribe()
+            self._pubsub.close()
+        except Exception:  # noqa: BLE001
+            pass

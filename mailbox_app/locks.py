@@ -1,0 +1,50 @@
+"""The per-thread execution lock in Redis: redis-py's `Lock`, valued with the dispatch's claim token.
+
+It saves work (two processes never both start a thread); PostgreSQL's fenced writes decide correctness.
+`thread_local=False` so the lease-renewal thread can extend it; `replace_ttl=True` so renewals do not
+grow the TTL without bound (pitfalls.md).
+"""
+
+from __future__ import annotations
+
+from redis.exceptions import LockError
+from redis.lock import Lock
+
+from mailbox_app.redis_client import get_redis
+
+
+def _name(thread_id: str) -> str:
+    return f"mailbox:lock:{thread_id}"
+
+
+class ThreadLock:
+    def __init__(self, thread_id: str, claim_token: str, ttl_ms: int) -> None:
+        self.thread_id = thread_id
+        self.token = claim_token
+        self._lock = Lock(
+            get_redis(), _name(thread_id), timeout=ttl_ms / 1000, blocking=False, thread_local=False
+        )
+
+    def acquire(self) -> bool:
+        return bool(self._lock.acquire(blocking=False, token=self.token))
+
+    def extend(self, ttl_ms: int) -> bool:
+        try:
+            return bool(self._lock.extend(ttl_ms / 1000, replace_ttl=True))
+        except LockError:
+            return False
+
+    def release(self) -> None:
+        try:
+            self._lock.release()
+        except LockError:
+            pass  # expired or taken over: compare-and-delete found another token
+
+    @staticmethod
+    def holder(thread_id: str) -> tuple[str | None, int]:
+        """(token, remaining ms) of the current holder, for diagnostics and back-off."""
+        client = get_redis()
+        value = client.get(_name(thread_id))
+        ttl = int(client.pttl(_name(thread_id)))
+        token = value.decode() if isinstance(value, bytes) else None
+        return token, max(ttl, 0)

@@ -1,0 +1,124 @@
+"""Periodic and startup maintenance: sweep expired leases, reconcile terminal dispatches with their runs,
+garbage-collect old rows, and recover after a crash. Every step is idempotent."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+
+from django.conf import settings
+
+from mailbox_app import signals, store
+from mailbox_app.ids import now_ms
+from mailbox_app.ports import run_store
+from mailbox_app.reconcile import terminalize_run_for_dispatch
+from mailbox_app.states import DispatchStatus, RunStatus
+
+log = logging.getLogger(__name__)
+RECLAIM_BATCH = 100
+RECONCILE_BATCH = 100
+REDRIVE_LIMIT = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class SweepReport:
+    reclaimed: int = 0
+    dead_lettered: int = 0
+    reconciled: int = 0
+    redriven: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def sweep(*, now: int | None = None) -> SweepReport:
+    """Reclaim expired leases, reconcile what was reclaimed, and ring every claimable thread (§7.3 fix)."""
+    stamp = now_ms() if now is None else now
+    reclaimed = dead = reconciled = 0
+    while True:
+        batch = store.reclaim_expired_leases(stamp, RECLAIM_BATCH)
+        for dispatch in batch:
+            reclaimed += 1
+            if dispatch.status is DispatchStatus.DEAD_LETTER:
+                dead += 1
+                reconciled += terminalize_run_for_dispatch(dispatch, now=stamp) is not None
+        if len(batch) < RECLAIM_BATCH:
+            break
+    threads = store.claimable_thread_ids(stamp, REDRIVE_LIMIT)
+    for thread_id in threads:
+        signals.ring_on_commit(thread_id, None)
+    return SweepReport(reclaimed=reclaimed, dead_lettered=dead, reconciled=reconciled, redriven=len(threads))
+
+
+def reconcile_terminal(*, now: int | None = None) -> int:
+    """Terminalize runs whose dispatch ended cancelled / superseded / dead-lettered but are not done.
+
+    One indexed query for the candidates (not a scan of every terminal row: fixes spec §7.7).
+    """
+    stamp = now_ms() if now is None else now
+    fixed = 0
+    for dispatch_id in run_store().terminal_dispatches_with_open_runs(limit=RECONCILE_BATCH):
+        fixed += terminalize_run_for_dispatch(store.load_dispatch(dispatch_id), now=stamp) is not None
+    return fixed
+
+
+def gc(*, now: int | None = None) -> int:
+    """Purge terminal dispatches older than the TTL."""
+    stamp = now_ms() if now is None else now
+    return store.purge_terminal(stamp - settings.AWAKEN_MAILBOX.gc_ttl_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryReport:
+    reclaimed: int
+    reconciled: int
+    redriven: int
+    woken: int
+
+
+def recover(*, now: int | None = None) -> RecoveryReport:
+    """Startup recovery: reclaim, reconcile, re-drive every queued thread, wake orphaned background waits."""
+    stamp = now_ms() if now is None else now
+    swept = sweep(now=stamp)
+    reconciled = swept.reconciled + reconcile_terminal(now=stamp)
+    queued = store.queued_thread_ids()
+    for thread_id in queued:
+        signals.ring_on_commit(thread_id, None)
+    woken = wake_orphaned_background_waits()
+    return RecoveryReport(reclaimed=swept.reclaimed, reconciled=reconciled, redriven=len(queued), woken=woken)
+
+
+def wake_orphaned_background_waits() -> int:
+    """Runs waiting on background tasks with no queued/claimed dispatch get an internal wake dispatch."""
+    from mailbox_app import service
+
+    woken = 0
+    page = run_store().list_runs(status=RunStatus.WAITING, limit=200)
+    for run in page.items:
+        if not run.is_background_task_waiting:
+            continue
+        pending = [
+            d
+            for d in store.list_dispatches(run.thread_id, [DispatchStatus.QUEUED, DispatchStatus.CLAIMED])
+            if d.run_id == run.run_id
+        ]
+        if not pending:
+            service.wake_run(run)
+            woken += 1
+    return woken
+
+
+def recover_with_retry(*, attempts: int | None = None, delay_ms: int | None = None) -> RecoveryReport:
+    """`recover` with the retry policy of `MailboxStartupRecoveryConfig` (values < 1 mean 1)."""
+    tries = max(attempts or settings.AWAKEN_STARTUP_RECOVERY_MAX_ATTEMPTS, 1)
+    pause = (delay_ms if delay_ms is not None else settings.AWAKEN_STARTUP_RECOVERY_RETRY_DELAY_MS) / 1000
+    for attempt in range(1, tries + 1):
+        try:
+            return recover()
+        except Exception:
+            if attempt == tries:
+                raise
+            log.warning("startup recovery attempt %d/%d failed; retrying", attempt, tries, exc_info=True)
+            time.sleep(pause)
+    raise AssertionError("unreachable")

@@ -1,0 +1,66 @@
+"""The narrow interface through which the mailbox reaches the thread/run store (runs_app.store by default).
+
+The mailbox never imports runs_app; `AWAKEN_RUN_STORE` names the module that implements `RunStore`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cache
+from importlib import import_module
+from typing import Protocol, cast
+
+from django.conf import settings
+
+from mailbox_app.payloads import ChatMessage, MessageRecord, RunPage, RunRecord, ThreadRecord
+from mailbox_app.states import RunStatus
+
+
+class RunStore(Protocol):
+    def load_thread(self, *, thread_id: str) -> ThreadRecord | None: ...
+
+    def ensure_thread(
+        self, *, thread_id: str, owner_id: int | None = None, now: int | None = None
+    ) -> ThreadRecord: ...
+
+    def load_messages(self, *, thread_id: str, include_internal: bool = True) -> list[ChatMessage] | None: ...
+
+    def append_messages(
+        self, *, thread_id: str, messages: Sequence[ChatMessage], now: int | None = None
+    ) -> list[MessageRecord]: ...
+
+    def load_message_record(self, *, thread_id: str, message_id: str) -> MessageRecord | None: ...
+
+    def load_message_records_range(
+        self, *, thread_id: str, from_seq: int, to_seq: int
+    ) -> list[MessageRecord]: ...
+
+    def load_run(self, *, run_id: str) -> RunRecord | None: ...
+
+    def latest_run(self, *, thread_id: str) -> RunRecord | None: ...
+
+    def list_runs(
+        self,
+        *,
+        status: RunStatus | None = None,
+        thread_id: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> RunPage: ...
+
+    def reopen_run(self, *, run_id: str, now: int) -> bool: ...
+
+    def terminal_dispatches_with_open_runs(self, *, limit: int) -> list[str]: ...
+
+    def checkpoint(
+        self, *, thread_id: str, messages: Sequence[ChatMessage], run: RunRecord, now: int | None = None
+    ) -> list[MessageRecord]: ...
+
+
+@cache
+def _load(path: str) -> RunStore:
+    return cast(RunStore, import_module(path))
+
+
+def run_store() -> RunStore:
+    return _load(getattr(settings, "AWAKEN_RUN_STORE", "runs_app.store"))

@@ -1,0 +1,187 @@
+"""Turning a request into durable state and back: prepare the run, build the dispatch, reconstruct
+the request from the run snapshot + thread log when a worker executes it (spec §4.9–§4.10)."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import transaction
+
+from mailbox_app.errors import ValidationError
+from mailbox_app.ids import now_ms, uuid7
+from mailbox_app.payloads import (
+    ChatMessage,
+    MessageSeqRange,
+    RunMessageInput,
+    RunRecord,
+    RunRequestSnapshot,
+    RunResumeDecision,
+)
+from mailbox_app.ports import run_store
+from mailbox_app.records import DispatchRecord
+from mailbox_app.requests import AdapterKind, RunMode, RunRequest, RunRequestExtras, normalize_message_ids
+from mailbox_app.states import RunStatus
+
+DEFAULT_PRIORITY = 128
+
+
+def reusable_waiting_run_id(thread_id: str) -> str | None:
+    """The thread's resumable waiting run: the open run first, else the latest run (always durable)."""
+    store = run_store()
+    thread = store.load_thread(thread_id=thread_id)
+    if thread is not None and thread.open_run_id:
+        run = store.load_run(run_id=thread.open_run_id)
+        if run is not None and run.thread_id == thread_id and run.is_resumable_waiting:
+            return run.run_id
+    latest = store.latest_run(thread_id=thread_id)
+    return latest.run_id if latest is not None and latest.is_resumable_waiting else None
+
+
+def prepare_run_for_dispatch(
+    request: RunRequest, thread_id: str, messages: list[ChatMessage], *, owner_id: int | None = None
+) -> tuple[RunRequest, str]:
+    """Append the messages and create (or refresh) the run the dispatch will activate.
+
+    Returns the request updated with `continue_run_id` or `run_id_hint`, and the run id.
+    """
+    store = run_store()
+    if request.continue_run_id is None and request.run_id_hint is None:
+        waiting = reusable_waiting_run_id(thread_id)
+        if waiting is not None:
+            request = request.with_(continue_run_id=waiting)
+    run_id = (
+        next((i for i in (request.continue_run_id, request.run_id_hint) if i and i.strip()), None) or uuid7()
+    )
+    if request.continue_run_id is None:
+        request = request.with_(run_id_hint=run_id)
+    normalized = normalize_message_ids(messages)
+    if owner_id is not None:
+        store.ensure_thread(thread_id=thread_id, owner_id=owner_id)
+    previous = store.latest_run(thread_id=thread_id)
+    existing = store.load_run(run_id=run_id)
+    snapshot = _snapshot(request, normalized)
+    now = now_ms()
+    if existing is not None:
+        if existing.thread_id != thread_id:
+            raise ValidationError(
+                f"run_id '{run_id}' belongs to thread '{existing.thread_id}', not '{thread_id}'"
+            )
+        if existing.status is not RunStatus.CREATED and not existing.is_resumable_waiting:
+            raise ValidationError(f"run_id '{run_id}' is not open for dispatch")
+        record = existing
+    else:
+        inherit = previous is not None and previous.status is not RunStatus.CREATED
+        record = RunRecord(
+            run_id=run_id,
+            thread_id=thread_id,
+            agent_id=request.agent_id
+            or (previous.agent_id if inherit and previous and previous.agent_id.strip() else "default"),
+            parent_run_id=request.parent_run_id,
+            transport_request_id=request.transport_request_id,
+            status=RunStatus.CREATED,
+            created_at=now,
+            updated_at=now,
+            state=previous.state if inherit and previous else None,
+        )
+    with transaction.atomic():  # messages, run and thread pointers land together or not at all
+        appended = store.checkpoint(thread_id=thread_id, messages=normalized, run=record, now=now)
+        thread = store.load_thread(thread_id=thread_id)
+        total = thread.message_count if thread is not None else len(appended)
+        prepared = record.model_copy(
+            update={
+                "request": snapshot,
+                "input": RunMessageInput(
+                    thread_id=thread_id,
+                    range=MessageSeqRange(from_seq=1, to_seq=total) if total > 0 else None,
+                    trigger_message_ids=[m.id for m in normalized if m.id],
+                ),
+                "updated_at": now,
+            }
+        )
+        store.checkpoint(thread_id=thread_id, messages=[], run=prepared, now=now)
+    return request, run_id
+
+
+def _snapshot(request: RunRequest, messages: list[ChatMessage]) -> RunRequestSnapshot:
+    return RunRequestSnapshot(
+        origin=request.origin.value,
+        input_message_ids=[m.id for m in messages if m.id],
+        input_message_count=len(messages),
+        request_extras=RunRequestExtras.from_request(request).to_value(),
+        decisions=[RunResumeDecision(call_id=c, resume=r) for c, r in request.decisions],
+        frontend_tools=list(request.frontend_tools),
+        parent_thread_id=request.parent_thread_id,
+        transport_request_id=request.transport_request_id,
+    )
+
+
+def build_dispatch(request: RunRequest, thread_id: str, *, now: int | None = None) -> DispatchRecord:
+    run_id = request.continue_run_id or request.run_id_hint
+    if not run_id:
+        raise ValidationError("run_id missing after preparation")
+    stamp = now_ms() if now is None else now
+    return DispatchRecord(
+        dispatch_id=request.dispatch_id_hint or uuid7(),
+        thread_id=thread_id,
+        run_id=run_id,
+        priority=DEFAULT_PRIORITY,
+        dedupe_key=request.dedupe_key,
+        available_at=stamp,
+        max_attempts=settings.AWAKEN_MAILBOX.default_max_attempts,
+        created_at=stamp,
+        updated_at=stamp,
+    )
+
+
+def reconstruct_run_request(dispatch: DispatchRecord) -> RunRequest:
+    """The executor's request, rebuilt from the run's snapshot and the thread log (spec §4.10)."""
+    store = run_store()
+    run = store.load_run(run_id=dispatch.run_id)
+    if run is None:
+        raise ValidationError(f"run '{dispatch.run_id}' not found for dispatch '{dispatch.dispatch_id}'")
+    if run.thread_id != dispatch.thread_id:
+        raise ValidationError(
+            f"run '{run.run_id}' belongs to thread '{run.thread_id}', "
+            f"not dispatch thread '{dispatch.thread_id}'"
+        )
+    snapshot = run.request
+    if snapshot is None:
+        raise ValidationError(f"run '{run.run_id}' has no request snapshot")
+    request = RunRequest(
+        thread_id=run.thread_id,
+        messages=_activation_messages(run, snapshot),
+        messages_already_persisted=True,
+        origin=snapshot.origin,  # type: ignore[arg-type]
+        run_mode=RunMode.RESUME,
+        adapter=AdapterKind.INTERNAL,
+        agent_id=run.agent_id if run.agent_id.strip() else None,
+        parent_run_id=run.parent_run_id,
+        parent_thread_id=snapshot.parent_thread_id,
+        transport_request_id=snapshot.transport_request_id,
+        decisions=[(d.call_id, d.resume) for d in snapshot.decisions],
+        frontend_tools=list(snapshot.frontend_tools),
+    )
+    if snapshot.request_extras is not None:
+        request = RunRequestExtras.from_value(snapshot.request_extras).apply_to(request)
+    if run.is_resumable_waiting:
+        request = request.with_(continue_run_id=run.run_id)
+    else:
+        request = request.with_(run_id_hint=run.run_id)
+    return request.with_(dispatch_id=dispatch.dispatch_id)
+
+
+def _activation_messages(run: RunRecord, snapshot: RunRequestSnapshot) -> list[ChatMessage]:
+    store = run_store()
+    if snapshot.input_message_ids:
+        messages = []
+        for message_id in snapshot.input_message_ids:
+            record = store.load_message_record(thread_id=run.thread_id, message_id=message_id)
+            if record is None:
+                raise ValidationError(f"message '{message_id}' not found for run '{run.run_id}'")
+            messages.append(record.message)
+        return messages
+    if run.input is None or run.input.range is None:
+        return []
+    records = store.load_message_records_range(
+        thread_id=run.thread_id, from_seq=run.input.range.from_seq, to_seq=run.input.range.to_seq
+    )
+    return [r.message for r in records]

@@ -1,0 +1,331 @@
+"""The Mailbox service: every public operation of the reference's `Mailbox` (spec §4).
+
+Submit paths write durable state first (run + messages + dispatch in one transaction), then ring a
+worker on commit. Foreground submits are latest-wins: interrupt, cancel the active run and wait for its
+claim to go, else 409 with nothing new written.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+
+from mailbox_app import signals, store
+from mailbox_app.errors import StoreError, ValidationError
+from mailbox_app.execution import consumer_id, find_local_run
+from mailbox_app.ids import now_ms
+from mailbox_app.live import LiveDeliveryOutcome, LiveRunTarget, deliver_live_to
+from mailbox_app.payloads import ChatMessage, RunRecord, ToolCallResume
+from mailbox_app.ports import run_store
+from mailbox_app.preparation import build_dispatch, prepare_run_for_dispatch
+from mailbox_app.reconcile import terminalize_run_for_dispatch
+from mailbox_app.records import DispatchRecord, MailboxInterrupt
+from mailbox_app.requests import (
+    RunOrigin,
+    RunRequest,
+    normalize_mailbox_run_mode,
+    normalize_message_ids,
+    validate_run_inputs,
+)
+from mailbox_app.states import DispatchStatus, RunStatus
+
+INLINE_CLAIM_GUARD_MS = 60_000
+REMOTE_CANCEL_POLL_S = 0.025
+ACTIVE_RUN_CONFLICT_MESSAGE = "thread has an active run; cannot claim inline"
+
+
+class MailboxError(Exception):
+    """Base of service errors; `str()` is prefixed like the reference's `MailboxError` display."""
+
+
+class ActiveRunConflict(MailboxError):
+    def __init__(self) -> None:
+        super().__init__(ACTIVE_RUN_CONFLICT_MESSAGE)
+
+
+class SubmitStatus(StrEnum):
+    RUNNING = "running"
+    QUEUED = "queued"
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitResult:
+    dispatch_id: str
+    run_id: str
+    thread_id: str
+    status: SubmitStatus
+
+
+# --- submit paths ------------------------------------------------------------------------------------
+
+
+def submit(request: RunRequest, *, owner_id: int | None = None) -> SubmitResult:
+    """Foreground, latest-wins (spec §4.2)."""
+    request = normalize_mailbox_run_mode(request, background=False)
+    thread_id, messages = validate_run_inputs(
+        request.thread_id, request.messages, allow_empty=bool(request.decisions)
+    )
+    details = interrupt_detailed(thread_id)
+    if details.active_dispatch is not None and not cancel_active_dispatch(details.active_dispatch, wait=True):
+        raise ActiveRunConflict()
+    now = now_ms()
+    with transaction.atomic():
+        request, run_id = prepare_run_for_dispatch(
+            request.with_(thread_id=thread_id), thread_id, messages, owner_id=owner_id
+        )
+        dispatch = build_dispatch(request, thread_id, now=now).replace(
+            available_at=now + INLINE_CLAIM_GUARD_MS
+        )
+        store.enqueue(dispatch)
+    claimed = store.claim_dispatch(
+        dispatch.dispatch_id, consumer_id(), settings.AWAKEN_MAILBOX.lease_ms, now_ms()
+    )
+    if claimed is None:
+        cancelled = store.cancel(dispatch.dispatch_id, now_ms())
+        terminalize_run_for_dispatch(cancelled or store.load_dispatch(dispatch.dispatch_id))
+        raise ActiveRunConflict()
+    signals.hand_over_claimed_on_commit(thread_id, claimed.dispatch_id)
+    return SubmitResult(claimed.dispatch_id, run_id, thread_id, SubmitStatus.RUNNING)
+
+
+def submit_background(request: RunRequest, *, owner_id: int | None = None) -> SubmitResult:
+    """Durable queue, never interrupts (spec §4.3). Claims the thread's next dispatch inline when the
+    thread is idle (possibly an older one), handing its execution to a worker."""
+    request = normalize_mailbox_run_mode(request, background=True)
+    thread_id, messages = validate_run_inputs(
+        request.thread_id, request.messages, allow_empty=bool(request.decisions)
+    )
+    with transaction.atomic():
+        request, run_id = prepare_run_for_dispatch(
+            request.with_(thread_id=thread_id), thread_id, messages, owner_id=owner_id
+        )
+        dispatch = build_dispatch(request, thread_id)
+        store.enqueue(dispatch)
+    claimed = store.claim(thread_id, consumer_id(), settings.AWAKEN_MAILBOX.lease_ms, now_ms())
+    if claimed:
+        signals.hand_over_claimed_on_commit(thread_id, claimed[0].dispatch_id)
+        return SubmitResult(dispatch.dispatch_id, run_id, thread_id, SubmitStatus.RUNNING)
+    signals.ring_on_commit(thread_id, dispatch.dispatch_id)
+    return SubmitResult(dispatch.dispatch_id, run_id, thread_id, SubmitStatus.QUEUED)
+
+
+def submit_live_then_queue(
+    request: RunRequest, *, expected_run_id: str | None = None, owner_id: int | None = None
+) -> SubmitResult:
+    """Steer the thread's running run with the messages, else enqueue them durably (spec §4.4)."""
+    thread_id, messages = validate_run_inputs(
+        request.thread_id, request.messages, allow_empty=bool(request.decisions)
+    )
+    messages = normalize_message_ids(messages)
+    steered = _steer(thread_id, messages, expected_run_id)
+    if steered is not None:
+        return steered
+    return submit_background(request.with_(thread_id=thread_id, messages=messages), owner_id=owner_id)
+
+
+def _steer(thread_id: str, messages: list[ChatMessage], expected_run_id: str | None) -> SubmitResult | None:
+    if not messages:
+        return None
+    latest = run_store().latest_run(thread_id=thread_id)
+    if latest is None or latest.status is not RunStatus.RUNNING or not latest.dispatch_id:
+        return None
+    if expected_run_id is not None and expected_run_id != latest.run_id:
+        return None
+    run_store().append_messages(thread_id=thread_id, messages=messages)
+    command = {"kind": "messages", "messages": [m.model_dump(mode="json") for m in messages]}
+    if not _deliver(LiveRunTarget(thread_id, latest.run_id, latest.dispatch_id), command):
+        return None
+    return SubmitResult(latest.dispatch_id, latest.run_id, thread_id, SubmitStatus.RUNNING)
+
+
+def _deliver(target: LiveRunTarget, command: dict[str, Any]) -> bool:
+    """Local run first (same process), else the Redis live channel of the exact target."""
+    local = find_local_run(target.dispatch_id or target.run_id)
+    if local is not None and local.run_id == target.run_id:
+        return local.on_live_command(command)
+    return deliver_live_to(target, command) is LiveDeliveryOutcome.DELIVERED
+
+
+# --- interrupt and cancel ----------------------------------------------------------------------------
+
+
+def interrupt_detailed(thread_id: str) -> MailboxInterrupt:
+    """Bump the epoch, supersede queued work (their runs become cancelled), report the active claim."""
+    details = store.interrupt_detailed(thread_id, now_ms())
+    for superseded in details.superseded_dispatches:
+        terminalize_run_for_dispatch(superseded)
+    return details
+
+
+def interrupt(thread_id: str) -> MailboxInterrupt:
+    """Interrupt the thread and ask its active run to stop (without waiting)."""
+    details = interrupt_detailed(thread_id)
+    if details.active_dispatch is not None:
+        cancel_active_dispatch(details.active_dispatch, wait=False)
+    return details
+
+
+def cancel_active_dispatch(active: DispatchRecord, *, wait: bool) -> bool:
+    """Cancel the run of a claimed dispatch, locally or in another process; with `wait`, True only once
+    its claim is released (polled up to AWAKEN_REMOTE_CANCEL_WAIT_MS)."""
+    _deliver(LiveRunTarget(active.thread_id, active.run_id, active.dispatch_id), {"kind": "cancel"})
+    if not wait:
+        return True
+    deadline = time.monotonic() + settings.AWAKEN_REMOTE_CANCEL_WAIT_MS / 1000
+    while True:
+        current = store.load_dispatch(active.dispatch_id)
+        if current is None or current.status is not DispatchStatus.CLAIMED:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(REMOTE_CANCEL_POLL_S)
+
+
+def cancel(identifier: str) -> bool:
+    """Cancel by dispatch id, run id or thread id, queued or running, here or in another process (§7.8)."""
+    queued = store.cancel(identifier, now_ms())
+    if queued is not None:
+        terminalize_run_for_dispatch(queued)
+        return True
+    local = find_local_run(identifier)
+    if local is not None:
+        local.cancel_event.set()
+        return True
+    dispatch = store.load_dispatch(identifier)
+    if dispatch is not None and dispatch.status is DispatchStatus.CLAIMED:
+        return _deliver(
+            LiveRunTarget(dispatch.thread_id, dispatch.run_id, dispatch.dispatch_id), {"kind": "cancel"}
+        )
+    run = _run_for(identifier)
+    if run is None:
+        return False
+    if run.status is RunStatus.RUNNING and run.dispatch_id:
+        return _deliver(LiveRunTarget(run.thread_id, run.run_id, run.dispatch_id), {"kind": "cancel"})
+    if run.status is RunStatus.WAITING:
+        return _cancel_waiting(run)
+    return False
+
+
+def _cancel_waiting(run: RunRecord) -> bool:
+    """A durably waiting run holds no worker: cancel its queued resumes and finish it as cancelled."""
+    for dispatch in store.list_dispatches(run.thread_id, [DispatchStatus.QUEUED]):
+        if dispatch.run_id == run.run_id:
+            store.cancel(dispatch.dispatch_id, now_ms())
+    now = now_ms()
+    from mailbox_app.payloads import TerminationReason
+
+    done = run.model_copy(
+        update={
+            "status": RunStatus.DONE,
+            "termination_reason": TerminationReason(type="cancelled"),
+            "waiting": None,
+            "finished_at": now,
+            "updated_at": now,
+        }
+    )
+    run_store().checkpoint(thread_id=run.thread_id, messages=[], run=done, now=now)
+    return True
+
+
+def _run_for(identifier: str) -> RunRecord | None:
+    """A run by id, else the thread's open run, else its latest run."""
+    store_ = run_store()
+    run = store_.load_run(run_id=identifier)
+    if run is not None:
+        return run
+    thread = store_.load_thread(thread_id=identifier)
+    if thread is not None and thread.open_run_id:
+        open_run = store_.load_run(run_id=thread.open_run_id)
+        if open_run is not None:
+            return open_run
+    return store_.latest_run(thread_id=identifier)
+
+
+# --- decisions (HITL) --------------------------------------------------------------------------------
+
+
+def send_decision(
+    identifier: str, tool_call_id: str, resume: ToolCallResume, *, owner_id: int | None = None
+) -> bool:
+    """Deliver a decision to the live run holding the tool call, else enqueue a decision-only resume
+    dispatch for the waiting run whose tickets mention it. False when nothing matches."""
+    run = _run_for(identifier)
+    if run is None:
+        return False
+    if run.status is RunStatus.RUNNING and run.dispatch_id:
+        command = {"kind": "decision", "decisions": [[tool_call_id, resume.model_dump(mode="json")]]}
+        if _deliver(LiveRunTarget(run.thread_id, run.run_id, run.dispatch_id), command):
+            return True
+        run = run_store().load_run(run_id=run.run_id) or run  # it may have just ended waiting
+    if run.status is not RunStatus.WAITING or run.waiting is None:
+        return False
+    tickets = {t.tool_call_id for t in run.waiting.tickets} | set(run.waiting.ticket_ids)
+    if tool_call_id not in tickets:
+        return False
+    submit_background(
+        RunRequest(thread_id=run.thread_id, decisions=[(tool_call_id, resume)], continue_run_id=run.run_id),
+        owner_id=owner_id,
+    )
+    return True
+
+
+def send_decision_live(target: LiveRunTarget, tool_call_id: str, resume: ToolCallResume) -> bool:
+    command = {"kind": "decision", "decisions": [[tool_call_id, resume.model_dump(mode="json")]]}
+    return _deliver(target, command)
+
+
+def wake_run(run: RunRecord) -> SubmitResult:
+    """An internal wake (e.g. background tasks finished) for a waiting run."""
+    wake = ChatMessage.model_validate(
+        {"role": "user", "content": "background tasks finished", "visibility": "internal"}
+    )
+    return submit_background(
+        RunRequest(
+            thread_id=run.thread_id, messages=[wake], origin=RunOrigin.INTERNAL, continue_run_id=run.run_id
+        )
+    )
+
+
+# --- reads -------------------------------------------------------------------------------------------
+
+
+def load_dispatch(dispatch_id: str) -> DispatchRecord | None:
+    return store.load_dispatch(dispatch_id)
+
+
+def list_dispatches(
+    thread_id: str, status_filter: list[DispatchStatus] | None = None, limit: int = 100, offset: int = 0
+) -> list[DispatchRecord]:
+    return store.list_dispatches(thread_id, status_filter, limit, offset)
+
+
+def queued_thread_ids() -> list[str]:
+    return store.queued_thread_ids()
+
+
+__all__ = [
+    "ACTIVE_RUN_CONFLICT_MESSAGE",
+    "ActiveRunConflict",
+    "MailboxError",
+    "StoreError",
+    "SubmitResult",
+    "SubmitStatus",
+    "ValidationError",
+    "cancel",
+    "interrupt",
+    "interrupt_detailed",
+    "list_dispatches",
+    "load_dispatch",
+    "queued_thread_ids",
+    "send_decision",
+    "send_decision_live",
+    "submit",
+    "submit_background",
+    "submit_live_then_queue",
+    "wake_run",
+]

@@ -1,0 +1,80 @@
+"""Dispatch signals: a Celery message is a doorbell for a thread, never the truth.
+
+Lost, duplicated or late doorbells are harmless: the row in PostgreSQL is the queue, and the sweep
+rings again for every claimable thread. `handle_dispatch_signal` is `handle_dispatch_signal_entry`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from django.conf import settings
+from django.db import transaction
+
+from mailbox_app import store
+from mailbox_app.execution import DispatchAttempt, drain_thread
+from mailbox_app.ids import now_ms
+from mailbox_app.retry import blocked_signal_delay_ms
+from mailbox_app.states import DispatchStatus
+
+DISPATCH_TASK = "mailbox.dispatch_thread"
+RUN_CLAIMED_TASK = "mailbox.run_claimed"
+
+
+def _send(name: str, args: list[str | None], countdown_s: float | None = None) -> None:
+    from awaken_project.celery import app
+
+    app.send_task(name, args=args, countdown=countdown_s)
+
+
+def ring_on_commit(thread_id: str, dispatch_id: str | None) -> None:
+    """Wake a worker for `thread_id` once the current transaction commits."""
+    transaction.on_commit(lambda: _send(DISPATCH_TASK, [thread_id, dispatch_id]))
+
+
+def ring_at(thread_id: str, dispatch_id: str | None, at_ms: int) -> None:
+    """Wake a worker at `at_ms` (a nacked dispatch's retry time); the sweep is the safety net."""
+    delay_s = max(at_ms - now_ms(), 0) / 1000
+    transaction.on_commit(lambda: _send(DISPATCH_TASK, [thread_id, dispatch_id], countdown_s=delay_s))
+
+
+def hand_over_claimed_on_commit(thread_id: str, dispatch_id: str) -> None:
+    """A foreground submit claimed inline: a worker takes over the execution of that claim."""
+    transaction.on_commit(lambda: _send(RUN_CLAIMED_TASK, [thread_id, dispatch_id]))
+
+
+class SignalAction(StrEnum):
+    ACK = "ack"
+    RETRY = "retry"
+
+
+@dataclass(frozen=True, slots=True)
+class SignalDecision:
+    action: SignalAction
+    attempt: DispatchAttempt
+    retry_after_ms: int = 0
+
+
+def handle_dispatch_signal(
+    thread_id: str, dispatch_id: str | None, *, deliveries: int | None
+) -> SignalDecision:
+    """Claimed/Busy -> ack; NoEligible while the signalled dispatch is still queued -> retry with the
+    blocked backoff (at least until it becomes available); claim error -> retry."""
+    attempt = drain_thread(thread_id)
+    if attempt is DispatchAttempt.CLAIMED or attempt is DispatchAttempt.BUSY:
+        return SignalDecision(SignalAction.ACK, attempt)
+    delay = blocked_signal_delay_ms(
+        deliveries,
+        base_ms=settings.AWAKEN_DISPATCH_SIGNAL_NACK_BASE_DELAY_MS,
+        max_ms=settings.AWAKEN_DISPATCH_SIGNAL_NACK_MAX_DELAY_MS,
+    )
+    if attempt is DispatchAttempt.TRANSIENT_ERROR:
+        return SignalDecision(SignalAction.RETRY, attempt, delay)
+    if dispatch_id is None:
+        return SignalDecision(SignalAction.ACK, attempt)
+    pending = store.load_dispatch(dispatch_id)
+    if pending is None or pending.status is not DispatchStatus.QUEUED:
+        return SignalDecision(SignalAction.ACK, attempt)
+    not_before = pending.available_at - now_ms()
+    return SignalDecision(SignalAction.RETRY, attempt, max(delay, not_before))

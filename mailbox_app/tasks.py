@@ -1,0 +1,42 @@
+"""Celery entry points: ids in, one service call out. Stable names; doorbells are idempotent."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import shared_task
+
+from mailbox_app import maintenance, signals, store
+from mailbox_app.execution import drain_thread
+from mailbox_app.states import DispatchStatus
+
+
+@shared_task(name=signals.DISPATCH_TASK, bind=True, acks_late=True, max_retries=None, ignore_result=True)
+def dispatch_thread(self: Any, thread_id: str, dispatch_id: str | None = None) -> str:
+    decision = signals.handle_dispatch_signal(thread_id, dispatch_id, deliveries=self.request.retries + 1)
+    if decision.action is signals.SignalAction.RETRY:
+        raise self.retry(countdown=decision.retry_after_ms / 1000)
+    return decision.attempt.value
+
+
+@shared_task(name=signals.RUN_CLAIMED_TASK, acks_late=True, ignore_result=True)
+def run_claimed(thread_id: str, dispatch_id: str) -> str:
+    """Execute a dispatch claimed inline by a foreground submit, then drain the thread."""
+    dispatch = store.load_dispatch(dispatch_id)
+    first = dispatch if dispatch is not None and dispatch.status is DispatchStatus.CLAIMED else None
+    return drain_thread(thread_id, first=first).value
+
+
+@shared_task(name="mailbox.sweep", ignore_result=True)
+def sweep() -> dict[str, int]:
+    return maintenance.sweep().as_dict()
+
+
+@shared_task(name="mailbox.reconcile", ignore_result=True)
+def reconcile() -> int:
+    return maintenance.reconcile_terminal()
+
+
+@shared_task(name="mailbox.gc", ignore_result=True)
+def gc() -> int:
+    return maintenance.gc()

@@ -1,0 +1,83 @@
+"""Test executors (the user's plug-in may be doubled; the store may not): counting, recording, blocking,
+immediate-cancel, no-op — like the reference's test runtimes."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+from mailbox_app.executor import RunContext, RunResult
+from mailbox_app.payloads import ChatMessage
+from mailbox_app.requests import RunRequest
+
+
+@dataclass
+class Recorder:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    calls: list[RunRequest] = field(default_factory=list)
+    spans: list[tuple[str, str, float, float]] = field(default_factory=list)  # thread, run, start, end
+    release: threading.Event = field(default_factory=threading.Event)
+    started: threading.Event = field(default_factory=threading.Event)
+
+    def reset(self) -> None:
+        with self.lock:
+            self.calls.clear()
+            self.spans.clear()
+        self.release.clear()
+        self.started.clear()
+
+
+RECORDER = Recorder()
+
+
+class CountingAgent:
+    """Counts calls and answers immediately."""
+
+    def run(self, request: RunRequest, context: RunContext) -> RunResult:
+        with RECORDER.lock:
+            RECORDER.calls.append(request)
+        return RunResult(final_output="counted", messages=(ChatMessage.assistant("counted"),))
+
+
+class RecordingAgent:
+    """Records start/end times per thread (to prove no two runs of a thread overlap)."""
+
+    def run(self, request: RunRequest, context: RunContext) -> RunResult:
+        start = time.monotonic()
+        with RECORDER.lock:
+            RECORDER.calls.append(request)
+        time.sleep(0.02)
+        end = time.monotonic()
+        with RECORDER.lock:
+            RECORDER.spans.append((context.thread_id, context.run_id, start, end))
+        return RunResult(final_output="recorded")
+
+
+class BlockingAgent:
+    """Blocks until `RECORDER.release` is set or the run is cancelled."""
+
+    def run(self, request: RunRequest, context: RunContext) -> RunResult:
+        with RECORDER.lock:
+            RECORDER.calls.append(request)
+        RECORDER.started.set()
+        deadline = time.monotonic() + 30
+        while not RECORDER.release.is_set() and time.monotonic() < deadline:
+            if context.wait_cancelled(0.02):
+                from mailbox_app.payloads import TerminationReason
+
+                return RunResult(termination=TerminationReason(type="cancelled"))
+        return RunResult(final_output="released")
+
+
+class NoopAgent:
+    def run(self, request: RunRequest, context: RunContext) -> RunResult:
+        return RunResult()
+
+
+TEST_AGENTS = {
+    "counting": "tests.support.agents.CountingAgent",
+    "recording": "tests.support.agents.RecordingAgent",
+    "blocking": "tests.support.agents.BlockingAgent",
+    "noop": "tests.support.agents.NoopAgent",
+}
