@@ -154,8 +154,25 @@ AWAKEN_FAULT_POINT = ENV.get("AWAKEN_FAULT_POINT", "")
 # --- api --------------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        # Token first: an unauthenticated request then gets 401 with a WWW-Authenticate header
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.UserRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {"user": ENV.get("AWAKEN_API_THROTTLE_RATE", "6000/minute")},
+    "EXCEPTION_HANDLER": "runs_app.api.errors.exception_handler",
 }
-SPECTACULAR_SETTINGS = {"TITLE": "awaken-mailbox API", "VERSION": "1.0.0"}
+# Request bodies larger than this answer 413.
+DATA_UPLOAD_MAX_MEMORY_SIZE = _env_int("AWAKEN_API_MAX_BODY_BYTES", 1_048_576, minimum=1024)
+SPECTACULAR_SETTINGS = {
+    "TITLE": "awaken-mailbox API",
+    "VERSION": "1.0.0",
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+}
 
 LOGGING = {
     "version": 1,

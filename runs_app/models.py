@@ -111,3 +111,21 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.thread_id}#{self.seq}"
+
+
+class IdempotencyRecord(models.Model):
+    """The first answer to a submission carrying an idempotency key, replayed for retries of it."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=255)
+    request_hash = models.CharField(max_length=64)
+    status_code = models.IntegerField(null=True, blank=True)
+    response = models.JSONField(null=True, blank=True)
+    created_at = models.BigIntegerField()
+
+    class Meta:
+        db_table = "runs_idempotency"
+        constraints = [models.UniqueConstraint(fields=["user", "key"], name="idempotency_user_key_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.user_id}:{self.key}"

@@ -23,6 +23,7 @@ trap cleanup EXIT INT TERM
 
 $PY manage.py migrate --noinput
 $PY manage.py collectstatic --noinput >/dev/null
+$PY manage.py ensure_dev_user --port "$PORT"
 
 $PY -m gunicorn awaken_project.wsgi:application --bind "127.0.0.1:$PORT" --workers 2 --threads 8 \
   --timeout 0 --access-logfile - & pids+=($!)

@@ -1,14 +1,18 @@
-"""Shared fixtures: the real database (pytest-django) and a clean Redis database per test."""
+"""Shared fixtures: the real database (pytest-django), a clean Redis, and a real in-process Celery worker
+with test agents and fast leases for engine tests."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
 from django.conf import settings
 
+from mailbox_app.config import MailboxConfig
 from mailbox_app.records import DispatchRecord
+from tests.support.agents import RECORDER, TEST_AGENTS
 
 
 @pytest.fixture
@@ -43,3 +47,47 @@ def make_dispatch(
         created_at=created_at,
         updated_at=created_at,
     )
+
+
+FAST = MailboxConfig(
+    lease_ms=3_000,
+    suspended_lease_ms=10_000,
+    lease_renewal_interval_ms=200,
+    default_retry_delay_ms=50,
+    max_retry_delay_ms=200,
+)
+
+
+@pytest.fixture
+def engine_settings(settings: Any) -> Any:
+    settings.AWAKEN_MAILBOX = FAST
+    settings.AWAKEN_AGENTS = TEST_AGENTS
+    settings.AWAKEN_REMOTE_CANCEL_WAIT_MS = 5_000
+    settings.AWAKEN_LIVE_SUSPEND_HOLD_MS = 0
+    settings.AWAKEN_DISPATCH_SIGNAL_NACK_BASE_DELAY_MS = 50
+    settings.AWAKEN_DISPATCH_SIGNAL_NACK_MAX_DELAY_MS = 500
+    RECORDER.reset()
+    yield settings
+    RECORDER.release.set()
+
+
+@pytest.fixture
+def clean_redis() -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def mailbox_worker(transactional_db: None, engine_settings: Any, clean_redis: redis.Redis) -> Iterator[Any]:
+    """A real Celery worker (thread pool) consuming the real Redis broker inside this process."""
+    from celery.contrib.testing.worker import start_worker
+
+    from awaken_project.celery import app
+
+    with start_worker(
+        app, pool="threads", concurrency=4, perform_ping_check=False, loglevel="WARNING", shutdown_timeout=15
+    ) as worker:
+        yield worker
+    RECORDER.release.set()

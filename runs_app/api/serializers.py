@@ -1,0 +1,165 @@
+"""Request validation (DRF serializers) and response shapes (plain dicts built from store records)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from rest_framework import serializers
+
+from mailbox_app.payloads import ChatMessage, RunRecord, ThreadRecord
+from mailbox_app.records import DispatchRecord
+from mailbox_app.states import DispatchStatus
+
+ROLES = ("user", "assistant", "system")
+MODES = ("queue", "live_then_queue", "steer", "interrupt_then_queue", "resume_open_run")
+MAX_MESSAGES = 100
+MAX_CONTENT_CHARS = 100_000
+
+
+class MessageIn(serializers.Serializer[dict[str, Any]]):
+    role = serializers.ChoiceField(choices=ROLES)
+    content = serializers.CharField(allow_blank=False, trim_whitespace=False, max_length=MAX_CONTENT_CHARS)
+
+
+class MessagesField(serializers.ListField):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(child=MessageIn(), max_length=MAX_MESSAGES, **kwargs)
+
+
+def _validate_messages(value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if not value:
+        raise serializers.ValidationError("at least one message is required")
+    return value
+
+
+class AgentIdField(serializers.CharField):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(
+            required=False,
+            allow_blank=False,
+            max_length=128,
+            error_messages={"blank": "agent_id cannot be empty"},
+            **kwargs,
+        )
+
+    def to_internal_value(self, data: Any) -> str:
+        value = super().to_internal_value(data).strip()
+        if not value:
+            raise serializers.ValidationError("agent_id cannot be empty")
+        return value
+
+
+class RunSubmitIn(serializers.Serializer[dict[str, Any]]):
+    agent_id = AgentIdField()
+    thread_id = serializers.CharField(required=False, allow_blank=True, max_length=128)
+    messages = MessagesField(validators=[_validate_messages])
+    stream = serializers.BooleanField(required=False, default=False)
+    idempotency_key = serializers.CharField(required=False, max_length=255)
+
+
+class ThreadRunSubmitIn(serializers.Serializer[dict[str, Any]]):
+    agent_id = AgentIdField()
+    messages = MessagesField(validators=[_validate_messages])
+    stream = serializers.BooleanField(required=False, default=False)
+    idempotency_key = serializers.CharField(required=False, max_length=255)
+
+
+class MailboxSubmitIn(serializers.Serializer[dict[str, Any]]):
+    agent_id = AgentIdField()
+    messages = MessagesField(validators=[_validate_messages])
+    idempotency_key = serializers.CharField(required=False, max_length=255)
+
+
+class ThreadMessagesIn(serializers.Serializer[dict[str, Any]]):
+    agent_id = AgentIdField()
+    messages = MessagesField(validators=[_validate_messages])
+    mode = serializers.ChoiceField(choices=MODES, required=False, default="queue")
+
+
+class RunInputsIn(serializers.Serializer[dict[str, Any]]):
+    messages = MessagesField(validators=[_validate_messages])
+    mode = serializers.ChoiceField(choices=MODES, required=False, default="queue")
+
+
+class DecisionIn(serializers.Serializer[dict[str, Any]]):
+    tool_call_id = serializers.CharField(max_length=255)
+    action = serializers.CharField(max_length=32)
+    payload = serializers.JSONField(required=False, allow_null=True)
+
+    def validate_action(self, value: str) -> str:
+        if value not in ("resume", "cancel"):
+            raise serializers.ValidationError(f"invalid action: {value}, expected 'resume' or 'cancel'")
+        return value
+
+
+def to_messages(raw: list[dict[str, Any]]) -> list[ChatMessage]:
+    return [ChatMessage.model_validate({"role": m["role"], "content": m["content"]}) for m in raw]
+
+
+def iso_ms(value: int | None) -> str | None:
+    if value is None:
+        return None
+    return (
+        datetime.fromtimestamp(value / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    )
+
+
+RUN_TIME_FIELDS = ("created_at", "started_at", "finished_at", "updated_at")
+DISPATCH_TIME_FIELDS = ("available_at", "lease_until", "completed_at", "created_at", "updated_at")
+
+
+def run_json(run: RunRecord) -> dict[str, Any]:
+    data = run.model_dump(mode="json")
+    for name in RUN_TIME_FIELDS:
+        data[name] = iso_ms(data[name])
+    return data
+
+
+def dispatch_json(dispatch: DispatchRecord) -> dict[str, Any]:
+    data = dispatch.public_dict()  # never the claim token
+    for name in DISPATCH_TIME_FIELDS:
+        data[name] = iso_ms(data[name])
+    return data
+
+
+def message_json(record: Any) -> dict[str, Any]:
+    message = record.message
+    return {
+        "seq": record.seq,
+        "message_id": record.message_id,
+        "role": message.role.value,
+        "content": message.text,
+        "content_blocks": message.content,
+        "visibility": message.visibility.value,
+        "run_id": record.produced_by_run_id,
+        "created_at": iso_ms(record.created_at),
+    }
+
+
+def thread_json(thread: ThreadRecord, runs: dict[str, RunRecord | None]) -> dict[str, Any]:
+    open_run = runs.get(thread.open_run_id or "")
+    active_run = runs.get(thread.active_run_id or "")
+    return {
+        "id": thread.id,
+        "title": thread.title,
+        "metadata": thread.metadata,
+        "open_run": None if open_run is None else run_json(open_run),
+        "active_run": None if active_run is None else run_json(active_run),
+        "latest_run_id": thread.latest_run_id,
+        "message_count": thread.message_count,
+        "created_at": iso_ms(thread.created_at),
+        "updated_at": iso_ms(thread.updated_at),
+    }
+
+
+def parse_status_filter(raw: str | None) -> list[DispatchStatus] | None:
+    if raw is None or raw.strip() == "":
+        return None
+    statuses = []
+    for part in raw.split(","):
+        try:
+            statuses.append(DispatchStatus(part.strip()))
+        except ValueError:
+            raise serializers.ValidationError({"status": f"invalid status filter: {part.strip()}"}) from None
+    return statuses

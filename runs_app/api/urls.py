@@ -1,0 +1,33 @@
+"""Routes under /api/v1/."""
+
+from django.urls import path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from runs_app.api import views
+
+urlpatterns = [
+    path("runs", views.RunsView.as_view(), name="runs"),
+    path("runs/<str:run_id>", views.RunDetailView.as_view(), name="run-detail"),
+    path("runs/<str:run_id>/cancel", views.RunCancelView.as_view(), name="run-cancel"),
+    path("runs/<str:run_id>/decision", views.RunDecisionView.as_view(), name="run-decision"),
+    path("runs/<str:run_id>/inputs", views.RunInputsView.as_view(), name="run-inputs"),
+    path("runs/<str:run_id>/events", views.RunEventsView.as_view(), name="run-events"),
+    path("threads", views.ThreadsView.as_view(), name="threads"),
+    path("threads/<str:thread_id>", views.ThreadDetailView.as_view(), name="thread-detail"),
+    path("threads/<str:thread_id>/runs", views.ThreadRunsView.as_view(), name="thread-runs"),
+    path(
+        "threads/<str:thread_id>/runs/active", views.ThreadActiveRunView.as_view(), name="thread-active-run"
+    ),
+    path(
+        "threads/<str:thread_id>/runs/latest", views.ThreadLatestRunView.as_view(), name="thread-latest-run"
+    ),
+    path("threads/<str:thread_id>/mailbox", views.ThreadMailboxView.as_view(), name="thread-mailbox"),
+    path("threads/<str:thread_id>/messages", views.ThreadMessagesView.as_view(), name="thread-messages"),
+    path("threads/<str:thread_id>/interrupt", views.ThreadInterruptView.as_view(), name="thread-interrupt"),
+    path("threads/<str:thread_id>/cancel", views.ThreadCancelView.as_view(), name="thread-cancel"),
+    path("threads/<str:thread_id>/decision", views.ThreadDecisionView.as_view(), name="thread-decision"),
+    path("dispatches/<str:dispatch_id>", views.DispatchDetailView.as_view(), name="dispatch-detail"),
+    path("dispatches/<str:dispatch_id>/cancel", views.DispatchCancelView.as_view(), name="dispatch-cancel"),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+]

@@ -1,0 +1,513 @@
+"""HTTP views: validate, call one service, serialize, map errors (see errors.py). Thin by design."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.http import HttpResponse, StreamingHttpResponse
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers as drf
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from mailbox_app import events, service
+from mailbox_app.ids import now_ms, uuid7
+from mailbox_app.payloads import ToolCallResume
+from mailbox_app.requests import RunRequest
+from mailbox_app.states import RunStatus
+from runs_app import selectors, store
+from runs_app.api import serializers as s
+from runs_app.api.errors import ApiError, not_found
+from runs_app.api.idempotency import request_hash, run_once
+from runs_app.api.sse import EventStreamRenderer, stream_response
+
+MAX_PAGE = 200
+
+
+def _int_param(request: Request, name: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(f"{name} must be an integer", code="invalid", field=name) from None
+    if value < minimum:
+        raise ApiError(f"{name} must be >= {minimum}", code="invalid", field=name)
+    return min(value, maximum) if maximum is not None else value
+
+
+def _page(request: Request) -> tuple[int, int]:
+    return (
+        _int_param(request, "limit", 50, minimum=1, maximum=MAX_PAGE),
+        _int_param(request, "offset", 0, minimum=0),
+    )
+
+
+def _run_status(request: Request) -> RunStatus | None:
+    raw = request.query_params.get("status")
+    if not raw:
+        return None
+    try:
+        return RunStatus(raw)
+    except ValueError:
+        raise ApiError(f"invalid status filter: {raw}", code="invalid", field="status") from None
+
+
+def _validated(serializer_class: type[drf.Serializer[Any]], request: Request) -> dict[str, Any]:
+    if not isinstance(request.data, dict):
+        raise ApiError("request body must be a JSON object", code="invalid")
+    serializer = serializer_class(data=request.data)
+    serializer.is_valid(raise_exception=True)
+    return dict(serializer.validated_data)
+
+
+def _user_id(request: Request) -> int:
+    pk = request.user.pk
+    assert pk is not None  # IsAuthenticated ran first
+    return int(pk)
+
+
+def _thread_or_404(request: Request, thread_id: str) -> Any:
+    thread = selectors.owned_thread(_user_id(request), thread_id)
+    if thread is None:
+        raise not_found("thread", thread_id)
+    return thread
+
+
+def _run_or_404(request: Request, run_id: str) -> Any:
+    run = selectors.owned_run(_user_id(request), run_id)
+    if run is None:
+        raise not_found("run", run_id)
+    return run
+
+
+def _submit_result(result: service.SubmitResult) -> dict[str, Any]:
+    return {
+        "dispatch_id": result.dispatch_id,
+        "run_id": result.run_id,
+        "thread_id": result.thread_id,
+        "status": result.status.value,
+    }
+
+
+def _wants_stream(request: Request, data: dict[str, Any]) -> bool:
+    return bool(data.get("stream")) or "text/event-stream" in request.headers.get("Accept", "")
+
+
+def _idempotency_key(request: Request, data: dict[str, Any]) -> str | None:
+    return data.pop("idempotency_key", None) or request.headers.get("Idempotency-Key") or None
+
+
+# --- runs ---------------------------------------------------------------------------------------------
+
+
+class _ForegroundSubmit(APIView):
+    renderer_classes = [*APIView.renderer_classes, EventStreamRenderer]
+
+    def _submit(
+        self, request: Request, data: dict[str, Any], thread_id: str | None
+    ) -> HttpResponse | StreamingHttpResponse | Response:
+        user_id = _user_id(request)
+        if thread_id and selectors.thread_taken_by_other(user_id, thread_id.strip()):
+            raise not_found("thread", thread_id)
+        stream = _wants_stream(request, data)
+        key = _idempotency_key(request, data)
+        run_request = RunRequest(
+            thread_id=thread_id or "", messages=s.to_messages(data["messages"]), agent_id=data.get("agent_id")
+        )
+
+        def action() -> tuple[int, dict[str, Any]]:
+            return 201, _submit_result(service.submit(run_request, owner_id=user_id))
+
+        status_code, body = run_once(
+            user_id=user_id, key=key, fingerprint=request_hash(request.path, data), action=action
+        )
+        if stream:
+            return stream_response(
+                body["run_id"],
+                headers={
+                    "X-Run-Id": body["run_id"],
+                    "X-Thread-Id": body["thread_id"],
+                    "X-Dispatch-Id": body["dispatch_id"],
+                },
+            )
+        return Response(body, status=status_code)
+
+
+class RunsView(_ForegroundSubmit):
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("status", str, enum=[s.value for s in RunStatus]),
+            OpenApiParameter("thread_id", str),
+            OpenApiParameter("limit", int),
+            OpenApiParameter("offset", int),
+        ],
+        responses={200: dict},
+    )
+    def get(self, request: Request) -> Response:
+        limit, offset = _page(request)
+        qs = selectors.user_runs(
+            _user_id(request), status=_run_status(request), thread_id=request.query_params.get("thread_id")
+        )
+        total = qs.count()
+        items = [store.load_run(run_id=r.run_id) for r in qs[offset : offset + limit]]
+        return Response(
+            {
+                "items": [s.run_json(r) for r in items if r],
+                "total": total,
+                "has_more": offset + len(items) < total,
+            }
+        )
+
+    @extend_schema(request=s.RunSubmitIn, responses={201: dict, 200: dict})
+    def post(self, request: Request) -> HttpResponse | StreamingHttpResponse | Response:
+        data = _validated(s.RunSubmitIn, request)
+        return self._submit(request, data, data.get("thread_id") or None)
+
+
+class ThreadRunsView(_ForegroundSubmit):
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("status", str),
+            OpenApiParameter("limit", int),
+            OpenApiParameter("offset", int),
+        ],
+        responses={200: dict},
+    )
+    def get(self, request: Request, thread_id: str) -> Response:
+        _thread_or_404(request, thread_id)
+        limit, offset = _page(request)
+        page = store.list_runs(status=_run_status(request), thread_id=thread_id, limit=limit, offset=offset)
+        return Response(
+            {"items": [s.run_json(r) for r in page.items], "total": page.total, "has_more": page.has_more}
+        )
+
+    @extend_schema(request=s.ThreadRunSubmitIn, responses={201: dict, 200: dict})
+    def post(self, request: Request, thread_id: str) -> HttpResponse | StreamingHttpResponse | Response:
+        data = _validated(s.ThreadRunSubmitIn, request)
+        return self._submit(request, data, thread_id)
+
+
+class RunDetailView(APIView):
+    @extend_schema(responses={200: dict})
+    def get(self, request: Request, run_id: str) -> Response:
+        return Response(s.run_json(_run_or_404(request, run_id)))
+
+
+class ThreadActiveRunView(APIView):
+    @extend_schema(responses={200: dict})
+    def get(self, request: Request, thread_id: str) -> Response:
+        _thread_or_404(request, thread_id)
+        run = selectors.active_run(thread_id)
+        return Response({"active_run": None if run is None else s.run_json(run)})
+
+
+class ThreadLatestRunView(APIView):
+    @extend_schema(responses={200: dict})
+    def get(self, request: Request, thread_id: str) -> Response:
+        _thread_or_404(request, thread_id)
+        run = store.latest_run(thread_id=thread_id)
+        if run is None:
+            raise ApiError(
+                f"run not found: no runs for thread {thread_id}", code="run_not_found", status_code=404
+            )
+        return Response(s.run_json(run))
+
+
+class RunEventsView(APIView):
+    renderer_classes = [*APIView.renderer_classes, EventStreamRenderer]
+
+    @extend_schema(responses={200: str, 204: None})
+    def get(self, request: Request, run_id: str) -> HttpResponse | StreamingHttpResponse:
+        _run_or_404(request, run_id)
+        if not events.has_stream(run_id):
+            return HttpResponse(status=204)
+        after = request.headers.get("Last-Event-ID") or request.query_params.get("after") or "0-0"
+        if not _valid_stream_id(after):
+            raise ApiError(
+                "Last-Event-ID must be a stream id like 1700000000000-0",
+                code="invalid",
+                field="Last-Event-ID",
+            )
+        return stream_response(run_id, after=after)
+
+
+def _valid_stream_id(value: str) -> bool:
+    ms, _, seq = value.partition("-")
+    return ms.isdigit() and seq.isdigit() and len(ms) < 20 and len(seq) < 20
+
+
+# --- control ------------------------------------------------------------------------------------------
+
+
+def _resume(data: dict[str, Any]) -> ToolCallResume:
+    return ToolCallResume(
+        decision_id=uuid7(), action=data["action"], result=data.get("payload"), updated_at=now_ms()
+    )
+
+
+class RunCancelView(APIView):
+    @extend_schema(request=None, responses={202: dict})
+    def post(self, request: Request, run_id: str) -> Response:
+        _run_or_404(request, run_id)
+        if not service.cancel(run_id):
+            raise not_found("run", run_id)
+        return Response({"status": "cancel_requested", "run_id": run_id}, status=202)
+
+
+class ThreadCancelView(APIView):
+    @extend_schema(request=None, responses={202: dict})
+    def post(self, request: Request, thread_id: str) -> Response:
+        _thread_or_404(request, thread_id)
+        if not service.cancel(thread_id):
+            raise not_found("thread", thread_id)
+        return Response({"status": "cancel_requested", "thread_id": thread_id}, status=202)
+
+
+class DispatchCancelView(APIView):
+    @extend_schema(request=None, responses={202: dict})
+    def post(self, request: Request, dispatch_id: str) -> Response:
+        dispatch = service.load_dispatch(dispatch_id)
+        if dispatch is None or selectors.owned_thread(_user_id(request), dispatch.thread_id) is None:
+            raise not_found("dispatch", dispatch_id)
+        if not service.cancel(dispatch_id):
+            raise not_found("dispatch", dispatch_id)
+        return Response({"status": "cancel_requested", "dispatch_id": dispatch_id}, status=202)
+
+
+class ThreadInterruptView(APIView):
+    @extend_schema(request=None, responses={202: dict})
+    def post(self, request: Request, thread_id: str) -> Response:
+        _thread_or_404(request, thread_id)
+        details = service.interrupt(thread_id)
+        if details.active_dispatch is None and details.superseded_count == 0:
+            raise not_found("thread", thread_id)
+        return Response(
+            {
+                "status": "interrupt_requested",
+                "thread_id": thread_id,
+                "superseded_dispatches": details.superseded_count,
+                "active_dispatch_id": None
+                if details.active_dispatch is None
+                else details.active_dispatch.dispatch_id,
+            },
+            status=202,
+        )
+
+
+class ThreadDecisionView(APIView):
+    @extend_schema(request=s.DecisionIn, responses={202: dict})
+    def post(self, request: Request, thread_id: str) -> Response:
+        _thread_or_404(request, thread_id)
+        data = _validated(s.DecisionIn, request)
+        if not service.send_decision(
+            thread_id, data["tool_call_id"], _resume(data), owner_id=_user_id(request)
+        ):
+            raise ApiError(
+                f"no suspended tool call {data['tool_call_id']} on thread {thread_id}",
+                code="decision_target_not_found",
+                status_code=404,
+            )
+        return Response(
+            {"status": "decision_submitted", "thread_id": thread_id, "tool_call_id": data["tool_call_id"]},
+            status=202,
+        )
+
+
+class RunDecisionView(APIView):
+    @extend_schema(request=s.DecisionIn, responses={202: dict})
+    def post(self, request: Request, run_id: str) -> Response:
+        _run_or_404(request, run_id)
+        data = _validated(s.DecisionIn, request)
+        if not service.send_decision(run_id, data["tool_call_id"], _resume(data), owner_id=_user_id(request)):
+            raise ApiError(
+                f"no suspended tool call {data['tool_call_id']} on run {run_id}",
+                code="decision_target_not_found",
+                status_code=404,
+            )
+        return Response(
+            {"status": "decision_submitted", "run_id": run_id, "tool_call_id": data["tool_call_id"]},
+            status=202,
+        )
+
+
+# --- thread mailbox and messages ----------------------------------------------------------------------
+
+
+class ThreadMailboxView(APIView):
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("status", str),
+            OpenApiParameter("limit", int),
+            OpenApiParameter("offset", int),
+        ],
+        responses={200: dict},
+    )
+    def get(self, request: Request, thread_id: str) -> Response:
+        _thread_or_404(request, thread_id)
+        limit, offset = _page(request)
+        try:
+            statuses = s.parse_status_filter(request.query_params.get("status"))
+        except drf.ValidationError as exc:
+            raise ApiError(str(exc.detail["status"]), code="invalid", field="status") from None  # type: ignore[index,call-overload]
+        items = service.list_dispatches(thread_id, statuses, limit, offset)
+        from mailbox_app import store as mailbox_store
+
+        total = mailbox_store.count_thread_dispatches(thread_id, statuses)
+        return Response(
+            {
+                "items": [s.dispatch_json(d) for d in items],
+                "total": total,
+                "has_more": offset + len(items) < total,
+            }
+        )
+
+    @extend_schema(request=s.MailboxSubmitIn, responses={201: dict})
+    def post(self, request: Request, thread_id: str) -> Response:
+        user_id = _user_id(request)
+        if selectors.thread_taken_by_other(user_id, thread_id):
+            raise not_found("thread", thread_id)
+        data = _validated(s.MailboxSubmitIn, request)
+        key = _idempotency_key(request, data)
+        run_request = RunRequest(
+            thread_id=thread_id, messages=s.to_messages(data["messages"]), agent_id=data.get("agent_id")
+        )
+
+        def action() -> tuple[int, dict[str, Any]]:
+            return 201, _submit_result(service.submit_background(run_request, owner_id=user_id))
+
+        status_code, body = run_once(
+            user_id=user_id, key=key, fingerprint=request_hash(request.path, data), action=action
+        )
+        return Response(body, status=status_code)
+
+
+def _inject(
+    request: Request,
+    thread_id: str,
+    data: dict[str, Any],
+    *,
+    agent_id: str | None,
+    expected_run_id: str | None = None,
+) -> service.SubmitResult:
+    """spec §5.3 inject_user_input / inject_run_input by mode."""
+    user_id = _user_id(request)
+    mode = data.get("mode", "queue")
+    run_request = RunRequest(thread_id=thread_id, messages=s.to_messages(data["messages"]), agent_id=agent_id)
+    if mode in ("live_then_queue", "steer"):
+        return service.submit_live_then_queue(run_request, expected_run_id=expected_run_id, owner_id=user_id)
+    if mode == "interrupt_then_queue":
+        service.interrupt(thread_id)
+    elif mode == "resume_open_run":
+        thread = store.load_thread(thread_id=thread_id)
+        run = store.load_run(run_id=thread.open_run_id) if thread and thread.open_run_id else None
+        if run is None or run.thread_id != thread_id or not run.is_resumable_waiting:
+            raise ApiError(
+                f"run not found: open run for thread {thread_id}", code="run_not_found", status_code=404
+            )
+        run_request = run_request.with_(agent_id=run.agent_id, continue_run_id=run.run_id)
+    return service.submit_background(run_request, owner_id=user_id)
+
+
+class ThreadMessagesView(APIView):
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("limit", int),
+            OpenApiParameter("offset", int),
+            OpenApiParameter("visibility", str, enum=["all"]),
+        ],
+        responses={200: dict},
+    )
+    def get(self, request: Request, thread_id: str) -> Response:
+        _thread_or_404(request, thread_id)
+        limit, offset = _page(request)
+        visibility = request.query_params.get("visibility")
+        if visibility not in (None, "", "all", "public"):
+            raise ApiError(f"invalid visibility: {visibility}", code="invalid", field="visibility")
+        records, total = store.list_message_records(
+            thread_id=thread_id, offset=offset, limit=limit, include_internal=visibility == "all"
+        )
+        return Response(
+            {
+                "items": [s.message_json(r) for r in records],
+                "total": total,
+                "has_more": offset + len(records) < total,
+            }
+        )
+
+    @extend_schema(request=s.ThreadMessagesIn, responses={202: dict})
+    def post(self, request: Request, thread_id: str) -> Response:
+        _thread_or_404(request, thread_id)
+        data = _validated(s.ThreadMessagesIn, request)
+        result = _inject(request, thread_id, data, agent_id=data.get("agent_id"))
+        return Response(_submit_result(result), status=202)
+
+
+class RunInputsView(APIView):
+    @extend_schema(request=s.RunInputsIn, responses={202: dict})
+    def post(self, request: Request, run_id: str) -> Response:
+        run = _run_or_404(request, run_id)
+        data = _validated(s.RunInputsIn, request)
+        mode = data.get("mode", "queue")
+        if mode in ("live_then_queue", "steer"):
+            result = _inject(request, run.thread_id, data, agent_id=run.agent_id, expected_run_id=run.run_id)
+        elif mode != "interrupt_then_queue" and run.is_resumable_waiting:
+            result = service.submit_background(
+                RunRequest(
+                    thread_id=run.thread_id,
+                    messages=s.to_messages(data["messages"]),
+                    agent_id=run.agent_id,
+                    continue_run_id=run.run_id,
+                ),
+                owner_id=_user_id(request),
+            )
+        else:
+            result = _inject(request, run.thread_id, data, agent_id=run.agent_id)
+        return Response(
+            {"status": "inputs_accepted", **_submit_result(result), "run_status": result.status.value},
+            status=202,
+        )
+
+
+# --- threads and dispatches ---------------------------------------------------------------------------
+
+
+def _thread_payload(thread: Any) -> dict[str, Any]:
+    ids = {i for i in (thread.open_run_id, thread.active_run_id) if i}
+    runs = {i: store.load_run(run_id=i) for i in ids}
+    return s.thread_json(thread, runs)
+
+
+class ThreadsView(APIView):
+    @extend_schema(
+        parameters=[OpenApiParameter("limit", int), OpenApiParameter("offset", int)], responses={200: dict}
+    )
+    def get(self, request: Request) -> Response:
+        limit, offset = _page(request)
+        qs = selectors.user_threads(_user_id(request))
+        total = qs.count()
+        threads = [store.load_thread(thread_id=t.id) for t in qs[offset : offset + limit]]
+        return Response(
+            {
+                "items": [_thread_payload(t) for t in threads if t],
+                "total": total,
+                "has_more": offset + len(threads) < total,
+            }
+        )
+
+
+class ThreadDetailView(APIView):
+    @extend_schema(responses={200: dict})
+    def get(self, request: Request, thread_id: str) -> Response:
+        return Response(_thread_payload(_thread_or_404(request, thread_id)))
+
+
+class DispatchDetailView(APIView):
+    @extend_schema(responses={200: dict})
+    def get(self, request: Request, dispatch_id: str) -> Response:
+        dispatch = service.load_dispatch(dispatch_id)
+        if dispatch is None or selectors.owned_thread(_user_id(request), dispatch.thread_id) is None:
+            raise not_found("dispatch", dispatch_id)
+        return Response(s.dispatch_json(dispatch))

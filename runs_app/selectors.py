@@ -1,0 +1,67 @@
+"""Reads for the API, scoped to the requesting user (a thread belongs to the user who created it)."""
+
+from __future__ import annotations
+
+from django.db.models import QuerySet
+
+from mailbox_app.payloads import RunRecord, ThreadRecord
+from mailbox_app.states import RunStatus
+from runs_app import store
+from runs_app.models import Run, Thread
+
+
+def owned_thread(user_id: int, thread_id: str) -> ThreadRecord | None:
+    """The thread if it exists and belongs to the user; None otherwise (callers answer 404)."""
+    thread = store.load_thread(thread_id=thread_id)
+    return thread if thread is not None and thread.owner_id == user_id else None
+
+
+def thread_taken_by_other(user_id: int, thread_id: str) -> bool:
+    thread = store.load_thread(thread_id=thread_id)
+    return thread is not None and thread.owner_id != user_id
+
+
+def owned_run(user_id: int, run_id: str) -> RunRecord | None:
+    run = store.load_run(run_id=run_id)
+    if run is None or owned_thread(user_id, run.thread_id) is None:
+        return None
+    return run
+
+
+def user_threads(user_id: int) -> QuerySet[Thread]:
+    return Thread.objects.filter(owner_id=user_id).order_by("-updated_at", "id")
+
+
+def user_runs(
+    user_id: int, *, status: RunStatus | None = None, thread_id: str | None = None
+) -> QuerySet[Run]:
+    qs = Run.objects.filter(thread__owner_id=user_id)
+    if status is not None:
+        qs = qs.filter(status=status.value)
+    if thread_id is not None:
+        qs = qs.filter(thread_id=thread_id)
+    return qs.order_by("created_at", "run_id")
+
+
+def active_run(thread_id: str) -> RunRecord | None:
+    """spec §5.3 get_active_run: the thread's active Running run, else its open Running/Waiting run,
+    else the most recently updated Running or Waiting run."""
+    thread = store.load_thread(thread_id=thread_id)
+    if thread is not None and thread.active_run_id:
+        run = store.load_run(run_id=thread.active_run_id)
+        if run is not None and run.thread_id == thread_id and run.status is RunStatus.RUNNING:
+            return run
+    if thread is not None and thread.open_run_id:
+        run = store.load_run(run_id=thread.open_run_id)
+        if (
+            run is not None
+            and run.thread_id == thread_id
+            and run.status in {RunStatus.RUNNING, RunStatus.WAITING}
+        ):
+            return run
+    row = (
+        Run.objects.filter(thread_id=thread_id, status__in=[RunStatus.RUNNING.value, RunStatus.WAITING.value])
+        .order_by("-updated_at", "-created_at", "-run_id")
+        .first()
+    )
+    return None if row is None else store.load_run(run_id=row.run_id)

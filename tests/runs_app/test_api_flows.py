@@ -1,0 +1,163 @@
+"""API flows against a real Celery worker: SSE streaming and resume, steering, HITL, cancel, 409."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from django.contrib.auth import get_user_model
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from mailbox_app import events, store
+from mailbox_app.states import DispatchStatus, RunStatus
+from runs_app import store as run_store
+from runs_app.models import Message, Run
+from tests.conftest import make_dispatch
+from tests.support.waiting import wait_until
+
+
+@pytest.fixture
+def client(mailbox_worker: Any) -> APIClient:
+    user = get_user_model().objects.create_user(username="carol", password="pw")
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    return api
+
+
+def _post(client: APIClient, path: str, data: Any, **extra: Any) -> Any:
+    return client.post(path, data=json.dumps(data), content_type="application/json", **extra)
+
+
+def _frames(chunks: Any, limit: int | None = None) -> list[dict[str, Any]]:
+    """Parse SSE frames from a streaming body; stop after `limit` frames (a client disconnect)."""
+    frames: list[dict[str, Any]] = []
+    buffer = ""
+    for chunk in chunks:
+        buffer += chunk.decode() if isinstance(chunk, bytes) else chunk
+        while "\n\n" in buffer:
+            raw, buffer = buffer.split("\n\n", 1)
+            if raw.startswith(":"):
+                continue
+            fields = dict(line.split(": ", 1) for line in raw.splitlines())
+            frames.append({"id": fields["id"], "event": fields["event"], "data": json.loads(fields["data"])})
+            if limit is not None and len(frames) >= limit:
+                return frames
+    return frames
+
+
+def test_foreground_stream_then_resume_with_last_event_id(client: APIClient) -> None:
+    resp = _post(
+        client,
+        "/api/v1/runs",
+        {"messages": [{"role": "user", "content": "one two three four five"}], "stream": True},
+    )
+    assert resp.status_code == 200 and resp["Content-Type"].startswith("text/event-stream")
+    run_id = resp["X-Run-Id"]
+    stream = iter(resp.streaming_content)
+    head = _frames(stream, limit=3)  # then the client goes away
+    resp.close()
+    assert head[0]["event"] == "run_start"
+    wait_until(lambda: (r := run_store.load_run(run_id=run_id)) and r.status is RunStatus.DONE)
+    resumed = client.get(f"/api/v1/runs/{run_id}/events", HTTP_LAST_EVENT_ID=head[-1]["id"])
+    assert resumed.status_code == 200
+    tail = _frames(resumed.streaming_content)
+    all_ids = [e.id for e in events.read_events(run_id)]
+    assert [f["id"] for f in head + tail] == all_ids  # nothing lost, nothing repeated
+    assert tail[-1]["event"] == "run_finish"
+    text = "".join(f["data"]["delta"] for f in head + tail if f["event"] == "text_delta")
+    assert text == "echo: one two three four five"
+    ids = [int(i.split("-")[0]) * 10_000 + int(i.split("-")[1]) for i in all_ids]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+
+
+def test_events_204_when_no_stream(client: APIClient) -> None:
+    user = get_user_model().objects.get(username="carol")
+    run_store.ensure_thread(thread_id="t-quiet", owner_id=user.pk)
+    body = _post(
+        client, "/api/v1/threads/t-quiet/mailbox", {"messages": [{"role": "user", "content": "sleep 0.2"}]}
+    ).json()
+    wait_until(lambda: (r := run_store.load_run(run_id=body["run_id"])) and r.status is RunStatus.DONE)
+    events.get_redis().delete(events.stream_key(body["run_id"]))
+    assert client.get(f"/api/v1/runs/{body['run_id']}/events").status_code == 204
+
+
+def test_steering_message_and_background_run(client: APIClient) -> None:
+    body = _post(
+        client, "/api/v1/threads/t-s/mailbox", {"messages": [{"role": "user", "content": "sleep 1"}]}
+    ).json()
+    wait_until(lambda: (r := run_store.load_run(run_id=body["run_id"])) and r.status is RunStatus.RUNNING)
+    steer = _post(
+        client,
+        "/api/v1/threads/t-s/messages",
+        {"messages": [{"role": "user", "content": "go faster"}], "mode": "live_then_queue"},
+    )
+    assert (
+        steer.status_code == 202
+        and steer.json()["status"] == "running"
+        and steer.json()["run_id"] == body["run_id"]
+    )
+    run = wait_until(
+        lambda: (r := run_store.load_run(run_id=body["run_id"])) and r.status is RunStatus.DONE and r
+    )
+    assert run.final_output == "slept 1 | steered: go faster"
+    listed = client.get("/api/v1/threads/t-s/messages").json()
+    assert [m["content"] for m in listed["items"]] == ["sleep 1", "go faster", "slept 1 | steered: go faster"]
+
+
+def test_hitl_ask_decision_approved(client: APIClient) -> None:
+    body = _post(
+        client, "/api/v1/threads/t-h/mailbox", {"messages": [{"role": "user", "content": "ask release?"}]}
+    ).json()
+    run = wait_until(
+        lambda: (r := run_store.load_run(run_id=body["run_id"])) and r.status is RunStatus.WAITING and r
+    )
+    active = client.get("/api/v1/threads/t-h/runs/active").json()["active_run"]
+    assert active["run_id"] == body["run_id"] and active["status"] == "waiting"
+    call_id = run.waiting.tickets[0].tool_call_id
+    bad = _post(
+        client, f"/api/v1/runs/{body['run_id']}/decision", {"tool_call_id": "other", "action": "resume"}
+    )
+    assert bad.status_code == 404
+    ok = _post(
+        client,
+        f"/api/v1/runs/{body['run_id']}/decision",
+        {"tool_call_id": call_id, "action": "resume", "payload": {"v": 2}},
+    )
+    assert ok.status_code == 202
+    done = wait_until(
+        lambda: (r := run_store.load_run(run_id=body["run_id"])) and r.status is RunStatus.DONE and r
+    )
+    assert done.final_output == 'approved: {"v": 2}'
+
+
+def test_cancel_running_run_via_api(client: APIClient) -> None:
+    body = _post(
+        client, "/api/v1/threads/t-c/mailbox", {"messages": [{"role": "user", "content": "sleep 10"}]}
+    ).json()
+    wait_until(lambda: (r := run_store.load_run(run_id=body["run_id"])) and r.status is RunStatus.RUNNING)
+    resp = _post(client, f"/api/v1/runs/{body['run_id']}/cancel", {})
+    assert resp.status_code == 202
+    run = wait_until(
+        lambda: (r := run_store.load_run(run_id=body["run_id"])) and r.status is RunStatus.DONE and r
+    )
+    assert run.termination_reason.type == "cancelled"
+
+
+def test_foreground_409_when_active_run_cannot_be_released(client: APIClient, engine_settings: Any) -> None:
+    engine_settings.AWAKEN_REMOTE_CANCEL_WAIT_MS = 200
+    user = get_user_model().objects.get(username="carol")
+    run_store.ensure_thread(thread_id="t-409", owner_id=user.pk)
+    store.enqueue(make_dispatch("held", "t-409", available_at=0, created_at=0))
+    [held] = store.claim("t-409", "a-dead-worker", 60_000, 1)
+    runs, messages = Run.objects.count(), Message.objects.count()
+    resp = _post(client, "/api/v1/threads/t-409/runs", {"messages": [{"role": "user", "content": "now"}]})
+    assert resp.status_code == 409
+    assert resp.json() == {
+        "error": "thread has an active run; cannot claim inline",
+        "code": "active_run_conflict",
+    }
+    assert (Run.objects.count(), Message.objects.count()) == (runs, messages)
+    assert store.load_dispatch("held").status is DispatchStatus.CLAIMED
+    assert held.claim_token
