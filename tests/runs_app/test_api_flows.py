@@ -11,6 +11,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from mailbox_app import events, store
+from mailbox_app.redis_client import get_redis
 from mailbox_app.states import DispatchStatus, RunStatus
 from runs_app import store as run_store
 from runs_app.models import Message, Run
@@ -55,14 +56,14 @@ def test_foreground_stream_then_resume_with_last_event_id(client: APIClient) -> 
     )
     assert resp.status_code == 200 and resp["Content-Type"].startswith("text/event-stream")
     run_id = resp["X-Run-Id"]
-    stream = iter(resp.streaming_content)
+    stream = iter(resp.streaming_content)  # type: ignore[attr-defined]
     head = _frames(stream, limit=3)  # then the client goes away
     resp.close()
     assert head[0]["event"] == "run_start"
     wait_until(lambda: (r := run_store.load_run(run_id=run_id)) and r.status is RunStatus.DONE)
     resumed = client.get(f"/api/v1/runs/{run_id}/events", HTTP_LAST_EVENT_ID=head[-1]["id"])
     assert resumed.status_code == 200
-    tail = _frames(resumed.streaming_content)
+    tail = _frames(resumed.streaming_content)  # type: ignore[attr-defined]
     all_ids = [e.id for e in events.read_events(run_id)]
     assert [f["id"] for f in head + tail] == all_ids  # nothing lost, nothing repeated
     assert tail[-1]["event"] == "run_finish"
@@ -79,7 +80,7 @@ def test_events_204_when_no_stream(client: APIClient) -> None:
         client, "/api/v1/threads/t-quiet/mailbox", {"messages": [{"role": "user", "content": "sleep 0.2"}]}
     ).json()
     wait_until(lambda: (r := run_store.load_run(run_id=body["run_id"])) and r.status is RunStatus.DONE)
-    events.get_redis().delete(events.stream_key(body["run_id"]))
+    get_redis().delete(events.stream_key(body["run_id"]))
     assert client.get(f"/api/v1/runs/{body['run_id']}/events").status_code == 204
 
 
