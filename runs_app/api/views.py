@@ -23,6 +23,7 @@ from runs_app.api.idempotency import request_hash, run_once
 from runs_app.api.sse import EventStreamRenderer, stream_response
 
 MAX_PAGE = 200
+MAX_OFFSET = 1_000_000_000  # beyond PostgreSQL's bigint OFFSET nothing exists anyway
 
 
 def _int_param(request: Request, name: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
@@ -41,7 +42,7 @@ def _int_param(request: Request, name: str, default: int, *, minimum: int, maxim
 def _page(request: Request) -> tuple[int, int]:
     return (
         _int_param(request, "limit", 50, minimum=1, maximum=MAX_PAGE),
-        _int_param(request, "offset", 0, minimum=0),
+        _int_param(request, "offset", 0, minimum=0, maximum=MAX_OFFSET),
     )
 
 
