@@ -24,11 +24,14 @@ from mailbox_app.executor import OutcomeKind
 from mailbox_app.ids import now_ms, uuid7
 from mailbox_app.live import LiveRunTarget, LiveSubscription
 from mailbox_app.locks import ThreadLock
+from mailbox_app.payloads import RunRecord
+from mailbox_app.ports import run_store
 from mailbox_app.preparation import reconstruct_run_request
 from mailbox_app.reconcile import terminalize_run_for_dispatch
 from mailbox_app.records import DispatchRecord
 from mailbox_app.retry import nack_backoff_ms
-from mailbox_app.runtime import ActiveRun, run_activation
+from mailbox_app.runtime import ActiveRun, finished_run_result, run_activation
+from mailbox_app.states import RunStatus
 
 log = logging.getLogger(__name__)
 MAX_DRAIN = 1000  # dispatches one drain runs before handing the thread back to a fresh doorbell
@@ -137,6 +140,9 @@ def execute_claimed(dispatch: DispatchRecord) -> ExecutionReport:
             )
             terminalize_run_for_dispatch(superseded)
             return ExecutionReport(dispatch.dispatch_id, "superseded")
+        finished = _finished_run(dispatch)
+        if finished is not None:
+            return _settle_finished_run(dispatch, finished)
         try:
             request = reconstruct_run_request(dispatch)
         except StoreError as exc:
@@ -151,6 +157,30 @@ def execute_claimed(dispatch: DispatchRecord) -> ExecutionReport:
         return _run_with_lease(dispatch, request.with_(session_id=instance_id), instance_id, lock)
     finally:
         lock.release()
+
+
+def _finished_run(dispatch: DispatchRecord) -> RunRecord | None:
+    run = run_store().load_run(run_id=dispatch.run_id)
+    if run is None or run.thread_id != dispatch.thread_id or run.status is not RunStatus.DONE:
+        return None
+    return run
+
+
+def _settle_finished_run(dispatch: DispatchRecord, run: RunRecord) -> ExecutionReport:
+    """The run is already done: typically its worker died after checkpointing Done and recording the
+    result but before the ack, and the sweep requeued the claim. Never run the agent again (the intent
+    would complete twice, and the Done -> Running checkpoint is refused): restore the dispatch's trace
+    from the run record (the instance that finished it) and settle the dispatch as completed."""
+    token = dispatch.claim_token or ""
+    same = run.dispatch_id == dispatch.dispatch_id and run.session_id
+    instance_id = run.session_id if same and run.session_id else uuid7()
+    try:
+        store.record_dispatch_start(dispatch.dispatch_id, token, instance_id, now_ms())
+    except (VersionConflict, NotFound):
+        current = store.load_dispatch(dispatch.dispatch_id)
+        terminalize_run_for_dispatch(current)
+        return ExecutionReport(dispatch.dispatch_id, current.status.value if current else "missing")
+    return _settle(dispatch, OutcomeKind.COMPLETED, None, finished_run_result(dispatch, instance_id, run))
 
 
 def _lock_busy(dispatch: DispatchRecord) -> ExecutionReport:

@@ -237,6 +237,19 @@ def _emit_finish(
     )
 
 
+def finished_run_result(dispatch: DispatchRecord, instance_id: str, run: RunRecord) -> RunDispatchResult:
+    """The dispatch-side projection of a run that is already done (nothing is executed)."""
+    payload = run.error_payload
+    return _result(
+        dispatch,
+        instance_id,
+        RunStatus.DONE.value,
+        termination=run.termination_reason,
+        response=run.final_output,
+        error=str(payload.get("message")) if isinstance(payload, dict) and payload.get("message") else None,
+    )
+
+
 def _result(
     dispatch: DispatchRecord,
     instance_id: str,
