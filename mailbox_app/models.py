@@ -77,6 +77,7 @@ class Dispatch(models.Model):
 
     class Meta:
         db_table = "mailbox_dispatch"
+        verbose_name_plural = "dispatches"
         ordering = ["priority", "created_at", "dispatch_id"]
         indexes = [
             # claim: the thread's queued rows in claim order

@@ -1,0 +1,338 @@
+"""Operator admin for threads, runs and the message log: read-only, because all of it is system-owned.
+
+A form save would write every column it loaded, racing the store's locked writes (a thread's
+`message_count` allocates message seqs; its run pointers follow checkpoints), and the log is
+append-only. So nothing here adds, changes or deletes; state moves through the mailbox service.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
+
+from django.contrib import admin
+from django.contrib.admin.utils import flatten_fieldsets
+from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
+
+from mailbox_app.admin import (
+    counted,
+    dispatch_list_url,
+    dispatch_url,
+    link,
+    overview_url,
+    run_url,
+    thread_url,
+)
+from mailbox_app.models import Dispatch
+from mailbox_app.selectors import format_utc_ms
+from runs_app.models import Message, Run, Thread
+
+if TYPE_CHECKING:
+    RunAdminBase = admin.ModelAdmin[Run]
+    ThreadAdminBase = admin.ModelAdmin[Thread]
+    MessageAdminBase = admin.ModelAdmin[Message]
+    MessageInlineBase = admin.TabularInline[Message, Thread]
+else:  # ModelAdmin and InlineModelAdmin are generic only in django-stubs
+    RunAdminBase = ThreadAdminBase = MessageAdminBase = admin.ModelAdmin
+    MessageInlineBase = admin.TabularInline
+
+THREAD_DISPATCHES_SHOWN = 25
+PREVIEW_CHARS = 120
+
+
+def _preview(value: Any, limit: int = PREVIEW_CHARS) -> str:
+    """Message content (a string or a list of parts) as one short line."""
+    if isinstance(value, list):
+        parts = [p.get("text", "") if isinstance(p, dict) else str(p) for p in value]
+        text = " ".join(p for p in parts if p) or json.dumps(value)
+    elif isinstance(value, str):
+        text = value
+    else:
+        text = json.dumps(value)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def termination_text(value: Any) -> str:
+    if not value:
+        return "—"
+    if isinstance(value, dict):
+        kind = value.get("type", "?")
+        detail = value.get("value")
+        return f"{kind}: {_preview(detail, 80)}" if detail not in (None, "") else str(kind)
+    return _preview(value, 80)
+
+
+def waiting_text(value: Any) -> str:
+    """`reason: N ticket(s) (tool_name call_id, …)` for a waiting run."""
+    if not isinstance(value, dict):
+        return "—"
+    tickets = value.get("tickets") or []
+    names = [
+        f"{t.get('tool_name', '?')} {t.get('tool_call_id', '?')}" for t in tickets if isinstance(t, dict)
+    ]
+    ticket_ids = value.get("ticket_ids") or []
+    count = max(len(tickets), len(ticket_ids))
+    listed = f" ({', '.join(names)})" if names else ""
+    return f"{value.get('reason', '?')}: {counted(count, 'ticket')}{listed}"
+
+
+class ReadOnlyAdmin:
+    """No add, no change, no delete: the view permission shows every page read-only."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+# --- Run -----------------------------------------------------------------------------------------
+
+
+@admin.register(Run)
+class RunAdmin(ReadOnlyAdmin, RunAdminBase):
+    list_display = (
+        "run_id",
+        "thread_link",
+        "agent_id",
+        "status",
+        "termination",
+        "waiting_tickets",
+        "dispatches",
+        "created",
+        "updated",
+    )
+    list_filter = ("status", "agent_id")
+    search_fields = ("run_id__startswith", "thread__id__startswith", "dispatch_id__startswith")
+    search_help_text = "Run, thread or dispatch id (or its beginning)."
+    ordering = ("-created_at", "run_id")
+    list_select_related = False
+    show_full_result_count = False
+    fieldsets = [
+        (None, {"fields": ("run_id", "thread_link", "agent_id", "parent_run_id", "status", "dispatches")}),
+        ("Outcome", {"fields": ("termination", "waiting_tickets", "final_output", "error_payload")}),
+        (
+            "Trace",
+            {"fields": ("dispatch_link", "session_id", "transport_request_id", "steps", "tokens")},
+        ),
+        ("Times", {"fields": ("created", "started", "finished", "updated")}),
+        (
+            "Payloads",
+            {
+                "classes": ["collapse"],
+                "fields": ("request", "input", "output", "waiting", "outcome", "state"),
+            },
+        ),
+    ]
+    readonly_fields = flatten_fieldsets(fieldsets)
+
+    @admin.display(description="thread", ordering="thread_id")
+    def thread_link(self, obj: Run) -> SafeString:
+        return link(thread_url(obj.thread_id), obj.thread_id)
+
+    @admin.display(description="termination")
+    def termination(self, obj: Run) -> str:
+        return termination_text(obj.termination_reason)
+
+    @admin.display(description="waiting tickets")
+    def waiting_tickets(self, obj: Run) -> str:
+        return waiting_text(obj.waiting)
+
+    @admin.display(description="dispatches")
+    def dispatches(self, obj: Run) -> SafeString:
+        return link(dispatch_list_url(run_id=obj.run_id), "dispatches of this run")
+
+    @admin.display(description="dispatch")
+    def dispatch_link(self, obj: Run) -> SafeString | str:
+        return link(dispatch_url(obj.dispatch_id), obj.dispatch_id) if obj.dispatch_id else "—"
+
+    @admin.display(description="tokens in / out")
+    def tokens(self, obj: Run) -> str:
+        return f"{obj.input_tokens} / {obj.output_tokens}"
+
+    @admin.display(description="created at", ordering="created_at")
+    def created(self, obj: Run) -> str:
+        return format_utc_ms(obj.created_at)
+
+    @admin.display(description="started at")
+    def started(self, obj: Run) -> str:
+        return format_utc_ms(obj.started_at)
+
+    @admin.display(description="finished at")
+    def finished(self, obj: Run) -> str:
+        return format_utc_ms(obj.finished_at)
+
+    @admin.display(description="updated at", ordering="updated_at")
+    def updated(self, obj: Run) -> str:
+        return format_utc_ms(obj.updated_at)
+
+
+# --- Thread --------------------------------------------------------------------------------------
+
+
+class MessageInline(ReadOnlyAdmin, MessageInlineBase):
+    model = Message
+    ordering = ("seq",)
+    fields = ("seq", "role", "visibility", "content_preview", "tool_call_id", "run_id", "created")
+    readonly_fields = fields
+    extra = 0
+    max_num = 0
+    can_delete = False
+    show_change_link = True
+
+    @admin.display(description="content")
+    def content_preview(self, obj: Message) -> str:
+        return _preview(obj.content)
+
+    @admin.display(description="created at")
+    def created(self, obj: Message) -> str:
+        return format_utc_ms(obj.created_at)
+
+
+@admin.register(Thread)
+class ThreadAdmin(ReadOnlyAdmin, ThreadAdminBase):
+    list_display = (
+        "id",
+        "owner",
+        "title",
+        "latest_run",
+        "open_run_id",
+        "active_run_id",
+        "message_count",
+        "updated",
+    )
+    search_fields = ("id__startswith", "title__icontains")
+    search_help_text = "Thread id (or its beginning) or title."
+    list_select_related = ("owner",)
+    show_full_result_count = False
+    fieldsets = [
+        (None, {"fields": ("id", "owner", "title", "resource_id", "parent_thread_id", "block_report")}),
+        ("Runs", {"fields": ("latest_run", "open_run", "active_run", "messages")}),
+        ("Dispatches", {"fields": ("dispatch_table",)}),
+        ("Times", {"fields": ("created", "updated", "metadata")}),
+    ]
+    readonly_fields = flatten_fieldsets(fieldsets)
+    inlines = (MessageInline,)
+
+    @staticmethod
+    def _run_link(run_id: str | None) -> SafeString | str:
+        return link(run_url(run_id), run_id) if run_id else "—"
+
+    @admin.display(description="latest run")
+    def latest_run(self, obj: Thread) -> SafeString | str:
+        return self._run_link(obj.latest_run_id)
+
+    @admin.display(description="open run")
+    def open_run(self, obj: Thread) -> SafeString | str:
+        return self._run_link(obj.open_run_id)
+
+    @admin.display(description="active run")
+    def active_run(self, obj: Thread) -> SafeString | str:
+        return self._run_link(obj.active_run_id)
+
+    @admin.display(description="messages")
+    def messages(self, obj: Thread) -> SafeString:
+        url = f"{reverse('admin:runs_app_message_changelist')}?{urlencode({'thread__id__exact': obj.id})}"
+        return format_html("{} (below, in seq order) · {}", obj.message_count, link(url, "message list"))
+
+    @admin.display(description="why blocked?")
+    def block_report(self, obj: Thread) -> SafeString:
+        return link(overview_url(obj.id), "block report")
+
+    @admin.display(description="dispatches")
+    def dispatch_table(self, obj: Thread) -> SafeString:
+        """Dispatch has no FK to Thread (`thread_id` is a plain column): a read-only list of links."""
+        rows = list(
+            Dispatch.objects.filter(thread_id=obj.id).order_by("-created_at")[:THREAD_DISPATCHES_SHOWN]
+        )
+        if not rows:
+            return format_html("none · {}", link(dispatch_list_url(thread_id=obj.id), "dispatch list"))
+        body = format_html_join(
+            "",
+            '<tr><td><a href="{}">{}</a></td><td>{}</td><td><a href="{}">{}</a></td><td>{} / {}</td>'
+            "<td>{}</td><td>{}</td></tr>",
+            (
+                (
+                    dispatch_url(d.dispatch_id),
+                    d.dispatch_id,
+                    d.status,
+                    run_url(d.run_id),
+                    d.run_id,
+                    d.attempt_count,
+                    d.max_attempts,
+                    d.claimed_by or "",
+                    format_utc_ms(d.created_at),
+                )
+                for d in rows
+            ),
+        )
+        return format_html(
+            '<table id="thread-dispatches"><thead><tr><th>dispatch</th><th>status</th><th>run</th>'
+            "<th>attempts / max</th><th>claimed by</th><th>created at</th></tr></thead>"
+            "<tbody>{}</tbody></table><p>{} (latest {} shown)</p>",
+            body,
+            link(dispatch_list_url(thread_id=obj.id), "all dispatches of this thread"),
+            THREAD_DISPATCHES_SHOWN,
+        )
+
+    @admin.display(description="created at")
+    def created(self, obj: Thread) -> str:
+        return format_utc_ms(obj.created_at)
+
+    @admin.display(description="updated at", ordering="updated_at")
+    def updated(self, obj: Thread) -> str:
+        return format_utc_ms(obj.updated_at)
+
+
+# --- Message -------------------------------------------------------------------------------------
+
+
+@admin.register(Message)
+class MessageAdmin(ReadOnlyAdmin, MessageAdminBase):
+    """The append-only log, one row per message."""
+
+    list_display = ("thread_link", "seq", "role", "visibility", "content_preview", "run_id", "created")
+    list_filter = ("role", "visibility")
+    search_fields = ("thread__id__startswith", "message_id__startswith", "run_id__startswith")
+    search_help_text = "Thread, message or run id (or its beginning)."
+    ordering = ("thread_id", "seq")
+    show_full_result_count = False
+    fields = (
+        "thread_link",
+        "seq",
+        "message_id",
+        "role",
+        "visibility",
+        "content",
+        "tool_calls",
+        "tool_call_id",
+        "run_link",
+        "step_index",
+        "metadata",
+        "created",
+    )
+    readonly_fields = fields
+
+    @admin.display(description="thread", ordering="thread_id")
+    def thread_link(self, obj: Message) -> SafeString:
+        return link(thread_url(obj.thread_id), obj.thread_id)
+
+    @admin.display(description="run")
+    def run_link(self, obj: Message) -> SafeString | str:
+        return link(run_url(obj.run_id), obj.run_id) if obj.run_id else "—"
+
+    @admin.display(description="content")
+    def content_preview(self, obj: Message) -> str:
+        return _preview(obj.content)
+
+    @admin.display(description="created at", ordering="created_at")
+    def created(self, obj: Message) -> str:
+        return format_utc_ms(obj.created_at)
