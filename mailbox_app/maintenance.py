@@ -8,9 +8,11 @@ import time
 from dataclasses import asdict, dataclass
 
 from django.conf import settings
+from redis.exceptions import RedisError
 
 from mailbox_app import signals, store
 from mailbox_app.ids import now_ms
+from mailbox_app.locks import ThreadLock
 from mailbox_app.ports import run_store
 from mailbox_app.reconcile import terminalize_run_for_dispatch
 from mailbox_app.states import DispatchStatus, RunStatus
@@ -40,6 +42,7 @@ def sweep(*, now: int | None = None) -> SweepReport:
         batch = store.reclaim_expired_leases(stamp, RECLAIM_BATCH)
         for dispatch in batch:
             reclaimed += 1
+            _release_stale_lock(dispatch.thread_id)
             if dispatch.status is DispatchStatus.DEAD_LETTER:
                 dead += 1
                 reconciled += terminalize_run_for_dispatch(dispatch, now=stamp) is not None
@@ -49,6 +52,22 @@ def sweep(*, now: int | None = None) -> SweepReport:
     for thread_id in threads:
         signals.ring_on_commit(thread_id, None)
     return SweepReport(reclaimed=reclaimed, dead_lettered=dead, reconciled=reconciled, redriven=len(threads))
+
+
+def _release_stale_lock(thread_id: str) -> None:
+    """Drop the Redis lock of a reclaimed claim. Its holder took it some time after the claim (the
+    hand-over to a worker), so without renewals it outlives the lease it mirrors; the successor the
+    sweep rings would find it taken, be nacked (an attempt charged) and wait out its TTL. Only a lock
+    that is not the thread's current claim's is dropped, by compare-and-delete on its token."""
+    try:
+        holder, _ = ThreadLock.holder(thread_id)
+        if holder is None:
+            return
+        live = store.list_dispatches(thread_id, [DispatchStatus.CLAIMED], 1)
+        if not live or live[0].claim_token != holder:
+            ThreadLock.release_stale(thread_id, holder)
+    except RedisError:
+        log.warning("could not release the stale lock of thread %s", thread_id, exc_info=True)
 
 
 def reconcile_terminal(*, now: int | None = None) -> int:

@@ -3,6 +3,7 @@ checkpoint Running, call the executor, checkpoint Done or Waiting, stream events
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -21,7 +22,7 @@ from mailbox_app.ids import now_ms
 from mailbox_app.payloads import ChatMessage, RunRecord, TerminationReason, ToolCallResume
 from mailbox_app.ports import run_store
 from mailbox_app.records import DispatchRecord, RunDispatchResult
-from mailbox_app.requests import RunOrigin, RunRequest
+from mailbox_app.requests import RunMode, RunOrigin, RunRequest
 from mailbox_app.states import RunStatus
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,10 @@ class _Context:
         wake = ChatMessage.model_validate(
             {
                 "role": "user",
-                "content": f"background task {task_id} finished: {result}",
+                "content": (
+                    f'<background-task-event kind="completed" task_id="{task_id}">'
+                    f"{json.dumps(result)}</background-task-event>"
+                ),
                 "visibility": "internal",
             }
         )
@@ -126,6 +130,7 @@ class _Context:
                 thread_id=self.thread_id,
                 messages=[wake],
                 origin=RunOrigin.INTERNAL,
+                run_mode=RunMode.INTERNAL_WAKE,
                 continue_run_id=self.run_id,
             )
         )
@@ -170,8 +175,10 @@ def run_activation(
         # Another worker may own this dispatch now: leave the run as it is for the retry.
         return outcome, _result(dispatch, instance_id, "running")
     if error is not None and outcome.kind is not OutcomeKind.COMPLETED:
-        _emit_finish(run.run_id, TerminationReason(type="error", value=outcome.message), None, dispatch)
-        return outcome, _result(dispatch, instance_id, "running", error=outcome.message)
+        failed = TerminationReason(type="error", value=outcome.message)
+        _emit_finish(run.run_id, failed, None, dispatch)
+        # the dispatch's trace says how this attempt ended; a nack that requeues clears it again
+        return outcome, _result(dispatch, instance_id, "done", termination=failed, error=outcome.message)
     final = _finish_run(running, result, error, active)
     _emit_finish(run.run_id, final.termination_reason, final.final_output, dispatch, status=final.status)
     return outcome, _result(

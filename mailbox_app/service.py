@@ -26,6 +26,7 @@ from mailbox_app.preparation import build_dispatch, prepare_run_for_dispatch
 from mailbox_app.reconcile import terminalize_run_for_dispatch
 from mailbox_app.records import DispatchRecord, MailboxInterrupt
 from mailbox_app.requests import (
+    RunMode,
     RunOrigin,
     RunRequest,
     normalize_mailbox_run_mode,
@@ -40,7 +41,7 @@ ACTIVE_RUN_CONFLICT_MESSAGE = "thread has an active run; cannot claim inline"
 
 
 class MailboxError(Exception):
-    """Base of service errors; `str()` is prefixed like the reference's `MailboxError` display."""
+    """Base of service errors (the reference's `MailboxError`); `str()` is the bare message."""
 
 
 class ActiveRunConflict(MailboxError):
@@ -282,11 +283,16 @@ def send_decision_live(target: LiveRunTarget, tool_call_id: str, resume: ToolCal
 def wake_run(run: RunRecord) -> SubmitResult:
     """An internal wake (e.g. background tasks finished) for a waiting run."""
     wake = ChatMessage.model_validate(
-        {"role": "user", "content": "background tasks finished", "visibility": "internal"}
+        {"role": "user", "content": "<background-tasks-updated />", "visibility": "internal"}
     )
     return submit_background(
         RunRequest(
-            thread_id=run.thread_id, messages=[wake], origin=RunOrigin.INTERNAL, continue_run_id=run.run_id
+            thread_id=run.thread_id,
+            messages=[wake],
+            agent_id=run.agent_id,
+            origin=RunOrigin.INTERNAL,
+            run_mode=RunMode.INTERNAL_WAKE,
+            continue_run_id=run.run_id,
         )
     )
 
