@@ -35,6 +35,12 @@ def requeue_dead_letters(
                 completed_at=None,
                 updated_at=now,
                 dispatch_epoch=store.current_dispatch_epoch(thread),
+                # a fresh attempt: drop the previous attempt's runtime trace, as a nack that requeues does
+                dispatch_instance_id=None,
+                run_status=None,
+                termination=None,
+                run_response=None,
+                run_error=None,
             )
         for run_id in {r[2] for r in rows}:
             run_store().reopen_run(run_id=run_id, now=now)

@@ -238,6 +238,10 @@ def _run_with_lease(
         subscription.close()
         with _registry_lock:
             _registry.pop(dispatch.dispatch_id, None)
+    # The agent has returned: free the thread now. Settling is fenced by the claim token in PostgreSQL;
+    # holding the lock across the ack made a successor claimed by another process right after the ack
+    # find it taken, get nacked (an attempt charged) and wait out the lock's whole TTL.
+    lock.release()
     if active.lease_lost.is_set():
         return ExecutionReport(dispatch.dispatch_id, "lease_lost")
     return _settle(dispatch, outcome.kind, outcome.message, result)

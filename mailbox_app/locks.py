@@ -41,6 +41,15 @@ class ThreadLock:
             pass  # expired or taken over: compare-and-delete found another token
 
     @staticmethod
+    def release_stale(thread_id: str, token: str) -> bool:
+        """Compare-and-delete: drop the lock only while `token` (a revoked claim's) still holds it."""
+        try:
+            Lock(get_redis(), _name(thread_id), thread_local=False).do_release(token)
+        except LockError:
+            return False
+        return True
+
+    @staticmethod
     def holder(thread_id: str) -> tuple[str | None, int]:
         """(token, remaining ms) of the current holder, for diagnostics and back-off."""
         client = get_redis()

@@ -130,7 +130,7 @@ def wake_orphaned_background_waits() -> int:
 
 def recover_with_retry(*, attempts: int | None = None, delay_ms: int | None = None) -> RecoveryReport:
     """`recover` with the retry policy of `MailboxStartupRecoveryConfig` (values < 1 mean 1)."""
-    tries = max(attempts or settings.AWAKEN_STARTUP_RECOVERY_MAX_ATTEMPTS, 1)
+    tries = max(settings.AWAKEN_STARTUP_RECOVERY_MAX_ATTEMPTS if attempts is None else attempts, 1)
     pause = (delay_ms if delay_ms is not None else settings.AWAKEN_STARTUP_RECOVERY_RETRY_DELAY_MS) / 1000
     for attempt in range(1, tries + 1):
         try:

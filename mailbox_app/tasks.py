@@ -23,8 +23,14 @@ def dispatch_thread(self: Any, thread_id: str, dispatch_id: str | None = None) -
 def run_claimed(thread_id: str, dispatch_id: str) -> str:
     """Execute a dispatch claimed inline by a foreground submit, then drain the thread."""
     dispatch = store.load_dispatch(dispatch_id)
-    first = dispatch if dispatch is not None and dispatch.status is DispatchStatus.CLAIMED else None
-    return drain_thread(thread_id, first=first).value
+    # A claim that already started (dispatch_instance_id set) belongs to whoever started it: this is a
+    # duplicate or redelivered hand-over. Its lease decides; the sweep reclaims it if that worker died.
+    fresh = (
+        dispatch is not None
+        and dispatch.status is DispatchStatus.CLAIMED
+        and dispatch.dispatch_instance_id is None
+    )
+    return drain_thread(thread_id, first=dispatch if fresh else None).value
 
 
 @shared_task(name="mailbox.sweep", ignore_result=True)
