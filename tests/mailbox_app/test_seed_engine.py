@@ -159,9 +159,11 @@ def _enqueue_prepared(
 def _dispatch_when(
     dispatch_id: str, predicate: Callable[[DispatchRecord], bool], what: str
 ) -> DispatchRecord:
-    return wait_until(
+    found = wait_until(
         lambda: (d := store.load_dispatch(dispatch_id)) is not None and predicate(d) and d, what=what
     )
+    assert isinstance(found, DispatchRecord)
+    return found
 
 
 def _status(dispatch_id: str, status: DispatchStatus) -> DispatchRecord:
@@ -169,10 +171,12 @@ def _status(dispatch_id: str, status: DispatchStatus) -> DispatchRecord:
 
 
 def _run_when(run_id: str, status: RunStatus) -> RunRecord:
-    return wait_until(
+    found = wait_until(
         lambda: (r := run_store.load_run(run_id=run_id)) is not None and r.status is status and r,
         what=f"run {run_id} {status.value}",
     )
+    assert isinstance(found, RunRecord)
+    return found
 
 
 def _calls_for(dispatch_id: str) -> int:
