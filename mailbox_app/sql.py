@@ -59,6 +59,25 @@ UPDATE {DISPATCH} d
 RETURNING {D_COLS}
 """
 
+# The same claim for a thread that was never interrupted (epoch 0): nothing can be stale, and skipping
+# the stale-row UPDATE keeps claim cost independent of the global queued backlog.
+CLAIM_FRESH = f"""
+WITH pick AS (
+    SELECT dispatch_id FROM {DISPATCH}
+     WHERE thread_id = %(thread_id)s AND status = 'queued' AND dispatch_epoch >= %(epoch)s
+       AND available_at <= %(now)s
+       AND NOT EXISTS (SELECT 1 FROM {DISPATCH} c WHERE c.thread_id = %(thread_id)s AND c.status = 'claimed')
+     ORDER BY priority, created_at, dispatch_id
+     LIMIT 1
+     FOR UPDATE SKIP LOCKED
+)
+UPDATE {DISPATCH} d
+   SET status = 'claimed', claim_token = %(token)s, claimed_by = %(consumer_id)s,
+       lease_until = %(lease_until)s, updated_at = %(now)s
+  FROM pick WHERE d.dispatch_id = pick.dispatch_id
+RETURNING {D_COLS}
+"""
+
 SELECT_DISPATCH = f"SELECT {COLS} FROM {DISPATCH} WHERE dispatch_id = %(dispatch_id)s"
 
 SELECT_DISPATCH_WITH_EPOCH = f"""

@@ -121,7 +121,7 @@ def claim(thread_id: str, consumer_id: str, lease_ms: int, now: int, limit: int 
             if epoch is None:
                 return []
             return _fetch_all(
-                sql.CLAIM,
+                sql.CLAIM if epoch > 0 else sql.CLAIM_FRESH,
                 {
                     "thread_id": thread_id,
                     "epoch": epoch,

@@ -22,6 +22,9 @@ if not os.environ.get("DATABASE_URL") or not os.environ.get("REDIS_URL"):
     _started = os.environ.get("AWAKEN_KEEP_TEST_SERVICES", "") != "1"
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "awaken_project.settings")
+# In-process test workers run tasks on pool threads whose DB connections must not outlive the test
+# (pytest-django drops the test database at the end): close them around every task, as Celery's default.
+os.environ.setdefault("CELERY_DB_REUSE_MAX", "0")
 
 
 def pytest_unconfigure(config: object) -> None:
