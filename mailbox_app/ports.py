@@ -53,7 +53,13 @@ class RunStore(Protocol):
     def terminal_dispatches_with_open_runs(self, *, limit: int) -> list[str]: ...
 
     def checkpoint(
-        self, *, thread_id: str, messages: Sequence[ChatMessage], run: RunRecord, now: int | None = None
+        self,
+        *,
+        thread_id: str,
+        messages: Sequence[ChatMessage],
+        run: RunRecord,
+        now: int | None = None,
+        input_trigger_ids: list[str] | None = None,
     ) -> list[MessageRecord]: ...
 
 

@@ -4,17 +4,15 @@ the request from the run snapshot + thread log when a worker executes it (spec Â
 from __future__ import annotations
 
 from django.conf import settings
-from django.db import transaction
 
 from mailbox_app.errors import ValidationError
 from mailbox_app.ids import now_ms, uuid7
 from mailbox_app.payloads import (
     ChatMessage,
-    MessageSeqRange,
-    RunMessageInput,
     RunRecord,
     RunRequestSnapshot,
     RunResumeDecision,
+    ThreadRecord,
 )
 from mailbox_app.ports import run_store
 from mailbox_app.records import DispatchRecord
@@ -27,38 +25,47 @@ DEFAULT_PRIORITY = 128
 def reusable_waiting_run_id(thread_id: str) -> str | None:
     """The thread's resumable waiting run: the open run first, else the latest run (always durable)."""
     store = run_store()
-    thread = store.load_thread(thread_id=thread_id)
+    return _reusable_waiting(
+        thread_id, store.load_thread(thread_id=thread_id), store.latest_run(thread_id=thread_id)
+    )
+
+
+def _reusable_waiting(thread_id: str, thread: ThreadRecord | None, latest: RunRecord | None) -> str | None:
     if thread is not None and thread.open_run_id:
-        run = store.load_run(run_id=thread.open_run_id)
+        if latest is not None and latest.run_id == thread.open_run_id:
+            run: RunRecord | None = latest
+        else:
+            run = run_store().load_run(run_id=thread.open_run_id)
         if run is not None and run.thread_id == thread_id and run.is_resumable_waiting:
             return run.run_id
-    latest = store.latest_run(thread_id=thread_id)
     return latest.run_id if latest is not None and latest.is_resumable_waiting else None
 
 
 def prepare_run_for_dispatch(
     request: RunRequest, thread_id: str, messages: list[ChatMessage], *, owner_id: int | None = None
 ) -> tuple[RunRequest, str]:
-    """Append the messages and create (or refresh) the run the dispatch will activate.
-
-    Returns the request updated with `continue_run_id` or `run_id_hint`, and the run id.
-    """
+    """Append the messages and create (or refresh) the run the dispatch will activate, in one
+    checkpoint (one transaction). Returns the request updated with `continue_run_id` or
+    `run_id_hint`, and the run id."""
     store = run_store()
+    thread = store.load_thread(thread_id=thread_id)
+    previous = store.latest_run(thread_id=thread_id)
     if request.continue_run_id is None and request.run_id_hint is None:
-        waiting = reusable_waiting_run_id(thread_id)
+        waiting = _reusable_waiting(thread_id, thread, previous)
         if waiting is not None:
             request = request.with_(continue_run_id=waiting)
-    run_id = (
-        next((i for i in (request.continue_run_id, request.run_id_hint) if i and i.strip()), None) or uuid7()
-    )
+    chosen = next((i for i in (request.continue_run_id, request.run_id_hint) if i and i.strip()), None)
+    run_id = chosen or uuid7()
     if request.continue_run_id is None:
         request = request.with_(run_id_hint=run_id)
     normalized = normalize_message_ids(messages)
-    if owner_id is not None:
+    if owner_id is not None and thread is None:
         store.ensure_thread(thread_id=thread_id, owner_id=owner_id)
-    previous = store.latest_run(thread_id=thread_id)
-    existing = store.load_run(run_id=run_id)
-    snapshot = _snapshot(request, normalized)
+    existing = None
+    if chosen is not None:  # a freshly minted id cannot exist yet
+        existing = (
+            previous if previous is not None and previous.run_id == run_id else store.load_run(run_id=run_id)
+        )
     now = now_ms()
     if existing is not None:
         if existing.thread_id != thread_id:
@@ -82,22 +89,15 @@ def prepare_run_for_dispatch(
             updated_at=now,
             state=previous.state if inherit and previous else None,
         )
-    with transaction.atomic():  # messages, run and thread pointers land together or not at all
-        appended = store.checkpoint(thread_id=thread_id, messages=normalized, run=record, now=now)
-        thread = store.load_thread(thread_id=thread_id)
-        total = thread.message_count if thread is not None else len(appended)
-        prepared = record.model_copy(
-            update={
-                "request": snapshot,
-                "input": RunMessageInput(
-                    thread_id=thread_id,
-                    range=MessageSeqRange(from_seq=1, to_seq=total) if total > 0 else None,
-                    trigger_message_ids=[m.id for m in normalized if m.id],
-                ),
-                "updated_at": now,
-            }
-        )
-        store.checkpoint(thread_id=thread_id, messages=[], run=prepared, now=now)
+    prepared = record.model_copy(update={"request": _snapshot(request, normalized), "updated_at": now})
+    # the store sets `input` (range 1..last seq, trigger ids) under the thread lock it appends with
+    store.checkpoint(
+        thread_id=thread_id,
+        messages=normalized,
+        run=prepared,
+        now=now,
+        input_trigger_ids=[m.id for m in normalized if m.id],
+    )
     return request, run_id
 
 

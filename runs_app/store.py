@@ -15,7 +15,15 @@ from mailbox_app.errors import AlreadyExists, NotFound, ValidationError
 from mailbox_app.ids import now_ms, uuid7
 from mailbox_app.states import RunStatus, can_run_transition
 from runs_app.models import Message, Run, Thread
-from runs_app.payloads import ChatMessage, MessageRecord, RunPage, RunRecord, ThreadRecord
+from runs_app.payloads import (
+    ChatMessage,
+    MessageRecord,
+    MessageSeqRange,
+    RunMessageInput,
+    RunPage,
+    RunRecord,
+    ThreadRecord,
+)
 
 MAX_RUN_PAGE = 200
 _RUN_FIELDS = [f for f in RunRecord.model_fields if f not in {"run_id", "thread_id"}]
@@ -96,6 +104,9 @@ def _lock_thread(thread_id: str, now: int) -> Thread:
     """Row-lock the thread (creating it first if needed): serializes seq allocation and projections."""
     if not thread_id.strip():
         raise ValidationError("thread_id must not be empty")
+    existing = Thread.objects.select_for_update().filter(id=thread_id).first()
+    if existing is not None:
+        return existing
     Thread.objects.bulk_create([Thread(id=thread_id, created_at=now, updated_at=now)], ignore_conflicts=True)
     return Thread.objects.select_for_update().get(id=thread_id)
 
@@ -230,12 +241,18 @@ def create_run(*, run: RunRecord) -> RunRecord:
 
 
 def checkpoint(
-    *, thread_id: str, messages: Sequence[ChatMessage], run: RunRecord, now: int | None = None
+    *,
+    thread_id: str,
+    messages: Sequence[ChatMessage],
+    run: RunRecord,
+    now: int | None = None,
+    input_trigger_ids: list[str] | None = None,
 ) -> list[MessageRecord]:
     """Atomically append `messages`, upsert `run` and apply the run projection to the thread (§1.9).
 
     The log is append-only: messages already present (by id) are skipped, nothing is rewritten.
-    A run that is already Done is never moved back (status rule of spec §1.8).
+    A run that is already Done is never moved back (status rule of spec §1.8). With
+    `input_trigger_ids`, the run's `input` is set to the whole log (1..last seq) under the same lock.
     """
     if run.thread_id != thread_id:
         raise ValidationError(f"run {run.run_id} belongs to thread {run.thread_id}, not {thread_id}")
@@ -243,17 +260,30 @@ def checkpoint(
     with transaction.atomic():
         thread = _lock_thread(thread_id, stamp)
         records = _append_locked(thread, messages, stamp)
-        current = Run.objects.select_for_update().filter(run_id=run.run_id).first()
-        if current is not None:
-            if current.thread_id != thread_id:
-                raise ValidationError(f"run {run.run_id} belongs to thread {current.thread_id}")
-            if not can_run_transition(RunStatus(current.status), run.status):
-                raise ValidationError(
-                    f"run {run.run_id}: {current.status} -> {run.status.value} is not allowed"
-                )
-        Run.objects.update_or_create(
-            run_id=run.run_id, defaults={"thread_id": thread_id, **_run_columns(run)}
+        if input_trigger_ids is not None:
+            total = thread.message_count
+            run = run.model_copy(
+                update={
+                    "input": RunMessageInput(
+                        thread_id=thread_id,
+                        range=MessageSeqRange(from_seq=1, to_seq=total) if total > 0 else None,
+                        trigger_message_ids=input_trigger_ids,
+                    )
+                }
+            )
+        current = (
+            Run.objects.select_for_update().filter(run_id=run.run_id).values("thread_id", "status").first()
         )
+        if current is not None:
+            if current["thread_id"] != thread_id:
+                raise ValidationError(f"run {run.run_id} belongs to thread {current['thread_id']}")
+            if not can_run_transition(RunStatus(current["status"]), run.status):
+                raise ValidationError(
+                    f"run {run.run_id}: {current['status']} -> {run.status.value} is not allowed"
+                )
+            Run.objects.filter(run_id=run.run_id).update(**_run_columns(run))
+        else:
+            Run.objects.create(run_id=run.run_id, thread_id=thread_id, **_run_columns(run))
         _apply_run_projection(thread, run)
         thread.updated_at = stamp
         thread.save()
