@@ -27,12 +27,31 @@ LOCK_EPOCH = READ_EPOCH + " FOR UPDATE"
 # supersedes it; enqueues of one thread do not block each other.
 INSERT_DISPATCH = f"""
 INSERT INTO {DISPATCH} ({COLS})
-SELECT %(dispatch_id)s, %(thread_id)s, %(run_id)s, %(priority)s, %(dedupe_key)s, e.current_epoch,
-       'queued', %(available_at)s, %(attempt_count)s, %(max_attempts)s, %(last_error)s,
-       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, %(created_at)s, %(updated_at)s
+SELECT %(dispatch_id)s::varchar, %(thread_id)s::varchar, %(run_id)s::varchar, %(priority)s::smallint,
+       %(dedupe_key)s::varchar, e.current_epoch, 'queued', %(available_at)s::bigint,
+       %(attempt_count)s::integer, %(max_attempts)s::integer, %(last_error)s::text,
+       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, %(created_at)s::bigint, %(updated_at)s::bigint
 FROM {EPOCH} e WHERE e.thread_id = %(thread_id)s
 FOR SHARE OF e
 RETURNING {COLS}
+"""
+
+_PICK = f"""pick AS (
+    SELECT dispatch_id FROM {DISPATCH}
+     WHERE thread_id = %(thread_id)s AND status = 'queued' AND dispatch_epoch >= %(epoch)s
+       AND available_at <= %(now)s
+       AND NOT EXISTS (SELECT 1 FROM {DISPATCH} c WHERE c.thread_id = %(thread_id)s AND c.status = 'claimed')
+     ORDER BY priority, created_at, dispatch_id
+     LIMIT 1
+     FOR UPDATE SKIP LOCKED
+)"""
+
+_CLAIM_PICKED = f"""
+UPDATE {DISPATCH} d
+   SET status = 'claimed', claim_token = %(token)s, claimed_by = %(consumer_id)s,
+       lease_until = %(lease_until)s, updated_at = %(now)s
+  FROM pick WHERE d.dispatch_id = pick.dispatch_id
+RETURNING {D_COLS}
 """
 
 # Runs after LOCK_EPOCH in the same transaction, so claims and interrupts of one thread serialize.
@@ -43,40 +62,12 @@ WITH stale AS (
            last_error = 'queued dispatch superseded by newer dispatch epoch'
      WHERE thread_id = %(thread_id)s AND status = 'queued' AND dispatch_epoch < %(epoch)s
     RETURNING dispatch_id
-), pick AS (
-    SELECT dispatch_id FROM {DISPATCH}
-     WHERE thread_id = %(thread_id)s AND status = 'queued' AND dispatch_epoch >= %(epoch)s
-       AND available_at <= %(now)s
-       AND NOT EXISTS (SELECT 1 FROM {DISPATCH} c WHERE c.thread_id = %(thread_id)s AND c.status = 'claimed')
-     ORDER BY priority, created_at, dispatch_id
-     LIMIT 1
-     FOR UPDATE SKIP LOCKED
-)
-UPDATE {DISPATCH} d
-   SET status = 'claimed', claim_token = %(token)s, claimed_by = %(consumer_id)s,
-       lease_until = %(lease_until)s, updated_at = %(now)s
-  FROM pick WHERE d.dispatch_id = pick.dispatch_id
-RETURNING {D_COLS}
-"""
+), {_PICK}{_CLAIM_PICKED}"""
 
 # The same claim for a thread that was never interrupted (epoch 0): nothing can be stale, and skipping
 # the stale-row UPDATE keeps claim cost independent of the global queued backlog.
 CLAIM_FRESH = f"""
-WITH pick AS (
-    SELECT dispatch_id FROM {DISPATCH}
-     WHERE thread_id = %(thread_id)s AND status = 'queued' AND dispatch_epoch >= %(epoch)s
-       AND available_at <= %(now)s
-       AND NOT EXISTS (SELECT 1 FROM {DISPATCH} c WHERE c.thread_id = %(thread_id)s AND c.status = 'claimed')
-     ORDER BY priority, created_at, dispatch_id
-     LIMIT 1
-     FOR UPDATE SKIP LOCKED
-)
-UPDATE {DISPATCH} d
-   SET status = 'claimed', claim_token = %(token)s, claimed_by = %(consumer_id)s,
-       lease_until = %(lease_until)s, updated_at = %(now)s
-  FROM pick WHERE d.dispatch_id = pick.dispatch_id
-RETURNING {D_COLS}
-"""
+WITH {_PICK}{_CLAIM_PICKED}"""
 
 SELECT_DISPATCH = f"SELECT {COLS} FROM {DISPATCH} WHERE dispatch_id = %(dispatch_id)s"
 

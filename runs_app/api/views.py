@@ -298,40 +298,33 @@ class ThreadInterruptView(APIView):
         )
 
 
+def _decide(request: Request, kind: str, identifier: str) -> Response:
+    """Deliver a decision to the run (or the thread's run) holding the tool call; 404 when none does."""
+    data = _validated(s.DecisionIn, request)
+    call_id = data["tool_call_id"]
+    if not service.send_decision(identifier, call_id, _resume(data), owner_id=_user_id(request)):
+        raise ApiError(
+            f"no suspended tool call {call_id} on {kind} {identifier}",
+            code="decision_target_not_found",
+            status_code=404,
+        )
+    return Response(
+        {"status": "decision_submitted", f"{kind}_id": identifier, "tool_call_id": call_id}, status=202
+    )
+
+
 class ThreadDecisionView(APIView):
     @extend_schema(request=s.DecisionIn, responses={202: dict})
     def post(self, request: Request, thread_id: str) -> Response:
         _thread_or_404(request, thread_id)
-        data = _validated(s.DecisionIn, request)
-        if not service.send_decision(
-            thread_id, data["tool_call_id"], _resume(data), owner_id=_user_id(request)
-        ):
-            raise ApiError(
-                f"no suspended tool call {data['tool_call_id']} on thread {thread_id}",
-                code="decision_target_not_found",
-                status_code=404,
-            )
-        return Response(
-            {"status": "decision_submitted", "thread_id": thread_id, "tool_call_id": data["tool_call_id"]},
-            status=202,
-        )
+        return _decide(request, "thread", thread_id)
 
 
 class RunDecisionView(APIView):
     @extend_schema(request=s.DecisionIn, responses={202: dict})
     def post(self, request: Request, run_id: str) -> Response:
         _run_or_404(request, run_id)
-        data = _validated(s.DecisionIn, request)
-        if not service.send_decision(run_id, data["tool_call_id"], _resume(data), owner_id=_user_id(request)):
-            raise ApiError(
-                f"no suspended tool call {data['tool_call_id']} on run {run_id}",
-                code="decision_target_not_found",
-                status_code=404,
-            )
-        return Response(
-            {"status": "decision_submitted", "run_id": run_id, "tool_call_id": data["tool_call_id"]},
-            status=202,
-        )
+        return _decide(request, "run", run_id)
 
 
 # --- thread mailbox and messages ----------------------------------------------------------------------
