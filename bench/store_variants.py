@@ -50,6 +50,7 @@ from django.db import connection, connections, transaction  # noqa: E402
 from django.db.backends.base.base import BaseDatabaseWrapper  # noqa: E402
 from django.db.utils import load_backend  # noqa: E402
 
+from bench.store_bench import enqueue_all  # noqa: E402
 from mailbox_app import sql, store  # noqa: E402
 from mailbox_app.ids import now_ms, uuid7  # noqa: E402
 from mailbox_app.records import DispatchRecord, RunDispatchResult  # noqa: E402
@@ -189,22 +190,6 @@ def cycle_two(thread_id: str) -> None:
         d = store.claim(thread_id, "variants", LEASE_MS, now_ms())[0]  # its atomic() nests
         store.record_dispatch_start(d.dispatch_id, d.claim_token or "", instance, now_ms())
     settle_ack(d, instance)
-
-
-def enqueue_all(thread_ids: list[str], per_thread: int) -> None:
-    for _ in range(per_thread):
-        for thread_id in thread_ids:
-            now = now_ms()
-            store.enqueue(
-                DispatchRecord(
-                    dispatch_id=uuid7(),
-                    thread_id=thread_id,
-                    run_id=uuid7(),
-                    available_at=now,
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
 
 
 def measure(db: BaseDatabaseWrapper, cycle: Callable[[str], None], per_thread: int, plain: Any) -> float:

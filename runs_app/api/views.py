@@ -249,22 +249,25 @@ def _resume(data: dict[str, Any]) -> ToolCallResume:
     )
 
 
+def _cancel(kind: str, identifier: str) -> Response:
+    """Cancel by id (queued or running, here or elsewhere); 404 when there was nothing to cancel."""
+    if not service.cancel(identifier):
+        raise not_found(kind, identifier)
+    return Response({"status": "cancel_requested", f"{kind}_id": identifier}, status=202)
+
+
 class RunCancelView(APIView):
     @extend_schema(request=None, responses={202: dict})
     def post(self, request: Request, run_id: str) -> Response:
         _run_or_404(request, run_id)
-        if not service.cancel(run_id):
-            raise not_found("run", run_id)
-        return Response({"status": "cancel_requested", "run_id": run_id}, status=202)
+        return _cancel("run", run_id)
 
 
 class ThreadCancelView(APIView):
     @extend_schema(request=None, responses={202: dict})
     def post(self, request: Request, thread_id: str) -> Response:
         _thread_or_404(request, thread_id)
-        if not service.cancel(thread_id):
-            raise not_found("thread", thread_id)
-        return Response({"status": "cancel_requested", "thread_id": thread_id}, status=202)
+        return _cancel("thread", thread_id)
 
 
 class DispatchCancelView(APIView):
@@ -273,9 +276,7 @@ class DispatchCancelView(APIView):
         dispatch = service.load_dispatch(dispatch_id)
         if dispatch is None or selectors.owned_thread(_user_id(request), dispatch.thread_id) is None:
             raise not_found("dispatch", dispatch_id)
-        if not service.cancel(dispatch_id):
-            raise not_found("dispatch", dispatch_id)
-        return Response({"status": "cancel_requested", "dispatch_id": dispatch_id}, status=202)
+        return _cancel("dispatch", dispatch_id)
 
 
 class ThreadInterruptView(APIView):
