@@ -1,16 +1,16 @@
 """The execution flow of one claimed dispatch, and draining a thread (spec §4.12).
 
-claim (store) -> per-thread Redis lock (value = claim token) -> epoch check / supersede before start ->
-reconstruct -> record_dispatch_start -> executor beside a lease renewer and a live-command listener ->
-record_run_result -> ack / nack with backoff / dead letter -> terminalize the run -> release -> next.
-Nothing correct depends on this process's memory: PostgreSQL fences every write with the claim token.
+claim -> per-thread Redis lock (value = claim token) -> fenced start (record start, run -> Running, read
+the dispatch's input: one transaction) -> executor beside a lease renewer and a live-command listener ->
+inbox closed -> fenced finish (result, ack / nack / dead letter, run, produced messages, leftover live
+input, the thread's next claim: one transaction) -> next. Nothing correct depends on this process's
+memory: PostgreSQL fences every write with the claim token and the epoch (see `attempt.py`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 from dataclasses import dataclass
 from enum import StrEnum
@@ -18,23 +18,21 @@ from enum import StrEnum
 from django.conf import settings
 from django.db import close_old_connections, connection
 
-from mailbox_app import store
-from mailbox_app.errors import NotFound, StoreError, VersionConflict
-from mailbox_app.executor import OutcomeKind
+from mailbox_app import attempt, doorbells, store
+from mailbox_app.errors import NotFound, VersionConflict
 from mailbox_app.ids import now_ms, uuid7
 from mailbox_app.live import LiveRunTarget, LiveSubscription
 from mailbox_app.locks import ThreadLock
-from mailbox_app.payloads import RunRecord
-from mailbox_app.ports import run_store
-from mailbox_app.preparation import reconstruct_run_request
-from mailbox_app.reconcile import terminalize_run_for_dispatch
 from mailbox_app.records import DispatchRecord
-from mailbox_app.retry import nack_backoff_ms
-from mailbox_app.runtime import ActiveRun, finished_run_result, run_activation
-from mailbox_app.states import RunStatus
+from mailbox_app.registry import consumer_id, find_local_run, local_runs, register, unregister
+from mailbox_app.runtime import ActiveRun, call_agent
+from mailbox_app.states import DispatchStatus
 
 log = logging.getLogger(__name__)
 MAX_DRAIN = 1000  # dispatches one drain runs before handing the thread back to a fresh doorbell
+
+__all__ = ["DispatchAttempt", "ExecutionReport", "consumer_id", "drain_thread", "execute_claimed",
+           "find_local_run", "local_runs"]  # fmt: skip
 
 
 class DispatchAttempt(StrEnum):
@@ -44,46 +42,41 @@ class DispatchAttempt(StrEnum):
     TRANSIENT_ERROR = "transient_error"
 
 
-def consumer_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 def fault(point: str) -> None:
     """Test hook: die at a named step when AWAKEN_FAULT_POINT names it (crash-recovery tests)."""
     if getattr(settings, "AWAKEN_FAULT_POINT", "") == point:
         os._exit(137)
 
 
-# --- local registry of the runs this process executes (for local cancel / steer / decide) -----------
-
-_registry_lock = threading.Lock()
-_registry: dict[str, ActiveRun] = {}
-
-
-def local_runs() -> list[ActiveRun]:
-    with _registry_lock:
-        return list(_registry.values())
+# Test hook: a callable run at a named step (`before_finish`: the agent returned, the inbox is closed,
+# the finish transaction has not begun). Tests hold a step here to provoke a race deterministically.
+step_hook: dict[str, object] = {}
 
 
-def find_local_run(identifier: str) -> ActiveRun | None:
-    """By dispatch id, run id or thread id; None when ambiguous or absent."""
-    with _registry_lock:
-        hits = [a for a in _registry.values() if identifier in {a.dispatch_id, a.run_id, a.thread_id}]
-    return hits[0] if len(hits) == 1 else None
+def _at(point: str, active: ActiveRun) -> None:
+    hook = step_hook.get(point)
+    if callable(hook):
+        hook(active)
 
 
 # --- lease renewal ---------------------------------------------------------------------------------
 
 
 class LeaseRenewer:
-    """Renews the dispatch lease and the Redis lock every `lease_renewal_interval_ms` on its own thread
-    (with its own DB connection). On loss it cancels this run only and marks it so nothing is acked."""
+    """Renews the dispatch lease (one fenced statement) and the Redis lock every
+    `lease_renewal_interval_ms` on its own thread, with its own DB connection.
+
+    Errors from PostgreSQL or Redis are counted and retried within the lease (sooner than the interval);
+    the run is cancelled only when the lease is really gone: the fenced renewal matched no row, or the
+    last successful renewal's lease has run out. It never dies silently: an unexpected error is logged
+    and treated as a lost lease."""
 
     def __init__(self, dispatch: DispatchRecord, lock: ThreadLock, active: ActiveRun) -> None:
         self._dispatch = dispatch
         self._lock = lock
         self._active = active
         self._stop = threading.Event()
+        self.failures = 0
         self._thread = threading.Thread(target=self._loop, name=f"lease-{dispatch.dispatch_id}", daemon=True)
 
     def start(self) -> LeaseRenewer:
@@ -91,25 +84,52 @@ class LeaseRenewer:
         return self
 
     def _loop(self) -> None:
-        config = settings.AWAKEN_MAILBOX
         try:
-            while not self._stop.wait(config.lease_renewal_interval_ms / 1000):
-                lease = config.suspended_lease_ms if self._active.suspended.is_set() else config.lease_ms
-                try:
-                    renewed = store.extend_lease(
-                        self._dispatch.dispatch_id, self._dispatch.claim_token or "", lease, now_ms()
-                    )
-                except Exception:
-                    log.exception("lease renewal failed for %s", self._dispatch.dispatch_id)
-                    continue
-                if not renewed:
-                    log.warning("lease lost for dispatch %s; cancelling its run", self._dispatch.dispatch_id)
-                    self._active.lease_lost.set()
-                    self._active.cancel_event.set()
-                    return
-                self._lock.extend(lease)
+            self._renew_until_stopped()
+        except BaseException:
+            log.exception("lease renewer for %s died; treating the lease as lost", self._dispatch.dispatch_id)
+            self._lose()
         finally:
             connection.close()
+
+    def _renew_until_stopped(self) -> None:
+        config = settings.AWAKEN_MAILBOX
+        interval_s = config.lease_renewal_interval_ms / 1000
+        lease_until = self._dispatch.lease_until or now_ms() + config.lease_ms
+        wait_s = interval_s
+        while not self._stop.wait(wait_s):
+            lease = config.suspended_lease_ms if self._active.suspended.is_set() else config.lease_ms
+            now = now_ms()
+            try:
+                renewed = store.extend_lease(
+                    self._dispatch.dispatch_id, self._dispatch.claim_token or "", lease, now
+                )
+            except Exception:
+                self.failures += 1
+                log.warning("lease renewal of %s failed", self._dispatch.dispatch_id, exc_info=True)
+                connection.close()  # a broken connection is re-opened by the next attempt
+                if now_ms() >= lease_until:
+                    self._lose()
+                    return
+                wait_s = min(interval_s, max((lease_until - now_ms()) / 4000, 0.05))
+                continue
+            if not renewed:
+                self._lose()
+                return
+            lease_until, wait_s = now + lease, interval_s
+            self._extend_lock(lease)
+
+    def _extend_lock(self, lease_ms: int) -> None:
+        try:
+            self._lock.extend(lease_ms)
+        except Exception:  # the lock only saves work; PostgreSQL's fence decides
+            self.failures += 1
+            log.warning("thread lock renewal of %s failed", self._dispatch.dispatch_id, exc_info=True)
+
+    def _lose(self) -> None:
+        log.warning("lease lost for dispatch %s; cancelling its run", self._dispatch.dispatch_id)
+        self._active.lease_lost.set()
+        self._active.cancel_event.set()
 
     def stop(self) -> None:
         self._stop.set()
@@ -123,64 +143,42 @@ class LeaseRenewer:
 class ExecutionReport:
     dispatch_id: str
     final_status: str
+    next_dispatch: DispatchRecord | None = None
 
 
-def execute_claimed(dispatch: DispatchRecord) -> ExecutionReport:
-    """Run one claimed dispatch to a terminal or requeued state. Never raises for store races."""
+def execute_claimed(dispatch: DispatchRecord, *, claim_next: bool = False) -> ExecutionReport:
+    """Run one claimed dispatch to a terminal or requeued state. Never raises for store races.
+
+    Only `dispatch_id`, `thread_id` and `claim_token` are needed: the fenced start returns the row.
+    With `claim_next`, the finish transaction also claims the thread's next dispatch for this worker
+    (returned in the report: the caller must execute it)."""
     token = dispatch.claim_token or ""
-    config = settings.AWAKEN_MAILBOX
-    lock = ThreadLock(dispatch.thread_id, token, config.lease_ms)
+    lock = ThreadLock(dispatch.thread_id, token, settings.AWAKEN_MAILBOX.lease_ms)
     if not lock.acquire():
         return _lock_busy(dispatch)
     try:
         fault("after_claim")
-        if store.current_dispatch_epoch(dispatch.thread_id) > dispatch.dispatch_epoch:
-            superseded = store.supersede_claimed(
-                dispatch.dispatch_id, token, now_ms(), "claimed dispatch superseded before runtime start"
-            )
-            terminalize_run_for_dispatch(superseded)
-            return ExecutionReport(dispatch.dispatch_id, "superseded")
-        finished = _finished_run(dispatch)
-        if finished is not None:
-            return _settle_finished_run(dispatch, finished)
-        try:
-            request = reconstruct_run_request(dispatch)
-        except StoreError as exc:
-            return _dead_letter(dispatch, f"reconstruct failed: {exc}")
         instance_id = uuid7()
-        try:
-            store.record_dispatch_start(dispatch.dispatch_id, token, instance_id, now_ms())
-        except (VersionConflict, NotFound):
-            current = store.load_dispatch(dispatch.dispatch_id)
-            terminalize_run_for_dispatch(current)
-            return ExecutionReport(dispatch.dispatch_id, current.status.value if current else "missing")
-        return _run_with_lease(dispatch, request.with_(session_id=instance_id), instance_id, lock)
+        started = attempt.start(dispatch, instance_id, consumer_id())
+        next_as = consumer_id() if claim_next else None
+        if isinstance(started, attempt.Lost):
+            return _report(dispatch, started)
+        if isinstance(started, attempt.AlreadyDone):
+            return _report(dispatch, attempt.settle_already_done(started, instance_id, claim_next_as=next_as))
+        if isinstance(started, attempt.Unrunnable):
+            return _report(
+                dispatch, attempt.dead_letter(started.dispatch, started.reason, claim_next_as=next_as)
+            )
+        return _run_with_lease(started, lock, claim_next)
     finally:
         lock.release()
 
 
-def _finished_run(dispatch: DispatchRecord) -> RunRecord | None:
-    run = run_store().load_run(run_id=dispatch.run_id)
-    if run is None or run.thread_id != dispatch.thread_id or run.status is not RunStatus.DONE:
-        return None
-    return run
-
-
-def _settle_finished_run(dispatch: DispatchRecord, run: RunRecord) -> ExecutionReport:
-    """The run is already done: typically its worker died after checkpointing Done and recording the
-    result but before the ack, and the sweep requeued the claim. Never run the agent again (the intent
-    would complete twice, and the Done -> Running checkpoint is refused): restore the dispatch's trace
-    from the run record (the instance that finished it) and settle the dispatch as completed."""
-    token = dispatch.claim_token or ""
-    same = run.dispatch_id == dispatch.dispatch_id and run.session_id
-    instance_id = run.session_id if same and run.session_id else uuid7()
-    try:
-        store.record_dispatch_start(dispatch.dispatch_id, token, instance_id, now_ms())
-    except (VersionConflict, NotFound):
-        current = store.load_dispatch(dispatch.dispatch_id)
-        terminalize_run_for_dispatch(current)
-        return ExecutionReport(dispatch.dispatch_id, current.status.value if current else "missing")
-    return _settle(dispatch, OutcomeKind.COMPLETED, None, finished_run_result(dispatch, instance_id, run))
+def _report(dispatch: DispatchRecord, outcome: attempt.FinishOutcome) -> ExecutionReport:
+    if isinstance(outcome, attempt.Lost):
+        status = outcome.current.status.value if outcome.current is not None else "missing"
+        return ExecutionReport(dispatch.dispatch_id, status)
+    return ExecutionReport(dispatch.dispatch_id, outcome.dispatch.status.value, outcome.next_dispatch)
 
 
 def _lock_busy(dispatch: DispatchRecord) -> ExecutionReport:
@@ -201,114 +199,88 @@ def _lock_busy(dispatch: DispatchRecord) -> ExecutionReport:
         )
     except (VersionConflict, NotFound):
         return ExecutionReport(dispatch.dispatch_id, "lost")
-    from mailbox_app import signals
-
-    signals.ring_at(dispatch.thread_id, dispatch.dispatch_id, retry_at)
+    doorbells.ring_at(dispatch.thread_id, dispatch.dispatch_id, retry_at)
     return ExecutionReport(dispatch.dispatch_id, "queued")
 
 
-def _dead_letter(dispatch: DispatchRecord, reason: str) -> ExecutionReport:
-    dead: DispatchRecord | None
-    try:
-        dead = store.dead_letter(dispatch.dispatch_id, dispatch.claim_token or "", reason, now_ms())
-    except (VersionConflict, NotFound):
-        dead = store.load_dispatch(dispatch.dispatch_id)
-    terminalize_run_for_dispatch(dead)
-    return ExecutionReport(dispatch.dispatch_id, dead.status.value if dead else "missing")
-
-
-def _run_with_lease(
-    dispatch: DispatchRecord, request_: object, instance_id: str, lock: ThreadLock
-) -> ExecutionReport:
-    from mailbox_app.requests import RunRequest
-
-    assert isinstance(request_, RunRequest)
-    active = ActiveRun(thread_id=dispatch.thread_id, run_id=dispatch.run_id, dispatch_id=dispatch.dispatch_id)
-    with _registry_lock:
-        _registry[dispatch.dispatch_id] = active
+def _run_with_lease(started: attempt.Started, lock: ThreadLock, claim_next: bool) -> ExecutionReport:
+    dispatch = started.dispatch
+    active = ActiveRun(
+        thread_id=dispatch.thread_id,
+        run_id=dispatch.run_id,
+        dispatch_id=dispatch.dispatch_id,
+        claim_token=dispatch.claim_token or "",
+    )
+    register(active)
     subscription = LiveSubscription(
         LiveRunTarget(dispatch.thread_id, dispatch.run_id, dispatch.dispatch_id), active.on_live_command
     )
     renewer = LeaseRenewer(dispatch, lock, active).start()
     try:
         fault("mid_run")
-        outcome, result = run_activation(dispatch, request_, instance_id, active)
+        outcome, result, error = call_agent(started.run, started.request, active)
     finally:
-        renewer.stop()
+        # Stop accepting live commands before the final write: an acknowledgement means "the run reads
+        # this"; what was accepted but not taken is queued durably by the finish.
+        steering, decisions = active.close_inbox()
         subscription.close()
-        with _registry_lock:
-            _registry.pop(dispatch.dispatch_id, None)
-    # The agent has returned: free the thread now. Settling is fenced by the claim token in PostgreSQL;
-    # holding the lock across the ack made a successor claimed by another process right after the ack
-    # find it taken, get nacked (an attempt charged) and wait out the lock's whole TTL.
-    lock.release()
+        renewer.stop()
+        unregister(dispatch.dispatch_id)
+    _at("before_finish", active)
     if active.lease_lost.is_set():
+        # The lease is gone (or could not be renewed before it ran out): another worker may own this
+        # dispatch now. Settle nothing; the sweep reclaims the claim and the run is retried.
         return ExecutionReport(dispatch.dispatch_id, "lease_lost")
-    return _settle(dispatch, outcome.kind, outcome.message, result)
-
-
-def _settle(
-    dispatch: DispatchRecord, kind: OutcomeKind, message: str | None, result: object
-) -> ExecutionReport:
-    """record_run_result, then ack / nack / dead letter; a lost fence means someone else decided."""
-    from mailbox_app.records import RunDispatchResult
-
-    assert isinstance(result, RunDispatchResult)
-    token = dispatch.claim_token or ""
-    try:
-        store.record_run_result(dispatch.dispatch_id, token, result, now_ms())
-        fault("after_result")
-        if kind is OutcomeKind.COMPLETED:
-            settled = store.ack(dispatch.dispatch_id, token, now_ms())
-        elif kind is OutcomeKind.TRANSIENT_ERROR:
-            now = now_ms()
-            retry_at = now + nack_backoff_ms(
-                dispatch.attempt_count,
-                base_ms=settings.AWAKEN_MAILBOX.default_retry_delay_ms,
-                max_ms=settings.AWAKEN_MAILBOX.max_retry_delay_ms,
-            )
-            settled = store.nack(dispatch.dispatch_id, token, retry_at, message or "transient error", now)
-            if not settled.is_terminal:
-                from mailbox_app import signals
-
-                signals.ring_at(dispatch.thread_id, dispatch.dispatch_id, retry_at)
-        else:
-            settled = store.dead_letter(dispatch.dispatch_id, token, message or "permanent error", now_ms())
-    except (VersionConflict, NotFound):
-        current = store.load_dispatch(dispatch.dispatch_id)
-        terminalize_run_for_dispatch(current)
-        return ExecutionReport(dispatch.dispatch_id, current.status.value if current else "missing")
-    terminalize_run_for_dispatch(settled)
-    return ExecutionReport(dispatch.dispatch_id, settled.status.value)
+    # The agent has returned: free the thread now. The finish is fenced by the claim token in
+    # PostgreSQL; holding the lock across it made a successor claimed by another process right after
+    # the commit find it taken, get nacked (an attempt charged) and wait out the lock's whole TTL.
+    lock.release()
+    fault("before_finish")
+    finished = attempt.finish(
+        started,
+        outcome,
+        result,
+        error,
+        cancelled=active.cancel_event.is_set(),
+        leftovers=attempt.Leftovers(steering, decisions),
+        claim_next_as=consumer_id() if claim_next else None,
+    )
+    return _report(dispatch, finished)
 
 
 # --- draining a thread -----------------------------------------------------------------------------
 
 
 def drain_thread(thread_id: str, *, first: DispatchRecord | None = None) -> DispatchAttempt:
-    """Execute `first` (already claimed) and then every eligible dispatch of the thread, one at a time."""
-    attempt = DispatchAttempt.NO_ELIGIBLE
-    config = settings.AWAKEN_MAILBOX
+    """Execute `first` (already claimed) and then every eligible dispatch of the thread, one at a time,
+    in this process: each finish claims the next one in its own transaction."""
+    attempt_ = DispatchAttempt.NO_ELIGIBLE
     dispatch = first
+    if dispatch is None:
+        close_old_connections()
+        try:
+            claimed = store.claim(thread_id, consumer_id(), settings.AWAKEN_MAILBOX.lease_ms, now_ms())
+        except Exception:
+            log.exception("claim failed for thread %s", thread_id)
+            return DispatchAttempt.TRANSIENT_ERROR
+        dispatch = claimed[0] if claimed else None
     for _ in range(MAX_DRAIN):
         if dispatch is None:
-            close_old_connections()
-            try:
-                claimed = store.claim(thread_id, consumer_id(), config.lease_ms, now_ms())
-            except Exception:
-                log.exception("claim failed for thread %s", thread_id)
-                return DispatchAttempt.TRANSIENT_ERROR if attempt is DispatchAttempt.NO_ELIGIBLE else attempt
-            if not claimed:
-                return attempt
-            dispatch = claimed[0]
+            return attempt_
         try:
-            execute_claimed(dispatch)
+            report = execute_claimed(dispatch, claim_next=True)
         except Exception:
             log.exception("execution of dispatch %s failed; its lease will expire", dispatch.dispatch_id)
             return DispatchAttempt.TRANSIENT_ERROR
-        attempt = DispatchAttempt.CLAIMED
-        dispatch = None
-    from mailbox_app import signals
+        if report.final_status == "busy" and attempt_ is DispatchAttempt.NO_ELIGIBLE:
+            return DispatchAttempt.BUSY
+        attempt_ = DispatchAttempt.CLAIMED
+        dispatch = report.next_dispatch
+    if dispatch is not None:  # claimed by the last finish: hand it to a fresh doorbell
+        doorbells.hand_over_claimed_on_commit(thread_id, dispatch.dispatch_id, dispatch.claim_token or "")
+    doorbells.ring_on_commit(thread_id, None)
+    return attempt_
 
-    signals.ring_on_commit(thread_id, None)
-    return attempt
+
+def is_claimed(dispatch: DispatchRecord | None) -> bool:
+    return dispatch is not None and dispatch.status is DispatchStatus.CLAIMED

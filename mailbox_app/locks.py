@@ -13,6 +13,10 @@ from redis.lock import Lock
 from mailbox_app.redis_client import get_redis
 
 
+def lock_key(thread_id: str) -> str:
+    return _name(thread_id)
+
+
 def _name(thread_id: str) -> str:
     return f"mailbox:lock:{thread_id}"
 
@@ -29,6 +33,7 @@ class ThreadLock:
         return bool(self._lock.acquire(blocking=False, token=self.token))
 
     def extend(self, ttl_ms: int) -> bool:
+        """False when the lock is no longer this token's; Redis errors propagate to the caller."""
         try:
             return bool(self._lock.extend(ttl_ms / 1000, replace_ttl=True))
         except LockError:

@@ -72,6 +72,8 @@ class Dispatch(models.Model):
     completed_at = models.BigIntegerField(null=True, blank=True)
     created_at = models.BigIntegerField()
     updated_at = models.BigIntegerField()
+    # the input this dispatch delivers (a RunRequestSnapshot), read by reconstruct (spec §7.7 fix)
+    request = models.JSONField(null=True, blank=True)
 
     objects = DispatchQuerySet.as_manager()
 

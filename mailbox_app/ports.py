@@ -12,7 +12,14 @@ from typing import Protocol, cast
 
 from django.conf import settings
 
-from mailbox_app.payloads import ChatMessage, MessageRecord, RunPage, RunRecord, ThreadRecord
+from mailbox_app.payloads import (
+    ChatMessage,
+    MessageRecord,
+    RunPage,
+    RunRecord,
+    TerminationReason,
+    ThreadRecord,
+)
 from mailbox_app.states import RunStatus
 
 
@@ -30,6 +37,8 @@ class RunStore(Protocol):
     ) -> list[MessageRecord]: ...
 
     def load_message_record(self, *, thread_id: str, message_id: str) -> MessageRecord | None: ...
+
+    def load_message_records(self, *, thread_id: str, message_ids: Sequence[str]) -> list[MessageRecord]: ...
 
     def load_message_records_range(
         self, *, thread_id: str, from_seq: int, to_seq: int
@@ -61,6 +70,30 @@ class RunStore(Protocol):
         now: int | None = None,
         input_trigger_ids: list[str] | None = None,
     ) -> list[MessageRecord]: ...
+
+    # Fenced attempt writes: called inside the mailbox's transaction, right after its fenced dispatch
+    # update; each is conditional on who owns the run and answers None when nothing was written.
+    def start_run(
+        self, *, run_id: str, thread_id: str, dispatch_id: str, session_id: str, now: int
+    ) -> RunRecord | None: ...
+
+    def finish_run(
+        self, *, run: RunRecord, messages: Sequence[ChatMessage], dispatch_id: str, session_id: str, now: int
+    ) -> RunRecord | None: ...
+
+    def terminalize_run(
+        self,
+        *,
+        run_id: str,
+        thread_id: str,
+        dispatch_id: str,
+        session_id: str | None,
+        termination: TerminationReason,
+        error_payload: object,
+        now: int,
+    ) -> RunRecord | None: ...
+
+    def cancel_waiting_run(self, *, run_id: str, now: int) -> RunRecord | None: ...
 
 
 @cache

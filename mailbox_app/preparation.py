@@ -56,9 +56,10 @@ def prepare_run_for_dispatch(
             request = request.with_(continue_run_id=waiting)
     chosen = next((i for i in (request.continue_run_id, request.run_id_hint) if i and i.strip()), None)
     run_id = chosen or uuid7()
+    normalized = normalize_message_ids(messages)
+    request = request.with_(messages=normalized)
     if request.continue_run_id is None:
         request = request.with_(run_id_hint=run_id)
-    normalized = normalize_message_ids(messages)
     if owner_id is not None and thread is None:
         store.ensure_thread(thread_id=thread_id, owner_id=owner_id)
     existing = None
@@ -119,6 +120,7 @@ def build_dispatch(request: RunRequest, thread_id: str, *, now: int | None = Non
     if not run_id:
         raise ValidationError("run_id missing after preparation")
     stamp = now_ms() if now is None else now
+    snapshot = _snapshot(request, normalize_message_ids(list(request.messages)))
     return DispatchRecord(
         dispatch_id=request.dispatch_id_hint or uuid7(),
         thread_id=thread_id,
@@ -129,21 +131,29 @@ def build_dispatch(request: RunRequest, thread_id: str, *, now: int | None = Non
         max_attempts=settings.AWAKEN_MAILBOX.default_max_attempts,
         created_at=stamp,
         updated_at=stamp,
+        request=snapshot.model_dump(mode="json"),
     )
 
 
 def reconstruct_run_request(dispatch: DispatchRecord) -> RunRequest:
-    """The executor's request, rebuilt from the run's snapshot and the thread log (spec §4.10)."""
-    store = run_store()
-    run = store.load_run(run_id=dispatch.run_id)
+    """The executor's request, rebuilt from the dispatch's own snapshot (the run's for dispatches written
+    before dispatches carried one) and the thread log (spec §4.10)."""
+    run = run_store().load_run(run_id=dispatch.run_id)
     if run is None:
         raise ValidationError(f"run '{dispatch.run_id}' not found for dispatch '{dispatch.dispatch_id}'")
+    return reconstruct_from(dispatch, run)
+
+
+def reconstruct_from(dispatch: DispatchRecord, run: RunRecord) -> RunRequest:
+    """`reconstruct_run_request` for a run already loaded (the fenced start passes it)."""
     if run.thread_id != dispatch.thread_id:
         raise ValidationError(
             f"run '{run.run_id}' belongs to thread '{run.thread_id}', "
             f"not dispatch thread '{dispatch.thread_id}'"
         )
-    snapshot = run.request
+    snapshot = (
+        RunRequestSnapshot.model_validate(dispatch.request) if dispatch.request is not None else run.request
+    )
     if snapshot is None:
         raise ValidationError(f"run '{run.run_id}' has no request snapshot")
     request = RunRequest(
@@ -172,13 +182,16 @@ def reconstruct_run_request(dispatch: DispatchRecord) -> RunRequest:
 def _activation_messages(run: RunRecord, snapshot: RunRequestSnapshot) -> list[ChatMessage]:
     store = run_store()
     if snapshot.input_message_ids:
-        messages = []
-        for message_id in snapshot.input_message_ids:
-            record = store.load_message_record(thread_id=run.thread_id, message_id=message_id)
-            if record is None:
-                raise ValidationError(f"message '{message_id}' not found for run '{run.run_id}'")
-            messages.append(record.message)
-        return messages
+        found = {
+            r.message_id: r.message
+            for r in store.load_message_records(
+                thread_id=run.thread_id, message_ids=snapshot.input_message_ids
+            )
+        }
+        missing = next((i for i in snapshot.input_message_ids if i not in found), None)
+        if missing is not None:
+            raise ValidationError(f"message '{missing}' not found for run '{run.run_id}'")
+        return [found[i] for i in snapshot.input_message_ids]
     if run.input is None or run.input.range is None:
         return []
     records = store.load_message_records_range(

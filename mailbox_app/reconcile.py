@@ -1,30 +1,35 @@
 """Bring a run record in line with its terminal dispatch (spec §2.3): cancelled/superseded -> run
-cancelled, dead letter -> run error. Only when the run exists, is on the dispatch's thread and is not done."""
+cancelled, dead letter -> run error — and emit the run's terminal event, so every stream ends.
+
+The run is changed only while it still belongs to that dispatch: it exists on the dispatch's thread, is
+not done, is not running under another dispatch, and no other live dispatch will activate it (the run
+store's conditional `terminalize_run`). Call it inside the transaction that ended the dispatch where
+there is one; the event is appended when that transaction commits.
+"""
 
 from __future__ import annotations
 
+import logging
+
+from django.db import transaction
+
+from mailbox_app import events
 from mailbox_app.ids import now_ms
 from mailbox_app.payloads import RunRecord, TerminationReason
 from mailbox_app.ports import run_store
 from mailbox_app.records import DispatchRecord
-from mailbox_app.states import DispatchStatus, RunStatus
+from mailbox_app.states import DispatchStatus
 
+log = logging.getLogger(__name__)
 DEFAULT_DEAD_LETTER_REASON = "mailbox dispatch dead-lettered"
+_ENDS_RUN = frozenset({DispatchStatus.CANCELLED, DispatchStatus.SUPERSEDED, DispatchStatus.DEAD_LETTER})
 
 
 def terminalize_run_for_dispatch(
     dispatch: DispatchRecord | None, *, now: int | None = None
 ) -> RunRecord | None:
     """Returns the updated run, or None when nothing had to change."""
-    if dispatch is None or dispatch.status not in {
-        DispatchStatus.CANCELLED,
-        DispatchStatus.SUPERSEDED,
-        DispatchStatus.DEAD_LETTER,
-    }:
-        return None
-    store = run_store()
-    run = store.load_run(run_id=dispatch.run_id)
-    if run is None or run.thread_id != dispatch.thread_id or run.status is RunStatus.DONE:
+    if dispatch is None or dispatch.status not in _ENDS_RUN:
         return None
     stamp = now_ms() if now is None else now
     if dispatch.status is DispatchStatus.DEAD_LETTER:
@@ -34,17 +39,39 @@ def terminalize_run_for_dispatch(
     else:
         termination = TerminationReason(type="cancelled")
         error_payload = None
-    updated = run.model_copy(
-        update={
-            "status": RunStatus.DONE,
-            "termination_reason": termination,
-            "error_payload": error_payload,
-            "dispatch_id": dispatch.dispatch_id,
-            "session_id": dispatch.dispatch_instance_id,
-            "waiting": None,
-            "finished_at": stamp,
-            "updated_at": stamp,
-        }
+    updated = run_store().terminalize_run(
+        run_id=dispatch.run_id,
+        thread_id=dispatch.thread_id,
+        dispatch_id=dispatch.dispatch_id,
+        session_id=dispatch.dispatch_instance_id,
+        termination=termination,
+        error_payload=error_payload,
+        now=stamp,
     )
-    store.checkpoint(thread_id=run.thread_id, messages=[], run=updated, now=stamp)
+    if updated is not None:
+        emit_finish_on_commit(updated, dispatch.dispatch_id)
     return updated
+
+
+def emit_finish_on_commit(run: RunRecord, dispatch_id: str) -> None:
+    """The run's terminal (or waiting) event, appended once the current transaction commits."""
+    payload = events.finish_payload(
+        run.run_id,
+        dispatch_id,
+        run.status.value,
+        None if run.termination_reason is None else run.termination_reason.model_dump(mode="json"),
+        run.final_output,
+    )
+    transaction.on_commit(lambda: _append(run.run_id, events.RUN_FINISH, payload), robust=True)
+
+
+def emit_on_commit(run_id: str, event_type: str, payload: dict[str, object]) -> None:
+    transaction.on_commit(lambda: _append(run_id, event_type, payload), robust=True)
+
+
+def _append(run_id: str, event_type: str, payload: dict[str, object]) -> None:
+    try:
+        events.append_event(run_id, event_type, payload)
+    except Exception:
+        # The run's state is durable; a stream that misses its end closes on its idle timeout.
+        log.warning("could not append %s for run %s", event_type, run_id, exc_info=True)

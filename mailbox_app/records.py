@@ -35,6 +35,9 @@ class DispatchRecord:
     completed_at: int | None = None
     created_at: int = 0
     updated_at: int = 0
+    # What this dispatch delivers (a `RunRequestSnapshot` as JSON: its input message ids, decisions,
+    # extras); reconstruct reads it, so two dispatches of one run each deliver their own (spec §7.7).
+    request: Any = None
 
     def replace(self, **changes: Any) -> DispatchRecord:
         return dataclasses.replace(self, **changes)
@@ -47,6 +50,7 @@ class DispatchRecord:
         """Every field except the claim token (a fencing secret that never leaves the worker)."""
         data = dataclasses.asdict(self)
         data.pop("claim_token")
+        data.pop("request")
         data["status"] = self.status.value
         return data
 

@@ -1,5 +1,6 @@
-"""Runs one activation through the agent and keeps the run record in step (the reference's runtime side):
-checkpoint Running, call the executor, checkpoint Done or Waiting, stream events."""
+"""One activation inside a worker (the reference's runtime side): the in-process state of a running run,
+the `RunContext` the agent gets, the agent call, and the run record it leaves (computed, not written:
+the attempt's fenced finish transaction writes it)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ from mailbox_app import events
 from mailbox_app.agents import resolve_agent
 from mailbox_app.executor import (
     MailboxRunOutcome,
-    OutcomeKind,
     RunResult,
     classify_error,
 )
 from mailbox_app.ids import now_ms
+from mailbox_app.locks import lock_key
 from mailbox_app.payloads import ChatMessage, RunRecord, TerminationReason, ToolCallResume
 from mailbox_app.ports import run_store
 from mailbox_app.records import DispatchRecord, RunDispatchResult
@@ -30,33 +31,58 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ActiveRun:
-    """In-process state of a run this worker executes: cancellation, steering inbox, decisions."""
+    """In-process state of a run this worker executes: cancellation, steering inbox, decisions.
+
+    The inbox closes before the attempt's finish transaction (`close_inbox`): from then on a live
+    command is answered "not delivered", so its sender takes the durable path; what was accepted but
+    not taken by the agent is handed back by `close_inbox` and queued durably by the finish."""
 
     thread_id: str
     run_id: str
     dispatch_id: str
+    claim_token: str = ""
     cancel_event: threading.Event = field(default_factory=threading.Event)
     steering: queue.Queue[ChatMessage] = field(default_factory=queue.Queue)
     decisions: queue.Queue[tuple[str, ToolCallResume]] = field(default_factory=queue.Queue)
     suspended: threading.Event = field(default_factory=threading.Event)
     lease_lost: threading.Event = field(default_factory=threading.Event)
+    _inbox_lock: threading.Lock = field(default_factory=threading.Lock)
+    _inbox_open: bool = True
 
     def on_live_command(self, command: dict[str, Any]) -> bool:
-        """Accept a live command; returning True acknowledges it to the sender."""
-        kind = command.get("kind")
-        if kind == "cancel":
-            self.cancel_event.set()
-            return True
-        if kind == "messages":
-            for raw in command.get("messages", []):
-                self.steering.put(ChatMessage.model_validate(raw))
-            return True
-        if kind == "decision":
-            for call_id, resume in command.get("decisions", []):
-                self.decisions.put((call_id, ToolCallResume.model_validate(resume)))
-            return True
+        """Accept a live command; returning True acknowledges it to the sender (the run will read it)."""
+        with self._inbox_lock:
+            if not self._inbox_open:
+                return False
+            kind = command.get("kind")
+            if kind == "cancel":
+                self.cancel_event.set()
+                return True
+            if kind == "messages":
+                for raw in command.get("messages", []):
+                    self.steering.put(ChatMessage.model_validate(raw))
+                return True
+            if kind == "decision":
+                for call_id, resume in command.get("decisions", []):
+                    self.decisions.put((call_id, ToolCallResume.model_validate(resume)))
+                return True
         self.cancel_event.set()  # unknown command: fail safe, like the reference
         return False
+
+    def close_inbox(self) -> tuple[list[ChatMessage], list[tuple[str, ToolCallResume]]]:
+        """Stop accepting commands; returns the steering messages and decisions accepted but not taken."""
+        with self._inbox_lock:
+            self._inbox_open = False
+        return _drain(self.steering), _drain(self.decisions)
+
+
+def _drain(inbox: queue.Queue[Any]) -> list[Any]:
+    items: list[Any] = []
+    while True:
+        try:
+            items.append(inbox.get_nowait())
+        except queue.Empty:
+            return items
 
 
 class _Context:
@@ -73,7 +99,12 @@ class _Context:
         return run_store().load_messages(thread_id=self.thread_id) or []
 
     def emit(self, event_type: str, data: dict[str, Any]) -> None:
-        events.append_event(self.run_id, event_type, data)
+        """Append to the run's stream while this attempt still holds the thread (see events.py)."""
+        if self._active.lease_lost.is_set():
+            return
+        events.append_fenced(
+            self.run_id, lock_key(self.thread_id), self._active.claim_token, event_type, data
+        )
         if event_type == "tool_call_done" and data.get("status") == "suspended":
             self._active.suspended.set()
         elif event_type == "tool_call_resumed":
@@ -137,76 +168,41 @@ class _Context:
         return submitted.dispatch_id
 
 
-def run_activation(
-    dispatch: DispatchRecord, request: RunRequest, instance_id: str, active: ActiveRun
-) -> tuple[MailboxRunOutcome, RunDispatchResult]:
-    """Execute one activation; returns the mailbox outcome and what to record on the dispatch."""
-    store = run_store()
-    run = store.load_run(run_id=dispatch.run_id)
-    if run is None:  # reconstruct checked it; a concurrent delete is a permanent error
-        outcome = MailboxRunOutcome(OutcomeKind.PERMANENT_ERROR, f"run {dispatch.run_id} vanished")
-        return outcome, _result(dispatch, instance_id, "done", error=outcome.message)
-    now = now_ms()
-    running = run.model_copy(
-        update={
-            "status": RunStatus.RUNNING,
-            "dispatch_id": dispatch.dispatch_id,
-            "session_id": instance_id,
-            "started_at": run.started_at or now,
-            "waiting": None,
-            "updated_at": now,
-        }
-    )
-    store.checkpoint(thread_id=run.thread_id, messages=[], run=running, now=now)
-    events.append_event(
-        run.run_id,
-        "run_start",
-        {"run_id": run.run_id, "thread_id": run.thread_id, "dispatch_id": dispatch.dispatch_id},
-    )
+def call_agent(
+    run: RunRecord, request: RunRequest, active: ActiveRun
+) -> tuple[MailboxRunOutcome, RunResult | None, BaseException | None]:
+    """Run the executor; everything it raises is classified onto the mailbox outcome."""
     context = _Context(active, request)
-    result: RunResult | None = None
-    error: BaseException | None = None
     try:
-        result = resolve_agent(run.agent_id).run(request, context)
+        return classify_error(None), resolve_agent(run.agent_id).run(request, context), None
     except Exception as exc:  # noqa: BLE001 - the executor is user code; classify everything it raises
-        error = exc
-    outcome = classify_error(error)
-    if active.lease_lost.is_set():
-        # Another worker may own this dispatch now: leave the run as it is for the retry.
-        return outcome, _result(dispatch, instance_id, "running")
-    if error is not None and outcome.kind is not OutcomeKind.COMPLETED:
-        failed = TerminationReason(type="error", value=outcome.message)
-        _emit_finish(run.run_id, failed, None, dispatch)
-        # the dispatch's trace says how this attempt ended; a nack that requeues clears it again
-        return outcome, _result(dispatch, instance_id, "done", termination=failed, error=outcome.message)
-    final = _finish_run(running, result, error, active)
-    _emit_finish(run.run_id, final.termination_reason, final.final_output, dispatch, status=final.status)
-    return outcome, _result(
-        dispatch,
-        instance_id,
-        final.status.value,
-        termination=final.termination_reason,
-        response=final.final_output,
-        error=None if error is None else str(error),
-    )
+        return classify_error(exc), None, exc
 
 
-def _finish_run(
-    running: RunRecord, result: RunResult | None, error: BaseException | None, active: ActiveRun
-) -> RunRecord:
-    now = now_ms()
+@dataclass(frozen=True, slots=True)
+class FinalRun:
+    """What a completed activation leaves: the run's final record and the messages it produced."""
+
+    run: RunRecord
+    messages: list[ChatMessage]
+
+
+def final_run(
+    running: RunRecord, result: RunResult | None, error: BaseException | None, cancelled: bool, now: int
+) -> FinalRun:
+    """The run after an activation whose outcome completes the delivery (pure: nothing is written)."""
     update: dict[str, Any] = {"updated_at": now}
     messages: list[ChatMessage] = []
     if error is not None:
         termination = TerminationReason(type="error", value=str(error))
         update |= {"status": RunStatus.DONE, "error_payload": {"message": str(error)}, "finished_at": now}
-    elif result is not None and result.waiting is not None and not active.cancel_event.is_set():
+    elif result is not None and result.waiting is not None and not cancelled:
         termination = result.termination
         update |= {"status": RunStatus.WAITING, "waiting": result.waiting}
     else:
         assert result is not None
         termination = result.termination
-        if active.cancel_event.is_set() and termination.type == "natural_end" and not result.final_output:
+        if cancelled and termination.type == "natural_end" and not result.final_output:
             termination = TerminationReason(type="cancelled")
         messages = [_stamp(m, running.run_id) for m in result.messages]
         update |= {"status": RunStatus.DONE, "final_output": result.final_output, "finished_at": now}
@@ -214,40 +210,17 @@ def _finish_run(
     if result is not None and result.state is not None:
         update["state"] = result.state
     update["steps"] = running.steps + 1
-    final = running.model_copy(update=update)
-    run_store().checkpoint(thread_id=running.thread_id, messages=messages, run=final, now=now)
-    return final
+    return FinalRun(running.model_copy(update=update), messages)
 
 
 def _stamp(message: ChatMessage, run_id: str) -> ChatMessage:
     return message.model_copy(update={"metadata": {**(message.metadata or {}), "run_id": run_id}})
 
 
-def _emit_finish(
-    run_id: str,
-    termination: TerminationReason | None,
-    final_output: str | None,
-    dispatch: DispatchRecord,
-    *,
-    status: RunStatus = RunStatus.DONE,
-) -> None:
-    events.append_event(
-        run_id,
-        events.RUN_FINISH,
-        {
-            "run_id": run_id,
-            "dispatch_id": dispatch.dispatch_id,
-            "status": status.value,
-            "termination": None if termination is None else termination.model_dump(mode="json"),
-            "final_output": final_output,
-        },
-    )
-
-
 def finished_run_result(dispatch: DispatchRecord, instance_id: str, run: RunRecord) -> RunDispatchResult:
     """The dispatch-side projection of a run that is already done (nothing is executed)."""
     payload = run.error_payload
-    return _result(
+    return dispatch_result(
         dispatch,
         instance_id,
         RunStatus.DONE.value,
@@ -257,7 +230,7 @@ def finished_run_result(dispatch: DispatchRecord, instance_id: str, run: RunReco
     )
 
 
-def _result(
+def dispatch_result(
     dispatch: DispatchRecord,
     instance_id: str,
     status: str,

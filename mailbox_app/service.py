@@ -15,16 +15,16 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 
-from mailbox_app import signals, store
+from mailbox_app import doorbells, store
 from mailbox_app.errors import StoreError, ValidationError
-from mailbox_app.execution import consumer_id, find_local_run
 from mailbox_app.ids import now_ms
 from mailbox_app.live import LiveDeliveryOutcome, LiveRunTarget, deliver_live_to
 from mailbox_app.payloads import ChatMessage, RunRecord, ToolCallResume
 from mailbox_app.ports import run_store
 from mailbox_app.preparation import build_dispatch, prepare_run_for_dispatch
-from mailbox_app.reconcile import terminalize_run_for_dispatch
+from mailbox_app.reconcile import emit_finish_on_commit, terminalize_run_for_dispatch
 from mailbox_app.records import DispatchRecord, MailboxInterrupt
+from mailbox_app.registry import consumer_id, find_local_run
 from mailbox_app.requests import (
     RunMode,
     RunOrigin,
@@ -66,7 +66,8 @@ class SubmitResult:
 
 
 def submit(request: RunRequest, *, owner_id: int | None = None) -> SubmitResult:
-    """Foreground, latest-wins (spec §4.2)."""
+    """Foreground, latest-wins (spec §4.2): interrupt first, then the new run written and claimed inline
+    in one transaction. If the claim loses (a concurrent submit won), nothing new is written: 409."""
     request = normalize_mailbox_run_mode(request, background=False)
     thread_id, messages = validate_run_inputs(
         request.thread_id, request.messages, allow_empty=bool(request.decisions)
@@ -74,8 +75,8 @@ def submit(request: RunRequest, *, owner_id: int | None = None) -> SubmitResult:
     details = interrupt_detailed(thread_id)
     if details.active_dispatch is not None and not cancel_active_dispatch(details.active_dispatch, wait=True):
         raise ActiveRunConflict()
-    now = now_ms()
     with transaction.atomic():
+        now = now_ms()
         request, run_id = prepare_run_for_dispatch(
             request.with_(thread_id=thread_id), thread_id, messages, owner_id=owner_id
         )
@@ -83,36 +84,53 @@ def submit(request: RunRequest, *, owner_id: int | None = None) -> SubmitResult:
             available_at=now + INLINE_CLAIM_GUARD_MS
         )
         store.enqueue(dispatch)
-    claimed = store.claim_dispatch(
-        dispatch.dispatch_id, consumer_id(), settings.AWAKEN_MAILBOX.lease_ms, now_ms()
-    )
-    if claimed is None:
-        cancelled = store.cancel(dispatch.dispatch_id, now_ms())
-        terminalize_run_for_dispatch(cancelled or store.load_dispatch(dispatch.dispatch_id))
-        raise ActiveRunConflict()
-    signals.hand_over_claimed_on_commit(thread_id, claimed.dispatch_id)
+        claimed = store.claim_dispatch(
+            dispatch.dispatch_id, consumer_id(), settings.AWAKEN_MAILBOX.lease_ms, now
+        )
+        if claimed is None:
+            raise ActiveRunConflict()  # rolls back the run, its messages and the dispatch
+        doorbells.hand_over_claimed_on_commit(thread_id, claimed.dispatch_id, claimed.claim_token or "")
     return SubmitResult(claimed.dispatch_id, run_id, thread_id, SubmitStatus.RUNNING)
 
 
 def submit_background(request: RunRequest, *, owner_id: int | None = None) -> SubmitResult:
-    """Durable queue, never interrupts (spec §4.3). Claims the thread's next dispatch inline when the
-    thread is idle (possibly an older one), handing its execution to a worker."""
+    """Durable queue, never interrupts (spec §4.3): messages, run, dispatch and — when the thread is idle —
+    the inline claim of its next dispatch (possibly an older one), in one transaction; a worker takes
+    over the claim when it commits."""
     request = normalize_mailbox_run_mode(request, background=True)
     thread_id, messages = validate_run_inputs(
         request.thread_id, request.messages, allow_empty=bool(request.decisions)
     )
     with transaction.atomic():
-        request, run_id = prepare_run_for_dispatch(
-            request.with_(thread_id=thread_id), thread_id, messages, owner_id=owner_id
-        )
-        dispatch = build_dispatch(request, thread_id)
-        store.enqueue(dispatch)
-    claimed = store.claim(thread_id, consumer_id(), settings.AWAKEN_MAILBOX.lease_ms, now_ms())
-    if claimed:
-        signals.hand_over_claimed_on_commit(thread_id, claimed[0].dispatch_id)
-        return SubmitResult(dispatch.dispatch_id, run_id, thread_id, SubmitStatus.RUNNING)
-    signals.ring_on_commit(thread_id, dispatch.dispatch_id)
-    return SubmitResult(dispatch.dispatch_id, run_id, thread_id, SubmitStatus.QUEUED)
+        dispatch, run_id = _prepare_and_enqueue(request.with_(thread_id=thread_id), messages, owner_id)
+        claimed = store.claim(thread_id, consumer_id(), settings.AWAKEN_MAILBOX.lease_ms, now_ms())
+        if claimed:
+            doorbells.hand_over_claimed_on_commit(
+                thread_id, claimed[0].dispatch_id, claimed[0].claim_token or ""
+            )
+        else:
+            doorbells.ring_on_commit(thread_id, dispatch.dispatch_id)
+    status = SubmitStatus.RUNNING if claimed else SubmitStatus.QUEUED
+    return SubmitResult(dispatch.dispatch_id, run_id, thread_id, status)
+
+
+def enqueue_in_transaction(request: RunRequest, *, owner_id: int | None = None) -> DispatchRecord:
+    """Queue a background dispatch inside the caller's transaction (no inline claim); the doorbell
+    rings when it commits. The finish of an attempt uses it for live input its run did not take."""
+    request = normalize_mailbox_run_mode(request, background=True)
+    thread_id, messages = validate_run_inputs(
+        request.thread_id, request.messages, allow_empty=bool(request.decisions)
+    )
+    dispatch, _ = _prepare_and_enqueue(request.with_(thread_id=thread_id), messages, owner_id)
+    doorbells.ring_on_commit(thread_id, dispatch.dispatch_id)
+    return dispatch
+
+
+def _prepare_and_enqueue(
+    request: RunRequest, messages: list[ChatMessage], owner_id: int | None
+) -> tuple[DispatchRecord, str]:
+    request, run_id = prepare_run_for_dispatch(request, request.thread_id, messages, owner_id=owner_id)
+    return store.enqueue(build_dispatch(request, request.thread_id)), run_id
 
 
 def submit_live_then_queue(
@@ -157,9 +175,10 @@ def _deliver(target: LiveRunTarget, command: dict[str, Any]) -> bool:
 
 def interrupt_detailed(thread_id: str) -> MailboxInterrupt:
     """Bump the epoch, supersede queued work (their runs become cancelled), report the active claim."""
-    details = store.interrupt_detailed(thread_id, now_ms())
-    for superseded in details.superseded_dispatches:
-        terminalize_run_for_dispatch(superseded)
+    with transaction.atomic():
+        details = store.interrupt_detailed(thread_id, now_ms())
+        for superseded in details.superseded_dispatches:
+            terminalize_run_for_dispatch(superseded)
     return details
 
 
@@ -189,13 +208,14 @@ def cancel_active_dispatch(active: DispatchRecord, *, wait: bool) -> bool:
 
 def cancel(identifier: str) -> bool:
     """Cancel by dispatch id, run id or thread id, queued or running, here or in another process (§7.8)."""
-    queued = store.cancel(identifier, now_ms())
+    with transaction.atomic():
+        queued = store.cancel(identifier, now_ms())
+        if queued is not None:
+            terminalize_run_for_dispatch(queued)
     if queued is not None:
-        terminalize_run_for_dispatch(queued)
         return True
     local = find_local_run(identifier)
-    if local is not None:
-        local.cancel_event.set()
+    if local is not None and local.on_live_command({"kind": "cancel"}):
         return True
     dispatch = store.load_dispatch(identifier)
     if dispatch is not None and dispatch.status is DispatchStatus.CLAIMED:
@@ -213,23 +233,18 @@ def cancel(identifier: str) -> bool:
 
 
 def _cancel_waiting(run: RunRecord) -> bool:
-    """A durably waiting run holds no worker: cancel its queued resumes and finish it as cancelled."""
-    for dispatch in store.list_dispatches(run.thread_id, [DispatchStatus.QUEUED]):
-        if dispatch.run_id == run.run_id:
-            store.cancel(dispatch.dispatch_id, now_ms())
-    now = now_ms()
-    from mailbox_app.payloads import TerminationReason
-
-    done = run.model_copy(
-        update={
-            "status": RunStatus.DONE,
-            "termination_reason": TerminationReason(type="cancelled"),
-            "waiting": None,
-            "finished_at": now,
-            "updated_at": now,
-        }
-    )
-    run_store().checkpoint(thread_id=run.thread_id, messages=[], run=done, now=now)
+    """A durably waiting run holds no worker: cancel its queued resumes and finish it as cancelled, in one
+    transaction, only while it is still waiting (a resume that started meanwhile owns it)."""
+    with transaction.atomic():
+        now = now_ms()
+        for dispatch in store.list_dispatches(run.thread_id, [DispatchStatus.QUEUED]):
+            if dispatch.run_id == run.run_id:
+                store.cancel(dispatch.dispatch_id, now)
+        done = run_store().cancel_waiting_run(run_id=run.run_id, now=now)
+        if done is None:
+            transaction.set_rollback(True)
+            return False
+        emit_finish_on_commit(done, done.dispatch_id or "")
     return True
 
 

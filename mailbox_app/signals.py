@@ -10,38 +10,18 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from django.conf import settings
-from django.db import transaction
 
-from mailbox_app import store
+from mailbox_app import doorbells, store
 from mailbox_app.execution import DispatchAttempt, drain_thread
 from mailbox_app.ids import now_ms
 from mailbox_app.retry import blocked_signal_delay_ms
 from mailbox_app.states import DispatchStatus
 
-DISPATCH_TASK = "mailbox.dispatch_thread"
-RUN_CLAIMED_TASK = "mailbox.run_claimed"
-
-
-def _send(name: str, args: list[str | None], countdown_s: float | None = None) -> None:
-    from awaken_project.celery import app
-
-    app.send_task(name, args=args, countdown=countdown_s)
-
-
-def ring_on_commit(thread_id: str, dispatch_id: str | None) -> None:
-    """Wake a worker for `thread_id` once the current transaction commits."""
-    transaction.on_commit(lambda: _send(DISPATCH_TASK, [thread_id, dispatch_id]))
-
-
-def ring_at(thread_id: str, dispatch_id: str | None, at_ms: int) -> None:
-    """Wake a worker at `at_ms` (a nacked dispatch's retry time); the sweep is the safety net."""
-    delay_s = max(at_ms - now_ms(), 0) / 1000
-    transaction.on_commit(lambda: _send(DISPATCH_TASK, [thread_id, dispatch_id], countdown_s=delay_s))
-
-
-def hand_over_claimed_on_commit(thread_id: str, dispatch_id: str) -> None:
-    """A foreground submit claimed inline: a worker takes over the execution of that claim."""
-    transaction.on_commit(lambda: _send(RUN_CLAIMED_TASK, [thread_id, dispatch_id]))
+DISPATCH_TASK = doorbells.DISPATCH_TASK
+RUN_CLAIMED_TASK = doorbells.RUN_CLAIMED_TASK
+ring_on_commit = doorbells.ring_on_commit
+ring_at = doorbells.ring_at
+hand_over_claimed_on_commit = doorbells.hand_over_claimed_on_commit
 
 
 class SignalAction(StrEnum):

@@ -30,7 +30,8 @@ INSERT INTO {DISPATCH} ({COLS})
 SELECT %(dispatch_id)s::varchar, %(thread_id)s::varchar, %(run_id)s::varchar, %(priority)s::smallint,
        %(dedupe_key)s::varchar, e.current_epoch, 'queued', %(available_at)s::bigint,
        %(attempt_count)s::integer, %(max_attempts)s::integer, %(last_error)s::text,
-       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, %(created_at)s::bigint, %(updated_at)s::bigint
+       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, %(created_at)s::bigint, %(updated_at)s::bigint,
+       %(request)s::jsonb
 FROM {EPOCH} e WHERE e.thread_id = %(thread_id)s
 FOR SHARE OF e
 RETURNING {COLS}
@@ -133,6 +134,36 @@ RECORD_RESULT = f"""
 UPDATE {DISPATCH} d
    SET dispatch_instance_id = %(instance_id)s, run_status = %(run_status)s, termination = %(termination)s,
        run_response = %(response)s, run_error = %(error)s, completed_at = %(now)s, updated_at = %(now)s
+{FENCE} RETURNING {D_COLS}
+"""
+
+# The attempt's start: the runtime trace reset and the executing worker named as `claimed_by` (a claim
+# taken inline by a web process is taken over by the worker that runs it).
+START = f"""
+UPDATE {DISPATCH} d
+   SET dispatch_instance_id = %(instance_id)s, run_status = 'running', termination = NULL,
+       run_response = NULL, run_error = NULL, completed_at = NULL, claimed_by = %(consumer_id)s,
+       updated_at = %(now)s
+{FENCE} RETURNING {D_COLS}
+"""
+
+# The attempt's end in one statement: its result recorded and the delivery settled (ack, nack with
+# backoff or dead letter by `%(outcome)s`). A requeued dispatch keeps no trace of the abandoned attempt.
+_DEAD = "(%(outcome)s = 'dead_letter' OR (%(outcome)s = 'nack' AND d.attempt_count + 1 >= d.max_attempts))"
+_REQUEUE = f"(%(outcome)s = 'nack' AND NOT {_DEAD})"
+SETTLE = f"""
+UPDATE {DISPATCH} d
+   SET status = CASE WHEN %(outcome)s = 'ack' THEN 'acked' WHEN {_DEAD} THEN 'dead_letter' ELSE 'queued' END,
+       attempt_count = d.attempt_count + CASE WHEN %(outcome)s = 'nack' THEN 1 ELSE 0 END,
+       last_error = CASE WHEN %(outcome)s = 'ack' THEN d.last_error ELSE %(error)s END,
+       available_at = CASE WHEN {_REQUEUE} THEN %(retry_at)s ELSE d.available_at END,
+       completed_at = CASE WHEN {_REQUEUE} THEN NULL ELSE %(now)s END,
+       dispatch_instance_id = CASE WHEN {_REQUEUE} THEN NULL ELSE %(instance_id)s END,
+       run_status = CASE WHEN {_REQUEUE} THEN NULL ELSE %(run_status)s END,
+       termination = CASE WHEN {_REQUEUE} THEN NULL ELSE %(termination)s::jsonb END,
+       run_response = CASE WHEN {_REQUEUE} THEN NULL ELSE %(response)s END,
+       run_error = CASE WHEN {_REQUEUE} THEN NULL ELSE %(run_error)s END,
+       {CLEAR_CLAIM}, updated_at = %(now)s
 {FENCE} RETURNING {D_COLS}
 """
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
@@ -32,6 +34,8 @@ def _record(row: Sequence[Any]) -> DispatchRecord:
     record = dispatch_from_row(tuple(row))
     if isinstance(record.termination, str):
         record = record.replace(termination=json.loads(record.termination))
+    if isinstance(record.request, str):
+        record = record.replace(request=json.loads(record.request))
     return record
 
 
@@ -74,6 +78,7 @@ def enqueue(dispatch: DispatchRecord) -> DispatchRecord:
         "last_error": dispatch.last_error,
         "created_at": dispatch.created_at,
         "updated_at": dispatch.updated_at,
+        "request": None if dispatch.request is None else json.dumps(dispatch.request),
     }
     try:
         with transaction.atomic():
@@ -173,34 +178,108 @@ def _fenced(query: str, params: dict[str, Any], *, stale_reason: str) -> Dispatc
     updated = _fetch_one(query, params)
     if updated is not None:
         return updated
-    # Raised only after the block commits: raising inside `atomic()` would roll the supersede back.
-    stale: VersionConflict | None = None
+    lost = explain_lost(params["dispatch_id"], params["token"], params["now"], stale_reason)
+    if lost.current is None:
+        raise NotFound(f"dispatch {params['dispatch_id']} not found")
+    if lost.stale_epoch is None:
+        # The row changed between the two statements (e.g. a concurrent reclaim) yet is still ours.
+        if lost.still_claimed:
+            retried = _fetch_one(query, params)
+            if retried is not None:
+                return retried
+            raise VersionConflict(f"dispatch {lost.current.dispatch_id} changed concurrently")
+        raise VersionConflict(
+            f"dispatch {lost.current.dispatch_id} is {lost.current.status.value}; claim token does not match"
+        )
+    raise VersionConflict(
+        f"dispatch {lost.current.dispatch_id} epoch {lost.claimed_epoch} is stale "
+        f"(thread at {lost.stale_epoch})",
+        expected=lost.claimed_epoch,
+        actual=lost.stale_epoch,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LostFence:
+    """Why a fenced write matched no row: the dispatch as it is now (superseded first when the claim was
+    still this attempt's but its epoch is stale), the stale epoch if that was the reason, and whether the
+    claim is in fact still this attempt's (a concurrent change between two statements)."""
+
+    current: DispatchRecord | None
+    stale_epoch: int | None = None
+    still_claimed: bool = False
+    claimed_epoch: int = 0  # the epoch the claim was taken in
+
+
+def explain_lost(dispatch_id: str, claim_token: str, now: int, stale_reason: str) -> LostFence:
+    """One transaction: lock the row, and if it is still claimed with this token in a stale epoch,
+    supersede it (the lazy supersession of spec §7.6)."""
     with transaction.atomic():
         with connection.cursor() as cursor:
-            cursor.execute(sql.SELECT_DISPATCH_WITH_EPOCH, params)
+            cursor.execute(sql.SELECT_DISPATCH_WITH_EPOCH, {"dispatch_id": dispatch_id})
             row = cursor.fetchone()
         if row is None:
-            raise NotFound(f"dispatch {params['dispatch_id']} not found")
+            return LostFence(None)
         current, epoch = _record(row[:-1]), int(row[-1])
-        if current.status is not DispatchStatus.CLAIMED or current.claim_token != params["token"]:
-            raise VersionConflict(
-                f"dispatch {current.dispatch_id} is {current.status.value}; claim token does not match"
-            )
+        if current.status is not DispatchStatus.CLAIMED or current.claim_token != claim_token:
+            return LostFence(current)
         if current.dispatch_epoch < epoch:
-            _supersede(current, epoch, params["now"], stale_reason)
-            stale = VersionConflict(
-                f"dispatch {current.dispatch_id} epoch {current.dispatch_epoch} is stale (thread at {epoch})",
-                expected=current.dispatch_epoch,
-                actual=epoch,
-            )
-        else:
-            # The row changed between the two statements (e.g. a concurrent reclaim): retry once.
-            retried = _fetch_one(query, params)
-            if retried is None:
-                raise VersionConflict(f"dispatch {current.dispatch_id} changed concurrently")
-            return retried
-    assert stale is not None
-    raise stale
+            superseded = _supersede(current, epoch, now, stale_reason)
+            return LostFence(superseded, stale_epoch=epoch, claimed_epoch=current.dispatch_epoch)
+        return LostFence(current, still_claimed=True)
+
+
+def try_start(
+    dispatch_id: str, claim_token: str, dispatch_instance_id: str, consumer_id: str, now: int
+) -> DispatchRecord | None:
+    """The fenced start of an attempt (spec §3.5) naming the executing worker; None when fenced out.
+    Meant for the attempt's start transaction, which applies nothing else when this answers None."""
+    return _fetch_one(
+        sql.START,
+        {
+            "dispatch_id": dispatch_id,
+            "token": claim_token,
+            "instance_id": dispatch_instance_id,
+            "consumer_id": consumer_id,
+            "now": now,
+        },
+    )
+
+
+class Settle(StrEnum):
+    ACK = "ack"
+    NACK = "nack"
+    DEAD_LETTER = "dead_letter"
+
+
+def try_settle(
+    dispatch_id: str,
+    claim_token: str,
+    outcome: Settle,
+    result: RunDispatchResult,
+    now: int,
+    *,
+    retry_at: int | None = None,
+    error: str | None = None,
+) -> DispatchRecord | None:
+    """`record_run_result` and ack / nack / dead letter as one fenced statement; None when fenced out.
+    A nack that reaches `max_attempts` dead-letters (spec §3.7)."""
+    return _fetch_one(
+        sql.SETTLE,
+        {
+            "dispatch_id": dispatch_id,
+            "token": claim_token,
+            "outcome": outcome.value,
+            "now": now,
+            "retry_at": retry_at,
+            "error": error,
+            "instance_id": result.dispatch_instance_id,
+            "run_status": result.status,
+            "termination": None if result.termination is None else json.dumps(result.termination),
+            "response": result.response or None,
+            "run_error": result.error,
+        },
+    )
 
 
 def _supersede(current: DispatchRecord, epoch: int, now: int, reason: str) -> DispatchRecord | None:

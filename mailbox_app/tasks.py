@@ -8,6 +8,7 @@ from celery import shared_task
 
 from mailbox_app import maintenance, signals, store
 from mailbox_app.execution import drain_thread
+from mailbox_app.records import DispatchRecord
 from mailbox_app.states import DispatchStatus
 
 
@@ -20,8 +21,21 @@ def dispatch_thread(self: Any, thread_id: str, dispatch_id: str | None = None) -
 
 
 @shared_task(name=signals.RUN_CLAIMED_TASK, acks_late=True, ignore_result=True)
-def run_claimed(thread_id: str, dispatch_id: str) -> str:
-    """Execute a dispatch claimed inline by a foreground submit, then drain the thread."""
+def run_claimed(thread_id: str, dispatch_id: str, claim_token: str | None = None) -> str:
+    """Execute a dispatch claimed inline by a submit (or by a drain that stopped), then drain the thread.
+
+    With the claim token in the message nothing is read first: the thread lock is taken with it and the
+    fenced start decides (a duplicate hand-over finds the lock held by the same token, or the claim
+    settled, and leaves). Messages without one (sent before tokens travelled) read the row."""
+    if claim_token:
+        claim = DispatchRecord(
+            dispatch_id=dispatch_id,
+            thread_id=thread_id,
+            run_id="",
+            status=DispatchStatus.CLAIMED,
+            claim_token=claim_token,
+        )
+        return drain_thread(thread_id, first=claim).value
     dispatch = store.load_dispatch(dispatch_id)
     # A claim that already started (dispatch_instance_id set) belongs to whoever started it: this is a
     # duplicate or redelivered hand-over. Its lease decides; the sweep reclaims it if that worker died.

@@ -6,6 +6,7 @@ Every function is one transaction.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,6 +15,7 @@ from django.db import IntegrityError, connection, transaction
 from mailbox_app.errors import AlreadyExists, NotFound, ValidationError
 from mailbox_app.ids import now_ms, uuid7
 from mailbox_app.states import RunStatus, can_run_transition
+from runs_app import sql
 from runs_app.models import Message, Run, Thread
 from runs_app.payloads import (
     ChatMessage,
@@ -22,6 +24,7 @@ from runs_app.payloads import (
     RunMessageInput,
     RunPage,
     RunRecord,
+    TerminationReason,
     ThreadRecord,
 )
 
@@ -190,6 +193,12 @@ def load_message_record(*, thread_id: str, message_id: str) -> MessageRecord | N
     return None if row is None else _message_record(row)
 
 
+def load_message_records(*, thread_id: str, message_ids: Sequence[str]) -> list[MessageRecord]:
+    """The records of `message_ids` on the thread, in seq order (absent ids are left out)."""
+    rows = Message.objects.filter(thread_id=thread_id, message_id__in=list(message_ids)).order_by("seq")
+    return [_message_record(r) for r in rows]
+
+
 def load_message_records_range(*, thread_id: str, from_seq: int, to_seq: int) -> list[MessageRecord]:
     """Records with `from_seq <= seq <= to_seq` (1-based, inclusive)."""
     rows = Message.objects.filter(thread_id=thread_id, seq__gte=from_seq, seq__lte=to_seq).order_by("seq")
@@ -305,6 +314,131 @@ def _apply_run_projection(thread: Thread, run: RunRecord) -> None:
             thread.active_run_id = None
         if thread.open_run_id == run.run_id:
             thread.open_run_id = None
+
+
+# --- fenced attempt writes (run inside the mailbox's fenced transaction) ------------------------------
+
+
+def _run_from_row(row: Sequence[Any]) -> RunRecord:
+    data = dict(zip(sql.RUN_COLUMNS, row, strict=True))
+    for name in sql.JSON_COLUMNS:
+        if isinstance(data[name], str):
+            data[name] = json.loads(data[name])
+    return RunRecord.model_validate(data)
+
+
+def _fetch_run(query: str, params: dict[str, Any]) -> RunRecord | None:
+    with connection.cursor() as cursor:
+        cursor.execute(query, params)
+        row = cursor.fetchone()
+    return None if row is None else _run_from_row(row)
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
+def start_run(
+    *, run_id: str, thread_id: str, dispatch_id: str, session_id: str, now: int
+) -> RunRecord | None:
+    """Move the run to Running for this dispatch attempt and point the thread at it.
+
+    None when the run is missing, on another thread, or not startable (done by this dispatch, or done
+    without a natural end). Call it inside the transaction that fenced the dispatch's start."""
+    return _fetch_run(
+        sql.START_RUN,
+        {
+            "run_id": run_id,
+            "thread_id": thread_id,
+            "dispatch_id": dispatch_id,
+            "session_id": session_id,
+            "now": now,
+        },
+    )
+
+
+def finish_run(
+    *, run: RunRecord, messages: Sequence[ChatMessage], dispatch_id: str, session_id: str, now: int
+) -> RunRecord | None:
+    """Write the attempt's result: the run's final fields, the thread pointers, and `messages` appended
+    to the log — only while the run is Running under `(dispatch_id, session_id)`; None otherwise, and
+    then nothing is written. Messages whose id is already in the log are skipped (append-only)."""
+    rows = _message_rows(run.thread_id, messages)
+    dumped = run.model_dump(mode="json")
+    params: dict[str, Any] = {
+        name: _json(dumped[name]) if name in sql.JSON_COLUMNS else dumped[name] for name in sql.RUN_COLUMNS
+    }
+    params |= {
+        "dispatch_id": dispatch_id,
+        "session_id": session_id,
+        "now": now,
+        "count": len(rows),
+        "messages": json.dumps(rows),
+    }
+    return _fetch_run(sql.FINISH_RUN, params)
+
+
+def _message_rows(thread_id: str, messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
+    explicit = [m.id for m in messages if m.id]
+    existing: set[str] = set()
+    if explicit:
+        with connection.cursor() as cursor:
+            cursor.execute(sql.EXISTING_MESSAGE_IDS, {"thread_id": thread_id, "ids": explicit})
+            existing = {row[0] for row in cursor.fetchall()}
+    rows: list[dict[str, Any]] = []
+    for message in messages:
+        message_id = message.id or uuid7()
+        if message_id in existing:
+            continue
+        existing.add(message_id)
+        meta = message.metadata or {}
+        rows.append(
+            {
+                "message_id": message_id,
+                "role": message.role.value,
+                "content": message.content,
+                "tool_calls": None
+                if message.tool_calls is None
+                else [c.model_dump(mode="json") for c in message.tool_calls],
+                "tool_call_id": message.tool_call_id,
+                "visibility": message.visibility.value,
+                "run_id": meta.get("run_id"),
+                "step_index": meta.get("step_index"),
+                "metadata": message.metadata,
+            }
+        )
+    return rows
+
+
+def terminalize_run(
+    *,
+    run_id: str,
+    thread_id: str,
+    dispatch_id: str,
+    session_id: str | None,
+    termination: TerminationReason,
+    error_payload: Any,
+    now: int,
+) -> RunRecord | None:
+    """End a run whose dispatch ended terminally (cancelled / superseded / dead letter), only while it is
+    not done, not running under another dispatch, and no other live dispatch will activate it."""
+    return _fetch_run(
+        sql.TERMINALIZE_RUN,
+        {
+            "run_id": run_id,
+            "thread_id": thread_id,
+            "dispatch_id": dispatch_id,
+            "session_id": session_id,
+            "termination": json.dumps(termination.model_dump(mode="json")),
+            "error_payload": _json(error_payload),
+            "now": now,
+        },
+    )
+
+
+def cancel_waiting_run(*, run_id: str, now: int) -> RunRecord | None:
+    """A durably waiting run cancelled by its owner; None when it is no longer waiting."""
+    return _fetch_run(sql.CANCEL_WAITING_RUN, {"run_id": run_id, "now": now})
 
 
 def require_run(*, run_id: str) -> RunRecord:

@@ -62,7 +62,7 @@ SIGNAL_ENV = {
 READY_TIMEOUT_S = 45.0
 STOP_TIMEOUT_S = 8.0
 LOG_TAIL_CHARS = 4000
-FAULT_POINTS = ("after_claim", "mid_run", "after_result")
+FAULT_POINTS = ("after_claim", "mid_run", "before_finish")
 
 
 # --- worker subprocesses -----------------------------------------------------------------------------
@@ -506,11 +506,12 @@ def test_workers_dying_at_each_fault_point_are_recovered_exactly_once(farm: Work
         run = _run(submitted[point].run_id)
         if point == "after_claim":  # died holding the claim, before the runtime start was recorded
             assert crashed.dispatch_instance_id is None and run.status is RunStatus.CREATED
-        elif point == "mid_run":  # runtime start recorded, the agent never entered
-            assert crashed.run_status == "running" and run.status is RunStatus.CREATED
-        else:  # the run finished and its result was recorded, but the dispatch was never acked
-            assert crashed.run_status == "done" and crashed.run_response == f"echo: hello {point}"
-            assert run.status is RunStatus.DONE
+        elif point == "mid_run":  # the fenced start committed (dispatch and run), the agent never entered
+            assert crashed.run_status == "running" and run.status is RunStatus.RUNNING
+        else:  # the agent returned; the finish transaction (result, ack, run, reply) never committed
+            assert crashed.run_status == "running" and crashed.run_response is None
+            assert run.status is RunStatus.RUNNING
+            assert _thread_texts(f"t-fault-{point}") == [f"hello {point}"], "no reply landed"
 
     farm.join(healthy)
     for point, result in submitted.items():

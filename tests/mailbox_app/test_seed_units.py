@@ -42,6 +42,7 @@ from mailbox_app.executor import (
 )
 from mailbox_app.ids import now_ms
 from mailbox_app.live import LiveRunTarget, LiveSubscription
+from mailbox_app.locks import ThreadLock
 from mailbox_app.payloads import (
     ChatMessage,
     RunRecord,
@@ -399,7 +400,11 @@ def test_run_outcome_metric_labels_are_stable() -> None:
 
 def test_context_emit_tracks_suspension_and_forwards_events(clean_redis: Any) -> None:
     """seed: suspension_aware_sink_sets_flag_on_suspended_tool_call"""
-    active = ActiveRun(thread_id="thread-susp", run_id="run-susp", dispatch_id="dispatch-susp")
+    # the attempt holds the thread (its emits are fenced by the thread lock's claim token)
+    assert ThreadLock("thread-susp", "token-susp", 30_000).acquire()
+    active = ActiveRun(
+        thread_id="thread-susp", run_id="run-susp", dispatch_id="dispatch-susp", claim_token="token-susp"
+    )
     context = _Context(active, RunRequest(thread_id="thread-susp"))
 
     context.emit("tool_call_done", {"tool_call_id": "c1", "status": "succeeded"})

@@ -1,0 +1,336 @@
+"""The fenced transitions of one attempt: start and finish, each one PostgreSQL transaction.
+
+Every write of an attempt — the dispatch row, the run record, the messages the run produced, the
+thread's run pointers, the follow-up dispatches it queues — happens in the transaction whose first
+statement is the fenced dispatch update `(dispatch_id, claim_token, status='claimed', epoch current)`.
+When that statement matches no row, the transaction is rolled back before anything else was applied
+and the caller gets a domain answer (`Lost`), never an exception: the attempt lost its claim and writes
+nothing. Afterwards, in a transaction of its own, the loss is explained (a stale epoch supersedes the
+claim, as the reference's lazy supersession does) and the run is reconciled with the dispatch's end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import transaction
+
+from mailbox_app import doorbells, events, service, store
+from mailbox_app.errors import StoreError
+from mailbox_app.executor import MailboxRunOutcome, OutcomeKind, RunResult
+from mailbox_app.ids import now_ms
+from mailbox_app.payloads import ChatMessage, RunRecord, TerminationReason, ToolCallResume
+from mailbox_app.ports import run_store
+from mailbox_app.preparation import reconstruct_from
+from mailbox_app.reconcile import emit_finish_on_commit, emit_on_commit, terminalize_run_for_dispatch
+from mailbox_app.records import DispatchRecord, RunDispatchResult
+from mailbox_app.requests import RunRequest
+from mailbox_app.retry import nack_backoff_ms
+from mailbox_app.runtime import FinalRun, dispatch_result, final_run, finished_run_result
+from mailbox_app.states import DispatchStatus, RunStatus
+
+
+class _FenceLost(Exception):
+    """Raised inside an attempt's transaction to roll it back when the fenced statement matched nothing."""
+
+
+@dataclass(frozen=True, slots=True)
+class Lost:
+    """The attempt no longer holds its claim; `current` is the dispatch as it is now."""
+
+    current: DispatchRecord | None
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    dispatch: DispatchRecord
+    run: RunRecord
+    request: RunRequest
+
+
+@dataclass(frozen=True, slots=True)
+class AlreadyDone:
+    """The run was finished without this activation: settle the dispatch, never run the agent again."""
+
+    dispatch: DispatchRecord
+    run: RunRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Unrunnable:
+    """The run cannot be activated (missing, on another thread, its input gone): dead-letter it."""
+
+    dispatch: DispatchRecord
+    reason: str
+
+
+StartOutcome = Started | AlreadyDone | Unrunnable | Lost
+
+
+def start(dispatch: DispatchRecord, instance_id: str, consumer_id: str) -> StartOutcome:
+    """Fenced start (spec §4.12): record the start naming this worker, move the run to Running, and read
+    what the agent needs (the run and the dispatch's own input) — one transaction."""
+    token = dispatch.claim_token or ""
+    now = now_ms()
+    try:
+        with transaction.atomic():
+            started = store.try_start(dispatch.dispatch_id, token, instance_id, consumer_id, now)
+            if started is None:
+                raise _FenceLost
+            outcome = _start_run(started, instance_id, now)
+    except _FenceLost:
+        return _explain(dispatch, "claimed dispatch superseded before runtime start")
+    if isinstance(outcome, Started):
+        events.append_event(
+            outcome.run.run_id,
+            events.RUN_START,
+            {
+                "run_id": outcome.run.run_id,
+                "thread_id": started.thread_id,
+                "dispatch_id": started.dispatch_id,
+            },
+        )
+    return outcome
+
+
+def _start_run(started: DispatchRecord, instance_id: str, now: int) -> Started | AlreadyDone | Unrunnable:
+    runs = run_store()
+    running = runs.start_run(
+        run_id=started.run_id,
+        thread_id=started.thread_id,
+        dispatch_id=started.dispatch_id,
+        session_id=instance_id,
+        now=now,
+    )
+    if running is None:
+        existing = runs.load_run(run_id=started.run_id)
+        if (
+            existing is not None
+            and existing.thread_id == started.thread_id
+            and existing.status is RunStatus.DONE
+        ):
+            return AlreadyDone(started, existing)
+        where = "not found" if existing is None else f"on thread '{existing.thread_id}' ({existing.status})"
+        return Unrunnable(started, f"run '{started.run_id}' {where}")
+    try:
+        request = reconstruct_from(started, running)
+    except StoreError as exc:
+        return Unrunnable(started, f"reconstruct failed: {exc}")
+    return Started(started, running, request.with_(session_id=instance_id))
+
+
+# --- finish ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    dispatch: DispatchRecord
+    run: RunRecord | None
+    next_dispatch: DispatchRecord | None = None
+
+
+FinishOutcome = Finished | Lost
+
+
+@dataclass(frozen=True, slots=True)
+class Leftovers:
+    """Live input the run acknowledged but did not take before its inbox closed."""
+
+    steering: list[ChatMessage]
+    decisions: list[tuple[str, ToolCallResume]]
+
+
+NO_LEFTOVERS = Leftovers([], [])
+
+
+def finish(
+    started: Started,
+    outcome: MailboxRunOutcome,
+    result: RunResult | None,
+    error: BaseException | None,
+    *,
+    cancelled: bool,
+    leftovers: Leftovers = NO_LEFTOVERS,
+    claim_next_as: str | None = None,
+) -> FinishOutcome:
+    """Fenced finish (spec §4.12): the result recorded, the dispatch settled (ack / nack with backoff /
+    dead letter), the run and the messages it produced written, leftover live input queued durably and,
+    with `claim_next_as`, the thread's next dispatch claimed for this worker — one transaction."""
+    dispatch, run = started.dispatch, started.run
+    instance_id = started.request.session_id or ""
+    now = now_ms()
+    final: FinalRun | None = None
+    if outcome.kind is OutcomeKind.COMPLETED:
+        final = final_run(run, result, error, cancelled, now)
+        trace = _trace(dispatch, instance_id, final.run)
+    else:
+        failed = TerminationReason(type="error", value=outcome.message)
+        trace = dispatch_result(
+            dispatch, instance_id, RunStatus.DONE.value, error=outcome.message, termination=failed
+        )
+    try:
+        with transaction.atomic():
+            settled = _settle(dispatch, outcome, trace, now)
+            if settled is None:
+                raise _FenceLost
+            written = _write_run(settled, run, final, instance_id, now)
+            _queue_leftovers(dispatch, written, leftovers)
+            next_dispatch = _claim_next(settled, claim_next_as, now)
+    except _FenceLost:
+        return _explain(dispatch, "claimed dispatch superseded before run result")
+    return Finished(settled, written, next_dispatch)
+
+
+def settle_already_done(
+    done: AlreadyDone, instance_id: str, *, claim_next_as: str | None = None
+) -> FinishOutcome:
+    """Settle a dispatch whose run was finished without it, from the run's own record."""
+    dispatch = done.dispatch
+    trace = finished_run_result(dispatch, instance_id, done.run)
+    try:
+        with transaction.atomic():
+            settled = store.try_settle(
+                dispatch.dispatch_id, dispatch.claim_token or "", store.Settle.ACK, trace, now_ms()
+            )
+            if settled is None:
+                raise _FenceLost
+            next_dispatch = _claim_next(settled, claim_next_as, now_ms())
+    except _FenceLost:
+        return _explain(dispatch, "claimed dispatch superseded before ack")
+    return Finished(settled, done.run, next_dispatch)
+
+
+def dead_letter(dispatch: DispatchRecord, reason: str, *, claim_next_as: str | None = None) -> FinishOutcome:
+    """Dead-letter a claimed dispatch that cannot run, and end its run with the error — one transaction."""
+    now = now_ms()
+    trace = dispatch_result(dispatch, dispatch.dispatch_instance_id or "", RunStatus.DONE.value, error=reason)
+    try:
+        with transaction.atomic():
+            settled = store.try_settle(
+                dispatch.dispatch_id,
+                dispatch.claim_token or "",
+                store.Settle.DEAD_LETTER,
+                trace,
+                now,
+                error=reason,
+            )
+            if settled is None:
+                raise _FenceLost
+            run = terminalize_run_for_dispatch(settled, now=now)
+            next_dispatch = _claim_next(settled, claim_next_as, now)
+    except _FenceLost:
+        return _explain(dispatch, "claimed dispatch superseded before dead letter")
+    return Finished(settled, run, next_dispatch)
+
+
+def _trace(dispatch: DispatchRecord, instance_id: str, run: RunRecord) -> RunDispatchResult:
+    termination = run.termination_reason
+    return dispatch_result(
+        dispatch,
+        instance_id,
+        run.status.value,
+        termination=termination,
+        response=run.final_output,
+        error=None if not isinstance(run.error_payload, dict) else run.error_payload.get("message"),
+    )
+
+
+def _settle(
+    dispatch: DispatchRecord, outcome: MailboxRunOutcome, trace: RunDispatchResult, now: int
+) -> DispatchRecord | None:
+    token = dispatch.claim_token or ""
+    if outcome.kind is OutcomeKind.COMPLETED:
+        return store.try_settle(dispatch.dispatch_id, token, store.Settle.ACK, trace, now)
+    if outcome.kind is OutcomeKind.TRANSIENT_ERROR:
+        config = settings.AWAKEN_MAILBOX
+        retry_at = now + nack_backoff_ms(
+            dispatch.attempt_count, base_ms=config.default_retry_delay_ms, max_ms=config.max_retry_delay_ms
+        )
+        return store.try_settle(
+            dispatch.dispatch_id,
+            token,
+            store.Settle.NACK,
+            trace,
+            now,
+            retry_at=retry_at,
+            error=outcome.message or "transient error",
+        )
+    return store.try_settle(
+        dispatch.dispatch_id,
+        token,
+        store.Settle.DEAD_LETTER,
+        trace,
+        now,
+        error=outcome.message or "permanent error",
+    )
+
+
+def _write_run(
+    settled: DispatchRecord, running: RunRecord, final: FinalRun | None, instance_id: str, now: int
+) -> RunRecord | None:
+    """The run side of the finish, inside its transaction; terminal events are appended on commit."""
+    if final is not None:
+        written = run_store().finish_run(
+            run=final.run,
+            messages=final.messages,
+            dispatch_id=settled.dispatch_id,
+            session_id=instance_id,
+            now=now,
+        )
+        if written is not None:
+            emit_finish_on_commit(written, settled.dispatch_id)
+        return written
+    if settled.status is DispatchStatus.DEAD_LETTER:
+        return terminalize_run_for_dispatch(settled, now=now)
+    # requeued for a retry: the run stays Running under this dispatch until the next attempt starts it
+    emit_on_commit(
+        running.run_id,
+        events.RUN_RETRY,
+        {
+            "run_id": running.run_id,
+            "dispatch_id": settled.dispatch_id,
+            "attempt": settled.attempt_count,
+            "retry_at": settled.available_at,
+            "error": settled.last_error,
+        },
+    )
+    doorbells.ring_at(settled.thread_id, settled.dispatch_id, settled.available_at)
+    return None
+
+
+def _queue_leftovers(dispatch: DispatchRecord, run: RunRecord | None, leftovers: Leftovers) -> None:
+    """Acknowledged live input the run did not take is queued durably in the same transaction: steering
+    as a queued dispatch, decisions as a resume of the run when it is waiting for them."""
+    if not leftovers.steering and not leftovers.decisions:
+        return
+    if leftovers.steering:
+        service.enqueue_in_transaction(
+            RunRequest(
+                thread_id=dispatch.thread_id, messages=leftovers.steering, messages_already_persisted=True
+            )
+        )
+    if leftovers.decisions and run is not None and run.is_resumable_waiting and run.waiting is not None:
+        tickets = {t.tool_call_id for t in run.waiting.tickets} | set(run.waiting.ticket_ids)
+        decisions = [(c, r) for c, r in leftovers.decisions if c in tickets]
+        if decisions:
+            service.enqueue_in_transaction(
+                RunRequest(thread_id=dispatch.thread_id, decisions=decisions, continue_run_id=run.run_id)
+            )
+
+
+def _claim_next(settled: DispatchRecord, consumer_id: str | None, now: int) -> DispatchRecord | None:
+    if consumer_id is None:
+        return None
+    claimed = store.claim(settled.thread_id, consumer_id, settings.AWAKEN_MAILBOX.lease_ms, now)
+    return claimed[0] if claimed else None
+
+
+def _explain(dispatch: DispatchRecord, stale_reason: str) -> Lost:
+    """After the rollback: supersede a stale claim and reconcile the run with how the dispatch ended."""
+    lost = store.explain_lost(dispatch.dispatch_id, dispatch.claim_token or "", now_ms(), stale_reason)
+    current = lost.current
+    if current is not None and current.status is not DispatchStatus.CLAIMED:
+        with transaction.atomic():
+            terminalize_run_for_dispatch(current)
+    return Lost(current)

@@ -1,0 +1,133 @@
+"""Hand-written SQL for the run-store writes on the execution path (start, finish, terminalize).
+
+Each statement is conditional on who owns the run (its `dispatch_id` / `session_id` / status), updates
+the thread's run pointers in the same statement (data-modifying CTEs), and is meant to run inside the
+caller's fenced transaction: the mailbox first applies its fenced dispatch update, then one of these.
+Statements use named parameters and are executed through Django's connection.
+"""
+
+from __future__ import annotations
+
+from mailbox_app.payloads import RunRecord
+
+RUN = "runs_run"
+THREAD = "runs_thread"
+MESSAGE = "runs_message"
+RUN_COLUMNS: tuple[str, ...] = tuple(RunRecord.model_fields)
+JSON_COLUMNS = frozenset(
+    {"request", "input", "output", "termination_reason", "error_payload", "waiting", "outcome", "state"}
+)
+COLS = ", ".join(RUN_COLUMNS)
+R_COLS = ", ".join(f"r.{c}" for c in RUN_COLUMNS)
+
+# Thread pointers for a run that just moved to `status` (spec §1.9, the projection of `checkpoint`).
+_POINTERS = """
+    latest_run_id = r.run_id,
+    active_run_id = CASE WHEN r.status = 'running' THEN r.run_id
+                         WHEN th.active_run_id = r.run_id THEN NULL ELSE th.active_run_id END,
+    open_run_id = CASE WHEN r.status IN ('running', 'waiting', 'created') THEN r.run_id
+                       WHEN th.open_run_id = r.run_id THEN NULL ELSE th.open_run_id END,
+    updated_at = %(now)s
+"""
+
+# A claimed dispatch starts its run. Startable: created, waiting, running (a re-run after the previous
+# attempt lost its lease), or done by *another* dispatch with a natural end (a second queued activation
+# of a run that was waiting when both were enqueued, spec §7.7: it delivers its own input).
+START_RUN = f"""
+WITH r AS (
+    UPDATE {RUN} SET status = 'running', dispatch_id = %(dispatch_id)s, session_id = %(session_id)s,
+           started_at = COALESCE(started_at, %(now)s), waiting = NULL, updated_at = %(now)s,
+           finished_at = NULL,
+           termination_reason = CASE WHEN status = 'done' THEN NULL ELSE termination_reason END,
+           final_output = CASE WHEN status = 'done' THEN NULL ELSE final_output END
+     WHERE run_id = %(run_id)s AND thread_id = %(thread_id)s
+       AND (status IN ('created', 'waiting', 'running')
+            OR (status = 'done' AND dispatch_id IS DISTINCT FROM %(dispatch_id)s
+                AND termination_reason ->> 'type' = 'natural_end'))
+    RETURNING {COLS}
+), t AS (
+    UPDATE {THREAD} th SET {_POINTERS} FROM r WHERE th.id = r.thread_id
+)
+SELECT {R_COLS} FROM r
+"""
+
+# The attempt's result lands only on the run it started (same dispatch and session, still running).
+_FINISHED = (
+    "status",
+    "termination_reason",
+    "final_output",
+    "error_payload",
+    "waiting",
+    "outcome",
+    "output",
+    "finished_at",
+    "updated_at",
+    "steps",
+    "input_tokens",
+    "output_tokens",
+    "state",
+)
+_SET_FINISHED = ", ".join(
+    f"{c} = %({c})s::jsonb" if c in JSON_COLUMNS else f"{c} = %({c})s" for c in _FINISHED
+)
+
+FINISH_RUN = f"""
+WITH r AS (
+    UPDATE {RUN} SET {_SET_FINISHED}
+     WHERE run_id = %(run_id)s AND thread_id = %(thread_id)s AND status = 'running'
+       AND dispatch_id = %(dispatch_id)s AND session_id = %(session_id)s
+    RETURNING {COLS}
+), t AS (
+    UPDATE {THREAD} th SET {_POINTERS}, message_count = th.message_count + %(count)s
+      FROM r WHERE th.id = r.thread_id
+    RETURNING th.message_count
+), m AS (
+    INSERT INTO {MESSAGE} (thread_id, seq, message_id, role, content, tool_calls, tool_call_id, visibility,
+                           run_id, step_index, metadata, created_at)
+    SELECT %(thread_id)s, t.message_count - %(count)s + x.ord, x.msg ->> 'message_id', x.msg ->> 'role',
+           x.msg -> 'content', NULLIF(x.msg -> 'tool_calls', 'null'::jsonb), x.msg ->> 'tool_call_id',
+           x.msg ->> 'visibility', x.msg ->> 'run_id', (x.msg ->> 'step_index')::integer,
+           NULLIF(x.msg -> 'metadata', 'null'::jsonb), %(now)s
+      FROM t, jsonb_array_elements(%(messages)s::jsonb) WITH ORDINALITY AS x(msg, ord)
+)
+SELECT {R_COLS} FROM r
+"""
+
+EXISTING_MESSAGE_IDS = f"""
+SELECT message_id FROM {MESSAGE} WHERE thread_id = %(thread_id)s AND message_id = ANY(%(ids)s)
+"""
+
+# A terminal dispatch ends its run (spec §2.3) — only while the run is not done, is not running under
+# another dispatch, and no other live (queued / claimed) dispatch will still activate it.
+TERMINALIZE_RUN = f"""
+WITH r AS (
+    UPDATE {RUN} run SET status = 'done', termination_reason = %(termination)s::jsonb,
+           error_payload = %(error_payload)s::jsonb, dispatch_id = %(dispatch_id)s,
+           session_id = %(session_id)s, waiting = NULL, finished_at = %(now)s, updated_at = %(now)s
+     WHERE run.run_id = %(run_id)s AND run.thread_id = %(thread_id)s AND run.status <> 'done'
+       AND (run.status <> 'running' OR run.dispatch_id = %(dispatch_id)s)
+       AND NOT EXISTS (
+           SELECT 1 FROM mailbox_dispatch live
+            WHERE live.run_id = run.run_id AND live.dispatch_id <> %(dispatch_id)s
+              AND live.status IN ('queued', 'claimed'))
+    RETURNING {COLS}
+), t AS (
+    UPDATE {THREAD} th SET {_POINTERS} FROM r WHERE th.id = r.thread_id
+)
+SELECT {R_COLS} FROM r
+"""
+
+# A durably waiting run cancelled by its owner: only while it is still waiting.
+CANCEL_WAITING_RUN = f"""
+WITH r AS (
+    UPDATE {RUN} SET status = 'done', termination_reason = '{{"type": "cancelled", "value": null}}'::jsonb,
+           waiting = NULL, finished_at = %(now)s, updated_at = %(now)s
+     WHERE run_id = %(run_id)s AND status = 'waiting'
+    RETURNING {COLS}
+), t AS (
+    UPDATE {THREAD} th SET {_POINTERS} FROM r WHERE th.id = r.thread_id
+)
+SELECT {R_COLS} FROM r
+"""
+
+SELECT_RUN = f"SELECT {COLS} FROM {RUN} WHERE run_id = %(run_id)s"
