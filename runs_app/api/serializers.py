@@ -10,6 +10,7 @@ from rest_framework import serializers
 from mailbox_app.payloads import ChatMessage, RunRecord, ThreadRecord
 from mailbox_app.records import DispatchRecord
 from mailbox_app.states import DispatchStatus
+from runs_app.api.inputs import AGENT_ID_MAX, THREAD_ID_MAX, id_problem
 
 ROLES = ("user", "assistant", "system")
 MODES = ("queue", "live_then_queue", "steer", "interrupt_then_queue", "resume_open_run")
@@ -38,7 +39,7 @@ class AgentIdField(serializers.CharField):
         super().__init__(
             required=False,
             allow_blank=False,
-            max_length=128,
+            max_length=AGENT_ID_MAX,
             error_messages={"blank": "agent_id cannot be empty"},
             **kwargs,
         )
@@ -47,12 +48,29 @@ class AgentIdField(serializers.CharField):
         value = super().to_internal_value(data).strip()
         if not value:
             raise serializers.ValidationError("agent_id cannot be empty")
+        problem = id_problem(value, max_length=AGENT_ID_MAX)
+        if problem is not None:
+            raise serializers.ValidationError(problem)
+        return value
+
+
+class OptionalThreadIdField(serializers.CharField):
+    """A body `thread_id`: blank means "a new thread"; otherwise the path parameters' rules."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(required=False, allow_blank=True, max_length=THREAD_ID_MAX, **kwargs)
+
+    def to_internal_value(self, data: Any) -> str:
+        value = super().to_internal_value(data).strip()
+        problem = id_problem(value, max_length=THREAD_ID_MAX) if value else None
+        if problem is not None:
+            raise serializers.ValidationError(problem)
         return value
 
 
 class RunSubmitIn(serializers.Serializer[dict[str, Any]]):
     agent_id = AgentIdField()
-    thread_id = serializers.CharField(required=False, allow_blank=True, max_length=128)
+    thread_id = OptionalThreadIdField()
     messages = MessagesField(validators=[_validate_messages])
     stream = serializers.BooleanField(required=False, default=False)
     idempotency_key = serializers.CharField(required=False, max_length=255)

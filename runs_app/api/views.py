@@ -20,7 +20,43 @@ from runs_app import selectors, store
 from runs_app.api import serializers as s
 from runs_app.api.errors import ApiError, not_found
 from runs_app.api.idempotency import request_hash, run_once
+from runs_app.api.inputs import (
+    IDEMPOTENCY_KEY_MAX,
+    PATH_ID_MAX,
+    THREAD_ID_MAX,
+    InputError,
+    check_query,
+    normalize_id,
+    optional_id,
+)
 from runs_app.api.sse import EventStreamRenderer, stream_response
+
+
+class EdgeCheckedView(APIView):
+    """Base of every API view: path identifiers are normalized (`normalize_id`) before the handler sees
+    them and query parameters are checked; errors surface after authentication (401 comes first)."""
+
+    _input_error: InputError | None = None
+
+    def dispatch(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+        self._input_error = None
+        try:
+            kwargs = {
+                name: normalize_id(value, field=name, max_length=PATH_ID_MAX[name])
+                if name in PATH_ID_MAX and isinstance(value, str)
+                else value
+                for name, value in kwargs.items()
+            }
+        except InputError as exc:
+            self._input_error = exc
+        return super().dispatch(request, *args, **kwargs)
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)
+        if self._input_error is not None:
+            raise self._input_error
+        check_query(request.query_params)
+
 
 MAX_PAGE = 200
 MAX_OFFSET = 1_000_000_000  # beyond PostgreSQL's bigint OFFSET nothing exists anyway
@@ -98,14 +134,20 @@ def _wants_stream(request: Request, data: dict[str, Any]) -> bool:
 
 
 def _idempotency_key(request: Request, data: dict[str, Any]) -> str | None:
-    return data.pop("idempotency_key", None) or request.headers.get("Idempotency-Key") or None
+    in_body = data.pop("idempotency_key", None)
+    if in_body:
+        return normalize_id(in_body, field="idempotency_key", max_length=IDEMPOTENCY_KEY_MAX)
+    header = request.headers.get("Idempotency-Key")
+    if not header:
+        return None
+    return normalize_id(header, field="Idempotency-Key", max_length=IDEMPOTENCY_KEY_MAX)
 
 
 # --- runs ---------------------------------------------------------------------------------------------
 
 
-class _ForegroundSubmit(APIView):
-    renderer_classes = [*APIView.renderer_classes, EventStreamRenderer]
+class _ForegroundSubmit(EdgeCheckedView):
+    renderer_classes = [*EdgeCheckedView.renderer_classes, EventStreamRenderer]
 
     def _submit(
         self, request: Request, data: dict[str, Any], thread_id: str | None
@@ -150,7 +192,11 @@ class RunsView(_ForegroundSubmit):
     def get(self, request: Request) -> Response:
         limit, offset = _page(request)
         qs = selectors.user_runs(
-            _user_id(request), status=_run_status(request), thread_id=request.query_params.get("thread_id")
+            _user_id(request),
+            status=_run_status(request),
+            thread_id=optional_id(
+                request.query_params.get("thread_id"), field="thread_id", max_length=THREAD_ID_MAX
+            ),
         )
         total = qs.count()
         items = [store.load_run(run_id=r.run_id) for r in qs[offset : offset + limit]]
@@ -191,13 +237,13 @@ class ThreadRunsView(_ForegroundSubmit):
         return self._submit(request, data, thread_id)
 
 
-class RunDetailView(APIView):
+class RunDetailView(EdgeCheckedView):
     @extend_schema(responses={200: dict})
     def get(self, request: Request, run_id: str) -> Response:
         return Response(s.run_json(_run_or_404(request, run_id)))
 
 
-class ThreadActiveRunView(APIView):
+class ThreadActiveRunView(EdgeCheckedView):
     @extend_schema(responses={200: dict})
     def get(self, request: Request, thread_id: str) -> Response:
         _thread_or_404(request, thread_id)
@@ -205,7 +251,7 @@ class ThreadActiveRunView(APIView):
         return Response({"active_run": None if run is None else s.run_json(run)})
 
 
-class ThreadLatestRunView(APIView):
+class ThreadLatestRunView(EdgeCheckedView):
     @extend_schema(responses={200: dict})
     def get(self, request: Request, thread_id: str) -> Response:
         _thread_or_404(request, thread_id)
@@ -217,8 +263,8 @@ class ThreadLatestRunView(APIView):
         return Response(s.run_json(run))
 
 
-class RunEventsView(APIView):
-    renderer_classes = [*APIView.renderer_classes, EventStreamRenderer]
+class RunEventsView(EdgeCheckedView):
+    renderer_classes = [*EdgeCheckedView.renderer_classes, EventStreamRenderer]
 
     @extend_schema(responses={200: str, 204: None})
     def get(self, request: Request, run_id: str) -> HttpResponse | StreamingHttpResponse:
@@ -237,7 +283,9 @@ class RunEventsView(APIView):
 
 def _valid_stream_id(value: str) -> bool:
     ms, _, seq = value.partition("-")
-    return ms.isdigit() and seq.isdigit() and len(ms) < 20 and len(seq) < 20
+    return (
+        ms.isascii() and seq.isascii() and ms.isdigit() and seq.isdigit() and len(ms) < 20 and len(seq) < 20
+    )
 
 
 # --- control ------------------------------------------------------------------------------------------
@@ -256,21 +304,21 @@ def _cancel(kind: str, identifier: str) -> Response:
     return Response({"status": "cancel_requested", f"{kind}_id": identifier}, status=202)
 
 
-class RunCancelView(APIView):
+class RunCancelView(EdgeCheckedView):
     @extend_schema(request=None, responses={202: dict})
     def post(self, request: Request, run_id: str) -> Response:
         _run_or_404(request, run_id)
         return _cancel("run", run_id)
 
 
-class ThreadCancelView(APIView):
+class ThreadCancelView(EdgeCheckedView):
     @extend_schema(request=None, responses={202: dict})
     def post(self, request: Request, thread_id: str) -> Response:
         _thread_or_404(request, thread_id)
         return _cancel("thread", thread_id)
 
 
-class DispatchCancelView(APIView):
+class DispatchCancelView(EdgeCheckedView):
     @extend_schema(request=None, responses={202: dict})
     def post(self, request: Request, dispatch_id: str) -> Response:
         dispatch = service.load_dispatch(dispatch_id)
@@ -279,7 +327,7 @@ class DispatchCancelView(APIView):
         return _cancel("dispatch", dispatch_id)
 
 
-class ThreadInterruptView(APIView):
+class ThreadInterruptView(EdgeCheckedView):
     @extend_schema(request=None, responses={202: dict})
     def post(self, request: Request, thread_id: str) -> Response:
         _thread_or_404(request, thread_id)
@@ -314,14 +362,14 @@ def _decide(request: Request, kind: str, identifier: str) -> Response:
     )
 
 
-class ThreadDecisionView(APIView):
+class ThreadDecisionView(EdgeCheckedView):
     @extend_schema(request=s.DecisionIn, responses={202: dict})
     def post(self, request: Request, thread_id: str) -> Response:
         _thread_or_404(request, thread_id)
         return _decide(request, "thread", thread_id)
 
 
-class RunDecisionView(APIView):
+class RunDecisionView(EdgeCheckedView):
     @extend_schema(request=s.DecisionIn, responses={202: dict})
     def post(self, request: Request, run_id: str) -> Response:
         _run_or_404(request, run_id)
@@ -331,7 +379,7 @@ class RunDecisionView(APIView):
 # --- thread mailbox and messages ----------------------------------------------------------------------
 
 
-class ThreadMailboxView(APIView):
+class ThreadMailboxView(EdgeCheckedView):
     @extend_schema(
         parameters=[
             OpenApiParameter("status", str),
@@ -406,7 +454,7 @@ def _inject(
     return service.submit_background(run_request, owner_id=user_id)
 
 
-class ThreadMessagesView(APIView):
+class ThreadMessagesView(EdgeCheckedView):
     @extend_schema(
         parameters=[
             OpenApiParameter("limit", int),
@@ -440,7 +488,7 @@ class ThreadMessagesView(APIView):
         return Response(_submit_result(result), status=202)
 
 
-class RunInputsView(APIView):
+class RunInputsView(EdgeCheckedView):
     @extend_schema(request=s.RunInputsIn, responses={202: dict})
     def post(self, request: Request, run_id: str) -> Response:
         run = _run_or_404(request, run_id)
@@ -475,7 +523,7 @@ def _thread_payload(thread: Any) -> dict[str, Any]:
     return s.thread_json(thread, runs)
 
 
-class ThreadsView(APIView):
+class ThreadsView(EdgeCheckedView):
     @extend_schema(
         parameters=[OpenApiParameter("limit", int), OpenApiParameter("offset", int)], responses={200: dict}
     )
@@ -493,13 +541,13 @@ class ThreadsView(APIView):
         )
 
 
-class ThreadDetailView(APIView):
+class ThreadDetailView(EdgeCheckedView):
     @extend_schema(responses={200: dict})
     def get(self, request: Request, thread_id: str) -> Response:
         return Response(_thread_payload(_thread_or_404(request, thread_id)))
 
 
-class DispatchDetailView(APIView):
+class DispatchDetailView(EdgeCheckedView):
     @extend_schema(responses={200: dict})
     def get(self, request: Request, dispatch_id: str) -> Response:
         dispatch = service.load_dispatch(dispatch_id)
