@@ -277,7 +277,9 @@ def send_decision(
         command = {"kind": "decision", "decisions": [[tool_call_id, resume.model_dump(mode="json")]]}
         if _deliver(LiveRunTarget(run.thread_id, run.run_id, run.dispatch_id), command):
             return True
-        run = run_store().load_run(run_id=run.run_id) or run  # it may have just ended waiting
+        # Not delivered: the run closed its inbox and is ending. Once its finish commits it is waiting
+        # (take the durable path below) or done (nothing to decide).
+        run = _wait_not_running(run)
     if run.status is not RunStatus.WAITING or run.waiting is None:
         return False
     tickets = {t.tool_call_id for t in run.waiting.tickets} | set(run.waiting.ticket_ids)
@@ -288,6 +290,17 @@ def send_decision(
         owner_id=owner_id,
     )
     return True
+
+
+def _wait_not_running(run: RunRecord) -> RunRecord:
+    """The run once it has left Running under the same dispatch (bounded by AWAKEN_REMOTE_CANCEL_WAIT_MS)."""
+    deadline = time.monotonic() + settings.AWAKEN_REMOTE_CANCEL_WAIT_MS / 1000
+    while True:
+        current = run_store().load_run(run_id=run.run_id) or run
+        ended = current.status is not RunStatus.RUNNING or current.dispatch_id != run.dispatch_id
+        if ended or time.monotonic() >= deadline:
+            return current
+        time.sleep(REMOTE_CANCEL_POLL_S)
 
 
 def send_decision_live(target: LiveRunTarget, tool_call_id: str, resume: ToolCallResume) -> bool:
