@@ -36,13 +36,14 @@ from django.core.management import call_command  # noqa: E402
 from django.db import connection, transaction  # noqa: E402
 
 from mailbox_app import (  # noqa: E402
+    attempt,
+    doorbells,
     events,
     execution,
     live,
     preparation,
     runtime,
     service,
-    signals,
     store,
 )
 from mailbox_app.ids import uuid7  # noqa: E402
@@ -155,23 +156,23 @@ def instrument() -> None:
     runs = run_store()
     for name in ("load_thread", "latest_run", "load_run", "checkpoint", "load_message_record"):
         wrap(runs, name, f"runs.{name}")
-    for name in ("enqueue", "claim", "current_dispatch_epoch", "record_dispatch_start"):
-        wrap(store, name, f"store.{name}")
-    for name in ("record_run_result", "ack", "load_dispatch"):
+    for name in ("enqueue", "claim", "claim_dispatch", "try_start", "try_settle", "load_dispatch"):
         wrap(store, name, f"store.{name}")
     wrap(service, "prepare_run_for_dispatch", "prepare_run_for_dispatch (rest)")
     wrap(preparation, "reusable_waiting_run_id", "reusable_waiting_run_id (rest)")
-    wrap(signals, "_send", "celery publish (doorbell)")
+    wrap(doorbells, "_send", "celery publish (doorbell)")
     wrap(execution, "close_old_connections", "close_old_connections")
-    wrap(execution, "reconstruct_run_request", "reconstruct_run_request (rest)")
-    wrap(execution, "terminalize_run_for_dispatch", "terminalize_run_for_dispatch")
-    wrap(execution, "run_activation", "run_activation (rest)")
+    wrap(attempt, "reconstruct_from", "reconstruct_from (rest)")
+    wrap(attempt, "start", "attempt.start (rest)")
+    wrap(attempt, "finish", "attempt.finish (rest)")
+    wrap(execution, "call_agent", "call_agent (rest)")
     wrap(runtime, "resolve_agent", "resolve_agent (import + instantiate)")
     wrap(events, "append_event", "events.append_event")
+    wrap(events, "append_fenced", "events.append_fenced")
     wrap(ThreadLock, "acquire", "redis lock acquire")
     wrap(ThreadLock, "release", "redis lock release")
     wrap(live.LiveSubscription, "__init__", "LiveSubscription open")
-    wrap(live.LiveSubscription, "close", "LiveSubscription close (joins listener)")
+    wrap(live.LiveSubscription, "close", "LiveSubscription close")
     wrap(execution.LeaseRenewer, "start", "LeaseRenewer start")
     wrap(execution.LeaseRenewer, "stop", "LeaseRenewer stop")
 

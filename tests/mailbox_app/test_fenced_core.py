@@ -427,3 +427,24 @@ def test_a_background_noop_lifecycle_costs_three_commits(
     assert after - after_submit - overhead == 2
     done = store.load_dispatch(submitted.dispatch_id)
     assert done is not None and done.status is DispatchStatus.ACKED
+
+
+# --- the lock-busy path ------------------------------------------------------------------------------
+
+
+def test_a_claim_whose_thread_lock_another_process_holds_is_requeued_behind_it(fenced: Any) -> None:
+    """The thread's Redis lock is held by another claim's token (its worker runs on after a reclaim):
+    the new claim never starts; it is nacked to retry when that lock expires."""
+    thread_id = "t-lock-busy"
+    submitted = service.submit_background(_request(thread_id, "hello"))
+    claim = _claimed(thread_id, submitted.dispatch_id)
+    assert ThreadLock(thread_id, "another-claims-token", 2_000).acquire()
+    report = execution.execute_claimed(claim)
+    assert report.final_status == "queued"
+    requeued = store.load_dispatch(submitted.dispatch_id)
+    assert requeued is not None and requeued.status is DispatchStatus.QUEUED
+    assert requeued.last_error == "thread lock held by another worker"
+    assert requeued.available_at >= now_ms() + 1_000  # behind the holder's remaining TTL
+    assert requeued.dispatch_instance_id is None
+    run = run_store.load_run(run_id=submitted.run_id)
+    assert run is not None and run.status is RunStatus.CREATED

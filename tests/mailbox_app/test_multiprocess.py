@@ -37,7 +37,7 @@ from mailbox_app import events, maintenance, service, signals, store
 from mailbox_app.config import MailboxConfig
 from mailbox_app.execution import find_local_run
 from mailbox_app.ids import now_ms
-from mailbox_app.payloads import ChatMessage, RunRecord
+from mailbox_app.payloads import ChatMessage, RunRecord, ToolCallResume
 from mailbox_app.records import DispatchRecord
 from mailbox_app.requests import RunRequest
 from mailbox_app.states import DispatchStatus, RunStatus
@@ -565,3 +565,85 @@ def test_foreground_submit_cancels_a_run_in_another_process_over_redis(farm: Wor
     assert fg_run.final_output == "echo: now"
     _wait_status(fg.dispatch_id, DispatchStatus.ACKED)
     assert "echo: later" not in _thread_texts(thread_id)
+
+
+# --- (e) a paused worker resumed after its claim was re-run ------------------------------------------
+
+
+def _durable_snapshot(thread_id: str, run_id: str) -> tuple[Any, ...]:
+    messages, _ = run_store.list_message_records(thread_id=thread_id, limit=200, include_internal=True)
+    thread = run_store.load_thread(thread_id=thread_id)
+    return (
+        _run(run_id).model_dump_json(),
+        None if thread is None else thread.model_dump_json(),
+        [m.model_dump_json() for m in messages],
+        [(e.id, e.type, e.data) for e in events.read_events(run_id)],
+    )
+
+
+@pytest.mark.parametrize("round_", range(2))
+def test_a_sigstopped_worker_resumed_after_reclaim_writes_nothing(farm: WorkerFarm, round_: int) -> None:
+    """A solo worker runs `sleep 2` and is SIGSTOPped (its renewer too) past its 3 s lease; the sweep
+    reclaims, a second worker re-runs and acks. The second worker is killed, the first resumed (SIGCONT):
+    its attempt ends fenced out. A marker dispatch, which the solo worker can take only after that
+    attempt's task returned, proves it is over; the run record, the thread, its log and the run's event
+    stream are byte-for-byte what the live attempt left."""
+    paused = farm.start("w-paused", pool="solo")
+    _probe_workers()
+    thread_id = f"t-sigstop-{round_}"
+    submitted = service.submit_background(_request(thread_id, "sleep 2"))
+    _wait_run(submitted.run_id, RunStatus.RUNNING)
+    _signal_group(paused.pgid, signal.SIGSTOP)
+    try:
+        live = farm.start("w-live", pool="threads")
+        acked = _sweep_until(submitted.dispatch_id, DispatchStatus.ACKED, timeout=40)
+        assert acked.attempt_count == 1 and acked.claimed_by is None
+        settled = _durable_snapshot(thread_id, submitted.run_id)
+        assert _thread_texts(thread_id) == ["sleep 2", "slept 2"]
+        live.kill_group()
+    finally:
+        _signal_group(paused.pgid, signal.SIGCONT)
+    marker = service.submit_background(_request(f"t-sigstop-marker-{round_}", "marker"))
+    _sweep_until(marker.dispatch_id, DispatchStatus.ACKED, timeout=30)
+    assert paused.alive()
+    assert _durable_snapshot(thread_id, submitted.run_id) == settled
+    assert _dispatch(submitted.dispatch_id) == acked
+
+
+# --- (f) live commands delivered to a run in another process -----------------------------------------
+
+
+def test_steering_a_decision_and_a_cancel_reach_a_run_in_another_process(farm: WorkerFarm) -> None:
+    """No run executes in this process, so each command goes over Redis to the worker process: steering
+    is appended to the reply, a decision resumes a run suspended in its live hold, a cancel stops it."""
+    farm.env["AWAKEN_LIVE_SUSPEND_HOLD_MS"] = "20000"
+    farm.start("w0", pool="prefork")
+    _probe_workers()
+
+    steered = service.submit_background(_request("t-mp-steer", "sleep 1.5"))
+    _wait_run(steered.run_id, RunStatus.RUNNING)
+    assert find_local_run(steered.run_id) is None
+    answer = service.submit_live_then_queue(
+        RunRequest(thread_id="t-mp-steer", messages=[ChatMessage.user("also this")])
+    )
+    assert answer.status is service.SubmitStatus.RUNNING and answer.run_id == steered.run_id
+    assert _wait_run(steered.run_id, RunStatus.DONE).final_output == "slept 1.5 | steered: also this"
+
+    asked = service.submit_background(_request("t-mp-decide", "ask ok?"))
+    start = wait_until(
+        lambda: next((e for e in events.read_events(asked.run_id) if e.type == "tool_call_start"), None),
+        what="the tool call",
+    )
+    resume = ToolCallResume(decision_id="d-mp", action="resume", result={"ok": 1})
+    assert service.send_decision(asked.run_id, start.data["tool_call_id"], resume)
+    decided = _wait_run(asked.run_id, RunStatus.DONE)
+    assert decided.final_output == 'approved: {"ok": 1}'
+    assert [d.status for d in store.list_dispatches("t-mp-decide")] == [DispatchStatus.ACKED]
+
+    cancelled = service.submit_background(_request("t-mp-cancel", "sleep 20"))
+    _wait_run(cancelled.run_id, RunStatus.RUNNING)
+    began = time.monotonic()
+    assert service.cancel(cancelled.run_id)
+    run = _wait_run(cancelled.run_id, RunStatus.DONE)
+    assert time.monotonic() - began < 10
+    assert run.termination_reason is not None and run.termination_reason.type == "cancelled"
