@@ -26,6 +26,10 @@ from mailbox_app.states import RunStatus
 class RunStore(Protocol):
     def load_thread(self, *, thread_id: str) -> ThreadRecord | None: ...
 
+    def load_thread_and_latest_run(
+        self, *, thread_id: str
+    ) -> tuple[ThreadRecord | None, RunRecord | None]: ...
+
     def ensure_thread(
         self, *, thread_id: str, owner_id: int | None = None, now: int | None = None
     ) -> ThreadRecord: ...
@@ -92,6 +96,16 @@ class RunStore(Protocol):
         error_payload: object,
         now: int,
     ) -> RunRecord | None: ...
+
+    def prepare_run(
+        self,
+        *,
+        run: RunRecord,
+        messages: Sequence[ChatMessage],
+        input_trigger_ids: list[str],
+        owner_id: int | None,
+        now: int,
+    ) -> list[str]: ...
 
     def cancel_waiting_run(self, *, run_id: str, now: int) -> RunRecord | None: ...
 

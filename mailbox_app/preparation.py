@@ -48,8 +48,7 @@ def prepare_run_for_dispatch(
     checkpoint (one transaction). Returns the request updated with `continue_run_id` or
     `run_id_hint`, and the run id."""
     store = run_store()
-    thread = store.load_thread(thread_id=thread_id)
-    previous = store.latest_run(thread_id=thread_id)
+    thread, previous = store.load_thread_and_latest_run(thread_id=thread_id)
     if request.continue_run_id is None and request.run_id_hint is None:
         waiting = _reusable_waiting(thread_id, thread, previous)
         if waiting is not None:
@@ -60,8 +59,6 @@ def prepare_run_for_dispatch(
     request = request.with_(messages=normalized)
     if request.continue_run_id is None:
         request = request.with_(run_id_hint=run_id)
-    if owner_id is not None and thread is None:
-        store.ensure_thread(thread_id=thread_id, owner_id=owner_id)
     existing = None
     if chosen is not None:  # a freshly minted id cannot exist yet
         existing = (
@@ -92,12 +89,12 @@ def prepare_run_for_dispatch(
         )
     prepared = record.model_copy(update={"request": _snapshot(request, normalized), "updated_at": now})
     # the store sets `input` (range 1..last seq, trigger ids) under the thread lock it appends with
-    store.checkpoint(
-        thread_id=thread_id,
-        messages=normalized,
+    store.prepare_run(
         run=prepared,
-        now=now,
+        messages=normalized,
         input_trigger_ids=[m.id for m in normalized if m.id],
+        owner_id=owner_id,
+        now=now,
     )
     return request, run_id
 

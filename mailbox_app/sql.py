@@ -23,17 +23,22 @@ READ_EPOCH = f"SELECT current_epoch FROM {EPOCH} WHERE thread_id = %(thread_id)s
 
 LOCK_EPOCH = READ_EPOCH + " FOR UPDATE"
 
-# FOR SHARE: an interrupt (which updates the epoch row) waits for this enqueue to commit, and then
-# supersedes it; enqueues of one thread do not block each other.
+# The epoch row is ensured and locked in the same statement (an upsert that changes nothing): an
+# interrupt (which updates the epoch row) waits for this enqueue to commit, and then supersedes it.
+# Enqueues of one thread serialize here — they already do on the thread row in the submit path.
 INSERT_DISPATCH = f"""
+WITH e AS (
+    INSERT INTO {EPOCH} AS ep (thread_id, current_epoch) VALUES (%(thread_id)s, 0)
+    ON CONFLICT (thread_id) DO UPDATE SET current_epoch = ep.current_epoch
+    RETURNING current_epoch
+)
 INSERT INTO {DISPATCH} ({COLS})
 SELECT %(dispatch_id)s::varchar, %(thread_id)s::varchar, %(run_id)s::varchar, %(priority)s::smallint,
        %(dedupe_key)s::varchar, e.current_epoch, 'queued', %(available_at)s::bigint,
        %(attempt_count)s::integer, %(max_attempts)s::integer, %(last_error)s::text,
        NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, %(created_at)s::bigint, %(updated_at)s::bigint,
        %(request)s::jsonb
-FROM {EPOCH} e WHERE e.thread_id = %(thread_id)s
-FOR SHARE OF e
+FROM e
 RETURNING {COLS}
 """
 

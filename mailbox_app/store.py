@@ -82,8 +82,6 @@ def enqueue(dispatch: DispatchRecord) -> DispatchRecord:
     }
     try:
         with transaction.atomic():
-            with connection.cursor() as cursor:
-                cursor.execute(sql.ENSURE_EPOCH, params)
             stored = _fetch_one(sql.INSERT_DISPATCH, params)
     except IntegrityError as exc:
         if dispatch.dedupe_key is not None and "dedupe_key" in str(exc):

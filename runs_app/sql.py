@@ -131,3 +131,67 @@ SELECT {R_COLS} FROM r
 """
 
 SELECT_RUN = f"SELECT {COLS} FROM {RUN} WHERE run_id = %(run_id)s"
+
+# --- the submit path: a run prepared for its dispatch ------------------------------------------------
+
+# Ensure and row-lock the thread (the owner is set only when this creates it): seq allocation and the
+# thread's pointers serialize on this lock.
+LOCK_THREAD = f"""
+INSERT INTO {THREAD} AS th (id, owner_id, metadata, message_count, created_at, updated_at)
+VALUES (%(thread_id)s, %(owner_id)s, '{{}}'::jsonb, 0, %(now)s, %(now)s)
+ON CONFLICT (id) DO UPDATE SET updated_at = th.updated_at
+RETURNING th.message_count, th.owner_id
+"""
+
+_RUN_VALUES = ", ".join(f"%({c})s::jsonb" if c in JSON_COLUMNS else f"%({c})s" for c in RUN_COLUMNS)
+_RUN_UPSERT_SET = ", ".join(f"{c} = EXCLUDED.{c}" for c in RUN_COLUMNS if c not in {"run_id", "created_at"})
+
+# Messages appended at seqs count+1.., the run inserted or refreshed (never on another thread, never
+# moved out of Done), and the thread's pointers — one statement, under the lock taken by LOCK_THREAD.
+PREPARE_RUN = f"""
+WITH m AS (
+    INSERT INTO {MESSAGE} (thread_id, seq, message_id, role, content, tool_calls, tool_call_id, visibility,
+                           run_id, step_index, metadata, created_at)
+    SELECT %(thread_id)s, %(base_seq)s + x.ord, x.msg ->> 'message_id', x.msg ->> 'role',
+           x.msg -> 'content', NULLIF(x.msg -> 'tool_calls', 'null'::jsonb), x.msg ->> 'tool_call_id',
+           x.msg ->> 'visibility', x.msg ->> 'run_id', (x.msg ->> 'step_index')::integer,
+           NULLIF(x.msg -> 'metadata', 'null'::jsonb), %(now)s
+      FROM jsonb_array_elements(%(messages)s::jsonb) WITH ORDINALITY AS x(msg, ord)
+), r AS (
+    INSERT INTO {RUN} AS run ({COLS}) VALUES ({_RUN_VALUES})
+    ON CONFLICT (run_id) DO UPDATE SET {_RUN_UPSERT_SET}
+     WHERE run.thread_id = EXCLUDED.thread_id AND run.status <> 'done'
+    RETURNING run.run_id, run.thread_id, run.status
+), t AS (
+    UPDATE {THREAD} th SET {_POINTERS}, message_count = %(base_seq)s + %(count)s,
+           parent_thread_id = COALESCE(th.parent_thread_id, %(parent_thread_id)s)
+      FROM r WHERE th.id = r.thread_id
+)
+SELECT count(*) FROM r
+"""
+
+THREAD_COLUMNS: tuple[str, ...] = (
+    "id", "owner_id", "resource_id", "parent_thread_id", "title", "metadata", "open_run_id",
+    "active_run_id", "latest_run_id", "message_count", "created_at", "updated_at",
+)  # fmt: skip
+
+# The thread and its latest run (spec §7.10 order) in one round trip, for the submit path.
+THREAD_AND_LATEST_RUN = f"""
+SELECT {", ".join(f"th.{c}" for c in THREAD_COLUMNS)}, {R_COLS}
+  FROM (SELECT 1) one
+  LEFT JOIN {THREAD} th ON th.id = %(thread_id)s
+  LEFT JOIN LATERAL (
+      SELECT * FROM {RUN} WHERE thread_id = %(thread_id)s
+       ORDER BY updated_at DESC, created_at DESC, run_id DESC LIMIT 1
+  ) r ON true
+"""
+
+MESSAGE_COLUMNS: tuple[str, ...] = (
+    "message_id", "thread_id", "seq", "role", "content", "tool_calls", "tool_call_id", "visibility",
+    "run_id", "step_index", "metadata", "created_at",
+)  # fmt: skip
+
+MESSAGES_BY_ID = f"""
+SELECT {", ".join(MESSAGE_COLUMNS)} FROM {MESSAGE}
+ WHERE thread_id = %(thread_id)s AND message_id = ANY(%(ids)s) ORDER BY seq
+"""

@@ -94,6 +94,24 @@ def load_thread(*, thread_id: str) -> ThreadRecord | None:
     return None if row is None else _thread_record(row)
 
 
+def load_thread_and_latest_run(*, thread_id: str) -> tuple[ThreadRecord | None, RunRecord | None]:
+    """`load_thread` and `latest_run` in one round trip (the submit path reads both)."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql.THREAD_AND_LATEST_RUN, {"thread_id": thread_id})
+        row = cursor.fetchone()
+    assert row is not None
+    width = len(sql.THREAD_COLUMNS)
+    thread = None
+    if row[0] is not None:
+        data = dict(zip(sql.THREAD_COLUMNS, row[:width], strict=True))
+        if isinstance(data["metadata"], str):
+            data["metadata"] = json.loads(data["metadata"])
+        data["metadata"] = data["metadata"] or {}
+        thread = ThreadRecord.model_validate(data)
+    latest = None if row[width] is None else _run_from_row(row[width:])
+    return thread, latest
+
+
 def ensure_thread(*, thread_id: str, owner_id: int | None = None, now: int | None = None) -> ThreadRecord:
     """Create the thread if it does not exist (owner only set on creation)."""
     stamp = now_ms() if now is None else now
@@ -194,9 +212,40 @@ def load_message_record(*, thread_id: str, message_id: str) -> MessageRecord | N
 
 
 def load_message_records(*, thread_id: str, message_ids: Sequence[str]) -> list[MessageRecord]:
-    """The records of `message_ids` on the thread, in seq order (absent ids are left out)."""
-    rows = Message.objects.filter(thread_id=thread_id, message_id__in=list(message_ids)).order_by("seq")
-    return [_message_record(r) for r in rows]
+    """The records of `message_ids` on the thread, in seq order (absent ids are left out). Raw SQL: the
+    fenced start reads these on every activation."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql.MESSAGES_BY_ID, {"thread_id": thread_id, "ids": list(message_ids)})
+        rows = cursor.fetchall()
+    return [_message_from_row(row) for row in rows]
+
+
+def _message_from_row(row: Sequence[Any]) -> MessageRecord:
+    data = dict(zip(sql.MESSAGE_COLUMNS, row, strict=True))
+    for name in ("content", "tool_calls", "metadata"):
+        if isinstance(data[name], str):
+            data[name] = json.loads(data[name])
+    message = ChatMessage.model_validate(
+        {
+            "id": data["message_id"],
+            "role": data["role"],
+            "content": data["content"],
+            "tool_calls": data["tool_calls"],
+            "tool_call_id": data["tool_call_id"],
+            "visibility": data["visibility"],
+            "metadata": data["metadata"],
+        }
+    )
+    return MessageRecord(
+        message_id=data["message_id"],
+        thread_id=data["thread_id"],
+        seq=data["seq"],
+        message=message,
+        produced_by_run_id=data["run_id"],
+        step_index=data["step_index"],
+        tool_call_id=data["tool_call_id"],
+        created_at=data["created_at"],
+    )
 
 
 def load_message_records_range(*, thread_id: str, from_seq: int, to_seq: int) -> list[MessageRecord]:
@@ -434,6 +483,59 @@ def terminalize_run(
             "now": now,
         },
     )
+
+
+def prepare_run(
+    *,
+    run: RunRecord,
+    messages: Sequence[ChatMessage],
+    input_trigger_ids: list[str],
+    owner_id: int | None,
+    now: int,
+) -> list[str]:
+    """The submit path's write (spec §4.9) in three statements and one transaction: ensure and lock the
+    thread (created with `owner_id`), append `messages` (ids already in the log are skipped), insert or
+    refresh `run` with its `input` set to the whole log, and point the thread at it. Returns the ids of
+    the messages appended. ValidationError (nothing written) when the run id is taken on another thread
+    or the run is done."""
+    thread_id = run.thread_id
+    if not thread_id.strip():
+        raise ValidationError("thread_id must not be empty")
+    # joins the submit's transaction without a savepoint (two round trips): an error here fails the submit
+    with transaction.atomic(savepoint=False):
+        with connection.cursor() as cursor:
+            cursor.execute(sql.LOCK_THREAD, {"thread_id": thread_id, "owner_id": owner_id, "now": now})
+            base_seq = int(cursor.fetchone()[0])  # type: ignore[index]
+        rows = _message_rows(thread_id, messages)
+        total = base_seq + len(rows)
+        stored = run.model_copy(
+            update={
+                "input": RunMessageInput(
+                    thread_id=thread_id,
+                    range=MessageSeqRange(from_seq=1, to_seq=total) if total > 0 else None,
+                    trigger_message_ids=input_trigger_ids,
+                )
+            }
+        )
+        dumped = stored.model_dump(mode="json")
+        params: dict[str, Any] = {
+            name: _json(dumped[name]) if name in sql.JSON_COLUMNS else dumped[name]
+            for name in sql.RUN_COLUMNS
+        }
+        parent = run.request.parent_thread_id if run.request else None
+        params |= {
+            "base_seq": base_seq,
+            "count": len(rows),
+            "messages": json.dumps(rows),
+            "now": now,
+            "parent_thread_id": (parent or "").strip() or None,
+        }
+        with connection.cursor() as cursor:
+            cursor.execute(sql.PREPARE_RUN, params)
+            written = int(cursor.fetchone()[0])  # type: ignore[index]
+        if written != 1:
+            raise ValidationError(f"run {run.run_id} belongs to another thread or is done")
+    return [r["message_id"] for r in rows]
 
 
 def cancel_waiting_run(*, run_id: str, now: int) -> RunRecord | None:
