@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from django.core.exceptions import ImproperlyConfigured
+
 from awaken_project.envurls import database_from_url
 from mailbox_app.config import ConfigError, MailboxConfig
 
@@ -39,9 +41,25 @@ def _env_int(name: str, default: int, *, minimum: int = 0) -> int:
 
 
 # --- core -------------------------------------------------------------------------------------
-SECRET_KEY = ENV.get("SECRET_KEY", "dev-insecure-awaken-mailbox-secret-key-change-me")
 DEBUG = _env_bool("DEBUG", False)
-ALLOWED_HOSTS = [h.strip() for h in ENV.get("ALLOWED_HOSTS", "*").split(",") if h.strip()]
+# Published keys (this file's development key, .env.example's placeholder) are refused with DEBUG off.
+# One exception: an environment that configures none of DEBUG / ALLOWED_HOSTS / SECRET_KEY is a local
+# checkout's tooling (pytest, mypy's Django plugin, `manage.py check`, the benchmarks), which then only
+# answers local host names (ALLOWED_HOSTS below). Saying DEBUG=0 or naming hosts means a deployment.
+DEV_SECRET_KEY = "dev-insecure-awaken-mailbox-secret-key-change-me"
+_PUBLISHED_SECRET_KEYS = {DEV_SECRET_KEY, "change-me"}
+SECRET_KEY = ENV.get("SECRET_KEY", "").strip() or DEV_SECRET_KEY
+_LOCAL_TOOLING = not any(name in ENV for name in ("DEBUG", "ALLOWED_HOSTS", "SECRET_KEY"))
+if not DEBUG and SECRET_KEY in _PUBLISHED_SECRET_KEYS and not _LOCAL_TOOLING:
+    raise ImproperlyConfigured(
+        "SECRET_KEY is unset or a published development value while DEBUG is off: set SECRET_KEY to a "
+        "long random string (python -c 'import secrets; print(secrets.token_urlsafe(50))'), or DEBUG=1 "
+        "for local development. `make run` generates one under its data directory."
+    )
+# Comma-separated; unset means this machine only (a deployment must name its hosts; never `*` by default).
+ALLOWED_HOSTS = [
+    h.strip() for h in ENV.get("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",") if h.strip()
+]
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -53,6 +71,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI served from /static/, no CDN
     "django_celery_beat",
     "mailbox_app",
     "runs_app",
@@ -60,6 +79,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",  # /static/ from the web process (gzip/brotli)
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -92,7 +112,15 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / ".data" / "static"
+# Filled by `manage.py collectstatic` (scripts/run.sh runs it before the server starts); .data/ is ignored.
+STATIC_ROOT = Path(ENV.get("STATIC_ROOT") or BASE_DIR / ".data" / "static")
+# Compressed copies (gzip, brotli when installed) served by whitenoise with ETag/Last-Modified. Not the
+# manifest (hashed-name) storage: it cannot render `{% static %}` with DEBUG off until collectstatic ran,
+# which would break the admin in tests and in any process started before it.
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- database ---------------------------------------------------------------------------------
@@ -176,7 +204,11 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "awaken-mailbox API",
     "VERSION": "1.0.0",
     "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
+LOGIN_URL = "admin:login"  # the API docs send a browser without a session there
 
 LOGGING = {
     "version": 1,

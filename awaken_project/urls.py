@@ -4,10 +4,14 @@ from django.contrib import admin
 from django.urls import include, path
 
 from awaken_project.health import healthz, readyz
+from awaken_project.landing import DocsView, landing
 
 urlpatterns = [
+    path("", landing, name="landing"),
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
     path("admin/", admin.site.urls),
+    # before the API's own `docs` route, which answers 401 to a browser without a session
+    path("api/v1/docs/", DocsView.as_view(url_name="schema"), name="api-docs"),
     path("api/v1/", include("runs_app.api.urls")),
 ]
