@@ -114,6 +114,10 @@ USE_TZ = True
 STATIC_URL = "static/"
 # Filled by `manage.py collectstatic` (scripts/run.sh runs it before the server starts); .data/ is ignored.
 STATIC_ROOT = Path(ENV.get("STATIC_ROOT") or BASE_DIR / ".data" / "static")
+try:  # whitenoise warns for a missing STATIC_ROOT (an error under pytest) before the first collectstatic
+    STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+except OSError:  # a read-only image: collectstatic ran at build time, or it will say what is wrong
+    pass
 # Compressed copies (gzip, brotli when installed) served by whitenoise with ETag/Last-Modified. Not the
 # manifest (hashed-name) storage: it cannot render `{% static %}` with DEBUG off until collectstatic ran,
 # which would break the admin in tests and in any process started before it.
