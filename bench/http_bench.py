@@ -31,10 +31,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench import e2e_bench as e2e  # noqa: I001  (first: it sets up Django with the bench agents)
+
 from django.contrib.auth import get_user_model
 from rest_framework.authtoken.models import Token
 
-from bench import e2e_bench as e2e
 from mailbox_app import store
 from mailbox_app.states import DispatchStatus
 

@@ -11,6 +11,7 @@ claim, as the reference's lazy supersession does) and the run is reconciled with
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -29,6 +30,8 @@ from mailbox_app.requests import RunRequest
 from mailbox_app.retry import nack_backoff_ms
 from mailbox_app.runtime import FinalRun, dispatch_result, final_run, finished_run_result
 from mailbox_app.states import DispatchStatus, RunStatus
+
+log = logging.getLogger(__name__)
 
 
 class _FenceLost(Exception):
@@ -75,7 +78,14 @@ def start(dispatch: DispatchRecord, instance_id: str, consumer_id: str) -> Start
     now = now_ms()
     try:
         with transaction.atomic():
-            started = store.try_start(dispatch.dispatch_id, token, instance_id, consumer_id, now)
+            started = store.try_start(
+                dispatch.dispatch_id,
+                token,
+                instance_id,
+                consumer_id,
+                now,
+                lease_ms=settings.AWAKEN_MAILBOX.lease_ms,
+            )
             if started is None:
                 raise _FenceLost
             outcome = _start_run(started, instance_id, now)
@@ -175,11 +185,31 @@ def finish(
             if settled is None:
                 raise _FenceLost
             written = _write_run(settled, run, final, instance_id, now)
+            if final is not None and written is None:
+                # the run is no longer this attempt's (it moved on without it): settle nothing
+                raise _FenceLost
             _queue_leftovers(dispatch, written, leftovers)
             next_dispatch = _claim_next(settled, claim_next_as, now)
     except _FenceLost:
-        return _explain(dispatch, "claimed dispatch superseded before run result")
+        lost = _explain(dispatch, "claimed dispatch superseded before run result")
+        queue_leftovers_alone(dispatch, leftovers)
+        return lost
     return Finished(settled, written, next_dispatch)
+
+
+def queue_leftovers_alone(dispatch: DispatchRecord, leftovers: Leftovers) -> None:
+    """Steering the run acknowledged but will not read (its attempt ended without a finish): queued in a
+    transaction of its own. It is the sender's input, not the attempt's output, so no fence applies."""
+    if not leftovers.steering:
+        return
+    with transaction.atomic():
+        _queue_leftovers(dispatch, None, Leftovers(leftovers.steering, []))
+
+
+def reconcile_lost(dispatch: DispatchRecord) -> Lost:
+    """An attempt that gave up its claim without a finish (lease lost): end the run if the dispatch
+    ended (e.g. superseded by an interrupt while it ran), so its stream ends too."""
+    return _explain(dispatch, "claimed dispatch superseded during lease renewal")
 
 
 def settle_already_done(

@@ -211,25 +211,32 @@ def _run_with_lease(started: attempt.Started, lock: ThreadLock, claim_next: bool
         dispatch_id=dispatch.dispatch_id,
         claim_token=dispatch.claim_token or "",
     )
-    register(active)
-    subscription = LiveSubscription(
-        LiveRunTarget(dispatch.thread_id, dispatch.run_id, dispatch.dispatch_id), active.on_live_command
-    )
-    renewer = LeaseRenewer(dispatch, lock, active).start()
+    subscription: LiveSubscription | None = None
+    renewer: LeaseRenewer | None = None
     try:
+        register(active)
+        subscription = LiveSubscription(
+            LiveRunTarget(dispatch.thread_id, dispatch.run_id, dispatch.dispatch_id), active.on_live_command
+        )
+        renewer = LeaseRenewer(dispatch, lock, active).start()
         fault("mid_run")
         outcome, result, error = call_agent(started.run, started.request, active)
     finally:
         # Stop accepting live commands before the final write: an acknowledgement means "the run reads
         # this"; what was accepted but not taken is queued durably by the finish.
         steering, decisions = active.close_inbox()
-        subscription.close()
-        renewer.stop()
+        if subscription is not None:
+            subscription.close()
+        if renewer is not None:
+            renewer.stop()
         unregister(dispatch.dispatch_id)
     _at("before_finish", active)
     if active.lease_lost.is_set():
         # The lease is gone (or could not be renewed before it ran out): another worker may own this
-        # dispatch now. Settle nothing; the sweep reclaims the claim and the run is retried.
+        # dispatch now. Settle nothing; the sweep reclaims the claim and the run is retried. A claim
+        # superseded meanwhile (an interrupt) ends its run here; acknowledged steering is queued.
+        attempt.reconcile_lost(dispatch)
+        attempt.queue_leftovers_alone(dispatch, attempt.Leftovers(steering, decisions))
         return ExecutionReport(dispatch.dispatch_id, "lease_lost")
     # The agent has returned: free the thread now. The finish is fenced by the claim token in
     # PostgreSQL; holding the lock across it made a successor claimed by another process right after

@@ -95,6 +95,7 @@ class RunStore(Protocol):
         termination: TerminationReason,
         error_payload: object,
         now: int,
+        ended_at: int | None = None,
     ) -> RunRecord | None: ...
 
     def prepare_run(

@@ -47,6 +47,7 @@ def terminalize_run_for_dispatch(
         termination=termination,
         error_payload=error_payload,
         now=stamp,
+        ended_at=dispatch.completed_at or dispatch.updated_at or stamp,
     )
     if updated is not None:
         emit_finish_on_commit(updated, dispatch.dispatch_id)

@@ -175,9 +175,11 @@ def _deliver(target: LiveRunTarget, command: dict[str, Any]) -> bool:
 
 def interrupt_detailed(thread_id: str) -> MailboxInterrupt:
     """Bump the epoch, supersede queued work (their runs become cancelled), report the active claim."""
-    with transaction.atomic():
-        details = store.interrupt_detailed(thread_id, now_ms())
-        for superseded in details.superseded_dispatches:
+    # The runs are ended after the interrupt commits, each in its own transaction: every other path takes
+    # the thread row before the epoch row, and doing both here in one transaction could deadlock.
+    details = store.interrupt_detailed(thread_id, now_ms())
+    for superseded in details.superseded_dispatches:
+        with transaction.atomic():
             terminalize_run_for_dispatch(superseded)
     return details
 
@@ -193,7 +195,8 @@ def interrupt(thread_id: str) -> MailboxInterrupt:
 def cancel_active_dispatch(active: DispatchRecord, *, wait: bool) -> bool:
     """Cancel the run of a claimed dispatch, locally or in another process; with `wait`, True only once
     its claim is released (polled up to AWAKEN_REMOTE_CANCEL_WAIT_MS)."""
-    _deliver(LiveRunTarget(active.thread_id, active.run_id, active.dispatch_id), {"kind": "cancel"})
+    target = LiveRunTarget(active.thread_id, active.run_id, active.dispatch_id)
+    delivered = _deliver(target, {"kind": "cancel"})
     if not wait:
         return True
     deadline = time.monotonic() + settings.AWAKEN_REMOTE_CANCEL_WAIT_MS / 1000
@@ -204,6 +207,8 @@ def cancel_active_dispatch(active: DispatchRecord, *, wait: bool) -> bool:
         if time.monotonic() >= deadline:
             return False
         time.sleep(REMOTE_CANCEL_POLL_S)
+        if not delivered:  # the run may not have subscribed yet (claimed, starting): say it again
+            delivered = _deliver(target, {"kind": "cancel"})
 
 
 def cancel(identifier: str) -> bool:

@@ -144,12 +144,15 @@ UPDATE {DISPATCH} d
 
 # The attempt's start: the runtime trace reset and the executing worker named as `claimed_by` (a claim
 # taken inline by a web process is taken over by the worker that runs it).
+# Only a claim no attempt has started yet: a duplicate hand-over of the same claim (same token) that
+# finds the thread lock free never starts it a second time. The worker takes over the lease too.
 START = f"""
 UPDATE {DISPATCH} d
    SET dispatch_instance_id = %(instance_id)s, run_status = 'running', termination = NULL,
        run_response = NULL, run_error = NULL, completed_at = NULL, claimed_by = %(consumer_id)s,
-       updated_at = %(now)s
-{FENCE} RETURNING {D_COLS}
+       lease_until = %(lease_until)s, updated_at = %(now)s
+{FENCE} AND d.dispatch_instance_id IS NULL
+RETURNING {D_COLS}
 """
 
 # The attempt's end in one statement: its result recorded and the delivery settled (ack, nack with

@@ -228,9 +228,16 @@ def explain_lost(dispatch_id: str, claim_token: str, now: int, stale_reason: str
 
 
 def try_start(
-    dispatch_id: str, claim_token: str, dispatch_instance_id: str, consumer_id: str, now: int
+    dispatch_id: str,
+    claim_token: str,
+    dispatch_instance_id: str,
+    consumer_id: str,
+    now: int,
+    *,
+    lease_ms: int = 30_000,
 ) -> DispatchRecord | None:
-    """The fenced start of an attempt (spec §3.5) naming the executing worker; None when fenced out.
+    """The fenced start of an attempt (spec §3.5) naming the executing worker and renewing the lease to
+    `now + lease_ms`; None when fenced out or when this claim was already started by an attempt.
     Meant for the attempt's start transaction, which applies nothing else when this answers None."""
     return _fetch_one(
         sql.START,
@@ -240,6 +247,7 @@ def try_start(
             "instance_id": dispatch_instance_id,
             "consumer_id": consumer_id,
             "now": now,
+            "lease_until": now + lease_ms,
         },
     )
 

@@ -39,7 +39,10 @@ WITH r AS (
            started_at = COALESCE(started_at, %(now)s), waiting = NULL, updated_at = %(now)s,
            finished_at = NULL,
            termination_reason = CASE WHEN status = 'done' THEN NULL ELSE termination_reason END,
-           final_output = CASE WHEN status = 'done' THEN NULL ELSE final_output END
+           final_output = CASE WHEN status = 'done' THEN NULL ELSE final_output END,
+           error_payload = CASE WHEN status = 'done' THEN NULL ELSE error_payload END,
+           outcome = CASE WHEN status = 'done' THEN NULL ELSE outcome END,
+           output = CASE WHEN status = 'done' THEN NULL ELSE output END
      WHERE run_id = %(run_id)s AND thread_id = %(thread_id)s
        AND (status IN ('created', 'waiting', 'running')
             OR (status = 'done' AND dispatch_id IS DISTINCT FROM %(dispatch_id)s
@@ -98,7 +101,8 @@ SELECT message_id FROM {MESSAGE} WHERE thread_id = %(thread_id)s AND message_id 
 """
 
 # A terminal dispatch ends its run (spec §2.3) — only while the run is not done, is not running under
-# another dispatch, and no other live (queued / claimed) dispatch will still activate it.
+# another dispatch, no other live (queued / claimed) dispatch will still activate it, and the run has not
+# moved on since the dispatch ended (a later dispatch resumed it: reconcile must not end it late).
 TERMINALIZE_RUN = f"""
 WITH r AS (
     UPDATE {RUN} run SET status = 'done', termination_reason = %(termination)s::jsonb,
@@ -106,6 +110,7 @@ WITH r AS (
            session_id = %(session_id)s, waiting = NULL, finished_at = %(now)s, updated_at = %(now)s
      WHERE run.run_id = %(run_id)s AND run.thread_id = %(thread_id)s AND run.status <> 'done'
        AND (run.status <> 'running' OR run.dispatch_id = %(dispatch_id)s)
+       AND run.updated_at <= %(ended_at)s
        AND NOT EXISTS (
            SELECT 1 FROM mailbox_dispatch live
             WHERE live.run_id = run.run_id AND live.dispatch_id <> %(dispatch_id)s
@@ -144,7 +149,9 @@ RETURNING th.message_count, th.owner_id
 """
 
 _RUN_VALUES = ", ".join(f"%({c})s::jsonb" if c in JSON_COLUMNS else f"%({c})s" for c in RUN_COLUMNS)
-_RUN_UPSERT_SET = ", ".join(f"{c} = EXCLUDED.{c}" for c in RUN_COLUMNS if c not in {"run_id", "created_at"})
+# An existing run is only given the new input: its status and ownership belong to whoever runs it
+# (a prepare that read it waiting must not move back a run an attempt has started since).
+_RUN_UPSERT_SET = "request = EXCLUDED.request, input = EXCLUDED.input, updated_at = EXCLUDED.updated_at"
 
 # Messages appended at seqs count+1.., the run inserted or refreshed (never on another thread, never
 # moved out of Done), and the thread's pointers — one statement, under the lock taken by LOCK_THREAD.

@@ -468,6 +468,7 @@ def terminalize_run(
     termination: TerminationReason,
     error_payload: Any,
     now: int,
+    ended_at: int | None = None,
 ) -> RunRecord | None:
     """End a run whose dispatch ended terminally (cancelled / superseded / dead letter), only while it is
     not done, not running under another dispatch, and no other live dispatch will activate it."""
@@ -481,6 +482,7 @@ def terminalize_run(
             "termination": json.dumps(termination.model_dump(mode="json")),
             "error_payload": _json(error_payload),
             "now": now,
+            "ended_at": now if ended_at is None else ended_at,
         },
     )
 

@@ -448,3 +448,47 @@ def test_a_claim_whose_thread_lock_another_process_holds_is_requeued_behind_it(f
     assert requeued.dispatch_instance_id is None
     run = run_store.load_run(run_id=submitted.run_id)
     assert run is not None and run.status is RunStatus.CREATED
+
+
+# --- one claim, one start; a stale prepare never moves a started run back ----------------------------
+
+
+def test_a_claim_is_started_by_one_attempt_only(fenced: Any) -> None:
+    """A duplicate hand-over of the same claim (same token) that finds the thread lock free — the first
+    attempt released it before its finish — does not start the claim a second time."""
+    thread_id = "t-start-once"
+    submitted = service.submit_background(_request(thread_id, "hello"))
+    claim = _claimed(thread_id, submitted.dispatch_id)
+    first = attempt.start(claim, "instance-1", "worker-1")
+    assert isinstance(first, attempt.Started)
+    second = attempt.start(claim, "instance-2", "worker-2")
+    assert isinstance(second, attempt.Lost)
+    assert second.current is not None and second.current.status is DispatchStatus.CLAIMED
+    assert second.current.dispatch_instance_id == "instance-1" and second.current.claimed_by == "worker-1"
+    run = run_store.load_run(run_id=submitted.run_id)
+    assert run is not None and run.session_id == "instance-1"
+
+
+def test_a_prepare_that_read_a_waiting_run_never_moves_a_started_run_back(fenced: Any) -> None:
+    thread_id = "t-stale-prepare"
+    asked = service.submit_background(_request(thread_id, "ask ok?"))
+    execution.drain_thread(thread_id, first=_claimed(thread_id, asked.dispatch_id))
+    stale = run_store.load_run(run_id=asked.run_id)
+    assert stale is not None and stale.status is RunStatus.WAITING and stale.waiting is not None
+    resume = ToolCallResume(decision_id="d1", action="resume", result={})
+    assert service.send_decision(asked.run_id, stale.waiting.tickets[0].tool_call_id, resume)
+    (resumed,) = store.list_dispatches(thread_id, [DispatchStatus.CLAIMED])
+    started = attempt.start(resumed, "instance-resume", "worker-1")
+    assert isinstance(started, attempt.Started)
+
+    # a submit that read the run while it was waiting writes its input now
+    run_store.prepare_run(
+        run=stale, messages=[ChatMessage.user("late", id="m-late")], input_trigger_ids=["m-late"],
+        owner_id=None, now=now_ms(),
+    )  # fmt: skip
+    run = run_store.load_run(run_id=asked.run_id)
+    assert run is not None and run.status is RunStatus.RUNNING
+    assert (run.dispatch_id, run.session_id) == (resumed.dispatch_id, "instance-resume")
+    finished = attempt.finish(started, COMPLETED, RunResult(final_output="ok"), None, cancelled=False)
+    assert isinstance(finished, attempt.Finished) and finished.run is not None
+    assert finished.run.final_output == "ok"
