@@ -499,7 +499,7 @@ def prepare_run(
     thread (created with `owner_id`), append `messages` (ids already in the log are skipped), insert or
     refresh `run` with its `input` set to the whole log, and point the thread at it. Returns the ids of
     the messages appended. ValidationError (nothing written) when the run id is taken on another thread
-    or the run is done."""
+    or the run is done; NotFound (nothing written) when `owner_id` is given and the thread is not theirs."""
     thread_id = run.thread_id
     if not thread_id.strip():
         raise ValidationError("thread_id must not be empty")
@@ -507,7 +507,11 @@ def prepare_run(
     with transaction.atomic(savepoint=False):
         with connection.cursor() as cursor:
             cursor.execute(sql.LOCK_THREAD, {"thread_id": thread_id, "owner_id": owner_id, "now": now})
-            base_seq = int(cursor.fetchone()[0])  # type: ignore[index]
+            base_seq, thread_owner = cursor.fetchone()  # type: ignore[misc]
+        if owner_id is not None and thread_owner != owner_id:
+            # checked under the thread's row lock, in the transaction that writes: a thread created by
+            # another user a moment ago (a race on a new id) is theirs, and nothing of this submit lands
+            raise NotFound(f"thread {thread_id} not found")
         rows = _message_rows(thread_id, messages)
         total = base_seq + len(rows)
         stored = run.model_copy(
