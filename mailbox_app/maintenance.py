@@ -8,6 +8,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from django.conf import settings
+from django.dispatch import Signal
 from redis.exceptions import RedisError
 
 from mailbox_app import signals, store
@@ -21,6 +22,10 @@ log = logging.getLogger(__name__)
 RECLAIM_BATCH = 100
 RECONCILE_BATCH = 100
 REDRIVE_LIMIT = 1000
+
+# Sent by `gc()` with `now` (ms): other apps purge their own expired rows (runs_app: idempotency keys)
+# without the mailbox importing them. A receiver that raises is logged; the GC still reports its count.
+gc_ran = Signal()
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,9 +88,13 @@ def reconcile_terminal(*, now: int | None = None) -> int:
 
 
 def gc(*, now: int | None = None) -> int:
-    """Purge terminal dispatches older than the TTL."""
+    """Purge terminal dispatches older than the TTL (returns how many), then run the `gc_ran` receivers."""
     stamp = now_ms() if now is None else now
-    return store.purge_terminal(stamp - settings.AWAKEN_MAILBOX.gc_ttl_ms)
+    purged = store.purge_terminal(stamp - settings.AWAKEN_MAILBOX.gc_ttl_ms)
+    for receiver, result in gc_ran.send_robust(sender=gc, now=stamp):
+        if isinstance(result, Exception):
+            log.warning("gc receiver %r failed", receiver, exc_info=result)
+    return purged
 
 
 @dataclass(frozen=True, slots=True)

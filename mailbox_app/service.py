@@ -8,6 +8,7 @@ claim to go, else 409 with nothing new written.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -65,9 +66,17 @@ class SubmitResult:
 # --- submit paths ------------------------------------------------------------------------------------
 
 
-def submit(request: RunRequest, *, owner_id: int | None = None) -> SubmitResult:
+def submit(
+    request: RunRequest,
+    *,
+    owner_id: int | None = None,
+    in_transaction: Callable[[SubmitResult], None] | None = None,
+) -> SubmitResult:
     """Foreground, latest-wins (spec §4.2): interrupt first, then the new run written and claimed inline
-    in one transaction. If the claim loses (a concurrent submit won), nothing new is written: 409."""
+    in one transaction. If the claim loses (a concurrent submit won), nothing new is written: 409.
+
+    `in_transaction(result)` runs inside that claim transaction (the API records an idempotency key's
+    answer there); if it raises, the claim and everything written with it roll back."""
     request = normalize_mailbox_run_mode(request, background=False)
     thread_id, messages = validate_run_inputs(
         request.thread_id, request.messages, allow_empty=bool(request.decisions)
@@ -89,8 +98,11 @@ def submit(request: RunRequest, *, owner_id: int | None = None) -> SubmitResult:
         )
         if claimed is None:
             raise ActiveRunConflict()  # rolls back the run, its messages and the dispatch
+        result = SubmitResult(claimed.dispatch_id, run_id, thread_id, SubmitStatus.RUNNING)
+        if in_transaction is not None:
+            in_transaction(result)
         doorbells.hand_over_claimed_on_commit(thread_id, claimed.dispatch_id, claimed.claim_token or "")
-    return SubmitResult(claimed.dispatch_id, run_id, thread_id, SubmitStatus.RUNNING)
+    return result
 
 
 def submit_background(request: RunRequest, *, owner_id: int | None = None) -> SubmitResult:

@@ -1,7 +1,23 @@
+from __future__ import annotations
+
+from typing import Any
+
 from django.apps import AppConfig
+
+
+def _purge_idempotency_keys(*, now: int, **_: Any) -> int:
+    from runs_app.api.idempotency import purge_expired
+
+    return purge_expired(now=now)
 
 
 class RunsAppConfig(AppConfig):
     name = "runs_app"
     verbose_name = "Threads and runs"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from mailbox_app.maintenance import gc_ran
+
+        # The mailbox GC purges expired idempotency keys too (runs_app depends on mailbox_app, never back).
+        gc_ran.connect(_purge_idempotency_keys, weak=False, dispatch_uid="runs_purge_idempotency_keys")

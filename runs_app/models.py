@@ -114,18 +114,20 @@ class Message(models.Model):
 
 
 class IdempotencyRecord(models.Model):
-    """The first answer to a submission carrying an idempotency key, replayed for retries of it."""
+    """The first answer to a submission carrying an idempotency key, replayed for retries of it. Written
+    with its answer in the submission's transaction (runs_app/api/idempotency.py), so it always has one."""
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
     key = models.CharField(max_length=255)
     request_hash = models.CharField(max_length=64)
-    status_code = models.IntegerField(null=True, blank=True)
-    response = models.JSONField(null=True, blank=True)
+    status_code = models.IntegerField()
+    response = models.JSONField()
     created_at = models.BigIntegerField()
 
     class Meta:
         db_table = "runs_idempotency"
         constraints = [models.UniqueConstraint(fields=["user", "key"], name="idempotency_user_key_unique")]
+        indexes = [models.Index(fields=["created_at"], name="idempotency_created_idx")]
 
     def __str__(self) -> str:
         return f"{self.user_id}:{self.key}"

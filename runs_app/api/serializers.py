@@ -93,11 +93,13 @@ class ThreadMessagesIn(serializers.Serializer[dict[str, Any]]):
     agent_id = AgentIdField()
     messages = MessagesField(validators=[_validate_messages])
     mode = serializers.ChoiceField(choices=MODES, required=False, default="queue")
+    idempotency_key = serializers.CharField(required=False, max_length=255)
 
 
 class RunInputsIn(serializers.Serializer[dict[str, Any]]):
     messages = MessagesField(validators=[_validate_messages])
     mode = serializers.ChoiceField(choices=MODES, required=False, default="queue")
+    idempotency_key = serializers.CharField(required=False, max_length=255)
 
 
 class DecisionIn(serializers.Serializer[dict[str, Any]]):

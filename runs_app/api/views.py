@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.http import HttpResponse, StreamingHttpResponse
@@ -19,7 +20,7 @@ from mailbox_app.states import RunStatus
 from runs_app import selectors, store
 from runs_app.api import serializers as s
 from runs_app.api.errors import ApiError, not_found
-from runs_app.api.idempotency import request_hash, run_once
+from runs_app.api.idempotency import Outcome, Recorder, in_one_transaction, request_hash, run_once
 from runs_app.api.inputs import (
     IDEMPOTENCY_KEY_MAX,
     PATH_ID_MAX,
@@ -161,8 +162,12 @@ class _ForegroundSubmit(EdgeCheckedView):
             thread_id=thread_id or "", messages=s.to_messages(data["messages"]), agent_id=data.get("agent_id")
         )
 
-        def action() -> tuple[int, dict[str, Any]]:
-            return 201, _submit_result(service.submit(run_request, owner_id=user_id))
+        def action(record: Recorder) -> Outcome:
+            # The key's answer is written in the claim transaction; the interrupt before it commits alone.
+            result = service.submit(
+                run_request, owner_id=user_id, in_transaction=lambda r: record(201, _submit_result(r))
+            )
+            return 201, _submit_result(result)
 
         status_code, body = run_once(
             user_id=user_id, key=key, fingerprint=request_hash(request.path, data), action=action
@@ -418,11 +423,14 @@ class ThreadMailboxView(EdgeCheckedView):
             thread_id=thread_id, messages=s.to_messages(data["messages"]), agent_id=data.get("agent_id")
         )
 
-        def action() -> tuple[int, dict[str, Any]]:
+        def action() -> Outcome:
             return 201, _submit_result(service.submit_background(run_request, owner_id=user_id))
 
         status_code, body = run_once(
-            user_id=user_id, key=key, fingerprint=request_hash(request.path, data), action=action
+            user_id=user_id,
+            key=key,
+            fingerprint=request_hash(request.path, data),
+            action=in_one_transaction(action),
         )
         return Response(body, status=status_code)
 
@@ -434,24 +442,34 @@ def _inject(
     *,
     agent_id: str | None,
     expected_run_id: str | None = None,
-) -> service.SubmitResult:
-    """spec §5.3 inject_user_input / inject_run_input by mode."""
+    record: Recorder,
+    reply: Callable[[service.SubmitResult], Outcome],
+) -> Outcome:
+    """spec §5.3 inject_user_input / inject_run_input by mode. The interrupt of `interrupt_then_queue`
+    commits on its own first; the submit and the idempotency key's answer (`record`) commit together."""
     user_id = _user_id(request)
     mode = data.get("mode", "queue")
     run_request = RunRequest(thread_id=thread_id, messages=s.to_messages(data["messages"]), agent_id=agent_id)
-    if mode in ("live_then_queue", "steer"):
-        return service.submit_live_then_queue(run_request, expected_run_id=expected_run_id, owner_id=user_id)
     if mode == "interrupt_then_queue":
         service.interrupt(thread_id)
-    elif mode == "resume_open_run":
-        thread = store.load_thread(thread_id=thread_id)
-        run = store.load_run(run_id=thread.open_run_id) if thread and thread.open_run_id else None
-        if run is None or run.thread_id != thread_id or not run.is_resumable_waiting:
-            raise ApiError(
-                f"run not found: open run for thread {thread_id}", code="run_not_found", status_code=404
+
+    def submit() -> Outcome:
+        if mode in ("live_then_queue", "steer"):
+            return reply(
+                service.submit_live_then_queue(run_request, expected_run_id=expected_run_id, owner_id=user_id)
             )
-        run_request = run_request.with_(agent_id=run.agent_id, continue_run_id=run.run_id)
-    return service.submit_background(run_request, owner_id=user_id)
+        resumed = run_request
+        if mode == "resume_open_run":
+            thread = store.load_thread(thread_id=thread_id)
+            run = store.load_run(run_id=thread.open_run_id) if thread and thread.open_run_id else None
+            if run is None or run.thread_id != thread_id or not run.is_resumable_waiting:
+                raise ApiError(
+                    f"run not found: open run for thread {thread_id}", code="run_not_found", status_code=404
+                )
+            resumed = run_request.with_(agent_id=run.agent_id, continue_run_id=run.run_id)
+        return reply(service.submit_background(resumed, owner_id=user_id))
+
+    return in_one_transaction(submit)(record)
 
 
 class ThreadMessagesView(EdgeCheckedView):
@@ -484,8 +502,20 @@ class ThreadMessagesView(EdgeCheckedView):
     def post(self, request: Request, thread_id: str) -> Response:
         _thread_or_404(request, thread_id)
         data = _validated(s.ThreadMessagesIn, request)
-        result = _inject(request, thread_id, data, agent_id=data.get("agent_id"))
-        return Response(_submit_result(result), status=202)
+        key = _idempotency_key(request, data)
+
+        def reply(result: service.SubmitResult) -> Outcome:
+            return 202, _submit_result(result)
+
+        def action(record: Recorder) -> Outcome:
+            return _inject(
+                request, thread_id, data, agent_id=data.get("agent_id"), record=record, reply=reply
+            )
+
+        status_code, body = run_once(
+            user_id=_user_id(request), key=key, fingerprint=request_hash(request.path, data), action=action
+        )
+        return Response(body, status=status_code)
 
 
 class RunInputsView(EdgeCheckedView):
@@ -493,25 +523,43 @@ class RunInputsView(EdgeCheckedView):
     def post(self, request: Request, run_id: str) -> Response:
         run = _run_or_404(request, run_id)
         data = _validated(s.RunInputsIn, request)
+        key = _idempotency_key(request, data)
         mode = data.get("mode", "queue")
-        if mode in ("live_then_queue", "steer"):
-            result = _inject(request, run.thread_id, data, agent_id=run.agent_id, expected_run_id=run.run_id)
-        elif mode != "interrupt_then_queue" and run.is_resumable_waiting:
-            result = service.submit_background(
-                RunRequest(
+
+        def reply(result: service.SubmitResult) -> Outcome:
+            return 202, {
+                "status": "inputs_accepted",
+                **_submit_result(result),
+                "run_status": result.status.value,
+            }
+
+        def action(record: Recorder) -> Outcome:
+            if mode in ("live_then_queue", "steer"):
+                return _inject(
+                    request,
+                    run.thread_id,
+                    data,
+                    agent_id=run.agent_id,
+                    expected_run_id=run.run_id,
+                    record=record,
+                    reply=reply,
+                )
+            if mode != "interrupt_then_queue" and run.is_resumable_waiting:
+                resume = RunRequest(
                     thread_id=run.thread_id,
                     messages=s.to_messages(data["messages"]),
                     agent_id=run.agent_id,
                     continue_run_id=run.run_id,
-                ),
-                owner_id=_user_id(request),
-            )
-        else:
-            result = _inject(request, run.thread_id, data, agent_id=run.agent_id)
-        return Response(
-            {"status": "inputs_accepted", **_submit_result(result), "run_status": result.status.value},
-            status=202,
+                )
+                return in_one_transaction(
+                    lambda: reply(service.submit_background(resume, owner_id=_user_id(request)))
+                )(record)
+            return _inject(request, run.thread_id, data, agent_id=run.agent_id, record=record, reply=reply)
+
+        status_code, body = run_once(
+            user_id=_user_id(request), key=key, fingerprint=request_hash(request.path, data), action=action
         )
+        return Response(body, status=status_code)
 
 
 # --- threads and dispatches ---------------------------------------------------------------------------
