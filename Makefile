@@ -32,7 +32,7 @@ lint: install
 	bash scripts/with-services.sh $(PY) manage.py makemigrations --check --dry-run
 
 bench: install
-	bash scripts/with-services.sh bash -c '$(PY) bench/store_bench.py && $(PY) bench/e2e_bench.py'
+	bash scripts/with-services.sh bash -c '$(PY) bench/store_bench.py && $(PY) bench/e2e_bench.py && $(PY) bench/http_bench.py'
 
 services: install
 	$(PY) -m awaken_project.embedded start $(DATA)

@@ -133,6 +133,12 @@ _database_url = ENV.get("DATABASE_URL", "postgresql://postgres@localhost:5432/aw
 DATABASES = {"default": database_from_url(_database_url)}
 DATABASES["default"]["CONN_MAX_AGE"] = _env_int("DB_CONN_MAX_AGE", 60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# Server-side binding lets psycopg prepare the statements a connection repeats (after
+# `prepare_threshold` runs): the hot path's CTE statements are then parsed and planned once per
+# connection instead of on every transition (bench/store_bench.py, before/after in the commit).
+if _env_bool("DB_SERVER_SIDE_BINDING", True):
+    DATABASES["default"]["OPTIONS"].setdefault("server_side_binding", True)
+    DATABASES["default"]["OPTIONS"].setdefault("prepare_threshold", 2)
 # Long transactions pin the xmin horizon and bloat queue tables (pitfalls.md): cap idle-in-transaction.
 DATABASES["default"]["OPTIONS"].setdefault(
     "options", f"-c idle_in_transaction_session_timeout={_env_int('DB_IDLE_TX_TIMEOUT_MS', 60_000)}"
