@@ -320,15 +320,7 @@ def checkpoint(
         records = _append_locked(thread, messages, stamp)
         if input_trigger_ids is not None:
             total = thread.message_count
-            run = run.model_copy(
-                update={
-                    "input": RunMessageInput(
-                        thread_id=thread_id,
-                        range=MessageSeqRange(from_seq=1, to_seq=total) if total > 0 else None,
-                        trigger_message_ids=input_trigger_ids,
-                    )
-                }
-            )
+            run = run.model_copy(update={"input": _whole_log_input(thread_id, total, input_trigger_ids)})
         current = (
             Run.objects.select_for_update().filter(run_id=run.run_id).values("thread_id", "status").first()
         )
@@ -346,6 +338,15 @@ def checkpoint(
         thread.updated_at = stamp
         thread.save()
     return records
+
+
+def _whole_log_input(thread_id: str, total: int, trigger_ids: list[str]) -> RunMessageInput:
+    """A prepared run's input: the whole log (1..last seq) and the messages that triggered it."""
+    return RunMessageInput(
+        thread_id=thread_id,
+        range=MessageSeqRange(from_seq=1, to_seq=total) if total > 0 else None,
+        trigger_message_ids=trigger_ids,
+    )
 
 
 def _apply_run_projection(thread: Thread, run: RunRecord) -> None:
@@ -387,6 +388,14 @@ def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value)
 
 
+def _run_params(run: RunRecord) -> dict[str, Any]:
+    """The run's columns as statement parameters (JSON columns as JSON text)."""
+    dumped = run.model_dump(mode="json")
+    return {
+        name: _json(dumped[name]) if name in sql.JSON_COLUMNS else dumped[name] for name in sql.RUN_COLUMNS
+    }
+
+
 def start_run(
     *, run_id: str, thread_id: str, dispatch_id: str, session_id: str, now: int
 ) -> RunRecord | None:
@@ -413,10 +422,7 @@ def finish_run(
     to the log — only while the run is Running under `(dispatch_id, session_id)`; None otherwise, and
     then nothing is written. Messages whose id is already in the log are skipped (append-only)."""
     rows = _message_rows(run.thread_id, messages)
-    dumped = run.model_dump(mode="json")
-    params: dict[str, Any] = {
-        name: _json(dumped[name]) if name in sql.JSON_COLUMNS else dumped[name] for name in sql.RUN_COLUMNS
-    }
+    params = _run_params(run)
     params |= {
         "dispatch_id": dispatch_id,
         "session_id": session_id,
@@ -514,20 +520,8 @@ def prepare_run(
             raise NotFound(f"thread {thread_id} not found")
         rows = _message_rows(thread_id, messages)
         total = base_seq + len(rows)
-        stored = run.model_copy(
-            update={
-                "input": RunMessageInput(
-                    thread_id=thread_id,
-                    range=MessageSeqRange(from_seq=1, to_seq=total) if total > 0 else None,
-                    trigger_message_ids=input_trigger_ids,
-                )
-            }
-        )
-        dumped = stored.model_dump(mode="json")
-        params: dict[str, Any] = {
-            name: _json(dumped[name]) if name in sql.JSON_COLUMNS else dumped[name]
-            for name in sql.RUN_COLUMNS
-        }
+        stored = run.model_copy(update={"input": _whole_log_input(thread_id, total, input_trigger_ids)})
+        params = _run_params(stored)
         parent = run.request.parent_thread_id if run.request else None
         params |= {
             "base_seq": base_seq,
