@@ -528,8 +528,8 @@ class RunInputsView(EdgeCheckedView):
 
         def reply(result: service.SubmitResult) -> Outcome:
             return 202, {
-                "status": "inputs_accepted",
                 **_submit_result(result),
+                "status": "inputs_accepted",
                 "run_status": result.status.value,
             }
 

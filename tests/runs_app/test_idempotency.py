@@ -265,6 +265,7 @@ def test_run_inputs_replay_with_the_key(alice: APIClient) -> None:
     again = _post(alice, f"/api/v1/runs/{run_id}/inputs", body)
     assert first.status_code == again.status_code == 202, first.content
     assert again.json() == first.json() and first.json()["run_status"] == "queued"
+    assert first.json()["status"] == "inputs_accepted"
     assert _counts("t-in") == (before[0] + 1, before[1] + 1, before[2] + 1)
     header = _post(alice, f"/api/v1/runs/{run_id}/inputs", {"messages": MSG}, HTTP_IDEMPOTENCY_KEY="i2")
     header_again = _post(alice, f"/api/v1/runs/{run_id}/inputs", {"messages": MSG}, HTTP_IDEMPOTENCY_KEY="i2")
