@@ -60,7 +60,8 @@ UPDATE {DISPATCH} d
 RETURNING {D_COLS}
 """
 
-# Runs after LOCK_EPOCH in the same transaction, so claims and interrupts of one thread serialize.
+# The two-statement claim (LOCK_EPOCH, then this, in one transaction): what CLAIM_ONE replaced, kept for
+# bench/store_variants.py's comparisons.
 CLAIM = f"""
 WITH stale AS (
     UPDATE {DISPATCH}
@@ -70,10 +71,24 @@ WITH stale AS (
     RETURNING dispatch_id
 ), {_PICK}{_CLAIM_PICKED}"""
 
-# The same claim for a thread that was never interrupted (epoch 0): nothing can be stale, and skipping
-# the stale-row UPDATE keeps claim cost independent of the global queued backlog.
-CLAIM_FRESH = f"""
-WITH {_PICK}{_CLAIM_PICKED}"""
+# The claim in one statement: the epoch row locked (claims and interrupts of a thread serialize on it),
+# stale queued rows superseded (skipped by a one-time filter on never-interrupted threads, so the cost
+# does not grow with the backlog), the next eligible row picked and claimed. The epoch is read under
+# its lock (the newest version) while rows are scanned in the statement's snapshot: a row queued at an
+# older epoch is never picked, and a concurrent claim committed after the snapshot surfaces as the
+# one-claimed-per-thread unique violation, which the store answers with "nothing claimed".
+_EPOCH_NOW = "(SELECT current_epoch FROM e)"
+CLAIM_ONE = f"""
+WITH e AS (
+    SELECT current_epoch FROM {EPOCH} WHERE thread_id = %(thread_id)s FOR UPDATE
+), stale AS (
+    UPDATE {DISPATCH}
+       SET status = 'superseded', dispatch_epoch = {_EPOCH_NOW}, completed_at = %(now)s,
+           updated_at = %(now)s, last_error = 'queued dispatch superseded by newer dispatch epoch'
+     WHERE {_EPOCH_NOW} > 0
+       AND thread_id = %(thread_id)s AND status = 'queued' AND dispatch_epoch < {_EPOCH_NOW}
+    RETURNING dispatch_id
+), {_PICK.replace("%(epoch)s", _EPOCH_NOW)}{_CLAIM_PICKED}"""
 
 SELECT_DISPATCH = f"SELECT {COLS} FROM {DISPATCH} WHERE dispatch_id = %(dispatch_id)s"
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -118,22 +119,18 @@ def claim(thread_id: str, consumer_id: str, lease_ms: int, now: int, limit: int 
     """
     if limit <= 0:
         return []
+    params = {
+        "thread_id": thread_id,
+        "now": now,
+        "token": uuid7(),
+        "consumer_id": consumer_id,
+        "lease_until": now + lease_ms,
+    }
     try:
-        with transaction.atomic():
-            epoch = _scalar(sql.LOCK_EPOCH, {"thread_id": thread_id})
-            if epoch is None:
-                return []
-            return _fetch_all(
-                sql.CLAIM if epoch > 0 else sql.CLAIM_FRESH,
-                {
-                    "thread_id": thread_id,
-                    "epoch": epoch,
-                    "now": now,
-                    "token": uuid7(),
-                    "consumer_id": consumer_id,
-                    "lease_until": now + lease_ms,
-                },
-            )
+        # one statement: in autocommit it is its own transaction; inside the caller's transaction a
+        # savepoint keeps a lost race (unique violation) from aborting it
+        with transaction.atomic() if connection.in_atomic_block else nullcontext():
+            return _fetch_all(sql.CLAIM_ONE, params)
     except IntegrityError:
         return []
 

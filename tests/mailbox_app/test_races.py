@@ -546,10 +546,9 @@ def test_claim_and_lease_sweep_plans_use_indexes_at_scale() -> None:
     assert Dispatch.objects.filter(status="queued").count() == 8000
 
     claim_plan = _explain(
-        sql.CLAIM,
+        sql.CLAIM_ONE,
         {
             "thread_id": "bulk-t-421",
-            "epoch": 0,
             "now": 10**12,
             "token": "explain-token",
             "consumer_id": "explain-consumer",
