@@ -28,9 +28,12 @@ class ThreadLock:
         self._lock = Lock(
             get_redis(), _name(thread_id), timeout=ttl_ms / 1000, blocking=False, thread_local=False
         )
+        self._released = True  # nothing to release until acquired
 
     def acquire(self) -> bool:
-        return bool(self._lock.acquire(blocking=False, token=self.token))
+        acquired = bool(self._lock.acquire(blocking=False, token=self.token))
+        self._released = not acquired
+        return acquired
 
     def extend(self, ttl_ms: int) -> bool:
         """False when the lock is no longer this token's; Redis errors propagate to the caller."""
@@ -40,6 +43,10 @@ class ThreadLock:
             return False
 
     def release(self) -> None:
+        """Compare-and-delete; a second call on this instance is a no-op (no round trip)."""
+        if self._released:
+            return
+        self._released = True
         try:
             self._lock.release()
         except LockError:
