@@ -243,10 +243,22 @@ def cancel(identifier: str) -> bool:
     if run is None:
         return False
     if run.status is RunStatus.RUNNING and run.dispatch_id:
-        return _deliver(LiveRunTarget(run.thread_id, run.run_id, run.dispatch_id), {"kind": "cancel"})
+        if _deliver(LiveRunTarget(run.thread_id, run.run_id, run.dispatch_id), {"kind": "cancel"}):
+            return True
+        return _cancel_retrying(run.dispatch_id)
     if run.status is RunStatus.WAITING:
         return _cancel_waiting(run)
     return False
+
+
+def _cancel_retrying(dispatch_id: str) -> bool:
+    """A run left Running by an attempt that failed transiently: its dispatch waits queued for the retry
+    (no worker holds it). Cancel that dispatch, which ends the run."""
+    with transaction.atomic():
+        queued = store.cancel(dispatch_id, now_ms())
+        if queued is not None:
+            terminalize_run_for_dispatch(queued)
+    return queued is not None
 
 
 def _cancel_waiting(run: RunRecord) -> bool:

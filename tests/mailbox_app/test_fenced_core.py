@@ -503,3 +503,19 @@ def test_a_prepare_that_read_a_waiting_run_never_moves_a_started_run_back(fenced
     finished = attempt.finish(started, COMPLETED, RunResult(final_output="ok"), None, cancelled=False)
     assert isinstance(finished, attempt.Finished) and finished.run is not None
     assert finished.run.final_output == "ok"
+
+
+def test_a_run_waiting_out_its_retry_backoff_can_be_cancelled(fenced: Any) -> None:
+    """A transient failure requeues the dispatch with a backoff; the run stays Running under it, and no
+    worker holds it. Cancelling the run cancels that dispatch and ends the run (and its stream)."""
+    thread_id = "t-cancel-retrying"
+    submitted = service.submit_background(_request(thread_id, "fail transient"))
+    execution.execute_claimed(_claimed(thread_id, submitted.dispatch_id))
+    queued = store.load_dispatch(submitted.dispatch_id)
+    assert queued is not None and queued.status is DispatchStatus.QUEUED and queued.attempt_count == 1
+    assert service.cancel(submitted.run_id)
+    cancelled = store.load_dispatch(submitted.dispatch_id)
+    assert cancelled is not None and cancelled.status is DispatchStatus.CANCELLED
+    run = run_store.load_run(run_id=submitted.run_id)
+    assert run is not None and run.status is RunStatus.DONE
+    assert [f["termination"]["type"] for f in _finishes(submitted.run_id)] == ["cancelled"]
