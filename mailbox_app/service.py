@@ -245,7 +245,10 @@ def cancel(identifier: str) -> bool:
     if run.status is RunStatus.RUNNING and run.dispatch_id:
         if _deliver(LiveRunTarget(run.thread_id, run.run_id, run.dispatch_id), {"kind": "cancel"}):
             return True
-        return _cancel_retrying(run.dispatch_id)
+        if _cancel_retrying(run.dispatch_id):
+            return True
+        # not delivered: the run closed its inbox and is ending; if it ends waiting, cancel that
+        run = _wait_not_running(run)
     if run.status is RunStatus.WAITING:
         return _cancel_waiting(run)
     return False

@@ -519,3 +519,34 @@ def test_a_run_waiting_out_its_retry_backoff_can_be_cancelled(fenced: Any) -> No
     run = run_store.load_run(run_id=submitted.run_id)
     assert run is not None and run.status is RunStatus.DONE
     assert [f["termination"]["type"] for f in _finishes(submitted.run_id)] == ["cancelled"]
+
+
+def test_a_cancel_in_the_finish_window_of_a_run_that_ends_waiting_cancels_it(
+    fenced: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    thread_id = "t-window-cancel"
+    answers: list[tuple[threading.Thread, list[Any]]] = []
+    deliveries: list[bool] = []
+    deliver = service._deliver
+
+    def recording_deliver(target: Any, command: dict[str, Any]) -> bool:
+        delivered = deliver(target, command)
+        deliveries.append(delivered)
+        return delivered
+
+    def cancel_now(active: Any) -> None:
+        execution.step_hook.clear()
+        answers.append(_in_thread(service.cancel, active.run_id))
+        wait_until(lambda: deliveries == [False], what="the live cancel refused (inbox closed)")
+
+    monkeypatch.setattr(service, "_deliver", recording_deliver)
+    execution.step_hook["before_finish"] = cancel_now
+    submitted = service.submit_background(_request(thread_id, "ask cancel me?"))
+    execution.drain_thread(thread_id, first=_claimed(thread_id, submitted.dispatch_id))
+    ((sender, answer),) = answers
+    sender.join(15)
+    assert answer == [True], answer  # acknowledged: it waited for the run to end waiting, then cancelled
+    run = run_store.load_run(run_id=submitted.run_id)
+    assert run is not None and run.status is RunStatus.DONE
+    assert [f["status"] for f in _finishes(submitted.run_id)] == ["waiting", "done"]
+    assert _finishes(submitted.run_id)[-1]["termination"]["type"] == "cancelled"
