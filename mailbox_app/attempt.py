@@ -21,7 +21,7 @@ from mailbox_app import doorbells, events, service, store
 from mailbox_app.errors import StoreError
 from mailbox_app.executor import MailboxRunOutcome, OutcomeKind, RunResult
 from mailbox_app.ids import now_ms
-from mailbox_app.payloads import ChatMessage, RunRecord, TerminationReason, ToolCallResume
+from mailbox_app.payloads import ChatMessage, RunRecord, RunResumeDecision, TerminationReason, ToolCallResume
 from mailbox_app.ports import run_store
 from mailbox_app.preparation import reconstruct_from
 from mailbox_app.reconcile import emit_finish_on_commit, emit_on_commit, terminalize_run_for_dispatch
@@ -181,7 +181,7 @@ def finish(
         )
     try:
         with transaction.atomic():
-            settled = _settle(dispatch, outcome, trace, now)
+            settled = _settle(dispatch, outcome, trace, now, leftovers)
             if settled is None:
                 raise _FenceLost
             written = _write_run(settled, run, final, instance_id, now)
@@ -267,7 +267,11 @@ def _trace(dispatch: DispatchRecord, instance_id: str, run: RunRecord) -> RunDis
 
 
 def _settle(
-    dispatch: DispatchRecord, outcome: MailboxRunOutcome, trace: RunDispatchResult, now: int
+    dispatch: DispatchRecord,
+    outcome: MailboxRunOutcome,
+    trace: RunDispatchResult,
+    now: int,
+    leftovers: Leftovers,
 ) -> DispatchRecord | None:
     token = dispatch.claim_token or ""
     if outcome.kind is OutcomeKind.COMPLETED:
@@ -285,6 +289,9 @@ def _settle(
             now,
             retry_at=retry_at,
             error=outcome.message or "transient error",
+            carry_decisions=[
+                RunResumeDecision(call_id=c, resume=r).model_dump(mode="json") for c, r in leftovers.decisions
+            ],
         )
     return store.try_settle(
         dispatch.dispatch_id,

@@ -186,6 +186,12 @@ UPDATE {DISPATCH} d
        termination = CASE WHEN {_REQUEUE} THEN NULL ELSE %(termination)s::jsonb END,
        run_response = CASE WHEN {_REQUEUE} THEN NULL ELSE %(response)s END,
        run_error = CASE WHEN {_REQUEUE} THEN NULL ELSE %(run_error)s END,
+       -- decisions the attempt acknowledged live but did not take ride along with the retry
+       request = CASE WHEN {_REQUEUE} AND %(carry_decisions)s::jsonb IS NOT NULL
+                      THEN jsonb_set(COALESCE(d.request, '{{}}'::jsonb), '{{decisions}}',
+                                     COALESCE(d.request -> 'decisions', '[]'::jsonb)
+                                     || %(carry_decisions)s::jsonb)
+                      ELSE d.request END,
        {CLEAR_CLAIM}, updated_at = %(now)s
 {FENCE} RETURNING {D_COLS}
 """

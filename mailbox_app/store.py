@@ -264,9 +264,11 @@ def try_settle(
     *,
     retry_at: int | None = None,
     error: str | None = None,
+    carry_decisions: list[dict[str, Any]] | None = None,
 ) -> DispatchRecord | None:
     """`record_run_result` and ack / nack / dead letter as one fenced statement; None when fenced out.
-    A nack that reaches `max_attempts` dead-letters (spec §3.7)."""
+    A nack that reaches `max_attempts` dead-letters (spec §3.7). A nack that requeues appends
+    `carry_decisions` (RunResumeDecision JSON) to the dispatch's own input, so the retry delivers them."""
     return _fetch_one(
         sql.SETTLE,
         {
@@ -281,6 +283,7 @@ def try_settle(
             "termination": None if result.termination is None else json.dumps(result.termination),
             "response": result.response or None,
             "run_error": result.error,
+            "carry_decisions": json.dumps(carry_decisions) if carry_decisions else None,
         },
     )
 

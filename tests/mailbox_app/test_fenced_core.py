@@ -18,8 +18,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from mailbox_app import attempt, doorbells, events, execution, maintenance, service, store
 from mailbox_app.config import MailboxConfig
-from mailbox_app.executor import COMPLETED, RunContext, RunResult
+from mailbox_app.executor import COMPLETED, InferenceFailed, RunContext, RunResult
 from mailbox_app.ids import now_ms
+from mailbox_app.live import LiveRunTarget
 from mailbox_app.locks import ThreadLock
 from mailbox_app.payloads import ChatMessage, ToolCallResume
 from mailbox_app.records import DispatchRecord, RunDispatchResult
@@ -72,12 +73,27 @@ class SlowAgent:
         return RunResult(final_output="outlived the lease", messages=(ChatMessage.assistant("done"),))
 
 
+class DecisionThenFailAgent:
+    """First call: holds at the gate (a decision arrives live meanwhile, never taken), then fails
+    transiently. Later calls: report the decisions the retry delivered."""
+
+    def run(self, request: RunRequest, context: RunContext) -> RunResult:
+        if request.decisions:
+            return RunResult(
+                final_output="retry got " + ",".join(f"{c}:{r.action}" for c, r in request.decisions)
+            )
+        GATE.reached.set()
+        assert GATE.release.wait(30)
+        raise InferenceFailed("scripted: model unavailable")
+
+
 @pytest.fixture
 def fenced(engine_settings: Any, clean_redis: Any) -> Iterator[Any]:
     engine_settings.AWAKEN_AGENTS = {
         **engine_settings.AWAKEN_AGENTS,
         "zombie": "tests.mailbox_app.test_fenced_core.ZombieAgent",
         "slow": "tests.mailbox_app.test_fenced_core.SlowAgent",
+        "decision-then-fail": "tests.mailbox_app.test_fenced_core.DecisionThenFailAgent",
     }
     global GATE
     GATE = Gate()
@@ -550,3 +566,23 @@ def test_a_cancel_in_the_finish_window_of_a_run_that_ends_waiting_cancels_it(
     assert run is not None and run.status is RunStatus.DONE
     assert [f["status"] for f in _finishes(submitted.run_id)] == ["waiting", "done"]
     assert _finishes(submitted.run_id)[-1]["termination"]["type"] == "cancelled"
+
+
+def test_a_decision_acknowledged_live_but_not_taken_before_a_transient_failure_reaches_the_retry(
+    fenced: Any,
+) -> None:
+    thread_id = "t-carry-decision"
+    submitted = service.submit_background(_request(thread_id, "go", agent="decision-then-fail"))
+    worker, out = _in_thread(execution.execute_claimed, _claimed(thread_id, submitted.dispatch_id))
+    assert GATE.reached.wait(15)
+    target = LiveRunTarget(thread_id, submitted.run_id, submitted.dispatch_id)
+    resume = ToolCallResume(decision_id="d1", action="resume", result={"ok": True})
+    assert service.send_decision_live(target, "call-x", resume)  # acknowledged: the run holds it
+    GATE.release.set()
+    worker.join(15)
+    requeued = store.load_dispatch(submitted.dispatch_id)
+    assert requeued is not None and requeued.status is DispatchStatus.QUEUED, out
+    claimed = store.claim(thread_id, consumer_id(), FAST.lease_ms, requeued.available_at)
+    execution.execute_claimed(claimed[0])
+    run = run_store.load_run(run_id=submitted.run_id)
+    assert run is not None and run.final_output == "retry got call-x:resume"
