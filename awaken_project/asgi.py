@@ -1,8 +1,67 @@
-"""ASGI entry point."""
+"""ASGI entry point (the web server: gunicorn with uvicorn workers, see scripts/run.sh)."""
 
+from __future__ import annotations
+
+import asyncio
 import os
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "awaken_project.settings")
-application = get_asgi_application()
+# Django runs each ASGI request's sync code (every DRF view here) in a thread of its own, so a
+# persistent connection would never be reused by a later request: it would only linger until its
+# thread is collected. Close each request's connection when it finishes instead (set DB_CONN_MAX_AGE to
+# override, e.g. behind a pooler).
+os.environ.setdefault("DB_CONN_MAX_AGE", "0")
+
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Mapping[str, Any]]]
+Send = Callable[[Mapping[str, Any]], Awaitable[None]]
+App = Callable[[Message, Receive, Send], Awaitable[None]]
+
+
+class BoundedViews:
+    """At most `limit` requests of this process inside Django's (sync) view phase at once.
+
+    Each admitted request runs its view in its own thread with its own DB connection, so without a
+    bound a burst of 1,000 stream opens would open 1,000 PostgreSQL connections. A request holds its
+    permit until its response starts: an open SSE stream (which already gave back its connection,
+    runs_app/api/sse.py) holds none."""
+
+    def __init__(self, app: App, limit: int) -> None:
+        self.app, self.limit = app, limit
+        self._permits: asyncio.Semaphore | None = None
+
+    async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self._permits is None:
+            self._permits = asyncio.Semaphore(self.limit)
+        permits = self._permits
+        await permits.acquire()
+        held = True
+
+        def release() -> None:
+            nonlocal held
+            if held:
+                held = False
+                permits.release()
+
+        async def send_and_release(message: Mapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                release()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_release)
+        finally:
+            release()
+
+
+django_application = get_asgi_application()
+from django.conf import settings  # noqa: E402  (configured by get_asgi_application)
+
+application = BoundedViews(django_application, settings.AWAKEN_WEB_MAX_CONCURRENT_VIEWS)

@@ -3,8 +3,8 @@
     bash scripts/with-services.sh .venv/bin/python bench/http_bench.py [--submits 500] [--clients 8]
 
 Needs DATABASE_URL / REDIS_URL (scratch, as for e2e_bench.py: migrated, mailbox/runs tables
-truncated, Redis flushed). Starts the web server exactly as `make run` does (gunicorn, 2 workers × 8
-threads, in its own process group on a free loopback port) and `--workers` (2) Celery worker
+truncated, Redis flushed). Starts the web server exactly as `make run` does (gunicorn, 2 uvicorn ASGI
+workers, in its own process group on a free loopback port) and `--workers` (2) Celery worker
 processes, then:
 
   (a) raw Celery no-op tasks/s on the same broker and workers (e2e_bench's measurement);
@@ -51,22 +51,35 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class WebServer:
-    """gunicorn as `make run` starts it, in its own process group."""
+def web_command(port: int, workers: int = 2) -> list[str]:
+    """The web server as scripts/run.sh (`make run`) starts it: gunicorn with uvicorn (ASGI) workers."""
+    return [
+        sys.executable, "-m", "gunicorn", "awaken_project.asgi:application",
+        "--worker-class", "uvicorn_worker.UvicornWorker", "--bind", f"127.0.0.1:{port}",
+        "--workers", str(workers), "--timeout", "0", "--graceful-timeout", "3",
+    ]  # fmt: skip
 
-    def __init__(self, port: int, log: Path) -> None:
-        self.port, self.log = port, log
+
+class WebServer:
+    """The web server as `make run` starts it (`web_command`), in its own process group."""
+
+    def __init__(
+        self, port: int, log: Path, *, workers: int = 2, extra_env: dict[str, str] | None = None
+    ) -> None:
+        self.port, self.log, self.workers = port, log, workers
+        self.extra_env = extra_env or {}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        command = [
-            sys.executable, "-m", "gunicorn", "awaken_project.wsgi:application",
-            "--bind", f"127.0.0.1:{self.port}", "--workers", "2", "--threads", "8", "--timeout", "0",
-        ]  # fmt: skip
-        env = dict(os.environ) | {"AWAKEN_API_THROTTLE_DISABLED": "1"}
+        env = dict(os.environ) | {"AWAKEN_API_THROTTLE_RATE": "1000000/minute"} | self.extra_env
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
-                command, cwd=e2e.ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                web_command(self.port, self.workers),
+                cwd=e2e.ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         e2e.wait_until(self._ready, 60, "the web server", 0.1)
 
@@ -155,7 +168,10 @@ def main() -> int:
         workers.wait_ready()
         web.start()
         token = api_token()
-        print(f"http bench: gunicorn 2 × 8 threads; {args.workers} Celery workers; {os.cpu_count()} CPUs")
+        print(
+            f"http bench: gunicorn + 2 uvicorn (ASGI) workers; {args.workers} Celery workers; "
+            f"{os.cpu_count()} CPUs"
+        )
         e2e.raw_throughput(workers, 400, 8)
         http_submits(web.port, token, 100, args.clients, "warm")
         e2e.quiesce(workers)

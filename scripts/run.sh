@@ -45,9 +45,10 @@ $PY manage.py migrate --noinput
 $PY manage.py collectstatic --noinput >/dev/null  # served by whitenoise from STATIC_ROOT
 $PY manage.py ensure_dev_user --port "$PORT"
 
+# ASGI: gunicorn process management, uvicorn workers (event loop: thousands of open SSE streams).
 # --graceful-timeout: open SSE streams would otherwise hold a stop for gunicorn's default 30 s
-setsid $PY -m gunicorn awaken_project.wsgi:application --bind "127.0.0.1:$PORT" --workers 2 --threads 8 \
-  --timeout 0 --graceful-timeout 3 --access-logfile - & pids+=($!)
+setsid $PY -m gunicorn awaken_project.asgi:application --worker-class uvicorn_worker.UvicornWorker \
+  --bind "127.0.0.1:$PORT" --workers 2 --timeout 0 --graceful-timeout 3 --access-logfile - & pids+=($!)
 setsid $PY -m celery -A awaken_project worker --loglevel INFO --concurrency 2 & pids+=($!)
 setsid $PY -m celery -A awaken_project beat --loglevel INFO \
   --scheduler django_celery_beat.schedulers:DatabaseScheduler & pids+=($!)

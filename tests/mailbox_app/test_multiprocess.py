@@ -24,7 +24,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import pytest
 import redis
@@ -32,7 +31,6 @@ from django.conf import settings as django_settings
 from django.db import connection
 
 from awaken_project.celery import app as celery_app
-from awaken_project.envurls import database_from_url
 from mailbox_app import events, maintenance, service, signals, store
 from mailbox_app.config import MailboxConfig
 from mailbox_app.execution import find_local_run
@@ -43,6 +41,7 @@ from mailbox_app.requests import RunRequest
 from mailbox_app.states import DispatchStatus, RunStatus
 from runs_app import store as run_store
 from tests.support.agents import TEST_AGENTS
+from tests.support.servers import database_url_of_test_db as _test_database_url
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -66,23 +65,6 @@ FAULT_POINTS = ("after_claim", "mid_run", "before_finish")
 
 
 # --- worker subprocesses -----------------------------------------------------------------------------
-
-
-def _test_database_url() -> str:
-    """DATABASE_URL of the database pytest-django created (not the one in os.environ)."""
-    db = connection.settings_dict
-    assert str(db["NAME"]).startswith("test_"), f"not the test database: {db['NAME']}"
-    user, password = quote(db["USER"] or "", safe=""), quote(db["PASSWORD"] or "", safe="")
-    auth = f"{user}:{password}@" if user else ""
-    host, port = str(db["HOST"] or ""), f":{db['PORT']}" if db["PORT"] else ""
-    if host.startswith("/"):  # a unix-socket directory (the embedded server)
-        url = f"postgresql://{auth}{port}/{quote(db['NAME'])}?host={quote(host, safe='/')}"
-    else:
-        url = f"postgresql://{auth}{host}{port}/{quote(db['NAME'])}"
-    parsed = database_from_url(url)
-    for key in ("NAME", "USER", "PASSWORD", "HOST", "PORT"):
-        assert parsed[key] == (db[key] or ""), f"{key}: {parsed[key]!r} != {db[key]!r} ({url})"
-    return url
 
 
 def _group_members(pgid: int) -> list[int]:

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.contrib.auth import get_user_model
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
@@ -16,6 +17,7 @@ from mailbox_app.states import DispatchStatus, RunStatus
 from runs_app import store as run_store
 from runs_app.models import Message, Run
 from tests.conftest import make_dispatch
+from tests.support.http_sse import parse_frames
 from tests.support.waiting import wait_until
 
 
@@ -31,21 +33,30 @@ def _post(client: APIClient, path: str, data: Any, **extra: Any) -> Any:
     return client.post(path, data=json.dumps(data), content_type="application/json", **extra)
 
 
-def _frames(chunks: Any, limit: int | None = None) -> list[dict[str, Any]]:
-    """Parse SSE frames from a streaming body; stop after `limit` frames (a client disconnect)."""
-    frames: list[dict[str, Any]] = []
-    buffer = ""
-    for chunk in chunks:
-        buffer += chunk.decode() if isinstance(chunk, bytes) else chunk
-        while "\n\n" in buffer:
-            raw, buffer = buffer.split("\n\n", 1)
-            if raw.startswith(":"):
-                continue
-            fields = dict(line.split(": ", 1) for line in raw.splitlines())
-            frames.append({"id": fields["id"], "event": fields["event"], "data": json.loads(fields["data"])})
-            if limit is not None and len(frames) >= limit:
-                return frames
-    return frames
+def _frames(response: Any, limit: int | None = None) -> list[dict[str, Any]]:
+    """SSE frames of a streaming response; stop after `limit` frames (a client disconnect).
+
+    The SSE body is an async iterator (runs_app/api/sse.py): the sync test client hands it over as
+    `streaming_content` unconsumed, so it is read here on an event loop and closed like a client going
+    away closes it (`aclose`, which ends the pending XREAD)."""
+
+    async def collect() -> list[dict[str, Any]]:
+        frames: list[dict[str, Any]] = []
+        buffer = ""
+        content = response.streaming_content
+        try:
+            async for chunk in content:
+                parsed, buffer = parse_frames(buffer + chunk.decode())
+                for frame in parsed:
+                    if frame is not None:
+                        frames.append({"id": frame.id, "event": frame.event, "data": frame.data})
+                    if limit is not None and len(frames) >= limit:
+                        return frames
+        finally:
+            await content.aclose()
+        return frames
+
+    return async_to_sync(collect)()
 
 
 def test_foreground_stream_then_resume_with_last_event_id(client: APIClient) -> None:
@@ -56,14 +67,12 @@ def test_foreground_stream_then_resume_with_last_event_id(client: APIClient) -> 
     )
     assert resp.status_code == 200 and resp["Content-Type"].startswith("text/event-stream")
     run_id = resp["X-Run-Id"]
-    stream = iter(resp.streaming_content)  # type: ignore[attr-defined]
-    head = _frames(stream, limit=3)  # then the client goes away
-    resp.close()
+    head = _frames(resp, limit=3)  # then the client goes away
     assert head[0]["event"] == "run_start"
     wait_until(lambda: (r := run_store.load_run(run_id=run_id)) and r.status is RunStatus.DONE)
     resumed = client.get(f"/api/v1/runs/{run_id}/events", HTTP_LAST_EVENT_ID=head[-1]["id"])
     assert resumed.status_code == 200
-    tail = _frames(resumed.streaming_content)  # type: ignore[attr-defined]
+    tail = _frames(resumed)
     all_ids = [e.id for e in events.read_events(run_id)]
     assert [f["id"] for f in head + tail] == all_ids  # nothing lost, nothing repeated
     assert tail[-1]["event"] == "run_finish"
