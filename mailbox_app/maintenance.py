@@ -11,7 +11,7 @@ from django.conf import settings
 from django.dispatch import Signal
 from redis.exceptions import RedisError
 
-from mailbox_app import signals, store
+from mailbox_app import service, signals, store
 from mailbox_app.ids import now_ms
 from mailbox_app.locks import ThreadLock
 from mailbox_app.ports import run_store
@@ -119,8 +119,6 @@ def recover(*, now: int | None = None) -> RecoveryReport:
 
 def wake_orphaned_background_waits() -> int:
     """Runs waiting on background tasks with no queued/claimed dispatch get an internal wake dispatch."""
-    from mailbox_app import service
-
     woken = 0
     page = run_store().list_runs(status=RunStatus.WAITING, limit=200)
     for run in page.items:

@@ -11,7 +11,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from mailbox_app import events
+from mailbox_app import events, service
 from mailbox_app.agents import resolve_agent
 from mailbox_app.executor import (
     MailboxRunOutcome,
@@ -144,8 +144,6 @@ class _Context:
             self._active.suspended.clear()
 
     def notify_background_task_done(self, *, task_id: str, result: dict[str, Any]) -> str:
-        from mailbox_app import service
-
         wake = ChatMessage.model_validate(
             {
                 "role": "user",
