@@ -15,6 +15,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "awaken_project.settings")
 # thread is collected. Close each request's connection when it finishes instead (set DB_CONN_MAX_AGE to
 # override, e.g. behind a pooler).
 os.environ.setdefault("DB_CONN_MAX_AGE", "0")
+# ... and share a pool of warm connections between those threads (sized to the bounded view phase).
+os.environ.setdefault("DB_POOL_MAX_SIZE", os.environ.get("AWAKEN_WEB_MAX_CONCURRENT_VIEWS", "16"))
 
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Mapping[str, Any]]]

@@ -132,6 +132,13 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 _database_url = ENV.get("DATABASE_URL", "postgresql://postgres@localhost:5432/awaken")
 DATABASES = {"default": database_from_url(_database_url)}
 DATABASES["default"]["CONN_MAX_AGE"] = _env_int("DB_CONN_MAX_AGE", 60)
+# The web process under ASGI runs each request's sync view in a thread of its own: a connection pool
+# (psycopg_pool, through Django's `pool` option) lets those threads share warm connections instead of
+# opening one per request. asgi.py turns it on; Celery workers keep their persistent connections.
+_DB_POOL_MAX = _env_int("DB_POOL_MAX_SIZE", 0)
+if _DB_POOL_MAX > 0:
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # Django requires it with a pool
+    DATABASES["default"]["OPTIONS"]["pool"] = {"min_size": 2, "max_size": _DB_POOL_MAX, "timeout": 10}
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 # Server-side binding lets psycopg prepare the statements a connection repeats (after
 # `prepare_threshold` runs): the hot path's CTE statements are then parsed and planned once per
