@@ -26,7 +26,6 @@ from mailbox_app.locks import ThreadLock
 from mailbox_app.records import DispatchRecord
 from mailbox_app.registry import consumer_id, find_local_run, local_runs, register, unregister
 from mailbox_app.runtime import ActiveRun, call_agent
-from mailbox_app.states import DispatchStatus
 
 log = logging.getLogger(__name__)
 MAX_DRAIN = 1000  # dispatches one drain runs before handing the thread back to a fresh doorbell
@@ -287,7 +286,3 @@ def drain_thread(thread_id: str, *, first: DispatchRecord | None = None) -> Disp
         doorbells.hand_over_claimed_on_commit(thread_id, dispatch.dispatch_id, dispatch.claim_token or "")
     doorbells.ring_on_commit(thread_id, None)
     return attempt_
-
-
-def is_claimed(dispatch: DispatchRecord | None) -> bool:
-    return dispatch is not None and dispatch.status is DispatchStatus.CLAIMED

@@ -14,11 +14,6 @@ COLS = ", ".join(DISPATCH_COLUMNS)
 D_COLS = ", ".join(f"d.{c}" for c in DISPATCH_COLUMNS)
 CLEAR_CLAIM = "claim_token = NULL, claimed_by = NULL, lease_until = NULL"
 
-ENSURE_EPOCH = f"""
-INSERT INTO {EPOCH} (thread_id, current_epoch) VALUES (%(thread_id)s, 0)
-ON CONFLICT (thread_id) DO NOTHING
-"""
-
 READ_EPOCH = f"SELECT current_epoch FROM {EPOCH} WHERE thread_id = %(thread_id)s"
 
 LOCK_EPOCH = READ_EPOCH + " FOR UPDATE"
