@@ -5,7 +5,6 @@ on PATH, `PORT` set, against the test database and Redis."""
 from __future__ import annotations
 
 import contextlib
-import http.client
 import os
 import signal
 import subprocess
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from tests.support.servers import database_url_of_test_db, free_port
+from tests.support.servers import database_url_of_test_db, free_port, healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,17 +31,6 @@ def test_the_procfile_declares_release_web_worker_beat_without_local_paths() -> 
     assert "migrate" in entries["release"]
     assert ".venv" not in "".join(entries.values()), "a platform's python is on PATH, not a local venv"
     assert "--bind 0.0.0.0:${PORT" in entries["web"]
-
-
-def _healthy(port: int) -> bool:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-    try:
-        conn.request("GET", "/healthz")
-        return conn.getresponse().status == 200
-    except OSError:
-        return False
-    finally:
-        conn.close()
 
 
 @pytest.mark.django_db(transaction=True)
@@ -66,7 +54,7 @@ def test_the_procfiles_web_line_serves_on_port(tmp_path: Path) -> None:
         deadline = time.monotonic() + 60
         while True:
             assert proc.poll() is None, log.read_text()[-3000:]
-            if _healthy(port):
+            if healthy(port):
                 break
             assert time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.2)

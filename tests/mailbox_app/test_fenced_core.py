@@ -282,14 +282,8 @@ def test_a_decision_in_the_finish_window_takes_the_durable_resume_path(
 ) -> None:
     fenced.AWAKEN_LIVE_SUSPEND_HOLD_MS = 100  # held live briefly, then suspends durably
     thread_id = "t-window-decision"
-    deliveries: list[bool] = []
+    deliveries = _record_live_deliveries(monkeypatch)
     senders: list[tuple[threading.Thread, list[Any]]] = []
-    deliver = service._deliver
-
-    def recording_deliver(target: Any, command: dict[str, Any]) -> bool:
-        delivered = deliver(target, command)
-        deliveries.append(delivered)
-        return delivered
 
     def decide_now(active: Any) -> None:
         call_id = next(
@@ -300,7 +294,6 @@ def test_a_decision_in_the_finish_window_takes_the_durable_resume_path(
         senders.append(_in_thread(service.send_decision, active.run_id, call_id, resume))
         wait_until(lambda: deliveries == [False], what="the live delivery refused")
 
-    monkeypatch.setattr(service, "_deliver", recording_deliver)
     execution.step_hook["before_finish"] = decide_now
     submitted = service.submit_background(_request(thread_id, "ask ok?"))
     execution.drain_thread(thread_id, first=_claimed(thread_id, submitted.dispatch_id))
@@ -313,6 +306,19 @@ def test_a_decision_in_the_finish_window_takes_the_durable_resume_path(
     run = run_store.load_run(run_id=submitted.run_id)
     assert run is not None and run.status is RunStatus.DONE
     assert run.final_output == 'approved: {"ok": true}'
+
+
+def _record_live_deliveries(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """The outcome of every live delivery the service attempts, in order (the real delivery runs)."""
+    outcomes: list[bool] = []
+    deliver = service._deliver
+
+    def recording(target: Any, command: dict[str, Any]) -> bool:
+        outcomes.append(deliver(target, command))
+        return outcomes[-1]
+
+    monkeypatch.setattr(service, "_deliver", recording)
+    return outcomes
 
 
 # --- spec §7.7: each dispatch delivers its own input --------------------------------------------------
@@ -542,20 +548,13 @@ def test_a_cancel_in_the_finish_window_of_a_run_that_ends_waiting_cancels_it(
 ) -> None:
     thread_id = "t-window-cancel"
     answers: list[tuple[threading.Thread, list[Any]]] = []
-    deliveries: list[bool] = []
-    deliver = service._deliver
-
-    def recording_deliver(target: Any, command: dict[str, Any]) -> bool:
-        delivered = deliver(target, command)
-        deliveries.append(delivered)
-        return delivered
+    deliveries = _record_live_deliveries(monkeypatch)
 
     def cancel_now(active: Any) -> None:
         execution.step_hook.clear()
         answers.append(_in_thread(service.cancel, active.run_id))
         wait_until(lambda: deliveries == [False], what="the live cancel refused (inbox closed)")
 
-    monkeypatch.setattr(service, "_deliver", recording_deliver)
     execution.step_hook["before_finish"] = cancel_now
     submitted = service.submit_background(_request(thread_id, "ask cancel me?"))
     execution.drain_thread(thread_id, first=_claimed(thread_id, submitted.dispatch_id))

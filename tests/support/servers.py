@@ -73,7 +73,12 @@ class WebServer:
 def _ready(server: WebServer) -> bool:
     if server.proc.poll() is not None:
         raise AssertionError(f"web server exited {server.proc.returncode}:\n{server.log_tail()}")
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=2)
+    return healthy(server.port)
+
+
+def healthy(port: int) -> bool:
+    """`/healthz` on the loopback port answers 200."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
     try:
         conn.request("GET", "/healthz")
         return conn.getresponse().status == 200
