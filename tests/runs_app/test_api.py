@@ -6,8 +6,6 @@ import json
 from typing import Any
 
 import pytest
-from django.contrib.auth import get_user_model
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from mailbox_app import store
@@ -15,25 +13,9 @@ from mailbox_app.models import Dispatch
 from mailbox_app.states import DispatchStatus, RunStatus
 from runs_app import store as run_store
 from runs_app.models import Message, Run, Thread
+from tests.support.api import post_json
 
 MSG = [{"role": "user", "content": "hello"}]
-
-
-def _client(username: str) -> APIClient:
-    user = get_user_model().objects.create_user(username=username, password="pw")
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
-    return client
-
-
-@pytest.fixture
-def alice(db: None) -> APIClient:
-    return _client("alice")
-
-
-@pytest.fixture
-def bob(db: None) -> APIClient:
-    return _client("bob")
 
 
 def _counts() -> tuple[int, int, int, int]:
@@ -41,7 +23,7 @@ def _counts() -> tuple[int, int, int, int]:
 
 
 def _post(client: APIClient, path: str, data: Any) -> Any:
-    return client.post(path, data=json.dumps(data), content_type="application/json")
+    return post_json(client, path, data)
 
 
 # --- background submit and reads (no worker needed: the dispatch stays queued) -------------------------

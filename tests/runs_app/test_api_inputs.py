@@ -7,8 +7,6 @@ import json
 from typing import Any
 
 import pytest
-from django.contrib.auth import get_user_model
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from mailbox_app import events
@@ -17,26 +15,10 @@ from mailbox_app.states import RunStatus
 from runs_app import store as run_store
 from runs_app.api.inputs import MAX_JSON_DEPTH, InputError, normalize_id
 from runs_app.models import IdempotencyRecord, Message, Run, Thread
+from tests.support.api import user_client
 from tests.support.waiting import wait_until
 
 MSG = [{"role": "user", "content": "hello"}]
-
-
-def _client(username: str) -> APIClient:
-    user = get_user_model().objects.create_user(username=username, password="pw")
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
-    return client
-
-
-@pytest.fixture
-def alice(db: None) -> APIClient:
-    return _client("alice")
-
-
-@pytest.fixture
-def bob(db: None) -> APIClient:
-    return _client("bob")
 
 
 def _counts() -> tuple[int, int, int, int, int]:
@@ -265,7 +247,7 @@ def test_invalid_utf8_body_is_400(alice: APIClient) -> None:
 def test_nul_in_a_decision_payload_on_the_durable_path_is_400(mailbox_worker: Any) -> None:
     """A run suspended on a tool call, its claim released (the durable path): a NUL in the decision is a
     400, the run stays waiting, and a clean decision afterwards still completes it."""
-    client = _client("dora")
+    client = user_client("dora")
     body = _post(
         client, "/api/v1/threads/t-h/mailbox", {"messages": [{"role": "user", "content": "ask ok?"}]}
     )

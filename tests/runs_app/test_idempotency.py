@@ -4,16 +4,13 @@ a dead holder never leaves a key stuck, keys expire and are purged by GC, /messa
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
-from django.contrib.auth import get_user_model
 from django.db import connections, transaction
 from kombu.exceptions import OperationalError
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from awaken_project.celery import app as celery_app
@@ -25,24 +22,18 @@ from mailbox_app.states import DispatchStatus, RunStatus
 from runs_app import store as run_store
 from runs_app.api import idempotency
 from runs_app.models import IdempotencyRecord, Message, Run
+from tests.support.api import new_user, post_json, token_client
 
 MSG = [{"role": "user", "content": "hello"}]
 
 
 def _user_and_client(username: str) -> tuple[int, APIClient]:
-    user = get_user_model().objects.create_user(username=username, password="pw")
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
-    return int(user.pk), client
-
-
-@pytest.fixture
-def alice(db: None) -> APIClient:
-    return _user_and_client("alice")[1]
+    user = new_user(username)
+    return int(user.pk), token_client(user)
 
 
 def _post(client: APIClient, path: str, data: Any, **extra: Any) -> Any:
-    return client.post(path, data=json.dumps(data), content_type="application/json", **extra)
+    return post_json(client, path, data, **extra)
 
 
 def _counts(thread_id: str) -> tuple[int, int, int]:

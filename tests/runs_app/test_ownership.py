@@ -7,10 +7,7 @@ import threading
 from typing import Any
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.db import connection
-from rest_framework.authtoken.models import Token
-from rest_framework.test import APIClient
 
 from mailbox_app import service
 from mailbox_app.errors import NotFound
@@ -19,24 +16,15 @@ from mailbox_app.payloads import ChatMessage
 from mailbox_app.requests import RunRequest
 from runs_app import store as run_store
 from runs_app.models import Message, Run, Thread
+from tests.support.api import new_user, token_client
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def _user(name: str) -> Any:
-    return get_user_model().objects.create_user(username=name, password="pw")
-
-
-def _client(user: Any) -> APIClient:
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
-    return client
 
 
 def test_a_submit_into_another_users_thread_writes_nothing_even_past_the_views_check(
     clean_redis: Any,
 ) -> None:
-    alice, bob = _user("alice"), _user("bob")
+    alice, bob = new_user("alice"), new_user("bob")
     service.submit_background(
         RunRequest(thread_id="t-owned", messages=[ChatMessage.user("mine")]), owner_id=alice.id
     )
@@ -54,8 +42,8 @@ def test_a_submit_into_another_users_thread_writes_nothing_even_past_the_views_c
 def test_two_users_racing_to_create_one_thread_id_one_wins_and_the_loser_writes_nothing(
     clean_redis: Any, round_: int
 ) -> None:
-    users = [_user(f"alice-{round_}"), _user(f"bob-{round_}")]
-    clients = [_client(u) for u in users]
+    users = [new_user(f"alice-{round_}"), new_user(f"bob-{round_}")]
+    clients = [token_client(u) for u in users]
     thread_id = f"t-race-{round_}"
     barrier = threading.Barrier(2)
     answers: dict[int, Any] = {}
