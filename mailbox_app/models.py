@@ -139,3 +139,79 @@ class Dispatch(models.Model):
 
     def __str__(self) -> str:
         return f"{self.dispatch_id} ({self.status})"
+
+
+# --- webhooks (mailbox_app/webhooks.py) -------------------------------------------------------------
+
+
+class WebhookSubscription(models.Model):
+    """The webhook a submit asked for: written in the submit's transaction, joined by the transaction
+    that ends or suspends the run to write its outbox row."""
+
+    run_id = models.CharField(max_length=64, primary_key=True)
+    url = models.CharField(max_length=2048)
+    created_at = models.BigIntegerField()
+
+    class Meta:
+        db_table = "mailbox_webhook_subscription"
+
+    def __str__(self) -> str:
+        return f"{self.run_id} -> {self.url}"
+
+
+class WebhookDeliveryStatus(models.TextChoices):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"  # gave up after AWAKEN_WEBHOOK_MAX_ATTEMPTS (or the target was refused)
+
+
+_PENDING = WebhookDeliveryStatus.PENDING.value
+
+
+class WebhookDelivery(models.Model):
+    """One row of the webhook outbox: an event of a run (finished / waiting) to POST to `url`.
+
+    Written in the transaction that ends or suspends the run; `delivery_id` is the idempotency id every
+    attempt carries. `payload` is the run record as that transaction wrote it. Times are Unix ms."""
+
+    delivery_id = models.CharField(max_length=64, primary_key=True)
+    run_id = models.CharField(max_length=64)
+    thread_id = models.CharField(max_length=128)
+    event = models.CharField(max_length=32)
+    url = models.CharField(max_length=2048)
+    payload = models.JSONField()
+    status = models.CharField(max_length=16, choices=WebhookDeliveryStatus.choices, default=_PENDING)
+    attempts = models.IntegerField(default=0)
+    next_attempt_at = models.BigIntegerField()
+    # an attempt in flight holds the row until then (a worker that died mid-attempt: re-driven after it)
+    locked_until = models.BigIntegerField(null=True, blank=True)
+    last_error = models.TextField(null=True, blank=True)
+    last_status_code = models.IntegerField(null=True, blank=True)
+    created_at = models.BigIntegerField()
+    updated_at = models.BigIntegerField()
+    delivered_at = models.BigIntegerField(null=True, blank=True)
+
+    class Meta:
+        db_table = "mailbox_webhook_outbox"
+        verbose_name = "webhook delivery"
+        verbose_name_plural = "webhook deliveries"
+        indexes = [
+            # re-drive: pending rows by due time
+            models.Index(fields=["next_attempt_at"], condition=Q(status=_PENDING), name="webhook_due_idx"),
+            # GC of delivered rows
+            models.Index(
+                fields=["delivered_at"],
+                condition=Q(status=WebhookDeliveryStatus.DELIVERED.value),
+                name="webhook_delivered_idx",
+            ),
+            models.Index(fields=["run_id"], name="webhook_run_idx"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=WebhookDeliveryStatus.values), name="webhook_status_valid"
+            ),
+            models.CheckConstraint(condition=Q(attempts__gte=0), name="webhook_attempts_non_negative"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.delivery_id} {self.event} ({self.status})"
