@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.contrib.postgres.indexes import GinIndex
 from django.db import models
 from django.db.models import Q
 
@@ -33,6 +34,14 @@ class Thread(models.Model):
     class Meta:
         db_table = "runs_thread"
         ordering = ["-updated_at", "id"]
+        indexes = [
+            # POST threads/search: `metadata @> {...}` (jsonb_path_ops serves containment only, compactly)
+            GinIndex(fields=["metadata"], opclasses=["jsonb_path_ops"], name="thread_metadata_gin"),
+            # GET threads / search: a user's threads, most recently active first
+            models.Index(fields=["owner", "-updated_at", "id"], name="thread_owner_updated_idx"),
+            # GC: threads past AWAKEN_THREAD_TTL_MS, oldest activity first
+            models.Index(fields=["updated_at"], name="thread_updated_idx"),
+        ]
         constraints = [models.CheckConstraint(condition=Q(message_count__gte=0), name="message_count_gte_0")]
 
     def __str__(self) -> str:
