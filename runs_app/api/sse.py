@@ -27,6 +27,8 @@ from django.http import StreamingHttpResponse
 from rest_framework.renderers import BaseRenderer
 
 from mailbox_app import events
+from runs_app.api.protocols import selection as protocols
+from runs_app.api.protocols.framing import KEEPALIVE, stream_position
 
 MAX_STREAM_S = 3600.0
 READ_COUNT = 1000
@@ -81,11 +83,15 @@ async def read_after(run_id: str, after: str, *, block_ms: int) -> list[events.R
     return [_decode(event_id, fields) for event_id, fields in entries]
 
 
-async def follow(run_id: str, *, after: str = "0-0") -> AsyncIterator[str]:
-    """Frames after `after` (exclusive) until a terminal event; keep-alive comments while idle.
+async def run_events(
+    run_id: str, *, after: str = "0-0", end_after: str | None = None
+) -> AsyncIterator[events.RunEvent | None]:
+    """The run's events after `after` (exclusive) until a terminal event past `end_after` (default
+    `after`); None whenever a keep-alive is due.
 
     An idle stream sleeps in one `XREAD` until its next keep-alive is due (no polling)."""
     cursor = after
+    end = stream_position(end_after or after)
     keepalive_s = settings.AWAKEN_SSE_KEEPALIVE_MS / 1000
     started = last_sent = time.monotonic()
     while (now := time.monotonic()) - started < MAX_STREAM_S:
@@ -93,18 +99,38 @@ async def follow(run_id: str, *, after: str = "0-0") -> AsyncIterator[str]:
         batch = await read_after(run_id, cursor, block_ms=int(wait_s * 1000))
         for event in batch:
             cursor = event.id
-            yield frame(event)
-            if event.type in TERMINAL_EVENTS:
+            yield event
+            if event.type in TERMINAL_EVENTS and stream_position(event.id) > end:
                 return
         if batch:
             last_sent = time.monotonic()
         elif time.monotonic() - last_sent >= keepalive_s - 0.01:
-            yield ": keep-alive\n\n"
+            yield None
             last_sent = time.monotonic()
 
 
+async def follow(run_id: str, *, after: str = "0-0") -> AsyncIterator[str]:
+    """Frames in this project's own event names after `after` (exclusive) until a terminal event;
+    keep-alive comments while idle."""
+    async for event in run_events(run_id, after=after):
+        yield KEEPALIVE if event is None else frame(event)
+
+
+def _body(run_id: str, after: str, protocol: str, thread_id: str) -> AsyncIterator[str]:
+    if protocol == protocols.NATIVE:
+        return follow(run_id, after=after)
+    # an adapter replays the run from its start (without sending it) to know what is open at `after`
+    replay = run_events(run_id, after="0-0", end_after=after)
+    return protocols.encode(protocol, replay, run_id=run_id, thread_id=thread_id, resume_after=after)
+
+
 def stream_response(
-    run_id: str, *, after: str = "0-0", headers: dict[str, str] | None = None
+    run_id: str,
+    *,
+    after: str = "0-0",
+    headers: dict[str, str] | None = None,
+    protocol: str = protocols.NATIVE,
+    thread_id: str = "",
 ) -> StreamingHttpResponse:
     # The view's work is done (its transactions committed): give back this request's DB connection now
     # rather than when the stream ends. Under ASGI each request's sync code has a thread (and so a
@@ -112,10 +138,11 @@ def stream_response(
     for conn in db.connections.all(initialized_only=True):
         if not conn.in_atomic_block:  # (a test's wrapping transaction stays)
             conn.close()
-    response = StreamingHttpResponse(follow(run_id, after=after), content_type="text/event-stream")
+    body = _body(run_id, after, protocol, thread_id)
+    response = StreamingHttpResponse(body, content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
-    for name, value in (headers or {}).items():
+    for name, value in (protocols.response_headers(protocol) | (headers or {})).items():
         response[name] = value
     return response
 
