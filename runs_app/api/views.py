@@ -30,6 +30,7 @@ from runs_app.api.inputs import (
     normalize_id,
     optional_id,
 )
+from runs_app.api.protocols.selection import NATIVE, PROTOCOLS, requested_protocol
 from runs_app.api.sse import EventStreamRenderer, stream_response
 
 
@@ -156,7 +157,8 @@ class _ForegroundSubmit(EdgeCheckedView):
         user_id = _user_id(request)
         if thread_id and selectors.thread_taken_by_other(user_id, thread_id.strip()):
             raise not_found("thread", thread_id)
-        stream = _wants_stream(request, data)
+        protocol = requested_protocol(request)  # a front-end protocol (?protocol=ai-sdk|ag-ui) streams
+        stream = protocol != NATIVE or _wants_stream(request, data)
         key = _idempotency_key(request, data)
         run_request = RunRequest(
             thread_id=thread_id or "", messages=s.to_messages(data["messages"]), agent_id=data.get("agent_id")
@@ -175,6 +177,8 @@ class _ForegroundSubmit(EdgeCheckedView):
         if stream:
             return stream_response(
                 body["run_id"],
+                protocol=protocol,
+                thread_id=body["thread_id"],
                 headers={
                     "X-Run-Id": body["run_id"],
                     "X-Thread-Id": body["thread_id"],
@@ -271,9 +275,12 @@ class ThreadLatestRunView(EdgeCheckedView):
 class RunEventsView(EdgeCheckedView):
     renderer_classes = [*EdgeCheckedView.renderer_classes, EventStreamRenderer]
 
-    @extend_schema(responses={200: str, 204: None})
+    @extend_schema(
+        parameters=[OpenApiParameter("protocol", str, enum=list(PROTOCOLS))], responses={200: str, 204: None}
+    )
     def get(self, request: Request, run_id: str) -> HttpResponse | StreamingHttpResponse:
-        _run_or_404(request, run_id)
+        run = _run_or_404(request, run_id)
+        protocol = requested_protocol(request)
         if not events.has_stream(run_id):
             return HttpResponse(status=204)
         after = request.headers.get("Last-Event-ID") or request.query_params.get("after") or "0-0"
@@ -283,7 +290,7 @@ class RunEventsView(EdgeCheckedView):
                 code="invalid",
                 field="Last-Event-ID",
             )
-        return stream_response(run_id, after=after)
+        return stream_response(run_id, after=after, protocol=protocol, thread_id=run.thread_id)
 
 
 def _valid_stream_id(value: str) -> bool:
