@@ -11,6 +11,8 @@ from django.core.exceptions import ImproperlyConfigured
 
 from awaken_project.envurls import database_from_url
 from mailbox_app.config import ConfigError, MailboxConfig
+from mailbox_app.webhook_targets import WebhookTargetError
+from mailbox_app.webhook_targets import parse_target as parse_webhook_target
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 ENV = os.environ
@@ -204,6 +206,24 @@ AWAKEN_STARTUP_RECOVERY_MAX_ATTEMPTS = _env_int("AWAKEN_STARTUP_RECOVERY_MAX_ATT
 AWAKEN_STARTUP_RECOVERY_RETRY_DELAY_MS = _env_int("AWAKEN_STARTUP_RECOVERY_RETRY_DELAY_MS", 250)
 # Test hook: make a worker os._exit at a named step (after_claim, mid_run, after_result).
 AWAKEN_FAULT_POINT = ENV.get("AWAKEN_FAULT_POINT", "")
+
+# --- webhooks (mailbox_app/webhooks.py) ---------------------------------------------------------------
+# Called for every run without a per-submit `webhook`; empty: none.
+AWAKEN_WEBHOOK_URL = ENV.get("AWAKEN_WEBHOOK_URL", "").strip()
+if AWAKEN_WEBHOOK_URL:
+    try:
+        parse_webhook_target(AWAKEN_WEBHOOK_URL)
+    except WebhookTargetError as exc:
+        sys.stderr.write(f"awaken-mailbox configuration error: AWAKEN_WEBHOOK_URL {exc}\n")
+        raise SystemExit(2) from None
+# Deliveries are signed `X-Awaken-Signature: sha256=<HMAC-SHA256 of the body>` with it (unset: unsigned).
+AWAKEN_WEBHOOK_SECRET = ENV.get("AWAKEN_WEBHOOK_SECRET", "")
+# Loopback, link-local and private-range targets are refused unless this is on.
+AWAKEN_WEBHOOK_ALLOW_PRIVATE = _env_bool("AWAKEN_WEBHOOK_ALLOW_PRIVATE", False)
+AWAKEN_WEBHOOK_MAX_ATTEMPTS = _env_int("AWAKEN_WEBHOOK_MAX_ATTEMPTS", 10, minimum=1)
+AWAKEN_WEBHOOK_RETRY_DELAY_MS = _env_int("AWAKEN_WEBHOOK_RETRY_DELAY_MS", 1_000, minimum=1)
+AWAKEN_WEBHOOK_MAX_RETRY_DELAY_MS = _env_int("AWAKEN_WEBHOOK_MAX_RETRY_DELAY_MS", 600_000, minimum=1)
+AWAKEN_WEBHOOK_TIMEOUT_MS = _env_int("AWAKEN_WEBHOOK_TIMEOUT_MS", 5_000, minimum=100)
 
 # --- api --------------------------------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -29,7 +29,7 @@ from django.utils.safestring import SafeString
 from mailbox_app import service
 from mailbox_app.admin_actions import requeue_dead_letters
 from mailbox_app.ids import now_ms
-from mailbox_app.models import Dispatch, ThreadEpoch
+from mailbox_app.models import Dispatch, ThreadEpoch, WebhookDelivery, WebhookDeliveryStatus
 from mailbox_app.selectors import (
     ThreadBlockReport,
     claim_started_at,
@@ -39,12 +39,14 @@ from mailbox_app.selectors import (
     thread_block_report,
 )
 from mailbox_app.states import DispatchStatus
+from mailbox_app.webhook_delivery import retry_failed
 
 if TYPE_CHECKING:
     DispatchAdminBase = admin.ModelAdmin[Dispatch]
     ThreadEpochAdminBase = admin.ModelAdmin[ThreadEpoch]
+    WebhookDeliveryAdminBase = admin.ModelAdmin[WebhookDelivery]
 else:  # ModelAdmin is generic only in django-stubs
-    DispatchAdminBase = ThreadEpochAdminBase = admin.ModelAdmin
+    DispatchAdminBase = ThreadEpochAdminBase = WebhookDeliveryAdminBase = admin.ModelAdmin
 
 SKIPPED_SHOWN = 10
 OVERVIEW_URL_NAME = "mailbox_app_dispatch_overview"
@@ -511,6 +513,79 @@ class ThreadEpochAdmin(ThreadEpochAdminBase):
     @admin.display(description="why blocked?")
     def block_report(self, obj: ThreadEpoch) -> SafeString:
         return link(overview_url(obj.thread_id), "block report")
+
+
+# --- WebhookDelivery (the webhook outbox) ---------------------------------------------------------
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(WebhookDeliveryAdminBase):
+    """Read-only outbox rows: pending (with the next attempt), delivered, or failed (gave up after
+    AWAKEN_WEBHOOK_MAX_ATTEMPTS, or the target was refused); failed rows can be retried."""
+
+    list_display = (
+        "delivery_id", "event", "run", "status", "attempts", "next_attempt", "code", "error", "url",
+    )  # fmt: skip
+    list_filter = ("status", "event")
+    search_fields = ("delivery_id__startswith", "run_id__startswith", "thread_id__startswith")
+    search_help_text = "Delivery (idempotency) id, run or thread id (or its beginning)."
+    ordering = ("-created_at", "delivery_id")
+    list_per_page = 50
+    show_full_result_count = False
+    actions = ("retry_delivery",)
+    readonly_fields = (
+        "delivery_id", "event", "run", "thread_id", "url", "status", "attempts", "next_attempt",
+        "locked_until", "last_status_code", "last_error", "created", "delivered", "payload",
+    )  # fmt: skip
+    fields = readonly_fields
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: WebhookDelivery | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: WebhookDelivery | None = None) -> bool:
+        return False
+
+    def has_operate_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("mailbox_app.change_dispatch")
+
+    @admin.display(description="run", ordering="run_id")
+    def run(self, obj: WebhookDelivery) -> SafeString:
+        return link(run_url(obj.run_id), obj.run_id)
+
+    @admin.display(description="next attempt", ordering="next_attempt_at")
+    def next_attempt(self, obj: WebhookDelivery) -> str:
+        return when(obj.next_attempt_at) if obj.status == WebhookDeliveryStatus.PENDING else "—"
+
+    @admin.display(description="HTTP", ordering="last_status_code")
+    def code(self, obj: WebhookDelivery) -> str:
+        return "—" if obj.last_status_code is None else str(obj.last_status_code)
+
+    @admin.display(description="last error")
+    def error(self, obj: WebhookDelivery) -> str:
+        text = obj.last_error or ""
+        return text if len(text) <= 80 else text[:79] + "…"
+
+    @admin.display(description="created at")
+    def created(self, obj: WebhookDelivery) -> str:
+        return format_utc_ms(obj.created_at)
+
+    @admin.display(description="delivered at")
+    def delivered(self, obj: WebhookDelivery) -> str:
+        return format_utc_ms(obj.delivered_at)
+
+    @admin.action(description="Retry selected failed webhook deliveries", permissions=["operate"])
+    def retry_delivery(self, request: HttpRequest, queryset: QuerySet[WebhookDelivery]) -> None:
+        rows = list(queryset.values_list("delivery_id", "status"))
+        retried = retry_failed([d for d, s in rows if s == WebhookDeliveryStatus.FAILED])
+        skipped = [f"{d} ({s})" for d, s in rows if d not in retried]
+        head = f"Retrying {counted(len(retried), 'failed webhook delivery', 'failed webhook deliveries')}"
+        if skipped:
+            head += f". Skipped {counted(len(skipped), 'delivery', 'deliveries')}, not failed: "
+            head += _listing(skipped)
+        self.message_user(request, head + ".", messages.SUCCESS if not skipped else messages.WARNING)
 
 
 # Link the overview from the admin index (a documented AdminSite hook; kept if a project set its own).

@@ -27,7 +27,9 @@ class MailboxAppConfig(AppConfig):
         from celery.signals import worker_ready
 
         from mailbox_app import agents  # noqa: F401 - registers the system check
+        from mailbox_app.maintenance import gc_ran
         from mailbox_app.schedule import sync_periodic_tasks
+        from mailbox_app.webhook_delivery import purge_on_gc
 
         def _sync(sender: AppConfig, **kwargs: Any) -> None:
             if sender.name == self.name:
@@ -35,3 +37,5 @@ class MailboxAppConfig(AppConfig):
 
         post_migrate.connect(_sync, weak=False, dispatch_uid="mailbox_sync_periodic_tasks")
         worker_ready.connect(_recover_on_worker_ready, weak=False, dispatch_uid="mailbox_recover")
+        # the mailbox GC purges delivered webhook outbox rows too (bounded per tick)
+        gc_ran.connect(purge_on_gc, weak=False, dispatch_uid="mailbox_purge_webhook_outbox")

@@ -13,7 +13,7 @@ import logging
 
 from django.db import transaction
 
-from mailbox_app import events
+from mailbox_app import events, webhooks
 from mailbox_app.ids import now_ms
 from mailbox_app.payloads import RunRecord, TerminationReason
 from mailbox_app.ports import run_store
@@ -39,23 +39,27 @@ def terminalize_run_for_dispatch(
     else:
         termination = TerminationReason(type="cancelled")
         error_payload = None
-    updated = run_store().terminalize_run(
-        run_id=dispatch.run_id,
-        thread_id=dispatch.thread_id,
-        dispatch_id=dispatch.dispatch_id,
-        session_id=dispatch.dispatch_instance_id,
-        termination=termination,
-        error_payload=error_payload,
-        now=stamp,
-        ended_at=dispatch.completed_at or dispatch.updated_at or stamp,
-    )
-    if updated is not None:
-        emit_finish_on_commit(updated, dispatch.dispatch_id)
+    # joins the caller's transaction (no savepoint); the sweep and reconcile call it outside one, and
+    # then the run's end and its webhook outbox row still commit together
+    with transaction.atomic(savepoint=False):
+        updated = run_store().terminalize_run(
+            run_id=dispatch.run_id,
+            thread_id=dispatch.thread_id,
+            dispatch_id=dispatch.dispatch_id,
+            session_id=dispatch.dispatch_instance_id,
+            termination=termination,
+            error_payload=error_payload,
+            now=stamp,
+            ended_at=dispatch.completed_at or dispatch.updated_at or stamp,
+        )
+        if updated is not None:
+            emit_finish_on_commit(updated, dispatch.dispatch_id)
     return updated
 
 
 def emit_finish_on_commit(run: RunRecord, dispatch_id: str) -> None:
-    """The run's terminal (or waiting) event, appended once the current transaction commits."""
+    """The run's terminal (or waiting) event, appended once the current transaction commits; called in
+    the transaction that ended or suspended the run, which also writes its webhook outbox row."""
     payload = events.finish_payload(
         run.run_id,
         dispatch_id,
@@ -64,6 +68,7 @@ def emit_finish_on_commit(run: RunRecord, dispatch_id: str) -> None:
         run.final_output,
     )
     transaction.on_commit(lambda: _append(run.run_id, events.RUN_FINISH, payload), robust=True)
+    webhooks.record_run_event(run)  # its delivery is rung after the event above is appended
 
 
 def emit_on_commit(run_id: str, event_type: str, payload: dict[str, object]) -> None:

@@ -11,6 +11,7 @@ PERIODIC_TASKS = {
     "mailbox: sweep expired leases": ("mailbox.sweep", "sweep_interval_ms"),
     "mailbox: reconcile terminal dispatches": ("mailbox.reconcile", "sweep_interval_ms"),
     "mailbox: garbage-collect terminal dispatches": ("mailbox.gc", "gc_interval_ms"),
+    "mailbox: re-drive undelivered webhooks": ("mailbox.redrive_webhooks", "sweep_interval_ms"),
 }
 
 

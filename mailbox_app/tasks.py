@@ -6,7 +6,7 @@ from typing import Any
 
 from celery import shared_task
 
-from mailbox_app import maintenance, signals, store
+from mailbox_app import maintenance, signals, store, webhook_delivery, webhooks
 from mailbox_app.execution import drain_thread
 from mailbox_app.records import DispatchRecord
 from mailbox_app.states import DispatchStatus
@@ -60,3 +60,15 @@ def reconcile() -> int:
 @shared_task(name="mailbox.gc", ignore_result=True)
 def gc() -> int:
     return maintenance.gc()
+
+
+@shared_task(name=webhooks.DELIVER_TASK, acks_late=True, ignore_result=True)
+def deliver_webhook(delivery_id: str) -> str:
+    """One attempt at a webhook outbox row; a failed attempt rings its own retry (with backoff)."""
+    return webhook_delivery.deliver(delivery_id).value
+
+
+@shared_task(name=webhooks.REDRIVE_TASK, ignore_result=True)
+def redrive_webhooks() -> int:
+    """The beat's safety net: ring every due webhook delivery nobody holds."""
+    return webhook_delivery.redrive()

@@ -5,11 +5,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from django.conf import settings
 from rest_framework import serializers
 
 from mailbox_app.payloads import ChatMessage, RunRecord, ThreadRecord
 from mailbox_app.records import DispatchRecord
 from mailbox_app.states import DispatchStatus
+from mailbox_app.webhook_targets import URL_MAX as WEBHOOK_URL_MAX
+from mailbox_app.webhook_targets import WebhookTargetError, check_submitted
 from runs_app.api.inputs import AGENT_ID_MAX, THREAD_ID_MAX, id_problem
 
 ROLES = ("user", "assistant", "system")
@@ -68,11 +71,27 @@ class OptionalThreadIdField(serializers.CharField):
         return value
 
 
+class WebhookField(serializers.CharField):
+    """A submit's `webhook`: an http(s) URL called when the run finishes or waits for a decision; a
+    loopback / link-local / private-range target is refused unless AWAKEN_WEBHOOK_ALLOW_PRIVATE."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(required=False, allow_blank=False, max_length=WEBHOOK_URL_MAX, **kwargs)
+
+    def to_internal_value(self, data: Any) -> str:
+        value = super().to_internal_value(data)
+        try:
+            return check_submitted(value, allow_private=settings.AWAKEN_WEBHOOK_ALLOW_PRIVATE)
+        except WebhookTargetError as exc:
+            raise serializers.ValidationError(str(exc)) from None
+
+
 class RunSubmitIn(serializers.Serializer[dict[str, Any]]):
     agent_id = AgentIdField()
     thread_id = OptionalThreadIdField()
     messages = MessagesField(validators=[_validate_messages])
     stream = serializers.BooleanField(required=False, default=False)
+    webhook = WebhookField()
     idempotency_key = serializers.CharField(required=False, max_length=255)
 
 
@@ -80,12 +99,14 @@ class ThreadRunSubmitIn(serializers.Serializer[dict[str, Any]]):
     agent_id = AgentIdField()
     messages = MessagesField(validators=[_validate_messages])
     stream = serializers.BooleanField(required=False, default=False)
+    webhook = WebhookField()
     idempotency_key = serializers.CharField(required=False, max_length=255)
 
 
 class MailboxSubmitIn(serializers.Serializer[dict[str, Any]]):
     agent_id = AgentIdField()
     messages = MessagesField(validators=[_validate_messages])
+    webhook = WebhookField()
     idempotency_key = serializers.CharField(required=False, max_length=255)
 
 

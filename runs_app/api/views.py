@@ -12,7 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from mailbox_app import events, service
+from mailbox_app import events, service, webhooks
 from mailbox_app.ids import now_ms, uuid7
 from mailbox_app.payloads import ToolCallResume
 from mailbox_app.requests import RunRequest
@@ -131,6 +131,12 @@ def _submit_result(result: service.SubmitResult) -> dict[str, Any]:
     }
 
 
+def _subscribe(result: service.SubmitResult, webhook: str | None) -> None:
+    """The submit's `webhook` for its run, inside the submit's transaction."""
+    if webhook:
+        webhooks.subscribe(result.run_id, webhook)
+
+
 def _wants_stream(request: Request, data: dict[str, Any]) -> bool:
     return bool(data.get("stream")) or "text/event-stream" in request.headers.get("Accept", "")
 
@@ -164,11 +170,16 @@ class _ForegroundSubmit(EdgeCheckedView):
             thread_id=thread_id or "", messages=s.to_messages(data["messages"]), agent_id=data.get("agent_id")
         )
 
+        webhook = data.get("webhook")
+
         def action(record: Recorder) -> Outcome:
-            # The key's answer is written in the claim transaction; the interrupt before it commits alone.
-            result = service.submit(
-                run_request, owner_id=user_id, in_transaction=lambda r: record(201, _submit_result(r))
-            )
+            # The key's answer (and the webhook) is written in the claim transaction; the interrupt
+            # before it commits alone.
+            def in_transaction(r: service.SubmitResult) -> None:
+                _subscribe(r, webhook)
+                record(201, _submit_result(r))
+
+            result = service.submit(run_request, owner_id=user_id, in_transaction=in_transaction)
             return 201, _submit_result(result)
 
         status_code, body = run_once(
@@ -431,7 +442,9 @@ class ThreadMailboxView(EdgeCheckedView):
         )
 
         def action() -> Outcome:
-            return 201, _submit_result(service.submit_background(run_request, owner_id=user_id))
+            result = service.submit_background(run_request, owner_id=user_id)
+            _subscribe(result, data.get("webhook"))  # in the submit's transaction (in_one_transaction)
+            return 201, _submit_result(result)
 
         status_code, body = run_once(
             user_id=user_id,

@@ -1,0 +1,152 @@
+"""Webhooks, the write side of a transactional outbox.
+
+A submit that names a `webhook` URL writes a subscription (run → URL) in its own transaction. The
+transaction that ends a run (done, cancelled, superseded, dead-lettered) or suspends it (waiting for a
+decision) writes one outbox row per event by joining that subscription — or `AWAKEN_WEBHOOK_URL` when
+the run has none — in a single statement, so an attempt that lost its fence (its transaction rolled
+back) leaves no row, and a run that ended always has one. When that transaction commits the delivery
+task is rung (best effort: the beat re-drives rows nobody delivered). Delivery: `webhook_delivery.py`.
+
+The body is `{"id", "event", "created_at", "run"}` with the run in the shape `GET runs/{id}` returns,
+as the ending transaction wrote it; `id` is the idempotency id every attempt repeats.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+from datetime import UTC, datetime
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+
+from awaken_project.celery import app as celery_app
+from mailbox_app.ids import now_ms, uuid7
+from mailbox_app.payloads import RunRecord
+from mailbox_app.states import RunStatus
+
+log = logging.getLogger(__name__)
+
+DELIVER_TASK = "mailbox.deliver_webhook"
+REDRIVE_TASK = "mailbox.redrive_webhooks"
+EVENT_FINISHED = "run.finished"
+EVENT_WAITING = "run.waiting"
+EVENTS = {RunStatus.DONE: EVENT_FINISHED, RunStatus.WAITING: EVENT_WAITING}
+SIGNATURE_HEADER = "X-Awaken-Signature"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+EVENT_HEADER = "X-Awaken-Event"
+# Test hook (AWAKEN_FAULT_POINT): the process exits after the run's end committed, before the ring.
+FAULT_BEFORE_DELIVERY = "before_webhook_delivery"
+
+SUBSCRIBE = """
+INSERT INTO mailbox_webhook_subscription (run_id, url, created_at)
+VALUES (%(run_id)s, %(url)s, %(now)s)
+ON CONFLICT (run_id) DO UPDATE SET url = EXCLUDED.url, created_at = EXCLUDED.created_at
+"""
+
+# The run's own subscription, else the default; no row at all when neither names a URL.
+RECORD_EVENT = """
+INSERT INTO mailbox_webhook_outbox
+       (delivery_id, run_id, thread_id, event, url, payload, status, attempts, next_attempt_at,
+        created_at, updated_at)
+SELECT %(delivery_id)s, %(run_id)s, %(thread_id)s, %(event)s, target.url, %(payload)s::jsonb, 'pending', 0,
+       %(now)s, %(now)s, %(now)s
+  FROM (SELECT COALESCE(
+               (SELECT s.url FROM mailbox_webhook_subscription s WHERE s.run_id = %(run_id)s),
+               NULLIF(%(default_url)s, '')) AS url) AS target
+ WHERE target.url IS NOT NULL
+RETURNING delivery_id
+"""
+
+# Every `*_at` field of a run record is a Unix-ms time, rendered as ISO-8601 like the API's.
+RUN_TIME_FIELDS = tuple(name for name in RunRecord.model_fields if name.endswith("_at"))
+
+
+def subscribe(run_id: str, url: str, *, now: int | None = None) -> None:
+    """Call the (already checked) `url` for `run_id`'s events; inside the submit's transaction."""
+    with connection.cursor() as cursor:
+        cursor.execute(SUBSCRIBE, {"run_id": run_id, "url": url, "now": now_ms() if now is None else now})
+
+
+def record_run_event(run: RunRecord) -> str | None:
+    """Inside the transaction that ended or suspended `run`: its outbox row (None when no URL applies,
+    or the run neither ended nor waits). The delivery task is rung once that transaction commits."""
+    event = EVENTS.get(run.status)
+    if event is None:
+        return None
+    params: dict[str, Any] = {
+        "delivery_id": uuid7(),
+        "run_id": run.run_id,
+        "thread_id": run.thread_id,
+        "event": event,
+        "payload": run.model_dump_json(),
+        "now": now_ms(),
+        "default_url": settings.AWAKEN_WEBHOOK_URL,
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(RECORD_EVENT, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    delivery_id = str(row[0])
+    transaction.on_commit(lambda: _after_commit(delivery_id), robust=True)
+    return delivery_id
+
+
+def _after_commit(delivery_id: str) -> None:
+    if getattr(settings, "AWAKEN_FAULT_POINT", "") == FAULT_BEFORE_DELIVERY:
+        os._exit(137)
+    ring(delivery_id)
+
+
+def ring(delivery_id: str, *, countdown_s: float | None = None) -> None:
+    """Ask a worker to deliver `delivery_id` (now, or after `countdown_s`). A broker that is down does
+    not fail the caller: the row is the queue, the beat re-drives it."""
+    try:
+        celery_app.send_task(DELIVER_TASK, args=[delivery_id], countdown=countdown_s)
+    except Exception:
+        log.warning("webhook delivery %s not rung; the re-drive will", delivery_id, exc_info=True)
+
+
+def ring_on_commit(delivery_ids: list[str]) -> None:
+    for delivery_id in delivery_ids:
+        transaction.on_commit(lambda d=delivery_id: ring(d), robust=True)  # type: ignore[misc]
+
+
+# --- the body ----------------------------------------------------------------------------------------
+
+
+def iso_ms(value: int | None) -> str | None:
+    if value is None:
+        return None
+    return (
+        datetime.fromtimestamp(value / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    )
+
+
+def run_json(payload: dict[str, Any]) -> dict[str, Any]:
+    """A stored run record in the shape of `GET runs/{id}` (runs_app.api.serializers.run_json)."""
+    data = RunRecord.model_validate(payload).model_dump(mode="json")
+    for name in RUN_TIME_FIELDS:
+        data[name] = iso_ms(data[name])
+    return data
+
+
+def body_of(delivery_id: str, event: str, created_at: int, payload: dict[str, Any]) -> bytes:
+    """The request body: the same bytes on every attempt (the signature and the id cover them)."""
+    document = {"id": delivery_id, "event": event, "created_at": iso_ms(created_at), "run": run_json(payload)}
+    return json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
+
+
+def signature(body: bytes, secret: str) -> str:
+    """`sha256=<hex HMAC-SHA256 of the body>` keyed with AWAKEN_WEBHOOK_SECRET."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def verify(body: bytes, header: str, secret: str) -> bool:
+    """What a receiver does: recompute the signature and compare in constant time."""
+    return hmac.compare_digest(signature(body, secret), header)
