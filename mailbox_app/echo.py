@@ -5,7 +5,12 @@
   fail transient      -> raises InferenceFailed (retried)
   fail permanent      -> raises ResolveFailed (dead-lettered)
   ask <question>      -> tool call `approve` that suspends the run until a decision:
-                         resume -> "approved: <payload json>", cancel -> "denied"
+                         resume -> "approved: <payload json>", cancel -> "denied" (the decision is
+                         recorded as the call's step: a re-run after a crash acts on the same one)
+  steps <n>           -> n journaled steps of one second each (`RunContext.step`); each step body
+                         appends one real execution to a side-effect log outside the journal (a Redis
+                         list per run), and the reply is "steps done: <n> steps, <k> executions" with k
+                         counted from that log: k == n unless a crash landed inside a step body
 Steering messages received while running are appended as " | steered: <text>".
 """
 
@@ -16,8 +21,14 @@ import time
 
 from django.conf import settings
 
-from mailbox_app.executor import InferenceFailed, ResolveFailed, RunContext, RunResult
-from mailbox_app.ids import now_ms, uuid7
+from mailbox_app.executor import (
+    InferenceFailed,
+    ResolveFailed,
+    RunContext,
+    RunResult,
+    resume_tool_call,
+)
+from mailbox_app.ids import now_ms
 from mailbox_app.payloads import (
     ChatMessage,
     Role,
@@ -26,16 +37,30 @@ from mailbox_app.payloads import (
     ToolCallResume,
     WaitingTicket,
 )
+from mailbox_app.redis_client import get_redis
 from mailbox_app.requests import RunRequest
 
 CANCEL_POLL_S = 0.05
 CANCELLED = TerminationReason(type="cancelled")
+STEP_SECONDS = 1.0
+MAX_STEPS = 100
+STEPS_LOG_TTL_S = 24 * 3600
+
+
+class _StepCancelled(Exception):
+    """The run was cancelled inside a step body: the step is left unrecorded."""
+
+
+def steps_log_key(run_id: str) -> str:
+    """The side-effect log of `steps <n>`: one JSON entry per real execution of a step body."""
+    return f"echo:steps:{run_id}"
 
 
 class EchoAgent:
     def run(self, request: RunRequest, context: RunContext) -> RunResult:
         if request.decisions:
-            return self._resume(request.decisions[-1][1], context)
+            call_id, decision = request.decisions[-1]
+            return self._resume(decision, context, call_id=call_id)
         text = _last_user_text(request.messages or context.thread_messages())
         command, _, rest = text.partition(" ")
         if command == "fail":
@@ -46,6 +71,8 @@ class EchoAgent:
             return self._sleep(rest, context)
         if command == "ask":
             return self._ask(rest, context)
+        if command == "steps":
+            return self._steps(rest, request.session_id or "", context)
         return self._reply(f"echo: {text}", context)
 
     def _reply(self, text: str, context: RunContext) -> RunResult:
@@ -67,8 +94,30 @@ class EchoAgent:
                 return RunResult(termination=CANCELLED)
         return self._reply(f"slept {arg.strip()}", context)
 
+    def _steps(self, arg: str, session_id: str, context: RunContext) -> RunResult:
+        try:
+            count = int(arg.strip())
+        except ValueError:
+            count = -1
+        if not 0 <= count <= MAX_STEPS:
+            return self._reply(f"echo: steps {arg}", context)
+        log_key = steps_log_key(context.run_id)
+        for index in range(1, count + 1):
+            # keyed by the dispatch: each turn of a run (a continuation) runs its own steps
+            key = f"steps:{context.dispatch_id}:{index}"
+            try:
+                context.step(key, _one_step, context, log_key, session_id, index)
+            except _StepCancelled:
+                return RunResult(termination=CANCELLED)
+        executions = sum(
+            json.loads(raw)["dispatch_id"] == context.dispatch_id
+            for raw in get_redis().lrange(log_key, 0, -1)
+        )
+        return self._reply(f"steps done: {count} steps, {executions} executions", context)
+
     def _ask(self, question: str, context: RunContext) -> RunResult:
-        call_id = f"call-{uuid7()}"
+        # the same id in every attempt of this dispatch, so a re-run asks for (and resumes) the same call
+        call_id = f"call-{context.dispatch_id}"
         context.emit("tool_call_start", {"tool_call_id": call_id, "name": "approve", "question": question})
         hold_s = float(getattr(settings, "AWAKEN_LIVE_SUSPEND_HOLD_MS", 0)) / 1000
         decision = None
@@ -97,11 +146,29 @@ class EchoAgent:
             ),
         )
 
-    def _resume(self, decision: ToolCallResume, context: RunContext, *, call_id: str = "") -> RunResult:
+    def _resume(self, decision: ToolCallResume, context: RunContext, *, call_id: str) -> RunResult:
+        decision = resume_tool_call(context, call_id, decision)
         context.emit("tool_call_resumed", {"tool_call_id": call_id, "action": decision.action})
         if decision.action == "resume":
             return self._reply(f"approved: {json.dumps(decision.result)}", context)
         return self._reply("denied", context)
+
+
+def _one_step(idempotency_key: str, context: RunContext, log_key: str, session_id: str, index: int) -> int:
+    """One step of `steps <n>`: a second of work, then one real execution appended to the side-effect log."""
+    if context.wait_cancelled(STEP_SECONDS):
+        raise _StepCancelled
+    entry = {
+        "dispatch_id": context.dispatch_id,
+        "session_id": session_id,
+        "step": index,
+        "key": idempotency_key,
+    }
+    pipe = get_redis().pipeline(transaction=False)
+    pipe.rpush(log_key, json.dumps(entry))
+    pipe.expire(log_key, STEPS_LOG_TTL_S)
+    pipe.execute()
+    return index
 
 
 def _last_user_text(messages: list[ChatMessage]) -> str:

@@ -7,9 +7,10 @@ inference failures are transient (retry), agent-level errors complete the delive
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, runtime_checkable
 
 from mailbox_app.payloads import ChatMessage, RunWaitingState, TerminationReason, ToolCallResume
 from mailbox_app.requests import RunRequest
@@ -47,6 +48,16 @@ class PhaseError(ExecutorError):
 
 class InvalidResume(ExecutorError):
     """A decision or continue_run_id that no longer matches anything: not retried."""
+
+
+class StepResultNotJSON(PhaseError):
+    """A step's result (or the messages / state it returned) is not JSON: the run ends with this error
+    and nothing of the step is recorded (retrying would only execute the step again)."""
+
+
+class StepNotRecorded(StorageFailure):
+    """The attempt lost its claim before it could record a step: it must stop (its finish is fenced
+    out too); the step is recorded, if at all, by the attempt that holds the claim now."""
 
 
 class OutcomeKind(StrEnum):
@@ -90,6 +101,62 @@ class RunResult:
     state: dict[str, Any] | None = None
 
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class StepOutput:
+    """What a step may return instead of a bare JSON value: its result plus the messages it produced
+    and the agent's state after it. All three are kept with the journal, so an attempt that re-runs
+    the run sees them (`RunContext.journal()`) and continues where the dead attempt stopped."""
+
+    result: Any = None
+    messages: tuple[ChatMessage, ...] = ()
+    state: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedStep:
+    """One entry of a run's step journal, as recorded by the attempt that completed it."""
+
+    key: str
+    dispatch_id: str
+    session_id: str
+    attempt: int  # the dispatch's attempt (1 = its first) that recorded the step
+    result: Any
+    messages: tuple[ChatMessage, ...] | None  # None: the step returned a bare value, not a StepOutput
+    state: dict[str, Any] | None
+    result_bytes: int
+    recorded_at: int
+
+    def value(self) -> Any:
+        """What `RunContext.step` returns for this step: the bare result, or the `StepOutput`."""
+        if self.messages is None:
+            return self.result
+        return StepOutput(self.result, self.messages, self.state)
+
+
+@dataclass(frozen=True, slots=True)
+class Journal:
+    """The steps of a run recorded so far, oldest first."""
+
+    steps: tuple[RecordedStep, ...] = ()
+
+    def get(self, key: str) -> RecordedStep | None:
+        return next((s for s in self.steps if s.key == key), None)
+
+    @property
+    def messages(self) -> tuple[ChatMessage, ...]:
+        """The messages the recorded steps produced, in step order (the run's produced-so-far)."""
+        return tuple(m for s in self.steps for m in s.messages or ())
+
+    @property
+    def state(self) -> dict[str, Any] | None:
+        """The state the latest step that returned one left."""
+        return next((s.state for s in reversed(self.steps) if s.state is not None), None)
+
+
 class RunContext(Protocol):
     """What the mailbox gives a running agent."""
 
@@ -112,6 +179,63 @@ class RunContext(Protocol):
     def set_suspended(self, suspended: bool) -> None: ...
 
     def notify_background_task_done(self, *, task_id: str, result: dict[str, Any]) -> str: ...
+
+    def step(self, key: str, fn: Callable[Concatenate[str, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run `fn(idempotency_key, *args, **kwargs)` at most once per run and `key` (mailbox_app/steps.py).
+
+        The first attempt that completes the step records its result (JSON, or a `StepOutput`) in one
+        transaction fenced by its claim token; any later call with this key in this run — a re-run
+        attempt after a crash, or a second call in the same attempt — returns the recorded value without
+        calling `fn` (and emits `step_replayed`). The value returned is always the JSON round trip, on
+        the first call too. A step that was started but not recorded (the worker died inside `fn`)
+        runs again in the next attempt: `idempotency_key` (`<run_id>:<key>`) is the same in every
+        attempt, so handing it to an external API makes even that case exactly once. A result that is
+        not JSON raises `StepResultNotJSON` (nothing recorded); a lost claim raises `StepNotRecorded`."""
+        ...
+
+    def journal(self) -> Journal:
+        """The run's recorded steps (with their messages and state), as this attempt sees them."""
+        ...
+
+
+def tool_step_key(tool_call_id: str) -> str:
+    return f"tool_call:{tool_call_id}"
+
+
+def run_tool_call(
+    context: RunContext,
+    tool_call_id: str,
+    name: str,
+    tool: Callable[Concatenate[str, P], T],
+    *args: P.args,
+    **kwargs: P.kwargs,
+) -> T:
+    """Run one tool call as a step keyed by its call id: executed at most once per run (see
+    `RunContext.step`; `tool` gets the idempotency key first). A real execution emits `tool_call_start`
+    and `tool_call_done`; a replayed one emits only `step_replayed`."""
+    executed = False
+
+    def execute(idempotency_key: str) -> T:
+        nonlocal executed
+        executed = True
+        context.emit("tool_call_start", {"tool_call_id": tool_call_id, "name": name})
+        return tool(idempotency_key, *args, **kwargs)
+
+    result = context.step(tool_step_key(tool_call_id), execute)
+    if executed:
+        context.emit("tool_call_done", {"tool_call_id": tool_call_id, "name": name, "status": "completed"})
+    return result
+
+
+def resume_tool_call(context: RunContext, tool_call_id: str, decision: ToolCallResume) -> ToolCallResume:
+    """A suspended tool call resumed by a decision: the decision is recorded as the call's step result
+    (the key `run_tool_call` uses), so an attempt that re-runs after a crash acts on the decision the
+    first one acted on — the recorded one, if another decision for the call arrives later."""
+
+    def decide(_idempotency_key: str) -> dict[str, Any]:
+        return decision.model_dump(mode="json")
+
+    return ToolCallResume.model_validate(context.step(tool_step_key(tool_call_id), decide))
 
 
 @runtime_checkable

@@ -11,7 +11,7 @@ from django.conf import settings
 from django.dispatch import Signal
 from redis.exceptions import RedisError
 
-from mailbox_app import service, signals, store
+from mailbox_app import service, signals, steps, store
 from mailbox_app.ids import now_ms
 from mailbox_app.locks import ThreadLock
 from mailbox_app.ports import run_store
@@ -91,6 +91,7 @@ def gc(*, now: int | None = None) -> int:
     """Purge terminal dispatches older than the TTL (returns how many), then run the `gc_ran` receivers."""
     stamp = now_ms() if now is None else now
     purged = store.purge_terminal(stamp - settings.AWAKEN_MAILBOX.gc_ttl_ms)
+    steps.purge_journals(stamp - settings.AWAKEN_MAILBOX.gc_ttl_ms)  # of long-done runs
     for receiver, result in gc_ran.send_robust(sender=gc, now=stamp):
         if isinstance(result, Exception):
             log.warning("gc receiver %r failed", receiver, exc_info=result)

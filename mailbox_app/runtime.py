@@ -8,12 +8,14 @@ import json
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from mailbox_app import events, service
+from mailbox_app import events, service, steps
 from mailbox_app.agents import resolve_agent
 from mailbox_app.executor import (
+    Journal,
     MailboxRunOutcome,
     RunResult,
     classify_error,
@@ -27,6 +29,8 @@ from mailbox_app.requests import RunMode, RunOrigin, RunRequest
 from mailbox_app.states import RunStatus
 
 log = logging.getLogger(__name__)
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 @dataclass
@@ -94,6 +98,20 @@ class _Context:
         self.thread_id = active.thread_id
         self.run_id = active.run_id
         self.dispatch_id = active.dispatch_id
+        self._journal = steps.StepJournal(  # reads nothing until the agent's first step
+            run_id=active.run_id,
+            dispatch_id=active.dispatch_id,
+            claim_token=active.claim_token,
+            session_id=request.session_id or "",
+            emit=self.emit,
+            lease_lost=active.lease_lost,
+        )
+
+    def step(self, key: str, fn: Callable[Concatenate[str, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
+        return self._journal.step(key, fn, *args, **kwargs)
+
+    def journal(self) -> Journal:
+        return self._journal.journal()
 
     def thread_messages(self) -> list[ChatMessage]:
         return run_store().load_messages(thread_id=self.thread_id) or []

@@ -29,16 +29,18 @@ from mailbox_app.admin import (
 )
 from mailbox_app.models import Dispatch
 from mailbox_app.selectors import format_utc_ms
-from runs_app.models import Message, Run, Thread
+from runs_app.models import Message, Run, RunStep, Thread
 
 if TYPE_CHECKING:
     RunAdminBase = admin.ModelAdmin[Run]
     ThreadAdminBase = admin.ModelAdmin[Thread]
     MessageAdminBase = admin.ModelAdmin[Message]
     MessageInlineBase = admin.TabularInline[Message, Thread]
+    RunStepInlineBase = admin.TabularInline[RunStep, Run]
 else:  # ModelAdmin and InlineModelAdmin are generic only in django-stubs
     RunAdminBase = ThreadAdminBase = MessageAdminBase = admin.ModelAdmin
     MessageInlineBase = admin.TabularInline
+    RunStepInlineBase = admin.TabularInline
 
 THREAD_DISPATCHES_SHOWN = 25
 PREVIEW_CHARS = 120
@@ -97,6 +99,35 @@ class ReadOnlyAdmin:
 # --- Run -----------------------------------------------------------------------------------------
 
 
+class RunStepInline(ReadOnlyAdmin, RunStepInlineBase):
+    """The run's step journal (mailbox_app/steps.py), in the order the steps were recorded."""
+
+    model = RunStep
+    verbose_name = "journaled step"
+    ordering = ("id",)
+    fields = ("key", "attempt_of_dispatch", "recorded", "result_size", "result_preview")
+    readonly_fields = fields
+    extra = 0
+    max_num = 0
+    can_delete = False
+
+    @admin.display(description="attempt")
+    def attempt_of_dispatch(self, obj: RunStep) -> SafeString:
+        return format_html("{} of {}", obj.attempt, link(dispatch_url(obj.dispatch_id), obj.dispatch_id))
+
+    @admin.display(description="recorded at")
+    def recorded(self, obj: RunStep) -> str:
+        return format_utc_ms(obj.recorded_at)
+
+    @admin.display(description="result size")
+    def result_size(self, obj: RunStep) -> str:
+        return f"{obj.result_bytes} B"
+
+    @admin.display(description="result")
+    def result_preview(self, obj: RunStep) -> str:
+        return _preview(json.dumps(obj.result), 80)
+
+
 @admin.register(Run)
 class RunAdmin(ReadOnlyAdmin, RunAdminBase):
     list_display = (
@@ -133,6 +164,7 @@ class RunAdmin(ReadOnlyAdmin, RunAdminBase):
         ),
     ]
     readonly_fields = flatten_fieldsets(fieldsets)
+    inlines = (RunStepInline,)
 
     @admin.display(description="thread", ordering="thread_id")
     def thread_link(self, obj: Run) -> SafeString:

@@ -140,3 +140,35 @@ class IdempotencyRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user_id}:{self.key}"
+
+class RunStep(models.Model):
+    """One completed step of a run's journal (mailbox_app/steps.py), written once per (run, key) by the
+    attempt that completed it, fenced by its claim token; later attempts replay it instead of re-running."""
+
+    # The database constraint (ON DELETE CASCADE) is added by migration 0004: a run deleted by any path,
+    # ORM or SQL, takes its journal with it.
+    run = models.ForeignKey(
+        Run, on_delete=models.CASCADE, related_name="journal", db_constraint=False, db_index=False
+    )  # indexed by the (run, key) unique constraint
+    key = models.CharField(max_length=255)
+    dispatch_id = models.CharField(max_length=64)
+    session_id = models.CharField(max_length=64)
+    attempt = models.IntegerField()  # the dispatch's attempt that recorded it, 1 = its first
+    result = models.JSONField()
+    messages = models.JSONField(null=True, blank=True)  # null: the step returned a bare value
+    state = models.JSONField(null=True, blank=True)
+    result_bytes = models.IntegerField()
+    recorded_at = models.BigIntegerField()
+
+    class Meta:
+        db_table = "runs_step"
+        ordering = ["run", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "key"], name="run_step_run_key_unique"),
+            models.CheckConstraint(
+                condition=Q(attempt__gte=1, result_bytes__gte=0), name="run_step_counters"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.run_id}:{self.key}"
