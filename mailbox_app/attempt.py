@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.db import transaction
 
-from mailbox_app import doorbells, events, service, store
+from mailbox_app import doorbells, events, history, service, store
 from mailbox_app.errors import StoreError
 from mailbox_app.executor import MailboxRunOutcome, OutcomeKind, RunResult
+from mailbox_app.history import RunTranscript
 from mailbox_app.ids import now_ms
 from mailbox_app.payloads import ChatMessage, RunRecord, RunResumeDecision, TerminationReason, ToolCallResume
 from mailbox_app.ports import run_store
@@ -163,16 +164,19 @@ def finish(
     cancelled: bool,
     leftovers: Leftovers = NO_LEFTOVERS,
     claim_next_as: str | None = None,
+    transcript: RunTranscript | None = None,
 ) -> FinishOutcome:
     """Fenced finish (spec §4.12): the result recorded, the dispatch settled (ack / nack with backoff /
     dead letter), the run and the messages it produced written, leftover live input queued durably and,
-    with `claim_next_as`, the thread's next dispatch claimed for this worker — one transaction."""
+    with `claim_next_as`, the thread's next dispatch claimed for this worker — one transaction. A run that
+    ends early (cancelled, superseded, timed out, dead-lettered) closes what its `transcript` shows open:
+    the partial output and a cancelled result per open tool call, written with its end (history.py)."""
     dispatch, run = started.dispatch, started.run
     instance_id = started.request.session_id or ""
     now = now_ms()
     final: FinalRun | None = None
     if outcome.kind is OutcomeKind.COMPLETED:
-        final = final_run(run, result, error, cancelled, now)
+        final = _closed(final_run(run, result, error, cancelled, now), transcript)
         trace = _trace(dispatch, instance_id, final.run)
     else:
         failed = TerminationReason(type="error", value=outcome.message)
@@ -184,14 +188,16 @@ def finish(
             settled = _settle(dispatch, outcome, trace, now, leftovers)
             if settled is None:
                 raise _FenceLost
-            written = _write_run(settled, run, final, instance_id, now)
+            written = _write_run(settled, run, final, instance_id, now, transcript=transcript)
             if final is not None and written is None:
                 # the run is no longer this attempt's (it moved on without it): settle nothing
                 raise _FenceLost
             _queue_leftovers(dispatch, written, leftovers)
             next_dispatch = _claim_next(settled, claim_next_as, now)
     except _FenceLost:
-        lost = _explain(dispatch, "claimed dispatch superseded before run result")
+        lost = _explain(
+            dispatch, "claimed dispatch superseded before run result", transcript, instance_id=instance_id
+        )
         queue_leftovers_alone(dispatch, leftovers)
         return lost
     return Finished(settled, written, next_dispatch)
@@ -304,7 +310,13 @@ def _settle(
 
 
 def _write_run(
-    settled: DispatchRecord, running: RunRecord, final: FinalRun | None, instance_id: str, now: int
+    settled: DispatchRecord,
+    running: RunRecord,
+    final: FinalRun | None,
+    instance_id: str,
+    now: int,
+    *,
+    transcript: RunTranscript | None,
 ) -> RunRecord | None:
     """The run side of the finish, inside its transaction; terminal events are appended on commit."""
     if final is not None:
@@ -319,7 +331,7 @@ def _write_run(
             emit_finish_on_commit(written, settled.dispatch_id)
         return written
     if settled.status is DispatchStatus.DEAD_LETTER:
-        return terminalize_run_for_dispatch(settled, now=now)
+        return terminalize_run_for_dispatch(settled, now=now, transcript=transcript)
     # requeued for a retry: the run stays Running under this dispatch until the next attempt starts it
     emit_on_commit(
         running.run_id,
@@ -363,11 +375,40 @@ def _claim_next(settled: DispatchRecord, consumer_id: str | None, now: int) -> D
     return claimed[0] if claimed else None
 
 
-def _explain(dispatch: DispatchRecord, stale_reason: str) -> Lost:
-    """After the rollback: supersede a stale claim and reconcile the run with how the dispatch ended."""
-    lost = store.explain_lost(dispatch.dispatch_id, dispatch.claim_token or "", now_ms(), stale_reason)
-    current = lost.current
-    if current is not None and current.status is not DispatchStatus.CLAIMED:
-        with transaction.atomic():
-            terminalize_run_for_dispatch(current)
+def _explain(
+    dispatch: DispatchRecord,
+    stale_reason: str,
+    transcript: RunTranscript | None = None,
+    *,
+    instance_id: str = "",
+) -> Lost:
+    """After the rollback: supersede a stale claim and reconcile the run with how the dispatch ended —
+    one transaction (dispatch row, then run and thread rows: the finish's lock order), so an interrupting
+    submit that waits for the claim to go finds the superseded run's history closed before it appends.
+    The transcript applies only while the dispatch still names this attempt as its executing instance."""
+    with transaction.atomic():
+        lost = store.explain_lost(dispatch.dispatch_id, dispatch.claim_token or "", now_ms(), stale_reason)
+        current = lost.current
+        if current is not None and current.status is not DispatchStatus.CLAIMED:
+            ours = bool(instance_id) and current.dispatch_instance_id == instance_id
+            terminalize_run_for_dispatch(current, transcript=transcript if ours else None)
     return Lost(current)
+
+
+def _closed(final: FinalRun, transcript: RunTranscript | None) -> FinalRun:
+    """A run done without a natural end keeps its partial output and closes its open tool calls."""
+    termination = final.run.termination_reason
+    if final.run.status is not RunStatus.DONE or termination is None or termination.type == "natural_end":
+        return final
+    closing = history.closing_messages(
+        run_id=final.run.run_id,
+        reason=closing_reason(termination),
+        transcript=transcript,
+        produced=final.messages,
+    )
+    return FinalRun(final.run, [*final.messages, *closing]) if closing else final
+
+
+def closing_reason(termination: TerminationReason) -> str:
+    """The `reason` of a cancelled tool result: the termination type, with its value when it has one."""
+    return termination.type if termination.value in (None, "") else f"{termination.type}: {termination.value}"

@@ -250,6 +250,7 @@ def _run_with_lease(started: attempt.Started, lock: ThreadLock, claim_next: bool
         cancelled=active.cancel_event.is_set(),
         leftovers=attempt.Leftovers(steering, decisions),
         claim_next_as=consumer_id() if claim_next else None,
+        transcript=active.transcript,
     )
     return _report(dispatch, finished)
 

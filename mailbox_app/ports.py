@@ -12,6 +12,7 @@ from typing import Protocol, cast
 
 from django.conf import settings
 
+from mailbox_app.history import Closer
 from mailbox_app.payloads import (
     ChatMessage,
     MessageRecord,
@@ -96,6 +97,7 @@ class RunStore(Protocol):
         error_payload: object,
         now: int,
         ended_at: int | None = None,
+        closing: Closer | None = None,
     ) -> RunRecord | None: ...
 
     def prepare_run(
@@ -108,7 +110,9 @@ class RunStore(Protocol):
         now: int,
     ) -> list[str]: ...
 
-    def cancel_waiting_run(self, *, run_id: str, now: int) -> RunRecord | None: ...
+    def cancel_waiting_run(
+        self, *, run_id: str, now: int, closing: Closer | None = None
+    ) -> RunRecord | None: ...
 
 
 @cache

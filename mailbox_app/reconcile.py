@@ -13,7 +13,8 @@ import logging
 
 from django.db import transaction
 
-from mailbox_app import events, webhooks
+from mailbox_app import events, history, webhooks
+from mailbox_app.history import RunTranscript
 from mailbox_app.ids import now_ms
 from mailbox_app.payloads import RunRecord, TerminationReason
 from mailbox_app.ports import run_store
@@ -26,9 +27,11 @@ _ENDS_RUN = frozenset({DispatchStatus.CANCELLED, DispatchStatus.SUPERSEDED, Disp
 
 
 def terminalize_run_for_dispatch(
-    dispatch: DispatchRecord | None, *, now: int | None = None
+    dispatch: DispatchRecord | None, *, now: int | None = None, transcript: RunTranscript | None = None
 ) -> RunRecord | None:
-    """Returns the updated run, or None when nothing had to change."""
+    """Returns the updated run, or None when nothing had to change. What the run leaves open — the
+    `transcript` of the attempt that ran it (only that attempt may pass it), a waiting run's tickets — is
+    closed in the same statement (mailbox_app/history.py)."""
     if dispatch is None or dispatch.status not in _ENDS_RUN:
         return None
     stamp = now_ms() if now is None else now
@@ -36,9 +39,11 @@ def terminalize_run_for_dispatch(
         reason = dispatch.run_error or dispatch.last_error or DEFAULT_DEAD_LETTER_REASON
         termination = TerminationReason(type="error", value=reason)
         error_payload: dict[str, str] | None = {"message": reason}
+        closing_reason = f"dead letter: {reason}"
     else:
         termination = TerminationReason(type="cancelled")
         error_payload = None
+        closing_reason = dispatch.status.value
     # joins the caller's transaction (no savepoint); the sweep and reconcile call it outside one, and
     # then the run's end and its webhook outbox row still commit together
     with transaction.atomic(savepoint=False):
@@ -51,6 +56,7 @@ def terminalize_run_for_dispatch(
             error_payload=error_payload,
             now=stamp,
             ended_at=dispatch.completed_at or dispatch.updated_at or stamp,
+            closing=history.closer(closing_reason, transcript),
         )
         if updated is not None:
             emit_finish_on_commit(updated, dispatch.dispatch_id)

@@ -20,6 +20,7 @@ from mailbox_app.executor import (
     RunResult,
     classify_error,
 )
+from mailbox_app.history import RunTranscript
 from mailbox_app.ids import now_ms
 from mailbox_app.locks import lock_key
 from mailbox_app.payloads import ChatMessage, RunRecord, TerminationReason, ToolCallResume
@@ -50,6 +51,8 @@ class ActiveRun:
     decisions: queue.Queue[tuple[str, ToolCallResume]] = field(default_factory=queue.Queue)
     suspended: threading.Event = field(default_factory=threading.Event)
     lease_lost: threading.Event = field(default_factory=threading.Event)
+    # what the run has emitted so far: closes its open tool calls if it ends early (history.py)
+    transcript: RunTranscript = field(default_factory=RunTranscript)
     _inbox_lock: threading.Lock = field(default_factory=threading.Lock)
     _inbox_open: bool = True
 
@@ -118,6 +121,7 @@ class _Context:
 
     def emit(self, event_type: str, data: dict[str, Any]) -> None:
         """Append to the run's stream while this attempt still holds the thread (see events.py)."""
+        self._active.transcript.record(event_type, data)
         if self._active.lease_lost.is_set():
             return
         events.append_fenced(

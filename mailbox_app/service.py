@@ -16,7 +16,7 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 
-from mailbox_app import doorbells, store
+from mailbox_app import doorbells, history, store
 from mailbox_app.errors import StoreError, ValidationError
 from mailbox_app.ids import now_ms
 from mailbox_app.live import LiveDeliveryOutcome, LiveRunTarget, deliver_live_to
@@ -272,7 +272,10 @@ def _cancel_waiting(run: RunRecord) -> bool:
         for dispatch in store.list_dispatches(run.thread_id, [DispatchStatus.QUEUED]):
             if dispatch.run_id == run.run_id:
                 store.cancel(dispatch.dispatch_id, now)
-        done = run_store().cancel_waiting_run(run_id=run.run_id, now=now)
+        # its suspended tool calls are answered as cancelled in the statement that ends it (history.py)
+        done = run_store().cancel_waiting_run(
+            run_id=run.run_id, now=now, closing=history.closer(history.CANCELLED)
+        )
         if done is None:
             transaction.set_rollback(True)
             return False

@@ -103,6 +103,22 @@ SELECT message_id FROM {MESSAGE} WHERE thread_id = %(thread_id)s AND message_id 
 # A terminal dispatch ends its run (spec §2.3) — only while the run is not done, is not running under
 # another dispatch, no other live (queued / claimed) dispatch will still activate it, and the run has not
 # moved on since the dispatch ended (a later dispatch resumed it: reconcile must not end it late).
+# The messages a statement appends after the thread CTE `t` bumped `message_count` by %(count)s (seqs
+# count+1..), from the JSON array %(messages)s.
+_APPEND_AFTER_T = f"""
+    INSERT INTO {MESSAGE} (thread_id, seq, message_id, role, content, tool_calls, tool_call_id, visibility,
+                           run_id, step_index, metadata, created_at)
+    SELECT %(thread_id)s, t.message_count - %(count)s + x.ord, x.msg ->> 'message_id', x.msg ->> 'role',
+           x.msg -> 'content', NULLIF(x.msg -> 'tool_calls', 'null'::jsonb), x.msg ->> 'tool_call_id',
+           x.msg ->> 'visibility', x.msg ->> 'run_id', (x.msg ->> 'step_index')::integer,
+           NULLIF(x.msg -> 'metadata', 'null'::jsonb), %(now)s
+      FROM t, jsonb_array_elements(%(messages)s::jsonb) WITH ORDINALITY AS x(msg, ord)
+"""
+
+# A terminal dispatch ends its run (spec §2.3) — only while the run is not done, is not running under
+# another dispatch, no other live (queued / claimed) dispatch will still activate it, and the run has not
+# moved on since the dispatch ended (a later dispatch resumed it: reconcile must not end it late). The
+# messages closing what the run left open (mailbox_app/history.py) are appended in the same statement.
 TERMINALIZE_RUN = f"""
 WITH r AS (
     UPDATE {RUN} run SET status = 'done', termination_reason = %(termination)s::jsonb,
@@ -117,12 +133,15 @@ WITH r AS (
               AND live.status IN ('queued', 'claimed'))
     RETURNING {COLS}
 ), t AS (
-    UPDATE {THREAD} th SET {_POINTERS} FROM r WHERE th.id = r.thread_id
-)
+    UPDATE {THREAD} th SET {_POINTERS}, message_count = th.message_count + %(count)s
+      FROM r WHERE th.id = r.thread_id
+    RETURNING th.message_count
+), m AS ({_APPEND_AFTER_T})
 SELECT {R_COLS} FROM r
 """
 
-# A durably waiting run cancelled by its owner: only while it is still waiting.
+# A durably waiting run cancelled by its owner: only while it is still waiting; its closing messages
+# (the suspended calls answered as cancelled) appended in the same statement.
 CANCEL_WAITING_RUN = f"""
 WITH r AS (
     UPDATE {RUN} SET status = 'done', termination_reason = '{{"type": "cancelled", "value": null}}'::jsonb,
@@ -130,10 +149,16 @@ WITH r AS (
      WHERE run_id = %(run_id)s AND status = 'waiting'
     RETURNING {COLS}
 ), t AS (
-    UPDATE {THREAD} th SET {_POINTERS} FROM r WHERE th.id = r.thread_id
-)
+    UPDATE {THREAD} th SET {_POINTERS}, message_count = th.message_count + %(count)s
+      FROM r WHERE th.id = r.thread_id
+    RETURNING th.message_count
+), m AS ({_APPEND_AFTER_T})
 SELECT {R_COLS} FROM r
 """
+
+# The run as the statement that ends it will find it: locked, so the closing messages computed from it
+# (a waiting run's tickets) still hold when they are written.
+SELECT_RUN_FOR_UPDATE = f"SELECT {COLS} FROM {RUN} WHERE run_id = %(run_id)s FOR UPDATE"
 
 SELECT_RUN = f"SELECT {COLS} FROM {RUN} WHERE run_id = %(run_id)s"
 

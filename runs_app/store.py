@@ -13,6 +13,7 @@ from typing import Any
 from django.db import IntegrityError, connection, transaction
 
 from mailbox_app.errors import AlreadyExists, NotFound, ValidationError
+from mailbox_app.history import Closer
 from mailbox_app.ids import now_ms, uuid7
 from mailbox_app.states import RunStatus, can_run_transition
 from runs_app import sql
@@ -475,22 +476,38 @@ def terminalize_run(
     error_payload: Any,
     now: int,
     ended_at: int | None = None,
+    closing: Closer | None = None,
 ) -> RunRecord | None:
     """End a run whose dispatch ended terminally (cancelled / superseded / dead letter), only while it is
-    not done, not running under another dispatch, and no other live dispatch will activate it."""
-    return _fetch_run(
-        sql.TERMINALIZE_RUN,
-        {
-            "run_id": run_id,
-            "thread_id": thread_id,
-            "dispatch_id": dispatch_id,
-            "session_id": session_id,
-            "termination": json.dumps(termination.model_dump(mode="json")),
-            "error_payload": _json(error_payload),
-            "now": now,
-            "ended_at": now if ended_at is None else ended_at,
-        },
-    )
+    not done, not running under another dispatch, and no other live dispatch will activate it. With
+    `closing`, the messages it computes from the run (locked first) are appended in the same statement:
+    what the run left open is closed exactly when it ends, and never when it does not."""
+    params = {
+        "run_id": run_id,
+        "thread_id": thread_id,
+        "dispatch_id": dispatch_id,
+        "session_id": session_id,
+        "termination": json.dumps(termination.model_dump(mode="json")),
+        "error_payload": _json(error_payload),
+        "now": now,
+        "ended_at": now if ended_at is None else ended_at,
+    }
+    return _end_run(sql.TERMINALIZE_RUN, params, closing)
+
+
+def _end_run(statement: str, params: dict[str, Any], closing: Closer | None) -> RunRecord | None:
+    """Run a statement that ends a run; with `closing`, the messages it computes from the run (read under
+    the row lock the statement then updates it under) are appended by the statement."""
+    if closing is None and params["thread_id"]:
+        return _fetch_run(statement, params | {"count": 0, "messages": "[]"})
+    with transaction.atomic(savepoint=False):
+        current = _fetch_run(sql.SELECT_RUN_FOR_UPDATE, {"run_id": params["run_id"]})
+        if current is None or current.status is RunStatus.DONE:
+            return None
+        thread_id = params["thread_id"] or current.thread_id
+        rows = _message_rows(thread_id, [] if closing is None else closing(current))
+        params = params | {"thread_id": thread_id, "count": len(rows), "messages": json.dumps(rows)}
+        return _fetch_run(statement, params)
 
 
 def prepare_run(
@@ -538,9 +555,10 @@ def prepare_run(
     return [r["message_id"] for r in rows]
 
 
-def cancel_waiting_run(*, run_id: str, now: int) -> RunRecord | None:
-    """A durably waiting run cancelled by its owner; None when it is no longer waiting."""
-    return _fetch_run(sql.CANCEL_WAITING_RUN, {"run_id": run_id, "now": now})
+def cancel_waiting_run(*, run_id: str, now: int, closing: Closer | None = None) -> RunRecord | None:
+    """A durably waiting run cancelled by its owner; None when it is no longer waiting. With `closing`,
+    its messages (the suspended calls answered as cancelled) are appended in the same statement."""
+    return _end_run(sql.CANCEL_WAITING_RUN, {"run_id": run_id, "thread_id": None, "now": now}, closing)
 
 
 def require_run(*, run_id: str) -> RunRecord:
