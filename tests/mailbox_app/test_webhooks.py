@@ -17,9 +17,12 @@ from typing import Any
 
 import pytest
 from django.db import connection, transaction
+from django.test import Client
+from django.urls import reverse
 from rest_framework.test import APIClient
 
 from mailbox_app import attempt, maintenance, service, store, webhook_delivery, webhooks
+from mailbox_app.config import MailboxConfig
 from mailbox_app.executor import COMPLETED, RunResult
 from mailbox_app.ids import now_ms, uuid7
 from mailbox_app.models import WebhookDelivery, WebhookDeliveryStatus, WebhookSubscription
@@ -28,6 +31,7 @@ from mailbox_app.requests import RunRequest
 from mailbox_app.states import DispatchStatus, RunStatus
 from mailbox_app.webhook_targets import TargetRefused, check_submitted, parse_target, resolve
 from runs_app import store as run_store
+from tests.conftest import FAST
 from tests.mailbox_app.test_multiprocess import WorkerFarm, farm, mp_settings  # noqa: F401 - fixtures
 from tests.support.api import post_json, user_client
 from tests.support.waiting import wait_until
@@ -414,6 +418,92 @@ def test_gc_purges_delivered_rows_in_bounded_batches(
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM mailbox_webhook_outbox")
         assert cursor.fetchone()[0] == 3
+
+
+def test_a_dead_letter_by_the_sweep_writes_its_row_with_the_runs_end(
+    hook_settings: Any, clean_redis: Any, receiver: Receiver
+) -> None:
+    """The sweep ends runs outside any transaction of its own: the run's end and its outbox row still
+    commit together (one transaction), so a crash between them cannot lose the event."""
+    hook_settings.AWAKEN_MAILBOX = MailboxConfig(
+        lease_ms=FAST.lease_ms,
+        lease_renewal_interval_ms=FAST.lease_renewal_interval_ms,
+        default_max_attempts=1,
+    )
+    submitted = _subscribed_submit("t-hook-sweep", "hello", receiver.url())
+    assert _rows(submitted.run_id) == []
+    swept = maintenance.sweep(now=now_ms() + FAST.lease_ms + 1)
+    assert swept.dead_lettered == 1
+    (row,) = _rows(submitted.run_id)
+    assert row.event == webhooks.EVENT_FINISHED and row.payload["termination_reason"]["type"] == "error"
+    assert webhook_delivery.deliver(row.delivery_id) is webhook_delivery.DeliveryOutcome.DELIVERED
+    (request,) = receiver.requests()
+    assert request.document["run"]["status"] == "done"
+
+
+def test_an_attempt_that_died_mid_delivery_is_retried_after_its_lease_and_cannot_write_later(
+    hook_settings: Any, clean_redis: Any, receiver: Receiver
+) -> None:
+    """A worker killed while it held a row (mid-request) leaves it pending and locked; once the lease
+    is past, the re-drive delivers it, and the dead attempt's late outcome (its fence) changes nothing."""
+    submitted = _subscribed_submit("t-hook-lease", "x", receiver.url())
+    run = run_store.load_run(run_id=submitted.run_id)
+    assert run is not None
+    with transaction.atomic():
+        delivery_id = webhooks.record_run_event(run.model_copy(update={"status": RunStatus.DONE}))
+    assert delivery_id is not None
+    dead = webhook_delivery.claim(delivery_id, now=now_ms())
+    assert dead is not None and dead.attempt == 1
+    assert webhook_delivery.redrive() == 0  # held by the (dead) attempt
+    assert webhook_delivery.deliver(delivery_id) is webhook_delivery.DeliveryOutcome.SKIPPED
+    WebhookDelivery.objects.filter(delivery_id=delivery_id).update(locked_until=now_ms() - 1)  # lease over
+    assert webhook_delivery.redrive() == 1
+    assert webhook_delivery.deliver(delivery_id) is webhook_delivery.DeliveryOutcome.DELIVERED
+    stale = {
+        "delivery_id": delivery_id,
+        "attempt": dead.attempt,
+        "now": now_ms(),
+        "code": 500,
+        "error": "late",
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(webhook_delivery.GAVE_UP, stale)
+        assert cursor.rowcount == 0
+    row = WebhookDelivery.objects.get(delivery_id=delivery_id)
+    assert row.status == WebhookDeliveryStatus.DELIVERED and row.attempts == 2
+    assert len(receiver.requests()) == 1
+
+
+def test_the_admin_lists_deliveries_and_retries_failed_ones(
+    hook_settings: Any, clean_redis: Any, receiver: Receiver, django_user_model: Any
+) -> None:
+    hook_settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    hook_settings.AWAKEN_WEBHOOK_MAX_ATTEMPTS = 1
+    receiver.fail_next(500)
+    submitted = _subscribed_submit("t-hook-admin", "x", receiver.url())
+    run = run_store.load_run(run_id=submitted.run_id)
+    assert run is not None
+    with transaction.atomic():
+        failing = webhooks.record_run_event(run.model_copy(update={"status": RunStatus.DONE}))
+        other = webhooks.record_run_event(run.model_copy(update={"status": RunStatus.WAITING}))
+    assert failing is not None and other is not None
+    assert webhook_delivery.deliver(failing) is webhook_delivery.DeliveryOutcome.GAVE_UP
+    assert webhook_delivery.deliver(other) is webhook_delivery.DeliveryOutcome.DELIVERED
+    client = Client()
+    client.force_login(django_user_model.objects.create_superuser("root", password="pw"))
+    changelist = reverse("admin:mailbox_app_webhookdelivery_changelist")
+    page = client.get(changelist, {"status": "failed"})
+    assert page.status_code == 200 and failing in page.content.decode() and other not in page.content.decode()
+    detail = client.get(reverse("admin:mailbox_app_webhookdelivery_change", args=[failing]))
+    assert detail.status_code == 200 and "HTTP 500" in detail.content.decode()
+    response = client.post(
+        changelist, {"action": "retry_delivery", "_selected_action": [failing, other]}, follow=True
+    )
+    assert response.status_code == 200
+    text = response.content.decode()
+    assert "Retrying 1 failed webhook delivery" in text and "not failed" in text
+    (row,) = [r for r in _rows(submitted.run_id) if r.delivery_id == failing]
+    assert row.status == WebhookDeliveryStatus.PENDING and row.attempts == 0
 
 
 # --- a worker killed between the run's end and the delivery ------------------------------------------
