@@ -38,7 +38,7 @@ CANCELLED = TerminationReason(type="cancelled")
 
 class ToolCallAgent:
     """Says a few words, opens a tool call `lookup`, then — by the user's text — hangs until cancelled
-    (`hang`) or fails permanently (`crash`, dead-lettered)."""
+    (`hang`), fails permanently (`crash`, dead-lettered) or ends as a timed-out run does (`timeout`)."""
 
     def run(self, request: RunRequest, context: RunContext) -> RunResult:
         text = next((m.text for m in reversed(request.messages) if m.role is Role.USER), "")
@@ -50,6 +50,8 @@ class ToolCallAgent:
         TOOL_STARTED.set()
         if text == "crash":
             raise ResolveFailed("lookup backend gone")
+        if text == "timeout":
+            return RunResult(termination=TerminationReason(type="timeout"))
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if context.wait_cancelled(0.02):
@@ -160,6 +162,14 @@ def test_dead_letter_closes_the_open_tool_call(agents: Any) -> None:
     assert store.load_dispatch(submitted.dispatch_id).status is DispatchStatus.DEAD_LETTER  # type: ignore[union-attr]
     _assert_closed(_log("t-hr-dead"), submitted.run_id, "call-1", "dead letter: lookup backend gone")
     _next_run_history("t-hr-dead")
+
+
+def test_a_timed_out_run_closes_its_open_tool_call_in_its_finish(agents: Any) -> None:
+    submitted = service.submit_background(_request("t-hr-timeout", "timeout", "toolcall"))
+    run = wait_until(lambda: _run_done(submitted.run_id), what="timed-out run done")
+    assert run.termination_reason is not None and run.termination_reason.type == "timeout"
+    _assert_closed(_log("t-hr-timeout"), submitted.run_id, "call-1", "timeout")
+    _next_run_history("t-hr-timeout")
 
 
 def test_cancel_of_a_waiting_run_answers_its_suspended_call(agents: Any) -> None:
