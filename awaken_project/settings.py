@@ -11,6 +11,8 @@ from django.core.exceptions import ImproperlyConfigured
 
 from awaken_project.envurls import database_from_url
 from mailbox_app.config import ConfigError, MailboxConfig
+from mailbox_app.metrics_access import DEFAULT_ALLOWED_NETWORKS as DEFAULT_METRICS_NETWORKS
+from mailbox_app.metrics_access import parse_networks as parse_metrics_networks
 from mailbox_app.webhook_targets import WebhookTargetError
 from mailbox_app.webhook_targets import parse_target as parse_webhook_target
 
@@ -224,6 +226,22 @@ AWAKEN_WEBHOOK_MAX_ATTEMPTS = _env_int("AWAKEN_WEBHOOK_MAX_ATTEMPTS", 10, minimu
 AWAKEN_WEBHOOK_RETRY_DELAY_MS = _env_int("AWAKEN_WEBHOOK_RETRY_DELAY_MS", 1_000, minimum=1)
 AWAKEN_WEBHOOK_MAX_RETRY_DELAY_MS = _env_int("AWAKEN_WEBHOOK_MAX_RETRY_DELAY_MS", 600_000, minimum=1)
 AWAKEN_WEBHOOK_TIMEOUT_MS = _env_int("AWAKEN_WEBHOOK_TIMEOUT_MS", 5_000, minimum=100)
+
+# --- metrics (mailbox_app/metrics.py, GET /metrics) ----------------------------------------------------
+# A scrape is allowed with `Authorization: Bearer <AWAKEN_METRICS_TOKEN>` (unset: no token works) or from
+# an address in AWAKEN_METRICS_ALLOWED_NETWORKS (comma-separated CIDRs; default loopback; empty: none).
+AWAKEN_METRICS_TOKEN = ENV.get("AWAKEN_METRICS_TOKEN", "").strip()
+try:
+    AWAKEN_METRICS_ALLOWED_NETWORKS = parse_metrics_networks(
+        "AWAKEN_METRICS_ALLOWED_NETWORKS",
+        ENV.get("AWAKEN_METRICS_ALLOWED_NETWORKS", DEFAULT_METRICS_NETWORKS),
+    )
+except ConfigError as exc:
+    sys.stderr.write(f"awaken-mailbox configuration error: {exc}\n")
+    raise SystemExit(2) from None
+# One directory per host whose subdirectories are the services' PROMETHEUS_MULTIPROC_DIRs
+# (scripts/metrics-dir.sh); a scrape merges them all. Unset: PROMETHEUS_MULTIPROC_DIR alone.
+AWAKEN_METRICS_DIR = ENV.get("AWAKEN_METRICS_DIR", "").strip()
 
 # --- api --------------------------------------------------------------------------------------
 REST_FRAMEWORK = {

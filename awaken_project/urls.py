@@ -5,11 +5,13 @@ from django.urls import include, path
 
 from awaken_project.health import healthz, readyz
 from awaken_project.landing import DocsView, landing
+from mailbox_app.metrics_view import metrics_endpoint
 
 urlpatterns = [
     path("", landing, name="landing"),
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
+    path("metrics", metrics_endpoint, name="metrics"),
     path("admin/", admin.site.urls),
     # before the API's own `docs` route, which answers 401 to a browser without a session
     path("api/v1/docs/", DocsView.as_view(url_name="schema"), name="api-docs"),

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.db import transaction
 
-from mailbox_app import doorbells, events, history, service, store
+from mailbox_app import doorbells, events, history, metrics, service, store
 from mailbox_app.errors import StoreError
 from mailbox_app.executor import MailboxRunOutcome, OutcomeKind, RunResult
 from mailbox_app.history import RunTranscript
@@ -93,6 +93,7 @@ def start(dispatch: DispatchRecord, instance_id: str, consumer_id: str) -> Start
     except _FenceLost:
         return _explain(dispatch, "claimed dispatch superseded before runtime start")
     if isinstance(outcome, Started):
+        metrics.record_dispatch_start(outcome.dispatch, now)
         events.append_event(
             outcome.run.run_id,
             events.RUN_START,
@@ -200,6 +201,7 @@ def finish(
         )
         queue_leftovers_alone(dispatch, leftovers)
         return lost
+    metrics.record_dispatch_completion(settled, dispatch.updated_at, now, outcome.kind.value)
     return Finished(settled, written, next_dispatch)
 
 

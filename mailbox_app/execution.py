@@ -18,7 +18,7 @@ from enum import StrEnum
 from django.conf import settings
 from django.db import close_old_connections, connection
 
-from mailbox_app import attempt, doorbells, store
+from mailbox_app import attempt, doorbells, metrics, store
 from mailbox_app.errors import NotFound, VersionConflict
 from mailbox_app.ids import now_ms, uuid7
 from mailbox_app.live import LiveRunTarget, LiveSubscription
@@ -219,7 +219,8 @@ def _run_with_lease(started: attempt.Started, lock: ThreadLock, claim_next: bool
         )
         renewer = LeaseRenewer(dispatch, lock, active).start()
         fault("mid_run")
-        outcome, result, error = call_agent(started.run, started.request, active)
+        with metrics.ACTIVE_RUNS.track_inprogress():
+            outcome, result, error = call_agent(started.run, started.request, active)
     finally:
         # Stop accepting live commands before the final write: an acknowledgement means "the run reads
         # this"; what was accepted but not taken is queued durably by the finish.

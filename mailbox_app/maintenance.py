@@ -11,7 +11,7 @@ from django.conf import settings
 from django.dispatch import Signal
 from redis.exceptions import RedisError
 
-from mailbox_app import service, signals, steps, store
+from mailbox_app import metrics, service, signals, steps, store
 from mailbox_app.ids import now_ms
 from mailbox_app.locks import ThreadLock
 from mailbox_app.ports import run_store
@@ -56,6 +56,7 @@ def sweep(*, now: int | None = None) -> SweepReport:
     threads = store.claimable_thread_ids(stamp, REDRIVE_LIMIT)
     for thread_id in threads:
         signals.ring_on_commit(thread_id, None)
+    metrics.refresh_dispatch_depth(store.count_by_status)  # the depth gauges: per sweep, not per request
     return SweepReport(reclaimed=reclaimed, dead_lettered=dead, reconciled=reconciled, redriven=len(threads))
 
 

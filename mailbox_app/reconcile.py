@@ -13,7 +13,7 @@ import logging
 
 from django.db import transaction
 
-from mailbox_app import events, history, webhooks
+from mailbox_app import events, history, metrics, webhooks
 from mailbox_app.history import RunTranscript
 from mailbox_app.ids import now_ms
 from mailbox_app.payloads import RunRecord, TerminationReason
@@ -26,6 +26,7 @@ DEFAULT_DEAD_LETTER_REASON = "mailbox dispatch dead-lettered"
 _ENDS_RUN = frozenset({DispatchStatus.CANCELLED, DispatchStatus.SUPERSEDED, DispatchStatus.DEAD_LETTER})
 
 
+@metrics.marks_run
 def terminalize_run_for_dispatch(
     dispatch: DispatchRecord | None, *, now: int | None = None, transcript: RunTranscript | None = None
 ) -> RunRecord | None:

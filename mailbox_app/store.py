@@ -16,7 +16,7 @@ from typing import Any
 
 from django.db import IntegrityError, connection, transaction
 
-from mailbox_app import sql
+from mailbox_app import metrics, sql
 from mailbox_app.errors import AlreadyExists, NotFound, ValidationError, VersionConflict
 from mailbox_app.ids import uuid7
 from mailbox_app.records import (
@@ -61,6 +61,7 @@ def _scalar(query: str, params: dict[str, Any]) -> Any:
 # --- enqueue ---------------------------------------------------------------------------------
 
 
+@metrics.timed(metrics.ENQUEUE)
 def enqueue(dispatch: DispatchRecord) -> DispatchRecord:
     """Persist a queued dispatch stamped with the thread's current epoch (spec §3.1).
 
@@ -110,6 +111,7 @@ def _validate_new(dispatch: DispatchRecord) -> None:
 # --- claims ----------------------------------------------------------------------------------
 
 
+@metrics.timed(metrics.CLAIM, metrics.found)
 def claim(thread_id: str, consumer_id: str, lease_ms: int, now: int, limit: int = 1) -> list[DispatchRecord]:
     """Claim the thread's next eligible dispatch (spec §3.2).
 
@@ -135,6 +137,7 @@ def claim(thread_id: str, consumer_id: str, lease_ms: int, now: int, limit: int 
         return []
 
 
+@metrics.timed(metrics.CLAIM_DISPATCH, metrics.found)
 def claim_dispatch(dispatch_id: str, consumer_id: str, lease_ms: int, now: int) -> DispatchRecord | None:
     """Claim one queued dispatch by id, ignoring `available_at` (spec §3.3, the inline path)."""
     thread_id = _scalar(
@@ -255,6 +258,7 @@ class Settle(StrEnum):
     DEAD_LETTER = "dead_letter"
 
 
+@metrics.timed(metrics.settle_operation, metrics.fenced)
 def try_settle(
     dispatch_id: str,
     claim_token: str,
@@ -288,6 +292,7 @@ def try_settle(
     )
 
 
+@metrics.timed(metrics.SUPERSEDE, metrics.found)
 def _supersede(current: DispatchRecord, epoch: int, now: int, reason: str) -> DispatchRecord | None:
     return _fetch_one(
         sql.SUPERSEDE,
@@ -295,6 +300,7 @@ def _supersede(current: DispatchRecord, epoch: int, now: int, reason: str) -> Di
     )
 
 
+@metrics.timed(metrics.ACK)
 def ack(dispatch_id: str, claim_token: str, now: int) -> DispatchRecord:
     """Claimed -> Acked (delivery consumed). Spec §3.4."""
     return _fenced(
@@ -304,6 +310,7 @@ def ack(dispatch_id: str, claim_token: str, now: int) -> DispatchRecord:
     )
 
 
+@metrics.timed(metrics.NACK)
 def nack(dispatch_id: str, claim_token: str, retry_at: int, error: str, now: int) -> DispatchRecord:
     """Claimed -> Queued at `retry_at`, or DeadLetter once attempts reach max (spec §3.7)."""
     return _fenced(
@@ -313,6 +320,7 @@ def nack(dispatch_id: str, claim_token: str, retry_at: int, error: str, now: int
     )
 
 
+@metrics.timed(metrics.DEAD_LETTER)
 def dead_letter(dispatch_id: str, claim_token: str, error: str, now: int) -> DispatchRecord:
     """Claimed -> DeadLetter without counting an attempt (spec §3.8)."""
     return _fenced(
@@ -353,6 +361,7 @@ def record_run_result(
     )
 
 
+@metrics.timed(metrics.EXTEND_LEASE, metrics.fenced)
 def extend_lease(dispatch_id: str, claim_token: str, extension_ms: int, now: int) -> bool:
     """Renew a lease to `now + extension_ms`; False when the claim is gone or stale (spec §3.10)."""
     try:
@@ -385,11 +394,13 @@ def supersede_claimed(dispatch_id: str, claim_token: str, now: int, reason: str)
 # --- queued-only writes -----------------------------------------------------------------------
 
 
+@metrics.timed(metrics.CANCEL, metrics.found)
 def cancel(dispatch_id: str, now: int) -> DispatchRecord | None:
     """Queued -> Cancelled; None for missing, claimed or terminal dispatches (spec §3.9)."""
     return _fetch_one(sql.CANCEL_QUEUED, {"dispatch_id": dispatch_id, "now": now})
 
 
+@metrics.timed(metrics.INTERRUPT, metrics.interrupted)
 def interrupt_detailed(thread_id: str, now: int) -> MailboxInterrupt:
     """Bump the thread epoch, supersede its queued dispatches, report the claimed one (spec §3.11)."""
     with transaction.atomic():
@@ -422,6 +433,7 @@ def current_dispatch_epoch(thread_id: str) -> int:
 # --- maintenance ------------------------------------------------------------------------------
 
 
+@metrics.timed(metrics.RECLAIM, metrics.reclaimed)
 def reclaim_expired_leases(now: int, limit: int = 100) -> list[DispatchRecord]:
     """Requeue (or dead-letter) claimed dispatches whose lease ended before `now` (spec §3.15).
 
@@ -501,6 +513,13 @@ def count_dispatches_by_status(status: DispatchStatus) -> int:
             "SELECT count(*) FROM mailbox_dispatch WHERE status = %(s)s", {"s": DispatchStatus(status).value}
         )
     )
+
+
+def count_by_status() -> dict[DispatchStatus, int]:
+    """Dispatches per status in one grouped count (the sweep refreshes the depth gauges with it)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT status, count(*) FROM mailbox_dispatch GROUP BY status")
+        return {DispatchStatus(status): int(count) for status, count in cursor.fetchall()}
 
 
 def list_terminal_dispatches(limit: int = 100, offset: int = 0) -> list[DispatchRecord]:

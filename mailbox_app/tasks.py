@@ -6,7 +6,7 @@ from typing import Any
 
 from celery import shared_task
 
-from mailbox_app import maintenance, signals, store, webhook_delivery, webhooks
+from mailbox_app import maintenance, metrics, signals, store, webhook_delivery, webhooks
 from mailbox_app.execution import drain_thread
 from mailbox_app.records import DispatchRecord
 from mailbox_app.states import DispatchStatus
@@ -15,6 +15,7 @@ from mailbox_app.states import DispatchStatus
 @shared_task(name=signals.DISPATCH_TASK, bind=True, acks_late=True, max_retries=None, ignore_result=True)
 def dispatch_thread(self: Any, thread_id: str, dispatch_id: str | None = None) -> str:
     decision = signals.handle_dispatch_signal(thread_id, dispatch_id, deliveries=self.request.retries + 1)
+    metrics.record_signal(decision, self.request.retries + 1, self.request.delivery_info)
     if decision.action is signals.SignalAction.RETRY:
         raise self.retry(countdown=decision.retry_after_ms / 1000)
     return decision.attempt.value

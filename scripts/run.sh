@@ -23,6 +23,9 @@ if [[ -z "${DATABASE_URL:-}" || -z "${REDIS_URL:-}" ]]; then
   started_embedded=1
 fi
 export DATABASE_URL REDIS_URL
+# Metrics: each service writes to its own subdirectory (scripts/metrics-dir.sh); /metrics merges them.
+AWAKEN_METRICS_DIR=${AWAKEN_METRICS_DIR:-$(cd "$DATA" && pwd)/metrics}
+export AWAKEN_METRICS_DIR
 pids=()
 alive() {
   local pid
@@ -47,9 +50,9 @@ $PY manage.py ensure_dev_user --port "$PORT"
 
 # ASGI: gunicorn process management, uvicorn workers (event loop: thousands of open SSE streams).
 # --graceful-timeout: open SSE streams would otherwise hold a stop for gunicorn's default 30 s
-setsid $PY -m gunicorn awaken_project.asgi:application --worker-class uvicorn_worker.UvicornWorker \
+setsid bash scripts/metrics-dir.sh web $PY -m gunicorn awaken_project.asgi:application --worker-class uvicorn_worker.UvicornWorker \
   --bind "127.0.0.1:$PORT" --workers 2 --timeout 0 --graceful-timeout 3 --access-logfile - & pids+=($!)
-setsid $PY -m celery -A awaken_project worker --loglevel INFO --concurrency 2 & pids+=($!)
+setsid bash scripts/metrics-dir.sh worker $PY -m celery -A awaken_project worker --loglevel INFO --concurrency 2 & pids+=($!)
 setsid $PY -m celery -A awaken_project beat --loglevel INFO \
   --scheduler django_celery_beat.schedulers:DatabaseScheduler & pids+=($!)
 

@@ -8,6 +8,7 @@ Django's settings are imported, and stops them when the session ends.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from awaken_project import embedded
@@ -22,6 +23,13 @@ if not os.environ.get("DATABASE_URL") or not os.environ.get("REDIS_URL"):
     _started = os.environ.get("AWAKEN_KEEP_TEST_SERVICES", "") != "1"
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "awaken_project.settings")
+# prometheus_client's multiprocess mode, as in production: set before anything imports it, emptied per
+# session; the servers and workers the tests start inherit it, so a scrape sees their figures too.
+if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    _metrics_dir = _DATA_DIR / "prometheus"
+    shutil.rmtree(_metrics_dir, ignore_errors=True)
+    _metrics_dir.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_metrics_dir)
 # In-process test workers run tasks on pool threads whose DB connections must not outlive the test
 # (pytest-django drops the test database at the end): close them around every task, as Celery's default.
 os.environ.setdefault("CELERY_DB_REUSE_MAX", "0")
