@@ -11,7 +11,7 @@ from django.conf import settings
 from django.dispatch import Signal
 from redis.exceptions import RedisError
 
-from mailbox_app import metrics, service, signals, steps, store
+from mailbox_app import epochs, metrics, service, signals, steps, store
 from mailbox_app.ids import now_ms
 from mailbox_app.locks import ThreadLock
 from mailbox_app.ports import run_store
@@ -89,14 +89,27 @@ def reconcile_terminal(*, now: int | None = None) -> int:
 
 
 def gc(*, now: int | None = None) -> int:
-    """Purge terminal dispatches older than the TTL (returns how many), then run the `gc_ran` receivers."""
+    """Purge terminal dispatches older than the TTL (returns how many), then the rest (`gc_counts`)."""
+    return gc_counts(now=now)["dispatches"]
+
+
+def gc_counts(*, now: int | None = None) -> dict[str, int]:
+    """One GC tick: terminal dispatches older than the TTL, orphaned epoch rows (at most
+    AWAKEN_GC_MAX_PER_TICK), then the `gc_ran` receivers; how many rows each purge removed, by name.
+    A receiver reports `{name: count}` (a bare count is filed under its function's name)."""
     stamp = now_ms() if now is None else now
-    purged = store.purge_terminal(stamp - settings.AWAKEN_MAILBOX.gc_ttl_ms)
-    steps.purge_journals(stamp - settings.AWAKEN_MAILBOX.gc_ttl_ms)  # of long-done runs
+    counts = {"dispatches": store.purge_terminal(stamp - settings.AWAKEN_MAILBOX.gc_ttl_ms)}
+    counts["epochs"] = epochs.purge_orphaned_epochs(limit=settings.AWAKEN_GC_MAX_PER_TICK)
+    counts["steps"] = steps.purge_journals(stamp - settings.AWAKEN_MAILBOX.gc_ttl_ms)  # of long-done runs
     for receiver, result in gc_ran.send_robust(sender=gc, now=stamp):
         if isinstance(result, Exception):
             log.warning("gc receiver %r failed", receiver, exc_info=result)
-    return purged
+        elif isinstance(result, dict):
+            counts |= {str(name): int(n) for name, n in result.items()}
+        elif isinstance(result, int):
+            counts[getattr(receiver, "__name__", repr(receiver)).strip("_")] = result
+    log.info("gc purged %s", counts)
+    return counts
 
 
 @dataclass(frozen=True, slots=True)

@@ -86,6 +86,8 @@ def prepare_run_for_dispatch(
             created_at=now,
             updated_at=now,
             state=previous.state if inherit and previous else None,
+            metadata=request.metadata or {},
+            timeout_ms=request.timeout_ms or settings.AWAKEN_RUN_TIMEOUT_MS,
         )
     prepared = record.model_copy(update={"request": _snapshot(request, normalized), "updated_at": now})
     # the store sets `input` (range 1..last seq, trigger ids) under the thread lock it appends with
@@ -124,7 +126,7 @@ def build_dispatch(request: RunRequest, thread_id: str, *, now: int | None = Non
         run_id=run_id,
         priority=DEFAULT_PRIORITY,
         dedupe_key=request.dedupe_key,
-        available_at=stamp,
+        available_at=stamp + request.start_after_ms,
         max_attempts=settings.AWAKEN_MAILBOX.default_max_attempts,
         created_at=stamp,
         updated_at=stamp,
@@ -168,6 +170,8 @@ def reconstruct_from(dispatch: DispatchRecord, run: RunRecord) -> RunRequest:
         frontend_tools=list(snapshot.frontend_tools),
     )
     if snapshot.request_extras is not None:
+        metadata=run.metadata or None,
+        timeout_ms=run.timeout_ms,
         request = RunRequestExtras.from_value(snapshot.request_extras).apply_to(request)
     if run.is_resumable_waiting:
         request = request.with_(continue_run_id=run.run_id)

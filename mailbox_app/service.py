@@ -50,6 +50,22 @@ class ActiveRunConflict(MailboxError):
         super().__init__(ACTIVE_RUN_CONFLICT_MESSAGE)
 
 
+class ThreadBusy(MailboxError):
+    """A `reject` submit found the thread running or with work queued: nothing was written."""
+
+    def __init__(self, thread_id: str) -> None:
+        super().__init__(f"thread {thread_id} is busy: it has a run in progress or queued")
+        self.thread_id = thread_id
+
+
+class MultitaskStrategy(StrEnum):
+    """What a submit does when its thread is busy: refuse, queue behind, or interrupt (latest wins)."""
+
+    REJECT = "reject"
+    ENQUEUE = "enqueue"
+    INTERRUPT = "interrupt"
+
+
 class SubmitStatus(StrEnum):
     RUNNING = "running"
     QUEUED = "queued"
@@ -64,6 +80,27 @@ class SubmitResult:
 
 
 # --- submit paths ------------------------------------------------------------------------------------
+
+
+def submit_as(
+    request: RunRequest,
+    strategy: MultitaskStrategy,
+    *,
+    owner_id: int | None = None,
+    in_transaction: Callable[[SubmitResult], None] | None = None,
+) -> SubmitResult:
+    """A submit under a multitask strategy: `interrupt` is the foreground `submit`, `enqueue` the
+    background `submit_background`, `reject` the background submit refused with `ThreadBusy` when the
+    thread has a claim or queued work. `in_transaction` runs in the transaction that commits it."""
+    if strategy is MultitaskStrategy.INTERRUPT:
+        return submit(request, owner_id=owner_id, in_transaction=in_transaction)
+    with transaction.atomic():
+        result = submit_background(
+            request, owner_id=owner_id, reject_if_busy=strategy is MultitaskStrategy.REJECT
+        )
+        if in_transaction is not None:
+            in_transaction(result)
+    return result
 
 
 def submit(
@@ -89,9 +126,15 @@ def submit(
         request, run_id = prepare_run_for_dispatch(
             request.with_(thread_id=thread_id), thread_id, messages, owner_id=owner_id
         )
-        dispatch = build_dispatch(request, thread_id, now=now).replace(
-            available_at=now + INLINE_CLAIM_GUARD_MS
-        )
+        dispatch = build_dispatch(request, thread_id, now=now)
+        if request.start_after_ms > 0:  # a delayed start is queued for its time, not claimed inline
+            store.enqueue(dispatch)
+            result = SubmitResult(dispatch.dispatch_id, run_id, thread_id, SubmitStatus.QUEUED)
+            if in_transaction is not None:
+                in_transaction(result)
+            doorbells.ring_at(thread_id, dispatch.dispatch_id, dispatch.available_at)
+            return result
+        dispatch = dispatch.replace(available_at=now + INLINE_CLAIM_GUARD_MS)
         store.enqueue(dispatch)
         claimed = store.claim_dispatch(
             dispatch.dispatch_id, consumer_id(), settings.AWAKEN_MAILBOX.lease_ms, now
@@ -105,10 +148,13 @@ def submit(
     return result
 
 
-def submit_background(request: RunRequest, *, owner_id: int | None = None) -> SubmitResult:
+def submit_background(
+    request: RunRequest, *, owner_id: int | None = None, reject_if_busy: bool = False
+) -> SubmitResult:
     """Durable queue, never interrupts (spec §4.3): messages, run, dispatch and — when the thread is idle —
     the inline claim of its next dispatch (possibly an older one), in one transaction; a worker takes
-    over the claim when it commits."""
+    over the claim when it commits. With `reject_if_busy`, a thread with a claim or queued work raises
+    `ThreadBusy` (checked under the thread's row lock the prepare took) and nothing is written."""
     request = normalize_mailbox_run_mode(request, background=True)
     thread_id, messages = validate_run_inputs(
         request.thread_id, request.messages, allow_empty=bool(request.decisions)
@@ -120,9 +166,13 @@ def submit_background(request: RunRequest, *, owner_id: int | None = None) -> Su
             doorbells.hand_over_claimed_on_commit(
                 thread_id, claimed[0].dispatch_id, claimed[0].claim_token or ""
             )
-        else:
+        if request.start_after_ms > 0:
+            doorbells.ring_at(thread_id, dispatch.dispatch_id, dispatch.available_at)
+        elif not claimed:
             doorbells.ring_on_commit(thread_id, dispatch.dispatch_id)
-    status = SubmitStatus.RUNNING if claimed else SubmitStatus.QUEUED
+    status = SubmitStatus.RUNNING if claimed and request.start_after_ms == 0 else SubmitStatus.QUEUED
+        if reject_if_busy and store.thread_busy(thread_id, excluding=dispatch.dispatch_id):
+            raise ThreadBusy(thread_id)  # rolls back the run, its messages and the dispatch
     return SubmitResult(dispatch.dispatch_id, run_id, thread_id, status)
 
 
@@ -393,8 +443,11 @@ __all__ = [
     "queued_thread_ids",
     "send_decision",
     "send_decision_live",
+    "MultitaskStrategy",
     "submit",
     "submit_background",
     "submit_live_then_queue",
+    "ThreadBusy",
     "wake_run",
 ]
+    "submit_as",

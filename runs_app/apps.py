@@ -5,10 +5,10 @@ from typing import Any
 from django.apps import AppConfig
 
 
-def _purge_idempotency_keys(*, now: int, **_: Any) -> int:
+def _purge_idempotency_keys(*, now: int, **_: Any) -> dict[str, int]:
     from runs_app.api.idempotency import purge_expired
 
-    return purge_expired(now=now)
+    return {"idempotency_keys": purge_expired(now=now)}
 
 
 class RunsAppConfig(AppConfig):
@@ -21,3 +21,7 @@ class RunsAppConfig(AppConfig):
 
         # The mailbox GC purges expired idempotency keys too (runs_app depends on mailbox_app, never back).
         gc_ran.connect(_purge_idempotency_keys, weak=False, dispatch_uid="runs_purge_idempotency_keys")
+        # ... and threads past AWAKEN_THREAD_TTL_MS (deleted like DELETE threads/{id} does)
+        from runs_app.threads import expire_on_gc
+
+        gc_ran.connect(expire_on_gc, weak=False, dispatch_uid="runs_expire_threads")

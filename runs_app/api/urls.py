@@ -3,7 +3,7 @@
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from runs_app.api import views
+from runs_app.api import thread_views, views
 
 urlpatterns = [
     path("runs", views.RunsView.as_view(), name="runs"),
@@ -12,8 +12,10 @@ urlpatterns = [
     path("runs/<str:run_id>/decision", views.RunDecisionView.as_view(), name="run-decision"),
     path("runs/<str:run_id>/inputs", views.RunInputsView.as_view(), name="run-inputs"),
     path("runs/<str:run_id>/events", views.RunEventsView.as_view(), name="run-events"),
-    path("threads", views.ThreadsView.as_view(), name="threads"),
-    path("threads/<str:thread_id>", views.ThreadDetailView.as_view(), name="thread-detail"),
+    path("threads", thread_views.ThreadsView.as_view(), name="threads"),
+    # before threads/{id}: a thread named "search" is reachable through every route but GET threads/{id}
+    path("threads/search", thread_views.ThreadSearchView.as_view(), name="thread-search"),
+    path("threads/<str:thread_id>", thread_views.ThreadDetailView.as_view(), name="thread-detail"),
     path("threads/<str:thread_id>/runs", views.ThreadRunsView.as_view(), name="thread-runs"),
     path(
         "threads/<str:thread_id>/runs/active", views.ThreadActiveRunView.as_view(), name="thread-active-run"

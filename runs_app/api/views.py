@@ -582,37 +582,10 @@ class RunInputsView(EdgeCheckedView):
         return Response(body, status=status_code)
 
 
-# --- threads and dispatches ---------------------------------------------------------------------------
+# --- dispatches ---------------------------------------------------------------------------------------
 
 
-def _thread_payload(thread: Any) -> dict[str, Any]:
-    ids = {i for i in (thread.open_run_id, thread.active_run_id) if i}
-    runs = {i: store.load_run(run_id=i) for i in ids}
-    return s.thread_json(thread, runs)
-
-
-class ThreadsView(EdgeCheckedView):
-    @extend_schema(
-        parameters=[OpenApiParameter("limit", int), OpenApiParameter("offset", int)], responses={200: dict}
-    )
-    def get(self, request: Request) -> Response:
-        limit, offset = _page(request)
-        qs = selectors.user_threads(_user_id(request))
-        total = qs.count()
-        threads = [store.load_thread(thread_id=t.id) for t in qs[offset : offset + limit]]
-        return Response(
-            {
-                "items": [_thread_payload(t) for t in threads if t],
-                "total": total,
-                "has_more": offset + len(threads) < total,
-            }
-        )
-
-
-class ThreadDetailView(EdgeCheckedView):
-    @extend_schema(responses={200: dict})
-    def get(self, request: Request, thread_id: str) -> Response:
-        return Response(_thread_payload(_thread_or_404(request, thread_id)))
+# (thread list / create / read / update / delete / search: thread_views.py)
 
 
 class DispatchDetailView(EdgeCheckedView):

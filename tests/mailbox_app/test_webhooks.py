@@ -50,7 +50,7 @@ class Received:
 
     @property
     def document(self) -> dict[str, Any]:
-        return json.loads(self.body)
+        return dict(json.loads(self.body))
 
 
 class Receiver:
@@ -128,10 +128,10 @@ def _rows(run_id: str) -> list[WebhookDelivery]:
 
 
 def _delivered(run_id: str, count: int) -> list[WebhookDelivery]:
-    def settled() -> list[WebhookDelivery] | None:
+    def settled() -> list[WebhookDelivery]:
         rows = _rows(run_id)
         done = len(rows) == count and all(r.status == WebhookDeliveryStatus.DELIVERED for r in rows)
-        return rows if done else None
+        return rows if done else []
 
     return wait_until(settled, timeout=20, what=f"{count} delivered webhook rows of {run_id}")
 
@@ -459,7 +459,7 @@ def test_an_attempt_that_died_mid_delivery_is_retried_after_its_lease_and_cannot
     WebhookDelivery.objects.filter(delivery_id=delivery_id).update(locked_until=now_ms() - 1)  # lease over
     assert webhook_delivery.redrive() == 1
     assert webhook_delivery.deliver(delivery_id) is webhook_delivery.DeliveryOutcome.DELIVERED
-    stale = {
+    stale: dict[str, Any] = {
         "delivery_id": delivery_id,
         "attempt": dead.attempt,
         "now": now_ms(),

@@ -1,11 +1,11 @@
 from typing import Any
 
-from mailbox_app.maintenance import gc
+from mailbox_app.maintenance import gc_counts
 from mailbox_app.management.commands._base import MailboxCommand
 
 
 class Command(MailboxCommand):
-    help = "Delete terminal dispatches older than AWAKEN_MAILBOX_GC_TTL_MS."
+    help = "One GC tick: old terminal dispatches, orphaned epoch rows, expired keys and threads, ..."
 
     def handle(self, *args: Any, **options: Any) -> None:
-        self.summary("gc", {"purged": gc()})
+        self.summary("gc", gc_counts())

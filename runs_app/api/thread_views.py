@@ -1,0 +1,132 @@
+"""HTTP views of threads: list, create, read, update, delete, search (runs_app/threads.py does the work).
+
+A thread is the caller's or a 404: another user's thread cannot be read, updated, deleted or found."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from mailbox_app.ids import now_ms, uuid7
+from mailbox_app.payloads import ThreadRecord
+from runs_app import selectors, store, threads
+from runs_app.api import serializers as s
+from runs_app.api import thread_serializers as ts
+from runs_app.api.errors import ApiError, not_found
+from runs_app.api.views import EdgeCheckedView, _page, _thread_or_404, _user_id, _validated
+
+_ERRORS = {400: ts.ErrorOut, 404: ts.ErrorOut}
+
+
+def thread_payloads(records: list[ThreadRecord]) -> list[dict[str, Any]]:
+    """The threads as the API returns them: their open and active runs and their status included."""
+    statuses = threads.thread_statuses([t.id for t in records])
+    run_ids = {i for t in records for i in (t.open_run_id, t.active_run_id) if i}
+    runs = {i: store.load_run(run_id=i) for i in run_ids}
+    return [
+        {**s.thread_json(t, runs), "status": statuses.get(t.id, threads.ThreadStatus.IDLE).value}
+        for t in records
+    ]
+
+
+def _payload(thread: ThreadRecord) -> dict[str, Any]:
+    return thread_payloads([thread])[0]
+
+
+def _page_body(items: list[ThreadRecord], total: int, offset: int) -> dict[str, Any]:
+    return {"items": thread_payloads(items), "total": total, "has_more": offset + len(items) < total}
+
+
+class ThreadsView(EdgeCheckedView):
+    @extend_schema(
+        parameters=[OpenApiParameter("limit", int), OpenApiParameter("offset", int)],
+        responses={200: ts.ThreadPageOut, 400: ts.ErrorOut},
+    )
+    def get(self, request: Request) -> Response:
+        limit, offset = _page(request)
+        qs = selectors.user_threads(_user_id(request))
+        total = qs.count()
+        loaded = [store.load_thread(thread_id=t.id) for t in qs[offset : offset + limit]]
+        return Response(_page_body([t for t in loaded if t], total, offset))
+
+    @extend_schema(
+        request=ts.ThreadCreateIn,
+        responses={201: ts.ThreadOut, 200: ts.ThreadOut, 409: ts.ErrorOut, **_ERRORS},
+    )
+    def post(self, request: Request) -> Response:
+        data = _validated(ts.ThreadCreateIn, request)
+        thread_id = data.get("thread_id") or uuid7()
+        created = threads.create_thread(
+            thread_id=thread_id,
+            owner_id=_user_id(request),
+            metadata=data["metadata"],
+            title=data.get("title"),
+            now=now_ms(),
+        )
+        if created.created and created.thread is not None:
+            return Response(_payload(created.thread), status=201)
+        if data["if_exists"] == "raise":
+            raise ApiError(
+                f"thread already exists: {thread_id}",
+                code="thread_exists",
+                status_code=409,
+                field="thread_id",
+            )
+        if created.thread is None:  # do_nothing on another user's id: it is not theirs to see
+            raise not_found("thread", thread_id)
+        return Response(_payload(created.thread), status=200)
+
+
+class ThreadDetailView(EdgeCheckedView):
+    @extend_schema(responses={200: ts.ThreadOut, **_ERRORS})
+    def get(self, request: Request, thread_id: str) -> Response:
+        return Response(_payload(_thread_or_404(request, thread_id)))
+
+    @extend_schema(request=ts.ThreadPatchIn, responses={200: ts.ThreadOut, **_ERRORS})
+    def patch(self, request: Request, thread_id: str) -> Response:
+        data = _validated(ts.ThreadPatchIn, request)
+        changes: dict[str, Any] = {"title": data["title"]} if "title" in data else {}
+        try:
+            thread = threads.update_thread(
+                thread_id=thread_id,
+                owner_id=_user_id(request),
+                metadata=data.get("metadata"),
+                now=now_ms(),
+                **changes,
+            )
+        except threads.MetadataError as exc:
+            raise ApiError(f"metadata: {exc}", code="invalid", field="metadata") from None
+        if thread is None:
+            raise not_found("thread", thread_id)
+        return Response(_payload(thread))
+
+    @extend_schema(request=None, responses={200: ts.ThreadDeletedOut, 409: ts.ErrorOut, **_ERRORS})
+    def delete(self, request: Request, thread_id: str) -> Response:
+        done = threads.delete_thread(thread_id=thread_id, owner_id=_user_id(request))
+        if done.outcome is threads.DeleteOutcome.NOT_FOUND:
+            raise not_found("thread", thread_id)
+        if done.outcome is threads.DeleteOutcome.ACTIVE:
+            raise ApiError(
+                f"thread {thread_id} has an active run or queued work; cancel it first",
+                code="active_run_conflict",
+                status_code=409,
+            )
+        return Response({"status": "deleted", "thread_id": thread_id, "deleted": done.counts})
+
+
+class ThreadSearchView(EdgeCheckedView):
+    @extend_schema(request=ts.ThreadSearchIn, responses={200: ts.ThreadPageOut, 400: ts.ErrorOut})
+    def post(self, request: Request) -> Response:
+        data = _validated(ts.ThreadSearchIn, request)
+        status = data.get("status")
+        found, total = threads.search_threads(
+            owner_id=_user_id(request),
+            metadata=data.get("metadata"),
+            status=None if status is None else threads.ThreadStatus(status),
+            limit=data["limit"],
+            offset=data["offset"],
+        )
+        return Response(_page_body([f.thread for f in found], total, data["offset"]))
