@@ -22,6 +22,7 @@ Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Mapping[str, Any]]]
 Send = Callable[[Mapping[str, Any]], Awaitable[None]]
 App = Callable[[Message, Receive, Send], Awaitable[None]]
+PERMIT_SCOPE_KEY = "awaken.view_permit"
 
 
 class BoundedViews:
@@ -30,7 +31,9 @@ class BoundedViews:
     Each admitted request runs its view in its own thread with its own DB connection, so without a
     bound a burst of 1,000 stream opens would open 1,000 PostgreSQL connections. A request holds its
     permit until its response starts: an open SSE stream (which already gave back its connection,
-    runs_app/api/sse.py) holds none."""
+    runs_app/api/sse.py) holds none. A view that waits on the event loop before it answers (a run wait,
+    runs_app/api/run_wait.py) gives its permit back while it waits and takes one again to finish, through
+    the `(release, reacquire)` pair in `scope[PERMIT_SCOPE_KEY]`."""
 
     def __init__(self, app: App, limit: int) -> None:
         self.app, self.limit = app, limit
@@ -51,6 +54,14 @@ class BoundedViews:
             if held:
                 held = False
                 permits.release()
+
+        async def reacquire() -> None:
+            nonlocal held
+            if not held:
+                await permits.acquire()
+                held = True
+
+        scope = {**scope, PERMIT_SCOPE_KEY: (release, reacquire)}
 
         async def send_and_release(message: Mapping[str, Any]) -> None:
             if message["type"] == "http.response.start":

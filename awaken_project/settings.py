@@ -10,6 +10,7 @@ from pathlib import Path
 from django.core.exceptions import ImproperlyConfigured
 
 from awaken_project.envurls import database_from_url
+from mailbox_app.claim_policy import ClaimPolicy
 from mailbox_app.config import ConfigError, MailboxConfig
 from mailbox_app.metrics_access import DEFAULT_ALLOWED_NETWORKS as DEFAULT_METRICS_NETWORKS
 from mailbox_app.metrics_access import parse_networks as parse_metrics_networks
@@ -181,6 +182,13 @@ except ConfigError as exc:  # stop start-up with the variable's name, not a trac
     sys.stderr.write(f"awaken-mailbox configuration error: {exc}\n")
     raise SystemExit(2) from None
 
+# fairness across owners and concurrency limits (mailbox_app/claim_policy.py)
+try:
+    AWAKEN_CLAIM_POLICY = ClaimPolicy.from_env(ENV)
+except ConfigError as exc:
+    sys.stderr.write(f"awaken-mailbox configuration error: {exc}\n")
+    raise SystemExit(2) from None
+
 AWAKEN_RUN_STORE = ENV.get("AWAKEN_RUN_STORE", "runs_app.store")
 # Extra agents: a JSON object {"agent_id": "dotted.path.to.ExecutorClass"}; `echo` is built in.
 try:
@@ -202,6 +210,8 @@ AWAKEN_IDEMPOTENCY_TTL_MS = _env_int("AWAKEN_IDEMPOTENCY_TTL_MS", 86_400_000, mi
 AWAKEN_THREAD_TTL_MS = _env_int("AWAKEN_THREAD_TTL_MS", 0)
 # At most this many rows (orphaned epoch rows; expired threads) each GC purge removes per tick.
 AWAKEN_GC_MAX_PER_TICK = _env_int("AWAKEN_GC_MAX_PER_TICK", 10_000, minimum=1)
+# Each run activation's time budget unless a submit's `timeout_s` says otherwise (mailbox_app/timeouts.py).
+AWAKEN_RUN_TIMEOUT_MS = _env_int("AWAKEN_RUN_TIMEOUT_MS", 3_600_000, minimum=1)
 AWAKEN_DISPATCH_SIGNAL_NACK_BASE_DELAY_MS = _env_int(
     "AWAKEN_DISPATCH_SIGNAL_NACK_BASE_DELAY_MS", 500, minimum=1
 )
@@ -272,6 +282,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # one named enum per choice set that several bodies share (else "StatusFd7Enum" and a warning)
+    "ENUM_NAME_OVERRIDES": {"RunStatusEnum": "runs_app.api.run_serializers.RUN_STATUSES"},
 }
 LOGIN_URL = "admin:login"  # the API docs send a browser without a session there
 

@@ -18,6 +18,7 @@ from django.conf import settings
 from django.db import transaction
 
 from mailbox_app import doorbells, events, history, metrics, service, store
+from mailbox_app.claim_policy import claim_policy
 from mailbox_app.errors import StoreError
 from mailbox_app.executor import MailboxRunOutcome, OutcomeKind, RunResult
 from mailbox_app.history import RunTranscript
@@ -371,9 +372,14 @@ def _queue_leftovers(dispatch: DispatchRecord, run: RunRecord | None, leftovers:
 
 
 def _claim_next(settled: DispatchRecord, consumer_id: str | None, now: int) -> DispatchRecord | None:
+    """The worker's next claim, in the finish transaction: the fairest across threads (the thread
+    just settled included), or — with fairness off — the same thread's next, as the reference drains."""
     if consumer_id is None:
         return None
-    claimed = store.claim(settled.thread_id, consumer_id, settings.AWAKEN_MAILBOX.lease_ms, now)
+    lease_ms = settings.AWAKEN_MAILBOX.lease_ms
+    if claim_policy().fair:
+        return store.claim_next_fair(consumer_id, lease_ms, now)
+    claimed = store.claim(settled.thread_id, consumer_id, lease_ms, now)
     return claimed[0] if claimed else None
 
 

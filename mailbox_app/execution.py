@@ -209,6 +209,7 @@ def _run_with_lease(started: attempt.Started, lock: ThreadLock, claim_next: bool
         run_id=dispatch.run_id,
         dispatch_id=dispatch.dispatch_id,
         claim_token=dispatch.claim_token or "",
+        deadline_at=started.run.deadline_at,
     )
     subscription: LiveSubscription | None = None
     renewer: LeaseRenewer | None = None
@@ -285,6 +286,21 @@ def drain_thread(thread_id: str, *, first: DispatchRecord | None = None) -> Disp
         attempt_ = DispatchAttempt.CLAIMED
         dispatch = report.next_dispatch
     if dispatch is not None:  # claimed by the last finish: hand it to a fresh doorbell
-        doorbells.hand_over_claimed_on_commit(thread_id, dispatch.dispatch_id, dispatch.claim_token or "")
+        doorbells.hand_over_claimed_on_commit(
+            dispatch.thread_id, dispatch.dispatch_id, dispatch.claim_token or ""
+        )
     doorbells.ring_on_commit(thread_id, None)
     return attempt_
+
+
+def drain_fair() -> DispatchAttempt:
+    """Claim the fairest eligible dispatch across threads (`store.claim_next_fair`) and drain from it."""
+    close_old_connections()
+    try:
+        claimed = store.claim_next_fair(consumer_id(), settings.AWAKEN_MAILBOX.lease_ms, now_ms())
+    except Exception:
+        log.exception("fair claim failed")
+        return DispatchAttempt.TRANSIENT_ERROR
+    if claimed is None:
+        return DispatchAttempt.NO_ELIGIBLE
+    return drain_thread(claimed.thread_id, first=claimed)

@@ -11,7 +11,7 @@ from django.conf import settings
 from django.dispatch import Signal
 from redis.exceptions import RedisError
 
-from mailbox_app import epochs, metrics, service, signals, steps, store
+from mailbox_app import epochs, metrics, service, signals, steps, store, timeouts
 from mailbox_app.ids import now_ms
 from mailbox_app.locks import ThreadLock
 from mailbox_app.ports import run_store
@@ -34,6 +34,7 @@ class SweepReport:
     dead_lettered: int = 0
     reconciled: int = 0
     redriven: int = 0
+    timed_out: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -53,11 +54,18 @@ def sweep(*, now: int | None = None) -> SweepReport:
                 reconciled += terminalize_run_for_dispatch(dispatch, now=stamp) is not None
         if len(batch) < RECLAIM_BATCH:
             break
+    timed_out = timeouts.expire_overdue_runs(now=stamp)  # after the reclaim: what it requeued counts
     threads = store.claimable_thread_ids(stamp, REDRIVE_LIMIT)
     for thread_id in threads:
         signals.ring_on_commit(thread_id, None)
     metrics.refresh_dispatch_depth(store.count_by_status)  # the depth gauges: per sweep, not per request
-    return SweepReport(reclaimed=reclaimed, dead_lettered=dead, reconciled=reconciled, redriven=len(threads))
+    return SweepReport(
+        reclaimed=reclaimed,
+        dead_lettered=dead,
+        reconciled=reconciled,
+        redriven=len(threads),
+        timed_out=timed_out,
+    )
 
 
 def _release_stale_lock(thread_id: str) -> None:

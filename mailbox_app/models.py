@@ -18,6 +18,8 @@ class ThreadEpoch(models.Model):
 
     thread_id = models.CharField(max_length=128, primary_key=True)
     current_epoch = models.BigIntegerField(default=0)
+    # who the thread's work is fair to (the thread's owner; "" when none): claims rotate across owners
+    owner_key = models.CharField(max_length=64, default="", db_default="", blank=True)
 
     class Meta:
         db_table = "mailbox_thread_epoch"
@@ -74,6 +76,8 @@ class Dispatch(models.Model):
     updated_at = models.BigIntegerField()
     # the input this dispatch delivers (a RunRequestSnapshot), read by reconstruct (spec §7.7 fix)
     request = models.JSONField(null=True, blank=True)
+    # the agent of the run it activates: per-agent concurrency limits count claimed rows by it
+    agent_key = models.CharField(max_length=128, default="", db_default="", blank=True)
 
     objects = DispatchQuerySet.as_manager()
 
@@ -101,6 +105,10 @@ class Dispatch(models.Model):
                 name="dispatch_terminal_idx",
             ),
             models.Index(fields=["run_id"], name="dispatch_run_idx"),
+            # concurrency limits: claimed rows counted by agent
+            models.Index(
+                fields=["agent_key"], condition=Q(status=_CLAIMED), name="dispatch_claimed_agent_idx"
+            ),
         ]
         constraints = [
             models.UniqueConstraint(
@@ -215,3 +223,18 @@ class WebhookDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.delivery_id} {self.event} ({self.status})"
+
+
+class FairGroup(models.Model):
+    """When each owner was last served a claim: claims across threads go to the owner served longest
+    ago first (round-robin by owner, like Hatchet's GROUP_ROUND_ROBIN); within a thread the order stays
+    priority, then created."""
+
+    owner_key = models.CharField(max_length=64, primary_key=True)
+    served_at = models.BigIntegerField(default=0, db_default=0)
+
+    class Meta:
+        db_table = "mailbox_fair_group"
+
+    def __str__(self) -> str:
+        return f"{self.owner_key or '(no owner)'} served at {self.served_at}"

@@ -179,6 +179,9 @@ class RunRecord(BaseModel):
     input_tokens: int = 0
     output_tokens: int = 0
     state: dict[str, Any] | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    timeout_ms: int | None = None  # each activation's time budget (None: unbounded)
+    deadline_at: int | None = None  # the current activation's deadline, set when it starts
 
     def waiting_reason(self) -> str | None:
         return self.waiting.reason if self.status is RunStatus.WAITING and self.waiting else None

@@ -66,6 +66,8 @@ class RunStore(Protocol):
 
     def terminal_dispatches_with_open_runs(self, *, limit: int) -> list[str]: ...
 
+    def overdue_runs(self, *, now: int, limit: int) -> list[RunRecord]: ...
+
     def checkpoint(
         self,
         *,

@@ -98,7 +98,8 @@ def prepare_run_for_dispatch(
         owner_id=owner_id,
         now=now,
     )
-    return request, run_id
+    # the dispatch records the run's agent (inherited or default included): limits count by it
+    return request.with_(agent_id=prepared.agent_id), run_id
 
 
 def _snapshot(request: RunRequest, messages: list[ChatMessage]) -> RunRequestSnapshot:
@@ -124,13 +125,14 @@ def build_dispatch(request: RunRequest, thread_id: str, *, now: int | None = Non
         dispatch_id=request.dispatch_id_hint or uuid7(),
         thread_id=thread_id,
         run_id=run_id,
-        priority=DEFAULT_PRIORITY,
+        priority=DEFAULT_PRIORITY if request.priority is None else request.priority,
         dedupe_key=request.dedupe_key,
         available_at=stamp + request.start_after_ms,
         max_attempts=settings.AWAKEN_MAILBOX.default_max_attempts,
         created_at=stamp,
         updated_at=stamp,
         request=snapshot.model_dump(mode="json"),
+        agent_key=request.agent_id or "",
     )
 
 
@@ -168,10 +170,10 @@ def reconstruct_from(dispatch: DispatchRecord, run: RunRecord) -> RunRequest:
         transport_request_id=snapshot.transport_request_id,
         decisions=[(d.call_id, d.resume) for d in snapshot.decisions],
         frontend_tools=list(snapshot.frontend_tools),
-    )
-    if snapshot.request_extras is not None:
         metadata=run.metadata or None,
         timeout_ms=run.timeout_ms,
+    )
+    if snapshot.request_extras is not None:
         request = RunRequestExtras.from_value(snapshot.request_extras).apply_to(request)
     if run.is_resumable_waiting:
         request = request.with_(continue_run_id=run.run_id)

@@ -38,6 +38,8 @@ class DispatchRecord:
     # What this dispatch delivers (a `RunRequestSnapshot` as JSON: its input message ids, decisions,
     # extras); reconstruct reads it, so two dispatches of one run each deliver their own (spec §7.7).
     request: Any = None
+    # The agent of the run it activates (per-agent concurrency limits count claimed rows by it).
+    agent_key: str = ""
 
     def replace(self, **changes: Any) -> DispatchRecord:
         return dataclasses.replace(self, **changes)

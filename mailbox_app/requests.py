@@ -57,6 +57,13 @@ class RunRequest(BaseModel):
     session_id: str | None = None
     transport_request_id: str | None = None
     dedupe_key: str | None = None
+    # the dispatch's priority (0-255, lower first; the reference's field); None: the default, 128
+    priority: int | None = Field(default=None, ge=0, le=255)
+    # Kept on a new run (not on a run the request continues): the submitter's metadata and the time
+    # budget of each activation (None: AWAKEN_RUN_TIMEOUT_MS); `start_after_ms` delays the dispatch.
+    metadata: dict[str, Any] | None = None
+    timeout_ms: int | None = Field(default=None, gt=0)
+    start_after_ms: int = Field(default=0, ge=0)
 
     def with_(self, **changes: Any) -> RunRequest:
         return self.model_copy(update=changes)

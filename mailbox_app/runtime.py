@@ -9,7 +9,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from mailbox_app import events, service, steps
@@ -28,6 +28,7 @@ from mailbox_app.ports import run_store
 from mailbox_app.records import DispatchRecord, RunDispatchResult
 from mailbox_app.requests import RunMode, RunOrigin, RunRequest
 from mailbox_app.states import RunStatus
+from mailbox_app.timeouts import TIMED_OUT
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -51,10 +52,20 @@ class ActiveRun:
     decisions: queue.Queue[tuple[str, ToolCallResume]] = field(default_factory=queue.Queue)
     suspended: threading.Event = field(default_factory=threading.Event)
     lease_lost: threading.Event = field(default_factory=threading.Event)
+    deadline_at: int | None = None  # the activation's deadline (Unix ms, the run's `deadline_at`)
+    timed_out: threading.Event = field(default_factory=threading.Event)
     # what the run has emitted so far: closes its open tool calls if it ends early (history.py)
     transcript: RunTranscript = field(default_factory=RunTranscript)
     _inbox_lock: threading.Lock = field(default_factory=threading.Lock)
     _inbox_open: bool = True
+
+    def check_deadline(self) -> bool:
+        """Whether the run is cancelled, cancelling it first once its deadline has passed (the agent sees
+        a timeout as a cancellation; the finish records termination `timeout`)."""
+        if self.deadline_at is not None and not self.timed_out.is_set() and now_ms() >= self.deadline_at:
+            self.timed_out.set()
+            self.cancel_event.set()
+        return self.cancel_event.is_set()
 
     def on_live_command(self, command: dict[str, Any]) -> bool:
         """Accept a live command; returning True acknowledges it to the sender (the run will read it)."""
@@ -133,10 +144,13 @@ class _Context:
             self._active.suspended.clear()
 
     def is_cancelled(self) -> bool:
-        return self._active.cancel_event.is_set()
+        return self._active.check_deadline()
 
     def wait_cancelled(self, timeout_s: float) -> bool:
-        return self._active.cancel_event.wait(timeout_s)
+        deadline = self._active.deadline_at
+        if deadline is not None:  # wake at the deadline, not after it
+            timeout_s = min(timeout_s, max(deadline - now_ms(), 0) / 1000)
+        return self._active.cancel_event.wait(timeout_s) or self._active.check_deadline()
 
     def take_steering(self) -> list[ChatMessage]:
         taken: list[ChatMessage] = []
@@ -194,9 +208,15 @@ def call_agent(
     """Run the executor; everything it raises is classified onto the mailbox outcome."""
     context = _Context(active, request)
     try:
-        return classify_error(None), resolve_agent(run.agent_id).run(request, context), None
+        outcome, result, error = classify_error(None), resolve_agent(run.agent_id).run(request, context), None
     except Exception as exc:  # noqa: BLE001 - the executor is user code; classify everything it raises
-        return classify_error(exc), None, exc
+        outcome, result, error = classify_error(exc), None, exc
+    if active.timed_out.is_set():
+        # Cancelled by its deadline: the run ends `timeout` whatever the agent answered (its output and
+        # messages are kept; an error raised on the way out is not retried, a suspension is not kept).
+        ended = replace(result or RunResult(), termination=TIMED_OUT, waiting=None)
+        return classify_error(None), ended, None
+    return outcome, result, error
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ from typing import Any
 from django.db.models import Count, Min
 from redis.exceptions import RedisError
 
+from mailbox_app import store
 from mailbox_app.ids import now_ms
 from mailbox_app.locks import ThreadLock
 from mailbox_app.models import Dispatch, ThreadEpoch
@@ -149,6 +150,11 @@ class QueuedEntry:
     @property
     def in_backoff(self) -> bool:
         return self.backoff_left_ms > 0
+
+    @property
+    def is_delayed_start(self) -> bool:
+        """Waiting for a start time its submit asked for (`after_seconds`), not a retry's backoff."""
+        return self.in_backoff and self.attempt_count == 0
 
     @property
     def claimable_now(self) -> bool:
@@ -305,6 +311,11 @@ def _reasons(
                 f"{q.dispatch_id}: epoch {q.dispatch_epoch} < thread epoch {epoch}, "
                 "superseded at the next claim"
             )
+        elif q.is_delayed_start:
+            out.append(
+                f"{q.dispatch_id}: delayed start (after_seconds) at {format_utc_ms(q.available_at)} "
+                f"({format_duration_ms(q.backoff_left_ms)} left)"
+            )
         elif q.in_backoff:
             out.append(
                 f"{q.dispatch_id}: backoff until {format_utc_ms(q.available_at)} "
@@ -347,5 +358,16 @@ def thread_block_report(thread_id: str, now: int | None = None) -> ThreadBlockRe
         queued=queued,
         queued_total=queued_total,
         execution_lock=lock,
-        reasons=_reasons(holder, queued, queued_total, current_epoch, lock),
+        reasons=_reasons(holder, queued, queued_total, current_epoch, lock)
+        + _limit_reason(holder, queued_rows, thread_id),
     )
+
+
+def _limit_reason(holder: ClaimHolder | None, queued_rows: list[Dispatch], thread_id: str) -> tuple[str, ...]:
+    """Name the concurrency limit (claim_policy.py) that holds the thread's next dispatch, if one does."""
+    if holder is not None or not queued_rows:
+        return ()
+    limit = store.blocking_limit(queued_rows[0].agent_key, store.thread_owner_key(thread_id))
+    if limit is None:
+        return ()
+    return (f"{queued_rows[0].dispatch_id} waits for a concurrency slot: {limit}",)

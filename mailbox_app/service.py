@@ -135,10 +135,18 @@ def submit(
             doorbells.ring_at(thread_id, dispatch.dispatch_id, dispatch.available_at)
             return result
         dispatch = dispatch.replace(available_at=now + INLINE_CLAIM_GUARD_MS)
-        store.enqueue(dispatch)
+        store.enqueue(dispatch, owner_key=_owner_key(owner_id))
         claimed = store.claim_dispatch(
             dispatch.dispatch_id, consumer_id(), settings.AWAKEN_MAILBOX.lease_ms, now
         )
+        if claimed is None and store.blocking_limit(dispatch.agent_key, store.thread_owner_key(thread_id)):
+            # a concurrency limit holds it: it waits its turn in the queue (a freed slot claims it)
+            store.make_available(dispatch.dispatch_id, now)
+            doorbells.ring_on_commit(thread_id, dispatch.dispatch_id)
+            result = SubmitResult(dispatch.dispatch_id, run_id, thread_id, SubmitStatus.QUEUED)
+            if in_transaction is not None:
+                in_transaction(result)
+            return result
         if claimed is None:
             raise ActiveRunConflict()  # rolls back the run, its messages and the dispatch
         result = SubmitResult(claimed.dispatch_id, run_id, thread_id, SubmitStatus.RUNNING)
@@ -161,6 +169,8 @@ def submit_background(
     )
     with transaction.atomic():
         dispatch, run_id = _prepare_and_enqueue(request.with_(thread_id=thread_id), messages, owner_id)
+        if reject_if_busy and store.thread_busy(thread_id, excluding=dispatch.dispatch_id):
+            raise ThreadBusy(thread_id)  # rolls back the run, its messages and the dispatch
         claimed = store.claim(thread_id, consumer_id(), settings.AWAKEN_MAILBOX.lease_ms, now_ms())
         if claimed:
             doorbells.hand_over_claimed_on_commit(
@@ -171,8 +181,6 @@ def submit_background(
         elif not claimed:
             doorbells.ring_on_commit(thread_id, dispatch.dispatch_id)
     status = SubmitStatus.RUNNING if claimed and request.start_after_ms == 0 else SubmitStatus.QUEUED
-        if reject_if_busy and store.thread_busy(thread_id, excluding=dispatch.dispatch_id):
-            raise ThreadBusy(thread_id)  # rolls back the run, its messages and the dispatch
     return SubmitResult(dispatch.dispatch_id, run_id, thread_id, status)
 
 
@@ -192,7 +200,11 @@ def _prepare_and_enqueue(
     request: RunRequest, messages: list[ChatMessage], owner_id: int | None
 ) -> tuple[DispatchRecord, str]:
     request, run_id = prepare_run_for_dispatch(request, request.thread_id, messages, owner_id=owner_id)
-    return store.enqueue(build_dispatch(request, request.thread_id)), run_id
+    return store.enqueue(build_dispatch(request, request.thread_id), owner_key=_owner_key(owner_id)), run_id
+
+
+def _owner_key(owner_id: int | None) -> str:
+    return "" if owner_id is None else str(owner_id)
 
 
 def submit_live_then_queue(
@@ -431,9 +443,11 @@ __all__ = [
     "ACTIVE_RUN_CONFLICT_MESSAGE",
     "ActiveRunConflict",
     "MailboxError",
+    "MultitaskStrategy",
     "StoreError",
     "SubmitResult",
     "SubmitStatus",
+    "ThreadBusy",
     "ValidationError",
     "cancel",
     "interrupt",
@@ -443,11 +457,9 @@ __all__ = [
     "queued_thread_ids",
     "send_decision",
     "send_decision_live",
-    "MultitaskStrategy",
     "submit",
+    "submit_as",
     "submit_background",
     "submit_live_then_queue",
-    "ThreadBusy",
     "wake_run",
 ]
-    "submit_as",

@@ -12,7 +12,8 @@ from enum import StrEnum
 from django.conf import settings
 
 from mailbox_app import doorbells, store
-from mailbox_app.execution import DispatchAttempt, drain_thread
+from mailbox_app.claim_policy import claim_policy
+from mailbox_app.execution import DispatchAttempt, drain_fair, drain_thread
 from mailbox_app.ids import now_ms
 from mailbox_app.retry import blocked_signal_delay_ms
 from mailbox_app.states import DispatchStatus
@@ -42,6 +43,8 @@ def handle_dispatch_signal(
     """Claimed/Busy -> ack; NoEligible while the signalled dispatch is still queued -> retry with the
     blocked backoff (at least until it becomes available); claim error -> retry."""
     attempt = drain_thread(thread_id)
+    if attempt is DispatchAttempt.NO_ELIGIBLE and claim_policy().fair:
+        attempt = drain_fair()  # nothing here: the worker takes the fairest work elsewhere
     if attempt is DispatchAttempt.CLAIMED or attempt is DispatchAttempt.BUSY:
         return SignalDecision(SignalAction.ACK, attempt)
     delay = blocked_signal_delay_ms(
@@ -55,6 +58,10 @@ def handle_dispatch_signal(
         return SignalDecision(SignalAction.ACK, attempt)
     pending = store.load_dispatch(dispatch_id)
     if pending is None or pending.status is not DispatchStatus.QUEUED:
+        return SignalDecision(SignalAction.ACK, attempt)
+    if store.blocking_limit(pending.agent_key, store.thread_owner_key(thread_id)) is not None:
+        # held by a concurrency limit: the attempt that frees the slot claims the next one in its finish
+        # transaction (and the sweep rings again), so this doorbell does not poll
         return SignalDecision(SignalAction.ACK, attempt)
     not_before = pending.available_at - now_ms()
     return SignalDecision(SignalAction.RETRY, attempt, max(delay, not_before))

@@ -23,8 +23,9 @@ LOCK_EPOCH = READ_EPOCH + " FOR UPDATE"
 # Enqueues of one thread serialize here — they already do on the thread row in the submit path.
 INSERT_DISPATCH = f"""
 WITH e AS (
-    INSERT INTO {EPOCH} AS ep (thread_id, current_epoch) VALUES (%(thread_id)s, 0)
-    ON CONFLICT (thread_id) DO UPDATE SET current_epoch = ep.current_epoch
+    INSERT INTO {EPOCH} AS ep (thread_id, current_epoch, owner_key) VALUES (%(thread_id)s, 0, %(owner_key)s)
+    ON CONFLICT (thread_id) DO UPDATE
+       SET owner_key = CASE WHEN EXCLUDED.owner_key <> '' THEN EXCLUDED.owner_key ELSE ep.owner_key END
     RETURNING current_epoch
 )
 INSERT INTO {DISPATCH} ({COLS})
@@ -32,7 +33,7 @@ SELECT %(dispatch_id)s::varchar, %(thread_id)s::varchar, %(run_id)s::varchar, %(
        %(dedupe_key)s::varchar, e.current_epoch, 'queued', %(available_at)s::bigint,
        %(attempt_count)s::integer, %(max_attempts)s::integer, %(last_error)s::text,
        NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, %(created_at)s::bigint, %(updated_at)s::bigint,
-       %(request)s::jsonb
+       %(request)s::jsonb, %(agent_key)s::varchar
 FROM e
 RETURNING {COLS}
 """
@@ -73,9 +74,29 @@ WITH stale AS (
 # older epoch is never picked, and a concurrent claim committed after the snapshot surfaces as the
 # one-claimed-per-thread unique violation, which the store answers with "nothing claimed".
 _EPOCH_NOW = "(SELECT current_epoch FROM e)"
-CLAIM_ONE = f"""
+# The claimed row is returned and its owner marked served (round-robin across owners, claim_policy.py).
+_SERVED = """, served AS (
+    INSERT INTO mailbox_fair_group AS g (owner_key, served_at)
+    SELECT e.owner_key, %(now)s FROM e WHERE EXISTS (SELECT 1 FROM claimed)
+    ON CONFLICT (owner_key) DO UPDATE SET served_at = GREATEST(g.served_at, EXCLUDED.served_at)
+)
+SELECT * FROM claimed"""
+_CLAIMED_CTE = f"""
+, claimed AS (
+UPDATE {DISPATCH} d
+   SET status = 'claimed', claim_token = %(token)s, claimed_by = %(consumer_id)s,
+       lease_until = %(lease_until)s, updated_at = %(now)s
+  FROM pick WHERE d.dispatch_id = pick.dispatch_id
+RETURNING {D_COLS}
+)"""
+
+
+def _claim_one(lock: str, claim_filter: str = "") -> str:
+    pick = _PICK.replace("%(epoch)s", _EPOCH_NOW)
+    claimed = _CLAIMED_CTE.replace("pick.dispatch_id\n", f"pick.dispatch_id{claim_filter}\n")
+    return f"""
 WITH e AS (
-    SELECT current_epoch FROM {EPOCH} WHERE thread_id = %(thread_id)s FOR UPDATE
+    SELECT current_epoch, owner_key FROM {EPOCH} WHERE thread_id = %(thread_id)s {lock}
 ), stale AS (
     UPDATE {DISPATCH}
        SET status = 'superseded', dispatch_epoch = {_EPOCH_NOW}, completed_at = %(now)s,
@@ -83,7 +104,113 @@ WITH e AS (
      WHERE {_EPOCH_NOW} > 0
        AND thread_id = %(thread_id)s AND status = 'queued' AND dispatch_epoch < {_EPOCH_NOW}
     RETURNING dispatch_id
-), {_PICK.replace("%(epoch)s", _EPOCH_NOW)}{_CLAIM_PICKED}"""
+), {pick}{claimed}{_SERVED}"""
+
+
+CLAIM_ONE = _claim_one("FOR UPDATE")
+# The fair path never waits for another thread's epoch row (an interrupt or a submit holds it): it
+# tries the next candidate instead.
+CLAIM_ONE_SKIP_LOCKED = _claim_one("FOR UPDATE SKIP LOCKED")
+
+# A claim under concurrency limits: the caller holds the advisory lock of each limited scope (taken in
+# the statement before, so this statement's snapshot sees every claim committed before the lock was
+# granted), and the counts are part of the claim's condition. Only a head of the agent it locked for.
+_WITHIN_LIMITS = f"""
+   AND d.agent_key = %(agent_key)s
+       AND (%(global_limit)s::int IS NULL
+            OR (SELECT count(*) FROM {DISPATCH} c WHERE c.status = 'claimed') < %(global_limit)s::int)
+       AND (%(agent_limit)s::int IS NULL
+            OR (SELECT count(*) FROM {DISPATCH} c WHERE c.status = 'claimed' AND c.agent_key = %(agent_key)s)
+               < %(agent_limit)s::int)
+       AND (%(owner_limit)s::int IS NULL
+            OR (SELECT count(*) FROM {DISPATCH} c JOIN {EPOCH} ce ON ce.thread_id = c.thread_id
+                 WHERE c.status = 'claimed' AND ce.owner_key = %(owner_key)s) < %(owner_limit)s::int)"""
+CLAIM_ONE_LIMITED = _claim_one("FOR UPDATE", _WITHIN_LIMITS)
+
+# Before a limited claim: the thread's epoch row locked, and the owner and the agent of its head.
+_LOCK_THREAD_HEAD = f"""
+SELECT e.owner_key,
+       (SELECT q.agent_key FROM {DISPATCH} q
+         WHERE q.thread_id = e.thread_id AND q.status = 'queued' AND q.dispatch_epoch >= e.current_epoch
+           AND q.available_at <= %(now)s
+         ORDER BY q.priority, q.created_at, q.dispatch_id LIMIT 1)
+  FROM {EPOCH} e WHERE e.thread_id = %(thread_id)s
+ FOR UPDATE OF e"""
+LOCK_THREAD_HEAD = _LOCK_THREAD_HEAD
+LOCK_THREAD_HEAD_SKIP_LOCKED = _LOCK_THREAD_HEAD + " SKIP LOCKED"
+SELECT_THREAD_OWNER = f"SELECT owner_key FROM {EPOCH} WHERE thread_id = %(thread_id)s"
+
+LOCK_LIMIT_SCOPES = """
+SELECT pg_advisory_xact_lock(hashtextextended('awaken-limit:' || s, 0)) FROM unnest(%(scopes)s::text[]) s
+"""
+
+# Fair candidates across threads: each thread's head (its next eligible queued row, or a claim a submit
+# took inline that no worker started within the grace), ordered by when its owner was last served,
+# then priority and age. Threads executing a dispatch are skipped; with limits, so are heads whose
+# agent or owner is at its limit (re-checked under the lock when claimed).
+_HEADS = f"""heads AS (
+    SELECT DISTINCT ON (u.thread_id) u.* FROM (
+        SELECT q.thread_id, q.dispatch_id, q.agent_key, q.priority, q.created_at, q.claim_token
+          FROM {DISPATCH} q WHERE q.status = 'queued' AND q.available_at <= %(now)s
+        UNION ALL
+        SELECT q.thread_id, q.dispatch_id, q.agent_key, q.priority, q.created_at, q.claim_token
+          FROM {DISPATCH} q
+         WHERE q.status = 'claimed' AND q.dispatch_instance_id IS NULL
+           AND q.updated_at <= %(unstarted_before)s
+    ) u
+     ORDER BY u.thread_id, u.claim_token NULLS LAST, u.priority, u.created_at, u.dispatch_id
+)"""
+_CANDIDATES = f"""
+SELECT h.thread_id, h.dispatch_id, h.claim_token, h.agent_key, COALESCE(e.owner_key, '')
+  FROM heads h
+  LEFT JOIN {EPOCH} e ON e.thread_id = h.thread_id
+  LEFT JOIN mailbox_fair_group g ON g.owner_key = COALESCE(e.owner_key, '')
+ WHERE (h.claim_token IS NOT NULL
+        OR NOT EXISTS (SELECT 1 FROM {DISPATCH} c WHERE c.thread_id = h.thread_id AND c.status = 'claimed'))
+ LIMITS
+ ORDER BY COALESCE(g.served_at, 0), h.priority, h.created_at, h.dispatch_id
+ LIMIT %(limit)s
+"""
+FAIR_CANDIDATES = f"WITH {_HEADS}{_CANDIDATES}".replace("LIMITS\n", "")
+_HEAD_WITHIN_LIMITS = """AND (h.claim_token IS NOT NULL OR (
+        (%(global_limit)s::int IS NULL
+         OR COALESCE((SELECT sum(n) FROM busy_agents), 0) < %(global_limit)s::int)
+        AND ((%(agent_limits)s::jsonb ->> h.agent_key) IS NULL
+             OR COALESCE((SELECT n FROM busy_agents b WHERE b.agent_key = h.agent_key), 0)
+                < (%(agent_limits)s::jsonb ->> h.agent_key)::int)
+        AND (%(owner_limit)s::int IS NULL
+             OR COALESCE((SELECT n FROM busy_owners o WHERE o.owner_key = COALESCE(e.owner_key, '')), 0)
+                < %(owner_limit)s::int)))"""
+FAIR_CANDIDATES_LIMITED = f"""WITH {_HEADS}, busy_agents AS (
+    SELECT agent_key, count(*) AS n FROM {DISPATCH} WHERE status = 'claimed' GROUP BY agent_key
+), busy_owners AS (
+    SELECT ce.owner_key, count(*) AS n
+      FROM {DISPATCH} c JOIN {EPOCH} ce ON ce.thread_id = c.thread_id
+     WHERE c.status = 'claimed' GROUP BY ce.owner_key
+){_CANDIDATES}""".replace("LIMITS", _HEAD_WITHIN_LIMITS)
+
+# Claimed dispatches counted per limited scope (the why-blocked view and the submit's answer).
+CLAIMED_COUNTS = f"""
+SELECT (SELECT count(*) FROM {DISPATCH} WHERE status = 'claimed'),
+       (SELECT count(*) FROM {DISPATCH} WHERE status = 'claimed' AND agent_key = %(agent_key)s),
+       (SELECT count(*) FROM {DISPATCH} c JOIN {EPOCH} ce ON ce.thread_id = c.thread_id
+         WHERE c.status = 'claimed' AND ce.owner_key = %(owner_key)s)
+"""
+
+# Take over a claim a submit took inline that no worker has started (its hand-over is stuck behind
+# other work): a new token, so the late hand-over finds its fence gone and leaves.
+STEAL_UNSTARTED = f"""
+WITH e AS (
+    SELECT current_epoch, owner_key FROM {EPOCH} WHERE thread_id = %(thread_id)s
+), claimed AS (
+UPDATE {DISPATCH} d
+   SET claim_token = %(token)s, claimed_by = %(consumer_id)s, lease_until = %(lease_until)s,
+       updated_at = %(now)s
+  FROM e
+ WHERE d.dispatch_id = %(dispatch_id)s AND d.status = 'claimed' AND d.claim_token = %(old_token)s
+   AND d.dispatch_instance_id IS NULL AND d.dispatch_epoch >= e.current_epoch
+RETURNING {D_COLS}
+){_SERVED}"""
 
 SELECT_DISPATCH = f"SELECT {COLS} FROM {DISPATCH} WHERE dispatch_id = %(dispatch_id)s"
 
@@ -101,6 +228,12 @@ UPDATE {DISPATCH} d
  WHERE d.dispatch_id = %(dispatch_id)s AND d.status = 'queued'
    AND NOT EXISTS (SELECT 1 FROM {DISPATCH} c WHERE c.thread_id = d.thread_id AND c.status = 'claimed')
 RETURNING {D_COLS}
+"""
+CLAIM_BY_ID_LIMITED = CLAIM_BY_ID.replace("\nRETURNING", _WITHIN_LIMITS + "\nRETURNING")
+
+MAKE_AVAILABLE = f"""
+UPDATE {DISPATCH} SET available_at = %(now)s, updated_at = %(now)s
+ WHERE dispatch_id = %(dispatch_id)s AND status = 'queued' AND available_at > %(now)s
 """
 
 # A fenced write: applies only while the row is claimed with this token in the current epoch.

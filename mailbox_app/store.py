@@ -17,6 +17,7 @@ from typing import Any
 from django.db import IntegrityError, connection, transaction
 
 from mailbox_app import metrics, sql
+from mailbox_app.claim_policy import ClaimPolicy, claim_policy
 from mailbox_app.errors import AlreadyExists, NotFound, ValidationError, VersionConflict
 from mailbox_app.ids import uuid7
 from mailbox_app.records import (
@@ -62,8 +63,10 @@ def _scalar(query: str, params: dict[str, Any]) -> Any:
 
 
 @metrics.timed(metrics.ENQUEUE)
-def enqueue(dispatch: DispatchRecord) -> DispatchRecord:
-    """Persist a queued dispatch stamped with the thread's current epoch (spec §3.1).
+def enqueue(dispatch: DispatchRecord, *, owner_key: str = "") -> DispatchRecord:
+    """Persist a queued dispatch stamped with the thread's current epoch (spec §3.1). `owner_key`
+    (the thread's owner) is recorded on the thread's epoch row the first time it is given: claims
+    rotate across owners (`claim_policy.py`).
 
     Raises `AlreadyExists` for a duplicate dispatch id or an active dispatch with the same dedupe key.
     """
@@ -81,6 +84,8 @@ def enqueue(dispatch: DispatchRecord) -> DispatchRecord:
         "created_at": dispatch.created_at,
         "updated_at": dispatch.updated_at,
         "request": None if dispatch.request is None else json.dumps(dispatch.request),
+        "agent_key": dispatch.agent_key,
+        "owner_key": owner_key,
     }
     try:
         with transaction.atomic():
@@ -116,19 +121,19 @@ def claim(thread_id: str, consumer_id: str, lease_ms: int, now: int, limit: int 
     """Claim the thread's next eligible dispatch (spec §3.2).
 
     Stale-epoch queued rows are superseded first; nothing is claimed while the thread has a claimed
-    dispatch. PostgreSQL enforces one claimed dispatch per thread, so at most one row is returned
-    whatever `limit` (>= 1) says.
+    dispatch, or while its head's agent or owner is at a concurrency limit (`claim_policy.py`).
+    PostgreSQL enforces one claimed dispatch per thread, so at most one row is returned whatever
+    `limit` (>= 1) says.
     """
     if limit <= 0:
         return []
-    params = {
-        "thread_id": thread_id,
-        "now": now,
-        "token": uuid7(),
-        "consumer_id": consumer_id,
-        "lease_until": now + lease_ms,
-    }
+    policy = claim_policy()
+    params = _claim_params(thread_id, consumer_id, lease_ms, now)
     try:
+        if policy.has_limits:
+            with transaction.atomic():
+                claimed, _ = _claim_limited(params, policy, skip_locked=False)
+            return [claimed] if claimed is not None else []
         # one statement: in autocommit it is its own transaction; inside the caller's transaction a
         # savepoint keeps a lost race (unique violation) from aborting it
         with transaction.atomic() if connection.in_atomic_block else nullcontext():
@@ -137,14 +142,140 @@ def claim(thread_id: str, consumer_id: str, lease_ms: int, now: int, limit: int 
         return []
 
 
+def _claim_params(thread_id: str, consumer_id: str, lease_ms: int, now: int) -> dict[str, Any]:
+    return {
+        "thread_id": thread_id,
+        "now": now,
+        "token": uuid7(),
+        "consumer_id": consumer_id,
+        "lease_until": now + lease_ms,
+    }
+
+
+def _limit_params(policy: ClaimPolicy, agent_key: str, owner_key: str) -> dict[str, Any]:
+    return {
+        "agent_key": agent_key,
+        "owner_key": owner_key,
+        "global_limit": policy.max_active_runs,
+        "agent_limit": policy.agent_limit(agent_key),
+        "owner_limit": policy.owner_max_active_runs,
+    }
+
+
+def _lock_scopes(policy: ClaimPolicy, agent_key: str, owner_key: str) -> bool:
+    """Take the advisory lock of every limited scope of this claim (after the thread's epoch row)."""
+    scopes = policy.lock_scopes(agent_key, owner_key)
+    if scopes:
+        with connection.cursor() as cursor:
+            cursor.execute(sql.LOCK_LIMIT_SCOPES, {"scopes": scopes})
+    return bool(scopes)
+
+
+def _claim_limited(
+    params: dict[str, Any], policy: ClaimPolicy, *, skip_locked: bool
+) -> tuple[DispatchRecord | None, bool]:
+    """A claim under limits, inside the caller's transaction: the epoch row, then the scopes' locks,
+    then the claim with the counts in its condition. Returns the claim and whether locks were taken."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            sql.LOCK_THREAD_HEAD_SKIP_LOCKED if skip_locked else sql.LOCK_THREAD_HEAD,
+            {"thread_id": params["thread_id"], "now": params["now"]},
+        )
+        row = cursor.fetchone()
+    if row is None or row[1] is None:  # no epoch row, locked by someone else, or nothing eligible
+        return None, False
+    owner_key, agent_key = row
+    locked = _lock_scopes(policy, agent_key, owner_key)
+    return _fetch_one(sql.CLAIM_ONE_LIMITED, params | _limit_params(policy, agent_key, owner_key)), locked
+
+
+FAIR_CANDIDATES = 8
+
+
+@metrics.timed(metrics.CLAIM, metrics.found)
+def claim_next_fair(consumer_id: str, lease_ms: int, now: int) -> DispatchRecord | None:
+    """Claim the fairest next dispatch across all threads (the drain of a finishing attempt and an idle
+    doorbell): the head of the thread whose owner was served longest ago, then priority and age; a
+    claim a submit took inline that no worker started within the grace is taken over. Never waits for
+    another thread's epoch row; under limits it gives up after the first candidate it locked for."""
+    policy = claim_policy()
+    params: dict[str, Any] = {
+        "now": now,
+        "unstarted_before": now - policy.unstarted_claim_grace_ms,
+        "limit": FAIR_CANDIDATES,
+    }
+    query = sql.FAIR_CANDIDATES
+    if policy.has_limits:
+        query = sql.FAIR_CANDIDATES_LIMITED
+        params |= {
+            "global_limit": policy.max_active_runs,
+            "agent_limits": json.dumps(policy.agent_limits),
+            "owner_limit": policy.owner_max_active_runs,
+        }
+    with connection.cursor() as cursor:
+        cursor.execute(query, params)
+        candidates = cursor.fetchall()
+    for thread_id, dispatch_id, old_token, _agent_key, _owner_key in candidates:
+        claim_params = _claim_params(thread_id, consumer_id, lease_ms, now)
+        locked = False
+        try:
+            with transaction.atomic():
+                if old_token is not None:
+                    steal = {"dispatch_id": dispatch_id, "old_token": old_token}
+                    claimed = _fetch_one(sql.STEAL_UNSTARTED, claim_params | steal)
+                elif policy.has_limits:
+                    claimed, locked = _claim_limited(claim_params, policy, skip_locked=True)
+                else:
+                    claimed = _fetch_one(sql.CLAIM_ONE_SKIP_LOCKED, claim_params)
+        except IntegrityError:  # a concurrent claim of that thread won
+            continue
+        if claimed is not None:
+            return claimed
+        if locked:  # never wait on a second epoch row while holding a scope's lock
+            return None
+    return None
+
+
+def blocking_limit(agent_key: str, owner_key: str) -> str | None:
+    """The concurrency limit that holds a claim of this agent for this owner now, named by its setting;
+    None when no limit is reached."""
+    policy = claim_policy()
+    if not policy.has_limits:
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute(sql.CLAIMED_COUNTS, {"agent_key": agent_key, "owner_key": owner_key})
+        row = cursor.fetchone()
+    total, of_agent, of_owner = row if row is not None else (0, 0, 0)
+    if policy.max_active_runs is not None and total >= policy.max_active_runs:
+        return f"AWAKEN_MAX_ACTIVE_RUNS={policy.max_active_runs} ({total} running)"
+    agent_limit = policy.agent_limit(agent_key)
+    if agent_limit is not None and of_agent >= agent_limit:
+        return f"AWAKEN_AGENT_LIMITS[{agent_key}]={agent_limit} ({of_agent} running)"
+    if policy.owner_max_active_runs is not None and of_owner >= policy.owner_max_active_runs:
+        return f"AWAKEN_OWNER_MAX_ACTIVE_RUNS={policy.owner_max_active_runs} ({of_owner} running)"
+    return None
+
+
+def thread_owner_key(thread_id: str) -> str:
+    return str(_scalar(sql.SELECT_THREAD_OWNER, {"thread_id": thread_id}) or "")
+
+
+def make_available(dispatch_id: str, now: int) -> None:
+    """A queued dispatch held back by the inline-claim guard becomes claimable now."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql.MAKE_AVAILABLE, {"dispatch_id": dispatch_id, "now": now})
+
+
 @metrics.timed(metrics.CLAIM_DISPATCH, metrics.found)
 def claim_dispatch(dispatch_id: str, consumer_id: str, lease_ms: int, now: int) -> DispatchRecord | None:
-    """Claim one queued dispatch by id, ignoring `available_at` (spec §3.3, the inline path)."""
+    """Claim one queued dispatch by id, ignoring `available_at` (spec §3.3, the inline path); None when
+    it is not claimable, or its agent or owner is at a concurrency limit (`blocking_limit` says which)."""
     thread_id = _scalar(
         "SELECT thread_id FROM mailbox_dispatch WHERE dispatch_id = %(d)s", {"d": dispatch_id}
     )
     if thread_id is None:
         return None
+    policy = claim_policy()
     try:
         with transaction.atomic():
             epoch = _scalar(sql.LOCK_EPOCH, {"thread_id": thread_id}) or 0
@@ -154,15 +285,19 @@ def claim_dispatch(dispatch_id: str, consumer_id: str, lease_ms: int, now: int) 
             if current.dispatch_epoch < epoch:
                 _supersede(current, epoch, now, "queued dispatch superseded by newer dispatch epoch")
                 return None
+            params = {
+                "dispatch_id": dispatch_id,
+                "now": now,
+                "token": uuid7(),
+                "consumer_id": consumer_id,
+                "lease_until": now + lease_ms,
+            }
+            if not policy.has_limits:
+                return _fetch_one(sql.CLAIM_BY_ID, params)
+            owner_key = thread_owner_key(thread_id)
+            _lock_scopes(policy, current.agent_key, owner_key)
             return _fetch_one(
-                sql.CLAIM_BY_ID,
-                {
-                    "dispatch_id": dispatch_id,
-                    "now": now,
-                    "token": uuid7(),
-                    "consumer_id": consumer_id,
-                    "lease_until": now + lease_ms,
-                },
+                sql.CLAIM_BY_ID_LIMITED, params | _limit_params(policy, current.agent_key, owner_key)
             )
     except IntegrityError:
         return None
@@ -460,6 +595,22 @@ def purge_terminal(older_than: int) -> int:
     with connection.cursor() as cursor:
         cursor.execute(sql.PURGE_TERMINAL, {"older_than": older_than})
         return int(cursor.rowcount)
+
+
+_THREAD_BUSY = f"""
+SELECT EXISTS (
+    SELECT 1 FROM {sql.DISPATCH} d
+     WHERE d.thread_id = %(thread_id)s AND d.dispatch_id <> %(excluding)s
+       AND (d.status = 'claimed'
+            OR (d.status = 'queued' AND d.dispatch_epoch >= COALESCE(
+                (SELECT current_epoch FROM {sql.EPOCH} WHERE thread_id = %(thread_id)s), 0))))
+"""
+
+
+def thread_busy(thread_id: str, *, excluding: str = "") -> bool:
+    """Whether the thread has a claimed dispatch or live queued work (delayed starts included) other
+    than `excluding`. Submits check it under the thread's row lock, so two of them cannot both pass."""
+    return bool(_scalar(_THREAD_BUSY, {"thread_id": thread_id, "excluding": excluding}))
 
 
 def claimable_thread_ids(now: int, limit: int = 1000) -> list[str]:

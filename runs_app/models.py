@@ -73,6 +73,12 @@ class Run(models.Model):
     input_tokens = models.BigIntegerField(default=0)
     output_tokens = models.BigIntegerField(default=0)
     state = models.JSONField(null=True, blank=True)
+    # The submitter's JSON object (bounded by the API), searched by containment (`@>`, GIN index).
+    metadata = models.JSONField(default=dict, blank=True)
+    # Each activation may run this long (null: unbounded); `deadline_at` is set when an activation
+    # starts (a retry keeps it) and enforced by the worker and the sweep (mailbox_app/timeouts.py).
+    timeout_ms = models.BigIntegerField(null=True, blank=True)
+    deadline_at = models.BigIntegerField(null=True, blank=True)
 
     class Meta:
         db_table = "runs_run"
@@ -80,12 +86,19 @@ class Run(models.Model):
         indexes = [
             models.Index(fields=["thread", "-updated_at", "-created_at", "-run_id"], name="run_latest_idx"),
             models.Index(fields=["status", "created_at"], name="run_status_idx"),
+            GinIndex(fields=["metadata"], name="run_metadata_gin", opclasses=["jsonb_path_ops"]),
+            models.Index(
+                fields=["deadline_at"], condition=Q(status="running"), name="run_running_deadline_idx"
+            ),
         ]
         constraints = [
             models.CheckConstraint(condition=Q(status__in=RUN_STATUSES), name="run_status_valid"),
             models.CheckConstraint(
                 condition=Q(steps__gte=0, input_tokens__gte=0, output_tokens__gte=0),
                 name="run_counters_gte_0",
+            ),
+            models.CheckConstraint(
+                condition=Q(timeout_ms__isnull=True) | Q(timeout_ms__gt=0), name="run_timeout_positive"
             ),
         ]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.db.models import QuerySet
 
 from mailbox_app.payloads import RunRecord, ThreadRecord
@@ -33,9 +35,17 @@ def user_threads(user_id: int) -> QuerySet[Thread]:
 
 
 def user_runs(
-    user_id: int, *, status: RunStatus | None = None, thread_id: str | None = None
+    user_id: int,
+    *,
+    status: RunStatus | None = None,
+    thread_id: str | None = None,
+    metadata: dict[str, Any] | None = None,
 ) -> QuerySet[Run]:
+    """The user's runs, oldest first; `metadata` keeps those whose metadata contains it (jsonb `@>`,
+    the GIN index `run_metadata_gin`)."""
     qs = Run.objects.filter(thread__owner_id=user_id)
+    if metadata is not None:
+        qs = qs.filter(metadata__contains=metadata)
     if status is not None:
         qs = qs.filter(status=status.value)
     if thread_id is not None:

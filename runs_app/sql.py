@@ -16,6 +16,7 @@ MESSAGE = "runs_message"
 RUN_COLUMNS: tuple[str, ...] = tuple(RunRecord.model_fields)
 JSON_COLUMNS = frozenset(
     {"request", "input", "output", "termination_reason", "error_payload", "waiting", "outcome", "state"}
+    | {"metadata"}
 )
 COLS = ", ".join(RUN_COLUMNS)
 R_COLS = ", ".join(f"r.{c}" for c in RUN_COLUMNS)
@@ -38,6 +39,9 @@ WITH r AS (
     UPDATE {RUN} SET status = 'running', dispatch_id = %(dispatch_id)s, session_id = %(session_id)s,
            started_at = COALESCE(started_at, %(now)s), waiting = NULL, updated_at = %(now)s,
            finished_at = NULL,
+           -- a fresh time budget per activation; a re-run of a running run (a retry) keeps its deadline
+           deadline_at = CASE WHEN status = 'running' AND deadline_at IS NOT NULL THEN deadline_at
+                              ELSE %(now)s + timeout_ms END,
            termination_reason = CASE WHEN status = 'done' THEN NULL ELSE termination_reason END,
            final_output = CASE WHEN status = 'done' THEN NULL ELSE final_output END,
            error_payload = CASE WHEN status = 'done' THEN NULL ELSE error_payload END,

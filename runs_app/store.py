@@ -590,6 +590,13 @@ def terminal_dispatches_with_open_runs(*, limit: int) -> list[str]:
         return [row[0] for row in cursor.fetchall()]
 
 
+def overdue_runs(*, now: int, limit: int) -> list[RunRecord]:
+    """Running runs whose activation deadline passed before `now`, oldest deadline first (the partial
+    index `run_running_deadline_idx`): what the sweep times out."""
+    rows = Run.objects.filter(status=RunStatus.RUNNING.value, deadline_at__lt=now).order_by("deadline_at")
+    return [_run_record(r) for r in rows[:limit]]
+
+
 def reopen_run(*, run_id: str, now: int) -> bool:
     """An operator re-queued a dead-lettered dispatch: move its finished run back to Created."""
     with transaction.atomic():

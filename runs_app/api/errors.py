@@ -12,7 +12,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from mailbox_app.errors import AlreadyExists, NotFound, VersionConflict
 from mailbox_app.errors import ValidationError as StoreValidationError
-from mailbox_app.service import ActiveRunConflict
+from mailbox_app.service import ActiveRunConflict, ThreadBusy
 from runs_app.api.inputs import InputError
 
 
@@ -61,6 +61,8 @@ def _first_validation_error(detail: Any, prefix: str = "") -> tuple[str, str | N
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, ApiError | InputError):
         return Response(body(str(exc.detail), exc.error_code, exc.field), status=exc.status_code)
+    if isinstance(exc, ThreadBusy):  # a `reject` submit: nothing was written
+        return Response(body(str(exc), "thread_busy", "multitask_strategy"), status=status.HTTP_409_CONFLICT)
     if isinstance(exc, ActiveRunConflict):
         return Response(body(str(exc), "active_run_conflict"), status=status.HTTP_409_CONFLICT)
     if isinstance(exc, AlreadyExists | VersionConflict):

@@ -14,6 +14,7 @@ from mailbox_app.states import DispatchStatus
 from mailbox_app.webhook_targets import URL_MAX as WEBHOOK_URL_MAX
 from mailbox_app.webhook_targets import WebhookTargetError, check_submitted
 from runs_app.api.inputs import AGENT_ID_MAX, THREAD_ID_MAX, id_problem
+from runs_app.api.run_options import RunOptionsIn
 
 ROLES = ("user", "assistant", "system")
 MODES = ("queue", "live_then_queue", "steer", "interrupt_then_queue", "resume_open_run")
@@ -86,7 +87,7 @@ class WebhookField(serializers.CharField):
             raise serializers.ValidationError(str(exc)) from None
 
 
-class RunSubmitIn(serializers.Serializer[dict[str, Any]]):
+class RunSubmitIn(RunOptionsIn):
     agent_id = AgentIdField()
     thread_id = OptionalThreadIdField()
     messages = MessagesField(validators=[_validate_messages])
@@ -95,7 +96,7 @@ class RunSubmitIn(serializers.Serializer[dict[str, Any]]):
     idempotency_key = serializers.CharField(required=False, max_length=255)
 
 
-class ThreadRunSubmitIn(serializers.Serializer[dict[str, Any]]):
+class ThreadRunSubmitIn(RunOptionsIn):
     agent_id = AgentIdField()
     messages = MessagesField(validators=[_validate_messages])
     stream = serializers.BooleanField(required=False, default=False)
@@ -103,7 +104,7 @@ class ThreadRunSubmitIn(serializers.Serializer[dict[str, Any]]):
     idempotency_key = serializers.CharField(required=False, max_length=255)
 
 
-class MailboxSubmitIn(serializers.Serializer[dict[str, Any]]):
+class MailboxSubmitIn(RunOptionsIn):
     agent_id = AgentIdField()
     messages = MessagesField(validators=[_validate_messages])
     webhook = WebhookField()
@@ -146,7 +147,7 @@ def iso_ms(value: int | None) -> str | None:
     )
 
 
-RUN_TIME_FIELDS = ("created_at", "started_at", "finished_at", "updated_at")
+RUN_TIME_FIELDS = ("created_at", "started_at", "finished_at", "updated_at", "deadline_at")
 DISPATCH_TIME_FIELDS = ("available_at", "lease_until", "completed_at", "created_at", "updated_at")
 
 

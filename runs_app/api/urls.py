@@ -3,7 +3,7 @@
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from runs_app.api import thread_views, views
+from runs_app.api import run_wait, thread_views, views
 
 urlpatterns = [
     path("runs", views.RunsView.as_view(), name="runs"),
@@ -12,6 +12,7 @@ urlpatterns = [
     path("runs/<str:run_id>/decision", views.RunDecisionView.as_view(), name="run-decision"),
     path("runs/<str:run_id>/inputs", views.RunInputsView.as_view(), name="run-inputs"),
     path("runs/<str:run_id>/events", views.RunEventsView.as_view(), name="run-events"),
+    path("runs/<str:run_id>/join", run_wait.awaiting(run_wait.RunJoinView.as_view()), name="run-join"),
     path("threads", thread_views.ThreadsView.as_view(), name="threads"),
     # before threads/{id}: a thread named "search" is reachable through every route but GET threads/{id}
     path("threads/search", thread_views.ThreadSearchView.as_view(), name="thread-search"),
@@ -22,6 +23,11 @@ urlpatterns = [
     ),
     path(
         "threads/<str:thread_id>/runs/latest", views.ThreadLatestRunView.as_view(), name="thread-latest-run"
+    ),
+    path(
+        "threads/<str:thread_id>/runs/wait",
+        run_wait.awaiting(run_wait.ThreadRunWaitView.as_view()),
+        name="thread-run-wait",
     ),
     path("threads/<str:thread_id>/mailbox", views.ThreadMailboxView.as_view(), name="thread-mailbox"),
     path("threads/<str:thread_id>/messages", views.ThreadMessagesView.as_view(), name="thread-messages"),

@@ -16,6 +16,7 @@ from mailbox_app import events, service, webhooks
 from mailbox_app.ids import now_ms, uuid7
 from mailbox_app.payloads import ToolCallResume
 from mailbox_app.requests import RunRequest
+from mailbox_app.service import MultitaskStrategy
 from mailbox_app.states import RunStatus
 from runs_app import selectors, store
 from runs_app.api import serializers as s
@@ -31,6 +32,8 @@ from runs_app.api.inputs import (
     optional_id,
 )
 from runs_app.api.protocols.selection import NATIVE, PROTOCOLS, requested_protocol
+from runs_app.api.run_options import metadata_filter, request_options, strategy
+from runs_app.api.run_serializers import RunPageOut
 from runs_app.api.sse import EventStreamRenderer, stream_response
 
 
@@ -156,35 +159,14 @@ def _idempotency_key(request: Request, data: dict[str, Any]) -> str | None:
 
 class _ForegroundSubmit(EdgeCheckedView):
     renderer_classes = [*EdgeCheckedView.renderer_classes, EventStreamRenderer]
+    default_strategy = MultitaskStrategy.INTERRUPT  # POST runs, threads/{id}/runs: latest wins
 
     def _submit(
         self, request: Request, data: dict[str, Any], thread_id: str | None
     ) -> HttpResponse | StreamingHttpResponse | Response:
-        user_id = _user_id(request)
-        if thread_id and selectors.thread_taken_by_other(user_id, thread_id.strip()):
-            raise not_found("thread", thread_id)
         protocol = requested_protocol(request)  # a front-end protocol (?protocol=ai-sdk|ag-ui) streams
         stream = protocol != NATIVE or _wants_stream(request, data)
-        key = _idempotency_key(request, data)
-        run_request = RunRequest(
-            thread_id=thread_id or "", messages=s.to_messages(data["messages"]), agent_id=data.get("agent_id")
-        )
-
-        webhook = data.get("webhook")
-
-        def action(record: Recorder) -> Outcome:
-            # The key's answer (and the webhook) is written in the claim transaction; the interrupt
-            # before it commits alone.
-            def in_transaction(r: service.SubmitResult) -> None:
-                _subscribe(r, webhook)
-                record(201, _submit_result(r))
-
-            result = service.submit(run_request, owner_id=user_id, in_transaction=in_transaction)
-            return 201, _submit_result(result)
-
-        status_code, body = run_once(
-            user_id=user_id, key=key, fingerprint=request_hash(request.path, data), action=action
-        )
+        status_code, body = self._submit_once(request, data, thread_id)
         if stream:
             return stream_response(
                 body["run_id"],
@@ -198,16 +180,46 @@ class _ForegroundSubmit(EdgeCheckedView):
             )
         return Response(body, status=status_code)
 
+    def _submit_once(self, request: Request, data: dict[str, Any], thread_id: str | None) -> Outcome:
+        """The submit under the body's `multitask_strategy` (else the route's), at most once per key."""
+        user_id = _user_id(request)
+        if thread_id and selectors.thread_taken_by_other(user_id, thread_id.strip()):
+            raise not_found("thread", thread_id)
+        key = _idempotency_key(request, data)
+        run_request = RunRequest(
+            thread_id=thread_id or "",
+            messages=s.to_messages(data["messages"]),
+            agent_id=data.get("agent_id"),
+            **request_options(data),
+        )
+        chosen = strategy(data, self.default_strategy)
+        webhook = data.get("webhook")
+
+        def action(record: Recorder) -> Outcome:
+            # The key's answer (and the webhook) is written in the claim transaction; the interrupt
+            # before it commits alone.
+            def in_transaction(r: service.SubmitResult) -> None:
+                _subscribe(r, webhook)
+                record(201, _submit_result(r))
+
+            result = service.submit_as(run_request, chosen, owner_id=user_id, in_transaction=in_transaction)
+            return 201, _submit_result(result)
+
+        return run_once(user_id=user_id, key=key, fingerprint=request_hash(request.path, data), action=action)
+
 
 class RunsView(_ForegroundSubmit):
     @extend_schema(
         parameters=[
             OpenApiParameter("status", str, enum=[s.value for s in RunStatus]),
             OpenApiParameter("thread_id", str),
+            OpenApiParameter(
+                "metadata", str, description="a JSON object: only runs whose metadata contains it"
+            ),
             OpenApiParameter("limit", int),
             OpenApiParameter("offset", int),
         ],
-        responses={200: dict},
+        responses={200: RunPageOut},
     )
     def get(self, request: Request) -> Response:
         limit, offset = _page(request)
@@ -217,6 +229,7 @@ class RunsView(_ForegroundSubmit):
             thread_id=optional_id(
                 request.query_params.get("thread_id"), field="thread_id", max_length=THREAD_ID_MAX
             ),
+            metadata=metadata_filter(request.query_params.get("metadata")),
         )
         total = qs.count()
         items = [store.load_run(run_id=r.run_id) for r in qs[offset : offset + limit]]
@@ -438,19 +451,23 @@ class ThreadMailboxView(EdgeCheckedView):
         data = _validated(s.MailboxSubmitIn, request)
         key = _idempotency_key(request, data)
         run_request = RunRequest(
-            thread_id=thread_id, messages=s.to_messages(data["messages"]), agent_id=data.get("agent_id")
+            thread_id=thread_id,
+            messages=s.to_messages(data["messages"]),
+            agent_id=data.get("agent_id"),
+            **request_options(data),
         )
+        chosen = strategy(data, MultitaskStrategy.ENQUEUE)  # the mailbox queues unless told otherwise
 
-        def action() -> Outcome:
-            result = service.submit_background(run_request, owner_id=user_id)
-            _subscribe(result, data.get("webhook"))  # in the submit's transaction (in_one_transaction)
+        def action(record: Recorder) -> Outcome:
+            def in_transaction(result: service.SubmitResult) -> None:  # the submit's own transaction
+                _subscribe(result, data.get("webhook"))
+                record(201, _submit_result(result))
+
+            result = service.submit_as(run_request, chosen, owner_id=user_id, in_transaction=in_transaction)
             return 201, _submit_result(result)
 
         status_code, body = run_once(
-            user_id=user_id,
-            key=key,
-            fingerprint=request_hash(request.path, data),
-            action=in_one_transaction(action),
+            user_id=user_id, key=key, fingerprint=request_hash(request.path, data), action=action
         )
         return Response(body, status=status_code)
 

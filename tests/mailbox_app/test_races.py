@@ -478,7 +478,7 @@ SELECT 'bulk-' || g, 'bulk-t-' || (g % 1000), 'bulk-r-' || g, 128, NULL, 0,
        CASE WHEN s.status = 'claimed' THEN 100000 + g END,
        NULL, NULL, NULL, NULL, NULL,
        CASE WHEN s.status IN ('queued', 'claimed') THEN NULL ELSE 2000 + g END,
-       1000 + g, 1000 + g, NULL
+       1000 + g, 1000 + g, NULL, ''
   FROM generate_series(0, 99999) AS g,
        LATERAL (SELECT CASE
            WHEN g / 1000 = 0 AND g % 2 = 0 THEN 'claimed'
