@@ -36,6 +36,7 @@ def test_sweep_reclaims_an_expired_lease() -> None:
         "dead_lettered": 0,
         "reconciled": 0,
         "redriven": 1,
+        "timed_out": 0,
     }
     assert store.load_dispatch("d1").status is DispatchStatus.QUEUED
 
