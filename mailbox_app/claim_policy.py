@@ -15,7 +15,7 @@ Settings (environment):
   AWAKEN_AGENT_LIMITS           JSON object {"agent_id": n}
   AWAKEN_OWNER_MAX_ACTIVE_RUNS  per-owner limit (unset: none)
   AWAKEN_UNSTARTED_CLAIM_GRACE_MS  how long a claim taken inline by a submit may wait for its worker
-                                before a finishing worker takes it over (default 500)
+                                before a finishing worker takes it over (default 100)
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class ClaimPolicy(BaseModel):
     max_active_runs: int | None = Field(default=None, ge=1)
     agent_limits: dict[str, int] = Field(default_factory=dict)
     owner_max_active_runs: int | None = Field(default=None, ge=1)
-    unstarted_claim_grace_ms: int = Field(default=500, ge=0)
+    unstarted_claim_grace_ms: int = Field(default=100, ge=0)
 
     @property
     def fair(self) -> bool:

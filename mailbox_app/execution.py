@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -153,7 +154,7 @@ def execute_claimed(dispatch: DispatchRecord, *, claim_next: bool = False) -> Ex
     (returned in the report: the caller must execute it)."""
     token = dispatch.claim_token or ""
     lock = ThreadLock(dispatch.thread_id, token, settings.AWAKEN_MAILBOX.lease_ms)
-    if not lock.acquire():
+    if not _acquire_soon(lock):
         return _lock_busy(dispatch)
     try:
         fault("after_claim")
@@ -171,6 +172,21 @@ def execute_claimed(dispatch: DispatchRecord, *, claim_next: bool = False) -> Ex
         return _run_with_lease(started, lock, claim_next)
     finally:
         lock.release()
+
+
+LOCK_RETRY_S = 0.25
+
+
+def _acquire_soon(lock: ThreadLock) -> bool:
+    """The thread lock, waiting briefly for a holder that is about to leave: a hand-over whose claim was
+    taken over (`store.claim_next_fair`) holds it only until its fenced start fails."""
+    deadline = time.monotonic() + LOCK_RETRY_S
+    while not lock.acquire():
+        holder, _ = ThreadLock.holder(lock.thread_id)
+        if holder == lock.token or time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def _report(dispatch: DispatchRecord, outcome: attempt.FinishOutcome) -> ExecutionReport:

@@ -12,9 +12,11 @@ from typing import Any
 import pytest
 from django.db import connection
 
-from mailbox_app import selectors, service, store
+from mailbox_app import execution, selectors, service, store
 from mailbox_app.claim_policy import ClaimPolicy
 from mailbox_app.config import ConfigError
+from mailbox_app.ids import now_ms
+from mailbox_app.locks import ThreadLock
 from mailbox_app.models import Dispatch
 from mailbox_app.payloads import ChatMessage
 from mailbox_app.records import DispatchRecord
@@ -80,7 +82,10 @@ def test_fairness_off_drains_in_submission_order(settings: Any) -> None:
 
 
 @pytest.mark.django_db
-def test_an_inline_claim_no_worker_started_is_taken_over_and_its_late_hand_over_writes_nothing() -> None:
+def test_an_inline_claim_no_worker_started_is_taken_over_and_its_late_hand_over_writes_nothing(
+    settings: Any,
+) -> None:
+    settings.AWAKEN_CLAIM_POLICY = ClaimPolicy(unstarted_claim_grace_ms=500)
     _queue("d1", "B-t0", "B", created=1000)
     inline = store.claim_dispatch("d1", "web", LEASE, 1000)
     assert inline is not None
@@ -242,3 +247,23 @@ def test_a_foreground_submit_held_by_a_limit_is_queued_not_refused(
     )
     assert done.final_output == "echo: hi"
     assert run_store.load_run(run_id=first.run_id).status is RunStatus.DONE  # type: ignore[union-attr]
+
+
+def test_a_taken_over_claim_waits_briefly_for_its_stale_hand_over_to_leave_the_lock(
+    transactional_db: None, engine_settings: Any, clean_redis: Any
+) -> None:
+    engine_settings.AWAKEN_CLAIM_POLICY = ClaimPolicy(unstarted_claim_grace_ms=0)
+    result = service.submit_background(_request("steal-t", "hi", agent="counting"))
+    stale = store.load_dispatch(result.dispatch_id)
+    assert stale is not None and stale.status is DispatchStatus.CLAIMED  # inline; no worker runs here
+    # the hand-over has taken the thread lock and is about to fail its fenced start
+    hand_over_lock = ThreadLock("steal-t", stale.claim_token or "", LEASE)
+    assert hand_over_lock.acquire()
+    taken = store.claim_next_fair("w", LEASE, now_ms() + 1)
+    assert taken is not None and taken.dispatch_id == stale.dispatch_id
+    threading.Timer(0.05, hand_over_lock.release).start()
+    report = execution.execute_claimed(taken)
+    assert report.final_status == "acked"
+    dispatch = store.load_dispatch(stale.dispatch_id)
+    assert dispatch is not None and dispatch.attempt_count == 0  # not nacked behind the stale lock
+    assert run_store.load_run(run_id=result.run_id).status is RunStatus.DONE  # type: ignore[union-attr]
