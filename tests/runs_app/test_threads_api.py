@@ -410,3 +410,29 @@ def test_a_delete_that_waits_for_a_submit_sees_its_dispatch_and_is_409(clean_red
     assert "error" not in submit_out and "error" not in delete_out
     assert _error(delete_out["value"], 409) == ("active_run_conflict", None)
     assert (Run.objects.count(), Message.objects.count(), Dispatch.objects.count()) == (1, 1, 1)
+
+
+# --- the OpenAPI schema -------------------------------------------------------------------------------
+
+
+def _ref(content: dict[str, Any]) -> str:
+    return str(content["application/json"]["schema"]["$ref"]).rsplit("/", 1)[-1]
+
+
+def test_the_schema_types_the_request_and_response_bodies_of_every_thread_route(alice: APIClient) -> None:
+    paths = alice.get("/api/v1/schema/", HTTP_ACCEPT="application/json").json()["paths"]
+    threads_, detail, search = paths["/api/v1/threads"], paths["/api/v1/threads/{thread_id}"], paths[SEARCH]
+    expected = {
+        ("post", "threads"): ("ThreadCreateIn", {"201": "ThreadOut", "200": "ThreadOut", "409": "ErrorOut"}),
+        ("patch", "detail"): ("PatchedThreadPatchIn", {"200": "ThreadOut", "404": "ErrorOut"}),
+        ("post", "search"): ("ThreadSearchIn", {"200": "ThreadPageOut", "400": "ErrorOut"}),
+    }
+    routes = {"threads": threads_, "detail": detail, "search": search}
+    for (method, route), (request_ref, responses) in expected.items():
+        operation = routes[route][method]
+        assert _ref(operation["requestBody"]["content"]) == request_ref
+        assert {code: _ref(operation["responses"][code]["content"]) for code in responses} == responses
+    assert _ref(detail["delete"]["responses"]["200"]["content"]) == "ThreadDeletedOut"
+    assert _ref(detail["delete"]["responses"]["409"]["content"]) == "ErrorOut"
+    assert _ref(detail["get"]["responses"]["200"]["content"]) == "ThreadOut"
+    assert _ref(threads_["get"]["responses"]["200"]["content"]) == "ThreadPageOut"
