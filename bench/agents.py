@@ -4,6 +4,7 @@ AWAKEN_AGENTS='{"noop": "bench.agents.NoopAgent", "stamp": "bench.agents.StampAg
 
 from __future__ import annotations
 
+import os
 import time
 
 from mailbox_app.executor import RunContext, RunResult
@@ -27,4 +28,17 @@ class StampAgent:
     def run(self, request: RunRequest, context: RunContext) -> RunResult:
         entered = time.time()
         get_redis().rpush(MAILBOX_START_KEY, f"{context.run_id} {entered:.6f}")
+        return RunResult()
+
+
+# Each NapAgent entry: "<run_id> <agent id> <unix seconds at entry>".
+NAP_START_KEY = "bench:nap:start"
+
+
+class NapAgent:
+    """Records when it was entered, then sleeps BENCH_NAP_S (default 0.2 s): a run that holds a slot."""
+
+    def run(self, request: RunRequest, context: RunContext) -> RunResult:
+        get_redis().rpush(NAP_START_KEY, f"{context.run_id} {request.agent_id} {time.time():.6f}")
+        time.sleep(float(os.environ.get("BENCH_NAP_S", "0.2")))
         return RunResult()

@@ -85,6 +85,12 @@ class RunOptionsIn(serializers.Serializer[dict[str, Any]]):
         required=False,
         help_text="when the thread is busy: reject (409), enqueue behind, or interrupt (latest wins)",
     )
+    priority = serializers.IntegerField(
+        required=False,
+        min_value=0,
+        max_value=255,
+        help_text="the dispatch's priority within its thread: 0-255, lower first (default 128)",
+    )
 
 
 def request_options(data: dict[str, Any]) -> dict[str, Any]:
@@ -94,6 +100,7 @@ def request_options(data: dict[str, Any]) -> dict[str, Any]:
         "metadata": data.get("metadata"),
         "timeout_ms": None if timeout_s is None else max(math.ceil(timeout_s * 1000), 1),
         "start_after_ms": math.ceil(float(data.get("after_seconds") or 0) * 1000),
+        "priority": data.get("priority"),
     }
 
 
