@@ -44,6 +44,8 @@ PURGE_MAX_BATCHES = 10  # at most PURGE_BATCH × PURGE_MAX_BATCHES rows per GC t
 ERROR_CHARS = 500
 BACKOFF_MAX_EXPONENT = 20
 USER_AGENT = "awaken-mailbox-webhooks/1"
+# A delayed retry's task may arrive a little before its due time (another host's clock): still taken.
+CLOCK_SKEW_MS = 1_000
 
 
 class DeliveryOutcome(StrEnum):
@@ -66,7 +68,7 @@ class ClaimedDelivery:
 CLAIM = """
 UPDATE mailbox_webhook_outbox
    SET attempts = attempts + 1, locked_until = %(until)s, updated_at = %(now)s
- WHERE delivery_id = %(delivery_id)s AND status = 'pending' AND next_attempt_at <= %(now)s
+ WHERE delivery_id = %(delivery_id)s AND status = 'pending' AND next_attempt_at <= %(now)s + %(skew)s
    AND (locked_until IS NULL OR locked_until <= %(now)s)
 RETURNING url, event, payload, attempts, created_at
 """
@@ -150,7 +152,13 @@ def _execute(statement: str, params: dict[str, Any]) -> int:
 
 def claim(delivery_id: str, *, now: int) -> ClaimedDelivery | None:
     with connection.cursor() as cursor:
-        cursor.execute(CLAIM, {"delivery_id": delivery_id, "now": now, "until": now + _lease_ms()})
+        params: dict[str, Any] = {
+            "delivery_id": delivery_id,
+            "now": now,
+            "until": now + _lease_ms(),
+            "skew": CLOCK_SKEW_MS,
+        }
+        cursor.execute(CLAIM, params)
         row = cursor.fetchone()
     if row is None:
         return None
