@@ -21,9 +21,12 @@ from runs_app.api.views import EdgeCheckedView, _page, _thread_or_404, _user_id,
 _ERRORS = {400: ts.ErrorOut, 404: ts.ErrorOut}
 
 
-def thread_payloads(records: list[ThreadRecord]) -> list[dict[str, Any]]:
+def thread_payloads(
+    records: list[ThreadRecord], statuses: dict[str, threads.ThreadStatus] | None = None
+) -> list[dict[str, Any]]:
     """The threads as the API returns them: their open and active runs and their status included."""
-    statuses = threads.thread_statuses([t.id for t in records])
+    if statuses is None:
+        statuses = threads.thread_statuses([t.id for t in records])
     run_ids = {i for t in records for i in (t.open_run_id, t.active_run_id) if i}
     runs = {i: store.load_run(run_id=i) for i in run_ids}
     return [
@@ -36,8 +39,17 @@ def _payload(thread: ThreadRecord) -> dict[str, Any]:
     return thread_payloads([thread])[0]
 
 
-def _page_body(items: list[ThreadRecord], total: int, offset: int) -> dict[str, Any]:
-    return {"items": thread_payloads(items), "total": total, "has_more": offset + len(items) < total}
+def _page_body(
+    items: list[ThreadRecord],
+    total: int,
+    offset: int,
+    statuses: dict[str, threads.ThreadStatus] | None = None,
+) -> dict[str, Any]:
+    return {
+        "items": thread_payloads(items, statuses),
+        "total": total,
+        "has_more": offset + len(items) < total,
+    }
 
 
 class ThreadsView(EdgeCheckedView):
@@ -129,4 +141,5 @@ class ThreadSearchView(EdgeCheckedView):
             limit=data["limit"],
             offset=data["offset"],
         )
-        return Response(_page_body([f.thread for f in found], total, data["offset"]))
+        statuses = {f.thread.id: f.status for f in found}  # read by the search itself
+        return Response(_page_body([f.thread for f in found], total, data["offset"], statuses))

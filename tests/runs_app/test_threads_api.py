@@ -18,7 +18,7 @@ from mailbox_app.requests import RunRequest
 from mailbox_app.states import RunStatus
 from runs_app import store as run_store
 from runs_app import threads
-from runs_app.models import IdempotencyRecord, Message, Run, Thread
+from runs_app.models import IdempotencyRecord, Message, Run, RunStep, Thread
 from runs_app.payloads import RunRecord
 from tests.support.api import new_user, post_json, token_client
 from tests.support.waiting import wait_until
@@ -277,17 +277,27 @@ def test_delete_is_409_while_a_dispatch_is_claimed_and_writes_nothing(alice: API
     assert alice.get(f"{THREADS}/t-1").json()["status"] == "busy"
 
 
-def test_delete_of_a_waiting_thread_removes_its_run(alice: APIClient) -> None:
+def test_delete_of_a_waiting_thread_removes_its_run_and_step_journal(alice: APIClient) -> None:
     _create(alice, thread_id="t-1")
     _run("t-1", "r-1", RunStatus.WAITING)
+    RunStep.objects.create(
+        run_id="r-1",
+        key="k",
+        dispatch_id="d",
+        session_id="s",
+        attempt=1,
+        result=1,
+        result_bytes=1,
+        recorded_at=1,
+    )
     resp = alice.delete(f"{THREADS}/t-1")
     assert resp.status_code == 200
     assert resp.json() == {
         "status": "deleted",
         "thread_id": "t-1",
-        "deleted": {"dispatches": 0, "epochs": 0, "idempotency_keys": 0, "run": 1, "thread": 1},
+        "deleted": {"dispatches": 0, "epochs": 0, "idempotency_keys": 0, "run": 1, "runstep": 1, "thread": 1},
     }
-    assert not Run.objects.exists() and not Thread.objects.exists()
+    assert not Run.objects.exists() and not Thread.objects.exists() and not RunStep.objects.exists()
 
 
 @pytest.mark.django_db(transaction=True)
