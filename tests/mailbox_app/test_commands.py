@@ -45,6 +45,7 @@ def test_gc_purges_old_terminal_rows(settings: object) -> None:
     store.enqueue(make_dispatch("d1", "t1", available_at=0, created_at=0))
     store.cancel("d1", 1)
     summary = _summary(_run("mailbox_gc"), "gc")
+    assert isinstance(summary, dict)
     assert (summary["dispatches"], summary["epochs"]) == (1, 1)  # t1's epoch row is orphaned with d1 gone
     assert store.load_dispatch("d1") is None
 
