@@ -143,7 +143,8 @@ DATABASES["default"]["CONN_MAX_AGE"] = _env_int("DB_CONN_MAX_AGE", 60)
 _DB_POOL_MAX = _env_int("DB_POOL_MAX_SIZE", 0)
 if _DB_POOL_MAX > 0:
     DATABASES["default"]["CONN_MAX_AGE"] = 0  # Django requires it with a pool
-    DATABASES["default"]["OPTIONS"]["pool"] = {"min_size": 2, "max_size": _DB_POOL_MAX, "timeout": 10}
+    _pool_min = min(2, _DB_POOL_MAX)  # (a one-view process: min_size may not exceed max_size)
+    DATABASES["default"]["OPTIONS"]["pool"] = {"min_size": _pool_min, "max_size": _DB_POOL_MAX, "timeout": 10}
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 # Server-side binding lets psycopg prepare the statements a connection repeats (after
 # `prepare_threshold` runs): the hot path's CTE statements are then parsed and planned once per

@@ -3,13 +3,16 @@ run metadata and its containment filter, run timeouts (worker and sweep), multit
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.db import connection
+from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from mailbox_app import attempt, events, maintenance, selectors, service, store
@@ -23,6 +26,8 @@ from runs_app.api.run_serializers import RunOut
 from runs_app.api.serializers import run_json
 from runs_app.models import Message, Run
 from tests.support.api import post_json, token_client
+from tests.support.http_sse import HttpConnection
+from tests.support.servers import asgi_server
 from tests.support.waiting import wait_until
 
 TIMED_OUT = {"type": "timeout", "value": None}
@@ -375,3 +380,52 @@ def test_openapi_schema_types_the_new_routes(alice: APIClient) -> None:
     assert runs["responses"]["200"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/RunPageOut"
     }
+
+
+# --- on the real ASGI server --------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_waits_hold_no_view_permit_on_the_asgi_server(mailbox_worker: Any, tmp_path: Path) -> None:
+    # given one view permit per process (AWAKEN_WEB_MAX_CONCURRENT_VIEWS=1, so one pooled DB connection)
+    user = get_user_model().objects.create_user(username="asgi-waiter", password="pw")
+    headers = {"Authorization": f"Token {Token.objects.create(user=user).key}"}
+    with asgi_server(tmp_path, env={"AWAKEN_WEB_MAX_CONCURRENT_VIEWS": "1"}) as web:
+
+        async def scenario() -> tuple[list[Any], float, float]:
+            async def wait(thread_id: str) -> Any:
+                conn = HttpConnection("127.0.0.1", web.port)
+                body = json.dumps(_say("sleep 1.5", wait_timeout_s=20)).encode()
+                path = f"/api/v1/threads/{thread_id}/runs/wait"
+                answer = await conn.request(
+                    "POST", path, headers | {"Content-Type": "application/json"}, body
+                )
+                await conn.close()
+                return answer
+
+            began = time.monotonic()
+            waits = [asyncio.create_task(wait(f"t-asgi-{i}")) for i in range(3)]
+            conn = HttpConnection("127.0.0.1", web.port)
+            deadline = time.monotonic() + 15
+            while True:  # the three runs are running (their waits open) before the timed read
+                read_began = time.monotonic()
+                listed = await asyncio.wait_for(
+                    conn.request("GET", "/api/v1/runs?status=running", headers), 10
+                )
+                read_s = time.monotonic() - read_began
+                if listed.status != 200 or listed.json()["total"] == 3 or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.05)
+            await conn.close()
+            assert listed.status == 200 and listed.json()["total"] == 3, listed.body
+            answers = await asyncio.wait_for(asyncio.gather(*waits), 30)
+            return answers, read_s, time.monotonic() - began
+
+        # when three waits block at once
+        answers, read_s, total_s = asyncio.run(scenario())
+        log = web.log_tail()
+    # then they ran side by side and a plain read got through meanwhile: none held the permit
+    assert [(a.status, a.json()["final_output"]) for a in answers] == [(200, "slept 1.5")] * 3
+    assert read_s < 1.0, f"GET /api/v1/runs took {read_s:.2f}s while three waits were open"
+    assert total_s < 4.0, f"three 1.5 s runs waited for took {total_s:.2f}s: the waits were serialized"
+    assert "Traceback" not in log, log
