@@ -31,7 +31,7 @@ from runs_app.api.inputs import (
     normalize_id,
     optional_id,
 )
-from runs_app.api.protocols.selection import NATIVE, PROTOCOLS, requested_protocol
+from runs_app.api.protocols.selection import NATIVE, PROTOCOLS, requested_protocol, submit_body
 from runs_app.api.run_options import metadata_filter, request_options, strategy
 from runs_app.api.run_serializers import RunPageOut
 from runs_app.api.sse import EventStreamRenderer, stream_response
@@ -97,10 +97,14 @@ def _run_status(request: Request) -> RunStatus | None:
         raise ApiError(f"invalid status filter: {raw}", code="invalid", field="status") from None
 
 
-def _validated(serializer_class: type[drf.Serializer[Any]], request: Request) -> dict[str, Any]:
-    if not isinstance(request.data, dict):
+def _validated(
+    serializer_class: type[drf.Serializer[Any]], request: Request, body: Any = None
+) -> dict[str, Any]:
+    """`body` (default: the request's) validated by `serializer_class`."""
+    body = request.data if body is None else body
+    if not isinstance(body, dict):
         raise ApiError("request body must be a JSON object", code="invalid")
-    serializer = serializer_class(data=request.data)
+    serializer = serializer_class(data=body)
     serializer.is_valid(raise_exception=True)
     return dict(serializer.validated_data)
 
@@ -155,6 +159,11 @@ def _idempotency_key(request: Request, data: dict[str, Any]) -> str | None:
 
 
 # --- runs ---------------------------------------------------------------------------------------------
+
+
+def _front_end_body(request: Request) -> Any:
+    """A front-end protocol's own submit body (`useChat`'s, AG-UI's `RunAgentInput`) in this API's terms."""
+    return submit_body(requested_protocol(request), request.data)
 
 
 class _ForegroundSubmit(EdgeCheckedView):
@@ -243,7 +252,7 @@ class RunsView(_ForegroundSubmit):
 
     @extend_schema(request=s.RunSubmitIn, responses={201: dict, 200: dict})
     def post(self, request: Request) -> HttpResponse | StreamingHttpResponse | Response:
-        data = _validated(s.RunSubmitIn, request)
+        data = _validated(s.RunSubmitIn, request, _front_end_body(request))
         return self._submit(request, data, data.get("thread_id") or None)
 
 
@@ -266,7 +275,7 @@ class ThreadRunsView(_ForegroundSubmit):
 
     @extend_schema(request=s.ThreadRunSubmitIn, responses={201: dict, 200: dict})
     def post(self, request: Request, thread_id: str) -> HttpResponse | StreamingHttpResponse | Response:
-        data = _validated(s.ThreadRunSubmitIn, request)
+        data = _validated(s.ThreadRunSubmitIn, request, _front_end_body(request))
         return self._submit(request, data, thread_id)
 
 

@@ -143,6 +143,26 @@ await main({
     assert.equal(assistantText(got.newMessages), "slept 1.5 | steered: also this");
   },
 
+  async "a second run on the same agent sends its whole history; only the new message is added"() {
+    const thread = `fe-agui-turns-${TAG}`;
+    const agent = new HttpAgent({
+      url: `${BASE}/api/v1/runs?protocol=ag-ui`, // the thread comes from the input's threadId
+      headers: AUTH,
+      threadId: thread,
+      initialMessages: [{ id: `u-${TAG}-one`, role: "user", content: "one" }],
+    });
+    assert.equal((await run(agent)).result, "echo: one");
+    agent.addMessage({ id: `u-${TAG}-two`, role: "user", content: "two" });
+    const second = await run(agent);
+    assert.equal(second.result, "echo: two");
+    assert.equal(assistantText(second.newMessages), "echo: two");
+    const log = await api("GET", `/api/v1/threads/${thread}/messages`);
+    assert.deepEqual(
+      log.body.items.map((m) => [m.role, m.content]),
+      [["user", "one"], ["assistant", "echo: one"], ["user", "two"], ["assistant", "echo: two"]],
+    );
+  },
+
   async "a failed run ends with RUN_ERROR"() {
     const thread = `fe-agui-fail-${TAG}`;
     const errors = [];

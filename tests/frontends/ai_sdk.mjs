@@ -150,6 +150,26 @@ await main({
     assert.equal(text(message), "slept 1.5 | steered: also this");
   },
 
+  async "useChat's own request (the whole history, the chat id as thread) is understood"() {
+    const chatId = `fe-ai-chat-${TAG}`;
+    const chat = new DefaultChatTransport({ api: `${BASE}/api/v1/runs?protocol=ai-sdk`, headers: AUTH });
+    const history = [userMessage("one")];
+    const turn = async () =>
+      rebuild(
+        await chat.sendMessages({ chatId, messages: history, trigger: "submit-message", messageId: undefined }),
+      );
+    const first = await turn();
+    assert.equal(text(first), "echo: one");
+    assert.equal(first.metadata.thread_id, chatId);
+    history.push(first, userMessage("two"));
+    assert.equal(text(await turn()), "echo: two");
+    const log = await api("GET", `/api/v1/threads/${chatId}/messages`);
+    assert.deepEqual(
+      log.body.items.map((m) => [m.role, m.content]),
+      [["user", "one"], ["assistant", "echo: one"], ["user", "two"], ["assistant", "echo: two"]],
+    );
+  },
+
   async "a failed run ends with an error chunk"() {
     const thread = `fe-ai-fail-${TAG}`;
     const errors = [];

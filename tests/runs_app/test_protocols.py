@@ -149,3 +149,40 @@ def test_unknown_events_pass_through_without_entering_the_message() -> None:
     } in (_chunks(_stream("ai-sdk", items)))
     raw = _chunks(_stream("ag-ui", items))[1]
     assert raw["type"] == "RAW" and raw["event"] == {"type": "custom_thing", "data": {"x": 1}}
+
+
+def test_a_front_ends_own_submit_body_becomes_its_new_user_messages() -> None:
+    ui_messages = [
+        {"id": "u1", "role": "user", "parts": [{"type": "text", "text": "one"}]},
+        {"id": "a1", "role": "assistant", "parts": [{"type": "text", "text": "echo: one"}]},
+        {
+            "id": "u2",
+            "role": "user",
+            "parts": [{"type": "text", "text": "t"}, {"type": "text", "text": "wo"}],
+        },
+    ]
+    use_chat = {"id": "chat-1", "messages": ui_messages, "trigger": "submit-message", "agent_id": "echo"}
+    assert selection.submit_body("ai-sdk", use_chat) == {
+        "agent_id": "echo",
+        "thread_id": "chat-1",
+        "messages": [{"role": "user", "content": "two"}],
+    }
+    run_agent_input = {
+        "threadId": "t-9",
+        "runId": "client-run",
+        "state": {},
+        "tools": [],
+        "messages": [
+            {"id": "a0", "role": "assistant", "content": "hi"},
+            {"id": "tool", "role": "tool", "content": "{}", "toolCallId": "c1"},
+            {"id": "u1", "role": "user", "content": [{"type": "text", "text": "parts"}]},
+            {"id": "u2", "role": "user", "content": "plain"},
+        ],
+    }
+    assert selection.submit_body("ag-ui", run_agent_input) == {
+        "thread_id": "t-9",
+        "messages": [{"role": "user", "content": "parts"}, {"role": "user", "content": "plain"}],
+    }
+    ours = {"messages": [{"role": "user", "content": "x"}], "stream": True}
+    assert selection.submit_body("ai-sdk", ours) is ours and selection.submit_body("ag-ui", ours) is ours
+    assert selection.submit_body("native", use_chat) is use_chat

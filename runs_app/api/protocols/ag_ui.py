@@ -30,7 +30,9 @@ from runs_app.api.protocols.framing import (
     EventEncoder,
     error_text,
     finish_kind,
+    new_user_messages,
     stream_position,
+    translated,
 )
 
 NAME = "ag-ui"
@@ -162,3 +164,21 @@ class AgUiEncoder(EventEncoder):
                 interrupt["message"] = arguments["question"]
             interrupts.append(interrupt)
         return interrupts or [{"id": self.run_id, "reason": "waiting"}]
+
+
+def submit_body(body: Any) -> Any:
+    """A `RunAgentInput` (`{threadId, runId, messages, state, tools, context, forwardedProps}`): the
+    trailing user messages (string content, or its text parts) become this API's messages, `threadId`
+    the thread id. A body already in this API's shape passes unchanged."""
+    if not isinstance(body, dict) or "threadId" not in body or not isinstance(body.get("messages"), list):
+        return body
+    return translated(body, new_user_messages(body["messages"], _text_of), body.get("threadId"))
+
+
+def _text_of(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, list):
+        return "".join(
+            str(p.get("text") or "") for p in content if isinstance(p, dict) and p.get("type") == "text"
+        )
+    return str(content or "")

@@ -36,6 +36,8 @@ from runs_app.api.protocols.framing import (
     EventEncoder,
     error_text,
     finish_kind,
+    new_user_messages,
+    translated,
 )
 
 NAME = "ai-sdk"
@@ -165,6 +167,23 @@ class AiSdkEncoder(EventEncoder):
     def _input_available(self, call_id: str) -> Chunk:
         name, arguments = self.tools[call_id]
         return {"type": "tool-input-available", "toolCallId": call_id, "toolName": name, "input": arguments}
+
+
+def submit_body(body: Any) -> Any:
+    """`useChat`'s request (`{id, messages: UIMessage[], trigger, messageId}`): the trailing user
+    messages' text parts become this API's messages, the chat id the thread id. A body already in this
+    API's shape passes unchanged."""
+    messages = body.get("messages") if isinstance(body, dict) else None
+    if not isinstance(messages, list) or not any(isinstance(m, dict) and "parts" in m for m in messages):
+        return body
+    return translated(body, new_user_messages(messages, _text_of), body.get("id"))
+
+
+def _text_of(message: dict[str, Any]) -> str:
+    parts = message.get("parts")
+    if not isinstance(parts, list):
+        return str(message.get("content") or "")
+    return "".join(str(p.get("text") or "") for p in parts if isinstance(p, dict) and p.get("type") == "text")
 
 
 def _result(event: RunEvent) -> Any:

@@ -123,6 +123,27 @@ def error_text(data: dict[str, Any]) -> str:
     return str(value) if value else "run failed"
 
 
+def new_user_messages(messages: list[Any], text_of: Any) -> list[dict[str, str]]:
+    """The user messages after the last non-user one, as this API's messages: a front end sends its whole
+    history, and the thread already holds everything before them."""
+    trailing: list[dict[str, str]] = []
+    for message in reversed(messages):
+        if not isinstance(message, dict) or message.get("role") != "user":
+            break
+        trailing.append({"role": "user", "content": text_of(message)})
+    return trailing[::-1]
+
+
+def translated(body: Any, messages: list[dict[str, str]], thread_id: Any) -> dict[str, Any]:
+    """`body` with its front end's messages (and thread id, when the body names one) in this API's terms."""
+    out = {k: v for k, v in body.items() if k in KEPT_FIELDS}
+    out["messages"] = messages
+    if "thread_id" not in out and isinstance(thread_id, str) and thread_id:
+        out["thread_id"] = thread_id
+    return out
+
+
+KEPT_FIELDS = frozenset({"agent_id", "thread_id", "stream", "idempotency_key", "webhook"})
 TOOL_SUCCESS = frozenset({"succeeded", "success", "ok", "done", "completed"})
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from rest_framework.request import Request
 
@@ -17,6 +18,7 @@ _ENCODERS: dict[str, Callable[..., EventEncoder]] = {
     ai_sdk.NAME: ai_sdk.AiSdkEncoder,
     ag_ui.NAME: ag_ui.AgUiEncoder,
 }
+_BODIES: dict[str, Callable[[Any], Any]] = {ai_sdk.NAME: ai_sdk.submit_body, ag_ui.NAME: ag_ui.submit_body}
 _HEADERS = {ai_sdk.NAME: ai_sdk.HEADERS, ag_ui.NAME: ag_ui.HEADERS}
 PROTOCOLS = (NATIVE, *_ENCODERS)
 
@@ -27,6 +29,12 @@ def requested_protocol(request: Request) -> str:
     if value not in PROTOCOLS:
         raise InputError(f"protocol must be one of {', '.join(PROTOCOLS)}", field=PARAM)
     return value
+
+
+def submit_body(protocol: str, body: Any) -> Any:
+    """A front end's own submit body (`useChat`'s, AG-UI's `RunAgentInput`) in this API's terms."""
+    translate = _BODIES.get(protocol)
+    return body if translate is None else translate(body)
 
 
 def response_headers(protocol: str) -> dict[str, str]:
