@@ -29,18 +29,24 @@ THREAD_STATUS = f"""CASE
 THREAD_STATUSES = f"SELECT th.id, {THREAD_STATUS} FROM {THREAD} th WHERE th.id = ANY(%(ids)s)"
 
 # Search: the owner's threads (optionally `metadata @> filter`, served by the GIN index) with their
-# status; `{where}` and `{status}` are filled in by the caller with fixed fragments (never user text).
-_SEARCHED = f"""
-SELECT {TH_COLS}, {THREAD_STATUS} AS status FROM {THREAD} th
- WHERE th.owner_id = %(owner_id)s {{where}}
-"""
+# status; `{where}` is filled in by the caller with a fixed fragment (never user text). Without a status
+# filter the page is cut first and the status computed for its rows only; with one, every candidate's
+# status is computed to filter on it.
+_OWNED = f"SELECT {TH_COLS} FROM {THREAD} th WHERE th.owner_id = %(owner_id)s {{where}}"
 SEARCH_PAGE = f"""
-SELECT * FROM ({_SEARCHED}) s {{status}}
+SELECT {TH_COLS}, {THREAD_STATUS} FROM (
+    {_OWNED} ORDER BY th.updated_at DESC, th.id LIMIT %(limit)s OFFSET %(offset)s
+) th
+ ORDER BY th.updated_at DESC, th.id
+"""
+SEARCH_COUNT = f"SELECT count(*) FROM ({_OWNED}) th"
+_STATUSED = f"SELECT {TH_COLS}, {THREAD_STATUS} AS status FROM ({_OWNED}) th"
+SEARCH_PAGE_BY_STATUS = f"""
+SELECT * FROM ({_STATUSED}) s WHERE s.status = %(status)s
  ORDER BY s.updated_at DESC, s.id LIMIT %(limit)s OFFSET %(offset)s
 """
-SEARCH_COUNT = f"SELECT count(*) FROM ({_SEARCHED}) s {{status}}"
+SEARCH_COUNT_BY_STATUS = f"SELECT count(*) FROM ({_STATUSED}) s WHERE s.status = %(status)s"
 METADATA_FILTER = "AND th.metadata @> %(metadata)s::jsonb"
-STATUS_FILTER = "WHERE s.status = %(status)s"
 
 # Create: inserted only when the id is free (the caller reads the existing row otherwise).
 CREATE_THREAD = f"""

@@ -168,19 +168,17 @@ def search_threads(
     """The owner's threads containing `metadata` (jsonb `@>`) with `status`, most recently active first,
     and how many match in all."""
     params: dict[str, Any] = {"owner_id": owner_id, "limit": limit, "offset": offset}
-    where = status_clause = ""
+    where = ""
     if metadata:
         where, params["metadata"] = thread_sql.METADATA_FILTER, json.dumps(metadata)
+    page, count = thread_sql.SEARCH_PAGE, thread_sql.SEARCH_COUNT
     if status is not None:
-        status_clause, params["status"] = thread_sql.STATUS_FILTER, status.value
-
-    def fill(query: str) -> str:
-        return query.replace("{where}", where).replace("{status}", status_clause)
-
+        page, count = thread_sql.SEARCH_PAGE_BY_STATUS, thread_sql.SEARCH_COUNT_BY_STATUS
+        params["status"] = status.value
     with connection.cursor() as cursor:
-        cursor.execute(fill(thread_sql.SEARCH_PAGE), params)
+        cursor.execute(page.replace("{where}", where), params)
         rows = cursor.fetchall()
-        cursor.execute(fill(thread_sql.SEARCH_COUNT), params)
+        cursor.execute(count.replace("{where}", where), params)
         total = int(cursor.fetchone()[0])  # type: ignore[index]
     return [StatusedThread(_record(row), ThreadStatus(row[-1])) for row in rows], total
 
