@@ -285,6 +285,10 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     # one named enum per choice set that several bodies share (else "StatusFd7Enum" and a warning)
     "ENUM_NAME_OVERRIDES": {"RunStatusEnum": "runs_app.api.run_serializers.RUN_STATUSES"},
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "runs_app.api.schema_hooks.declare_request_headers",
+    ],
 }
 LOGIN_URL = "admin:login"  # the API docs send a browser without a session there
 
