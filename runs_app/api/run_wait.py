@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -69,7 +69,7 @@ def _pending_body(run: RunRecord, timeout_s: float, extra: dict[str, Any]) -> di
     }
 
 
-def awaiting(view: Callable[..., HttpResponseBase]) -> Callable[..., Awaitable[HttpResponseBase]]:
+def awaiting(view: Callable[..., HttpResponseBase]) -> Callable[..., Coroutine[Any, Any, HttpResponseBase]]:
     """The async Django view around a DRF view (`as_view()`) that may answer `PendingWait`."""
 
     async def run_view(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:

@@ -244,6 +244,7 @@ def _started_attempt(thread_id: str, timeout_ms: int) -> tuple[attempt.Started, 
         RunRequest(thread_id=thread_id, messages=[ChatMessage.user("sleep 1")], timeout_ms=timeout_ms)
     )
     claimed = store.load_dispatch(result.dispatch_id)
+    assert claimed is not None and claimed.status is DispatchStatus.CLAIMED  # claimed inline
     started = attempt.start(claimed, "instance-1", "test-worker")
     assert isinstance(started, attempt.Started)
     return started, claimed
@@ -254,7 +255,7 @@ def test_sweep_times_out_an_overdue_run_waiting_out_its_retry(
 ) -> None:
     started, claimed = _started_attempt("t-sweep", 1_000)
     run = started.run
-    assert run.deadline_at == run.started_at + 1_000
+    assert run.started_at is not None and run.deadline_at == run.started_at + 1_000
     # its attempt failed transiently: the dispatch waits queued for the retry, the run stays Running
     store.nack(claimed.dispatch_id, claimed.claim_token, now_ms() + 60_000, "boom", now_ms())
     assert maintenance.sweep(now=run.deadline_at - 1).timed_out == 0  # not overdue yet
@@ -272,9 +273,10 @@ def test_sweep_leaves_an_overdue_run_held_under_a_live_lease(
     transactional_db: None, clean_redis: Any
 ) -> None:
     started, claimed = _started_attempt("t-held", 1_000)
-    lease_until = store.load_dispatch(claimed.dispatch_id).lease_until
-    now = min(lease_until - 1, started.run.deadline_at + 1)
-    assert now > started.run.deadline_at  # overdue, and its lease still live: its worker ends it
+    lease_until, deadline_at = store.load_dispatch(claimed.dispatch_id).lease_until, started.run.deadline_at
+    assert lease_until is not None and deadline_at is not None
+    now = min(lease_until - 1, deadline_at + 1)
+    assert now > deadline_at  # overdue, and its lease still live: its worker ends it
     assert maintenance.sweep(now=now).timed_out == 0
     assert _run(started.run.run_id).status is RunStatus.RUNNING
 
