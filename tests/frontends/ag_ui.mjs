@@ -126,6 +126,26 @@ await main({
     assert.equal(done.finished[0].outcome, "success");
   },
 
+  async "the next RunAgentInput's resume answers the interrupt and streams the continuation"() {
+    const thread = `fe-agui-resume-${TAG}`;
+    const agent = submitAgent(thread, "ask shall we?", []);
+    const waiting = await run(agent);
+    const [interrupt] = waiting.finished[0].interrupts;
+    assert.equal(interrupt.message, "shall we?");
+    const done = await run(agent, {
+      resume: [{ interruptId: interrupt.id, status: "resolved", payload: { yes: 1 } }],
+    });
+    assert.equal(done.types[0], EventType.RUN_STARTED);
+    assert.equal(done.events[0].runId, waiting.events[0].runId); // the same run goes on
+    const result = done.newMessages.find((m) => m.role === "tool");
+    assert.equal(result.toolCallId, interrupt.toolCallId);
+    assert.equal(assistantText(done.newMessages), 'approved: {"yes": 1}');
+    assert.equal(done.finished[0].outcome, "success");
+    assert.equal(agent.pendingInterrupts.length, 0);
+    const log = await api("GET", `/api/v1/threads/${thread}/messages`);
+    assert.deepEqual(log.body.items.filter((m) => m.role === "user").map((m) => m.content), ["ask shall we?"]);
+  },
+
   async "steering received while running is a custom event"() {
     const thread = `fe-agui-steer-${TAG}`;
     const got = await run(submitAgent(thread, "sleep 1.5", []), {}, {

@@ -75,4 +75,4 @@ def test_ai_sdk_client_rebuilds_the_runs_messages(mailbox_worker: Any, server: W
 
 def test_ag_ui_client_rebuilds_the_runs_messages(mailbox_worker: Any, server: WebServer, token: str) -> None:
     out = _run_script("ag_ui.mjs", server, token)
-    assert out.count("ok ") == 7, out
+    assert out.count("ok ") == 8, out

@@ -1,6 +1,7 @@
 """The front-end protocol adapters as pure transforms of a run's event stream (no server): what a resume
-point sends first, a retry, a run that ended before it started, and the frame ids a client resumes from.
-The official clients read the same adapters from the real server in test_frontends.py."""
+point sends first, a retry, a run that ended before it started, and the frame ids a client resumes from;
+front ends' own submit bodies; an AG-UI resume that cannot be delivered. The official clients read the
+same adapters from the real server in test_frontends.py."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from rest_framework.test import APIClient
 
 from mailbox_app.events import RunEvent
 from runs_app.api.protocols import selection
 from runs_app.api.protocols.framing import KEEPALIVE
+from tests.support.api import post_json
 
 RUN, THREAD = "run-1", "thread-1"
 FINISH_DONE = {"status": "done", "termination": {"type": "natural_end"}, "final_output": "echo: hi there"}
@@ -186,3 +189,22 @@ def test_a_front_ends_own_submit_body_becomes_its_new_user_messages() -> None:
     ours = {"messages": [{"role": "user", "content": "x"}], "stream": True}
     assert selection.submit_body("ai-sdk", ours) is ours and selection.submit_body("ag-ui", ours) is ours
     assert selection.submit_body("native", use_chat) is use_chat
+
+
+@pytest.mark.django_db
+def test_an_ag_ui_resume_that_cannot_be_delivered_is_a_4xx_naming_what(
+    alice: APIClient, bob: APIClient
+) -> None:
+    url = "/api/v1/threads/t-resume/runs?protocol=ag-ui"
+    body = {"threadId": "t-resume", "messages": [{"id": "a", "role": "assistant", "content": "hi"}]}
+    entry = {"interruptId": "call-1", "status": "resolved", "payload": {}}
+    bad = post_json(alice, url, body | {"resume": [{"interruptId": "call-1", "status": "maybe"}]})
+    assert bad.status_code == 400 and bad.json()["field"] == "resume"
+    assert post_json(alice, url, body | {"resume": [entry]}).status_code == 404  # no such thread (yet)
+    created = post_json(
+        alice, "/api/v1/threads/t-resume/mailbox", {"messages": [{"role": "user", "content": "x"}]}
+    )
+    assert created.status_code == 201
+    not_waiting = post_json(alice, url, body | {"resume": [entry]})
+    assert not_waiting.status_code == 409 and not_waiting.json()["code"] == "not_waiting"
+    assert post_json(bob, url, body | {"resume": [entry]}).status_code == 404  # not bob's thread
