@@ -176,6 +176,10 @@ def message_json(record: Any) -> dict[str, Any]:
         "visibility": message.visibility.value,
         "run_id": record.produced_by_run_id,
         "created_at": iso_ms(record.created_at),
+        # tool calls and their results, and the partial output of a run that ended early (history.py)
+        "tool_calls": [c.model_dump(mode="json") for c in message.tool_calls or []] or None,
+        "tool_call_id": message.tool_call_id,
+        "partial": bool((message.metadata or {}).get("partial")),
     }
 
 

@@ -29,6 +29,7 @@ from mailbox_app.requests import RunRequest
 from mailbox_app.states import DispatchStatus, RunStatus
 from runs_app import store as run_store
 from tests.support.agents import TEST_AGENTS
+from tests.support.api import post_json, user_client
 from tests.support.waiting import wait_until
 
 TOOL_STARTED = threading.Event()
@@ -153,6 +154,32 @@ def test_foreground_submit_supersedes_and_closes_before_the_new_message(agents: 
     seen = SEEN["t-hr-fg"]
     assert [m.role for m in seen] == [Role.USER, Role.ASSISTANT, Role.TOOL, Role.USER]
     _assert_closed(seen, first.run_id, "call-1", "superseded")
+
+
+def test_interrupt_through_the_api_closes_the_call_and_the_api_shows_the_partial_output(agents: Any) -> None:
+    # given a user's running run with an open tool call
+    client = user_client("dangling")
+    answer = post_json(
+        client,
+        "/api/v1/threads/t-hr-api/mailbox",
+        {"messages": [{"role": "user", "content": "hang"}], "agent_id": "toolcall"},
+    )
+    assert answer.status_code == 201, answer.content
+    run_id = answer.json()["run_id"]
+    assert TOOL_STARTED.wait(10)
+    # when the thread is interrupted over HTTP
+    assert client.post("/api/v1/threads/t-hr-api/interrupt").status_code == 202
+    wait_until(lambda: _run_done(run_id), what="interrupted run done")
+    # then an API consumer sees the partial output, and only the model's view holds the internal result
+    public = client.get("/api/v1/threads/t-hr-api/messages").json()["items"]
+    assert [(m["role"], m["partial"]) for m in public] == [("user", False), ("assistant", True)]
+    assert public[1]["content"] == "Let me look"
+    assert [c["id"] for c in public[1]["tool_calls"]] == ["call-1"]
+    everything = client.get("/api/v1/threads/t-hr-api/messages?visibility=all").json()["items"]
+    result = everything[2]
+    assert (result["role"], result["tool_call_id"], result["visibility"]) == ("tool", "call-1", "internal")
+    assert json.loads(result["content"]) == {"status": "cancelled", "reason": "superseded"}
+    _next_run_history("t-hr-api")
 
 
 def test_dead_letter_closes_the_open_tool_call(agents: Any) -> None:
