@@ -27,6 +27,7 @@ from mailbox_app.locks import ThreadLock
 from mailbox_app.records import DispatchRecord
 from mailbox_app.registry import consumer_id, find_local_run, local_runs, register, unregister
 from mailbox_app.runtime import ActiveRun, call_agent
+from mailbox_app.states import DispatchStatus
 
 log = logging.getLogger(__name__)
 MAX_DRAIN = 1000  # dispatches one drain runs before handing the thread back to a fresh doorbell
@@ -154,7 +155,10 @@ def execute_claimed(dispatch: DispatchRecord, *, claim_next: bool = False) -> Ex
     (returned in the report: the caller must execute it)."""
     token = dispatch.claim_token or ""
     lock = ThreadLock(dispatch.thread_id, token, settings.AWAKEN_MAILBOX.lease_ms)
-    if not _acquire_soon(lock):
+    acquired = _acquire_soon(lock, dispatch.dispatch_id)
+    if acquired is None:
+        return ExecutionReport(dispatch.dispatch_id, "lost")
+    if not acquired:
         return _lock_busy(dispatch)
     try:
         fault("after_claim")
@@ -177,9 +181,15 @@ def execute_claimed(dispatch: DispatchRecord, *, claim_next: bool = False) -> Ex
 LOCK_RETRY_S = 0.25
 
 
-def _acquire_soon(lock: ThreadLock) -> bool:
+def _acquire_soon(lock: ThreadLock, dispatch_id: str) -> bool | None:
     """The thread lock, waiting briefly for a holder that is about to leave: a hand-over whose claim was
-    taken over (`store.claim_next_fair`) holds it only until its fenced start fails."""
+    taken over (`store.claim_next_fair`) holds it only until its fenced start fails. None when this
+    claim is not current any more (taken over, settled): nothing to do, and nothing to nack."""
+    if lock.acquire():
+        return True
+    current = store.load_dispatch(dispatch_id)
+    if current is None or current.status is not DispatchStatus.CLAIMED or current.claim_token != lock.token:
+        return None
     deadline = time.monotonic() + LOCK_RETRY_S
     while not lock.acquire():
         holder, _ = ThreadLock.holder(lock.thread_id)

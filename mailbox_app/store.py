@@ -8,6 +8,7 @@ dispatch epoch; a stale epoch supersedes the row in the same transaction and rai
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -189,7 +190,7 @@ def _claim_limited(
     return _fetch_one(sql.CLAIM_ONE_LIMITED, params | _limit_params(policy, agent_key, owner_key)), locked
 
 
-FAIR_CANDIDATES = 8
+FAIR_CANDIDATES = 16
 
 
 @metrics.timed(metrics.CLAIM, metrics.found)
@@ -214,7 +215,7 @@ def claim_next_fair(consumer_id: str, lease_ms: int, now: int) -> DispatchRecord
         }
     with connection.cursor() as cursor:
         cursor.execute(query, params)
-        candidates = cursor.fetchall()
+        candidates = _spread(cursor.fetchall())
     for thread_id, dispatch_id, old_token, _agent_key, _owner_key in candidates:
         claim_params = _claim_params(thread_id, consumer_id, lease_ms, now)
         locked = False
@@ -234,6 +235,18 @@ def claim_next_fair(consumer_id: str, lease_ms: int, now: int) -> DispatchRecord
         if locked:  # never wait on a second epoch row while holding a scope's lock
             return None
     return None
+
+
+def _spread(candidates: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """The first owner's candidates in random order (then the rest in fair order): workers finishing at
+    the same moment read the same list, and would otherwise all race for its first thread. Fairness is
+    across owners; a thread's own order is kept by the claim itself."""
+    if not candidates:
+        return candidates
+    owner = candidates[0][4]
+    first = [c for c in candidates if c[4] == owner]
+    random.shuffle(first)
+    return first + [c for c in candidates if c[4] != owner]
 
 
 def blocking_limit(agent_key: str, owner_key: str) -> str | None:
