@@ -31,7 +31,7 @@ from runs_app.api.inputs import (
     normalize_id,
     optional_id,
 )
-from runs_app.api.protocols.ag_ui_resume import answer_interrupts
+from runs_app.api.protocols.decisions import answer_decisions
 from runs_app.api.protocols.selection import NATIVE, PROTOCOLS, requested_protocol, submit_body
 from runs_app.api.run_options import metadata_filter, request_options, strategy
 from runs_app.api.run_serializers import RunPageOut
@@ -253,8 +253,8 @@ class RunsView(_ForegroundSubmit):
 
     @extend_schema(request=s.RunSubmitIn, responses={201: dict, 200: dict})
     def post(self, request: Request) -> HttpResponse | StreamingHttpResponse | Response:
-        if (resumed := answer_interrupts(request, None, owner_id=_user_id(request))) is not None:
-            return resumed  # an AG-UI RunAgentInput answering interrupts: decisions, not a new run
+        if (resumed := answer_decisions(request, None, owner_id=_user_id(request))) is not None:
+            return resumed  # a front end answering the waiting run's tool calls: decisions, not a new run
         data = _validated(s.RunSubmitIn, request, _front_end_body(request))
         return self._submit(request, data, data.get("thread_id") or None)
 
@@ -278,8 +278,8 @@ class ThreadRunsView(_ForegroundSubmit):
 
     @extend_schema(request=s.ThreadRunSubmitIn, responses={201: dict, 200: dict})
     def post(self, request: Request, thread_id: str) -> HttpResponse | StreamingHttpResponse | Response:
-        if (resumed := answer_interrupts(request, thread_id, owner_id=_user_id(request))) is not None:
-            return resumed  # an AG-UI RunAgentInput answering interrupts: decisions, not a new run
+        if (resumed := answer_decisions(request, thread_id, owner_id=_user_id(request))) is not None:
+            return resumed  # a front end answering the waiting run's tool calls: decisions, not a new run
         data = _validated(s.ThreadRunSubmitIn, request, _front_end_body(request))
         return self._submit(request, data, thread_id)
 

@@ -129,6 +129,31 @@ await main({
     assert.equal(done.metadata.status, "done");
   },
 
+  async "useChat's approval response (addToolApprovalResponse) answers the tool call and streams the rest"() {
+    const thread = `fe-ai-approve-${TAG}`;
+    const chat = new DefaultChatTransport({ api: `${BASE}/api/v1/threads/${thread}/runs?protocol=ai-sdk`, headers: AUTH });
+    const asked = userMessage("ask go on?");
+    const send = async (messages) =>
+      chat.sendMessages({ chatId: thread, messages, trigger: "submit-message", messageId: undefined });
+    const waiting = await rebuild(await send([asked]));
+    const tool = waiting.parts.find((p) => p.type === "tool-approve");
+    assert.equal(tool.state, "approval-requested");
+    // what addToolApprovalResponse({id, approved: true}) leaves in the last message, then sends
+    const responded = structuredClone(waiting);
+    const part = responded.parts.find((p) => p.type === "tool-approve");
+    part.state = "approval-responded";
+    part.approval = { ...part.approval, approved: true };
+    const done = await rebuild(await send([asked, responded]), { message: structuredClone(responded) });
+    assert.equal(done.id, waiting.id); // the same message goes on
+    const answered = done.parts.filter((p) => p.type === "tool-approve");
+    assert.equal(answered.length, 1, JSON.stringify(done.parts));
+    assert.equal(answered[0].state, "output-available");
+    assert.equal(text(done), 'approved: {"approved": true}');
+    assert.equal(done.metadata.status, "done");
+    const log = await api("GET", `/api/v1/threads/${thread}/messages`);
+    assert.deepEqual(log.body.items.filter((m) => m.role === "user").map((m) => m.content), ["ask go on?"]);
+  },
+
   async "steering received while running is a data part of the message"() {
     const log = [];
     const thread = `fe-ai-steer-${TAG}`;

@@ -70,7 +70,7 @@ def _run_script(name: str, server: WebServer, token: str) -> str:
 
 def test_ai_sdk_client_rebuilds_the_runs_messages(mailbox_worker: Any, server: WebServer, token: str) -> None:
     out = _run_script("ai_sdk.mjs", server, token)
-    assert out.count("ok ") == 7, out
+    assert out.count("ok ") == 8, out
 
 
 def test_ag_ui_client_rebuilds_the_runs_messages(mailbox_worker: Any, server: WebServer, token: str) -> None:

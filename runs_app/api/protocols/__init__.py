@@ -1,3 +1,3 @@
 """Front-end protocols over a run's event stream: the Vercel AI SDK UI message stream (`ai_sdk`) and
 AG-UI (`ag_ui`), each a pure transform of the run's events (`framing`), chosen per request (`selection`);
-an AG-UI input that answers interrupts is delivered as decisions (`ag_ui_resume`)."""
+a submit that answers the waiting run's tool calls is delivered as decisions (`decisions`)."""
