@@ -15,6 +15,7 @@ import pytest
 from mailbox_app import history, service, store
 from mailbox_app.executor import ResolveFailed, RunContext, RunResult
 from mailbox_app.history import RunTranscript, closing_messages, open_tool_calls
+from mailbox_app.ids import now_ms
 from mailbox_app.payloads import (
     ChatMessage,
     Role,
@@ -25,6 +26,8 @@ from mailbox_app.payloads import (
     Visibility,
     WaitingTicket,
 )
+from mailbox_app.reconcile import terminalize_run_for_dispatch
+from mailbox_app.records import DispatchRecord
 from mailbox_app.requests import RunRequest
 from mailbox_app.states import DispatchStatus, RunStatus
 from runs_app import store as run_store
@@ -219,6 +222,33 @@ def test_cancel_of_a_waiting_run_answers_its_suspended_call(agents: Any) -> None
     partial = next(m for m in log if m.tool_calls)
     assert partial.tool_calls == [ToolCall(id=call_id, name="approve", arguments={"question": "may I?"})]
     _next_run_history("t-hr-wait")
+
+
+def test_a_waiting_run_ended_by_its_superseded_resume_closes_its_tickets(agents: Any) -> None:
+    """The terminalize path of interrupt / sweep / reconcile, run by a process that never ran the agent:
+    what it can know is the waiting run's tickets, and it closes those in the statement that ends it."""
+    submitted = service.submit_background(_request("t-hr-resume", "ask go?", "echo"))
+    waiting = wait_until(
+        lambda: (r := run_store.load_run(run_id=submitted.run_id)) and r.status is RunStatus.WAITING and r,
+        what="run waiting",
+    )
+    now = now_ms()
+    resume = DispatchRecord(
+        dispatch_id="resume-superseded",
+        thread_id="t-hr-resume",
+        run_id=submitted.run_id,
+        status=DispatchStatus.SUPERSEDED,
+        created_at=now,
+        updated_at=now,
+        completed_at=now,
+    )
+    ended = terminalize_run_for_dispatch(resume, now=now)
+    assert ended is not None and ended.status is RunStatus.DONE
+    call_id = waiting.waiting.tickets[0].tool_call_id  # type: ignore[union-attr]
+    _assert_closed(_log("t-hr-resume"), submitted.run_id, call_id, "superseded")
+    assert terminalize_run_for_dispatch(resume, now=now) is None  # a second end writes nothing more
+    assert len(_log("t-hr-resume")) == 3
+    _next_run_history("t-hr-resume")
 
 
 def test_a_run_that_completes_naturally_is_left_as_it_wrote_itself(agents: Any) -> None:
