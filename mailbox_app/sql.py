@@ -74,12 +74,8 @@ WITH stale AS (
 # older epoch is never picked, and a concurrent claim committed after the snapshot surfaces as the
 # one-claimed-per-thread unique violation, which the store answers with "nothing claimed".
 _EPOCH_NOW = "(SELECT current_epoch FROM e)"
-# The claimed row is returned and its owner marked served (round-robin across owners, claim_policy.py).
-_SERVED = """, served AS (
-    INSERT INTO mailbox_fair_group AS g (owner_key, served_at)
-    SELECT e.owner_key, %(now)s FROM e WHERE EXISTS (SELECT 1 FROM claimed)
-    ON CONFLICT (owner_key) DO UPDATE SET served_at = GREATEST(g.served_at, EXCLUDED.served_at)
-)
+# The claimed row is returned; its owner is marked served by the attempt's start (START).
+_SERVED = """
 SELECT * FROM claimed"""
 _CLAIMED_CTE = f"""
 , claimed AS (
@@ -199,16 +195,22 @@ SELECT (SELECT count(*) FROM {DISPATCH} WHERE status = 'claimed'),
 
 # Take over a claim a submit took inline that no worker has started (its hand-over is stuck behind
 # other work): a new token, so the late hand-over finds its fence gone and leaves.
+# Never waits: a row another transaction holds (its hand-over starting it, another worker taking it
+# over) is skipped.
 STEAL_UNSTARTED = f"""
 WITH e AS (
-    SELECT current_epoch, owner_key FROM {EPOCH} WHERE thread_id = %(thread_id)s
+    SELECT current_epoch FROM {EPOCH} WHERE thread_id = %(thread_id)s
+), pick AS (
+    SELECT dispatch_id FROM {DISPATCH}
+     WHERE dispatch_id = %(dispatch_id)s AND status = 'claimed' AND claim_token = %(old_token)s
+       AND dispatch_instance_id IS NULL AND dispatch_epoch >= (SELECT current_epoch FROM e)
+     FOR UPDATE SKIP LOCKED
 ), claimed AS (
 UPDATE {DISPATCH} d
    SET claim_token = %(token)s, claimed_by = %(consumer_id)s, lease_until = %(lease_until)s,
        updated_at = %(now)s
-  FROM e
- WHERE d.dispatch_id = %(dispatch_id)s AND d.status = 'claimed' AND d.claim_token = %(old_token)s
-   AND d.dispatch_instance_id IS NULL AND d.dispatch_epoch >= e.current_epoch
+  FROM pick
+ WHERE d.dispatch_id = pick.dispatch_id
 RETURNING {D_COLS}
 ){_SERVED}"""
 
@@ -289,13 +291,22 @@ UPDATE {DISPATCH} d
 # taken inline by a web process is taken over by the worker that runs it).
 # Only a claim no attempt has started yet: a duplicate hand-over of the same claim (same token) that
 # finds the thread lock free never starts it a second time. The worker takes over the lease too.
+# The thread's owner is marked served here (round-robin across owners, claim_policy.py): last in this
+# short transaction, so no claim transaction holds the owner's row and it is in no lock cycle.
 START = f"""
+WITH started AS (
 UPDATE {DISPATCH} d
    SET dispatch_instance_id = %(instance_id)s, run_status = 'running', termination = NULL,
        run_response = NULL, run_error = NULL, completed_at = NULL, claimed_by = %(consumer_id)s,
        lease_until = %(lease_until)s, updated_at = %(now)s
 {FENCE} AND d.dispatch_instance_id IS NULL
 RETURNING {D_COLS}
+), served AS (
+    INSERT INTO mailbox_fair_group AS g (owner_key, served_at)
+    SELECT e.owner_key, %(now)s FROM {EPOCH} e JOIN started s ON s.thread_id = e.thread_id
+    ON CONFLICT (owner_key) DO UPDATE SET served_at = GREATEST(g.served_at, EXCLUDED.served_at)
+)
+SELECT * FROM started
 """
 
 # The attempt's end in one statement: its result recorded and the delivery settled (ack, nack with

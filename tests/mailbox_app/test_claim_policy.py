@@ -37,8 +37,10 @@ def _queue(
 
 
 def _claim_and_ack(now: int) -> DispatchRecord | None:
+    """What a worker does with its next claim: start it (which marks its owner served), settle it."""
     claimed = store.claim_next_fair("w", LEASE, now)
     if claimed is not None:
+        assert store.try_start(claimed.dispatch_id, claimed.claim_token or "", f"i-{now}", "w", now)
         store.ack(claimed.dispatch_id, claimed.claim_token or "", now)
     return claimed
 
