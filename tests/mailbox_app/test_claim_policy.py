@@ -24,6 +24,7 @@ from mailbox_app.requests import RunRequest
 from mailbox_app.states import DispatchStatus, RunStatus
 from runs_app import store as run_store
 from tests.conftest import make_dispatch
+from tests.support.api import new_user
 from tests.support.waiting import wait_until
 
 LEASE = 30_000
@@ -275,3 +276,31 @@ def test_a_taken_over_claim_waits_briefly_for_its_stale_hand_over_to_leave_the_l
     dispatch = store.load_dispatch(stale.dispatch_id)
     assert dispatch is not None and dispatch.attempt_count == 0  # not nacked behind the stale lock
     assert run_store.load_run(run_id=result.run_id).status is RunStatus.DONE  # type: ignore[union-attr]
+
+
+def test_on_a_real_worker_a_second_owners_run_starts_ahead_of_a_first_owners_backlog(
+    mailbox_worker: Any, engine_settings: Any
+) -> None:
+    owner_a, owner_b = (new_user(name).pk for name in ("fair-a", "fair-b"))
+    backlog = [
+        service.submit_background(_request(f"fair-a-{i % 8}", "sleep 0.1"), owner_id=owner_a).run_id
+        for i in range(48)
+    ]
+    wait_until(lambda: _claimed_count("echo") >= 4, what="the worker busy with A's backlog")
+    b_run = service.submit_background(_request("fair-b-0", "hi"), owner_id=owner_b).run_id
+    wait_until(
+        lambda: (r := run_store.load_run(run_id=b_run)) is not None and r.status is RunStatus.DONE,
+        what="B's run",
+    )
+    still_open = sum(
+        1
+        for r in backlog
+        if run_store.load_run(run_id=r).status is not RunStatus.DONE  # type: ignore[union-attr]
+    )
+    # 4 worker threads × 0.1 s runs: B waits about one run, not for A's 48 (≈ 1.2 s of work)
+    assert still_open >= 24, f"B finished after {48 - still_open} of A's 48 runs"
+    wait_until(
+        lambda: all(run_store.load_run(run_id=r).status is RunStatus.DONE for r in backlog),  # type: ignore[union-attr]
+        timeout=60,
+        what="A's backlog",
+    )
