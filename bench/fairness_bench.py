@@ -113,16 +113,19 @@ def fairness(args: argparse.Namespace, mode: str, log_dir: Path) -> tuple[float,
         threads = [f"fair-a-{i:03d}-{uuid7()}" for i in range(200)]
         per_thread = args.backlog // len(threads)
 
+        submitted: list[int] = []
+
         def submit(k: int, stop: threading.Event) -> None:
             for _ in range(per_thread):
                 for thread_id in threads[k::8]:
                     if stop.is_set():
                         return
                     service.submit_background(_request(thread_id, "nap"), owner_id=owner_a)
+            submitted.append(k)
 
         started = time.perf_counter()
         with in_threads(8, submit) as errors:
-            pass
+            wait_until(lambda: len(submitted) == 8 or bool(errors), 600, "A's submits", 0.01)
         if errors:
             raise RuntimeError(f"submit failed: {errors[0]!r}")
         backlog = store.count_dispatches_by_status(DispatchStatus.QUEUED)
