@@ -154,6 +154,7 @@ class IdempotencyRecord(models.Model):
     def __str__(self) -> str:
         return f"{self.user_id}:{self.key}"
 
+
 class RunStep(models.Model):
     """One completed step of a run's journal (mailbox_app/steps.py), written once per (run, key) by the
     attempt that completed it, fenced by its claim token; later attempts replay it instead of re-running."""
