@@ -1,0 +1,301 @@
+"""The API's answers as typed, immutable values, and their parsing (shared by `Client` and `AsyncClient`).
+
+Every model keeps the JSON it was read from in `raw`, so a field the server adds later is still there.
+Times are timezone-aware `datetime`s (the API sends ISO-8601 UTC with milliseconds).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Generic, Literal, TypedDict, TypeVar
+
+T = TypeVar("T")
+
+RunStatus = Literal["created", "running", "waiting", "done"]
+ThreadStatus = Literal["idle", "busy", "waiting", "error"]
+MultitaskStrategy = Literal["reject", "enqueue", "interrupt"]
+DecisionAction = Literal["resume", "cancel"]
+IfExists = Literal["raise", "do_nothing"]
+STOPPED_STATUSES = frozenset({"done", "waiting"})  # a run that finished or suspended for a decision
+
+
+class InputMessage(TypedDict):
+    """A message to submit: `role` is user, assistant or system."""
+
+    role: str
+    content: str
+
+
+class ParseError(ValueError):
+    """The server's answer does not have the shape this client expects."""
+
+
+def _time(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ParseError(f"expected an ISO-8601 time, got {value!r}")
+    return datetime.fromisoformat(value)
+
+
+def _required_time(value: Any) -> datetime:
+    parsed = _time(value)
+    if parsed is None:
+        raise ParseError("expected an ISO-8601 time, got null")
+    return parsed
+
+
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ParseError(f"expected a JSON object for {what}, got {type(value).__name__}")
+    return value
+
+
+def _optional_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Termination:
+    """Why a run ended or stopped: natural_end, cancelled, timeout, error, suspended, ..."""
+
+    type: str
+    value: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    run_id: str
+    thread_id: str
+    agent_id: str
+    status: str
+    termination: Termination | None
+    final_output: str | None
+    waiting: dict[str, Any] | None
+    metadata: dict[str, Any]
+    dispatch_id: str | None
+    timeout_ms: int | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+    @property
+    def is_stopped(self) -> bool:
+        """Done (any outcome) or waiting for a decision."""
+        return self.status in STOPPED_STATUSES
+
+    @property
+    def pending_tool_call_ids(self) -> list[str]:
+        """The tool calls a waiting run waits on (the ids a decision names)."""
+        tickets = (self.waiting or {}).get("tickets") or []
+        return [str(t["tool_call_id"]) for t in tickets if isinstance(t, dict) and t.get("tool_call_id")]
+
+
+def parse_run(data: Any) -> Run:
+    raw = _object(data, "a run")
+    reason = raw.get("termination_reason")
+    try:
+        return Run(
+            run_id=str(raw["run_id"]),
+            thread_id=str(raw["thread_id"]),
+            agent_id=str(raw["agent_id"]),
+            status=str(raw["status"]),
+            termination=None
+            if reason is None
+            else Termination(
+                type=str(_object(reason, "termination_reason")["type"]), value=reason.get("value")
+            ),
+            final_output=_optional_str(raw.get("final_output")),
+            waiting=None if raw.get("waiting") is None else _object(raw["waiting"], "waiting"),
+            metadata=dict(raw.get("metadata") or {}),
+            dispatch_id=_optional_str(raw.get("dispatch_id")),
+            timeout_ms=None if raw.get("timeout_ms") is None else int(raw["timeout_ms"]),
+            created_at=_required_time(raw["created_at"]),
+            started_at=_time(raw.get("started_at")),
+            finished_at=_time(raw.get("finished_at")),
+            updated_at=_required_time(raw["updated_at"]),
+            raw=raw,
+        )
+    except KeyError as exc:
+        raise ParseError(f"a run without {exc.args[0]!r}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRun:
+    """A wait or join that ran out of time (202): the run has not finished or suspended yet."""
+
+    run_id: str
+    thread_id: str
+    status: str
+    detail: str
+    dispatch_id: str | None
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+
+def parse_pending(data: Any) -> PendingRun:
+    raw = _object(data, "a pending run")
+    return PendingRun(
+        run_id=str(raw["run_id"]),
+        thread_id=str(raw["thread_id"]),
+        status=str(raw["status"]),
+        detail=str(raw.get("detail", "")),
+        dispatch_id=_optional_str(raw.get("dispatch_id")),
+        raw=raw,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """A submit's answer (201): the new (or resumed) run, its dispatch and the run's status then."""
+
+    run_id: str
+    thread_id: str
+    dispatch_id: str
+    status: str
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+
+def parse_submission(data: Any) -> Submission:
+    raw = _object(data, "a submit answer")
+    return Submission(
+        run_id=str(raw["run_id"]),
+        thread_id=str(raw["thread_id"]),
+        dispatch_id=str(raw["dispatch_id"]),
+        status=str(raw["status"]),
+        raw=raw,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Thread:
+    id: str
+    title: str | None
+    metadata: dict[str, Any]
+    status: str
+    open_run: Run | None
+    active_run: Run | None
+    latest_run_id: str | None
+    message_count: int
+    created_at: datetime
+    updated_at: datetime
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+
+def parse_thread(data: Any) -> Thread:
+    raw = _object(data, "a thread")
+    return Thread(
+        id=str(raw["id"]),
+        title=_optional_str(raw.get("title")),
+        metadata=dict(raw.get("metadata") or {}),
+        status=str(raw["status"]),
+        open_run=None if raw.get("open_run") is None else parse_run(raw["open_run"]),
+        active_run=None if raw.get("active_run") is None else parse_run(raw["active_run"]),
+        latest_run_id=_optional_str(raw.get("latest_run_id")),
+        message_count=int(raw.get("message_count") or 0),
+        created_at=_required_time(raw["created_at"]),
+        updated_at=_required_time(raw["updated_at"]),
+        raw=raw,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadDeleted:
+    thread_id: str
+    deleted: dict[str, int]
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+
+def parse_thread_deleted(data: Any) -> ThreadDeleted:
+    raw = _object(data, "a delete answer")
+    counts = _object(raw.get("deleted") or {}, "deleted")
+    return ThreadDeleted(
+        thread_id=str(raw["thread_id"]), deleted={str(k): int(v) for k, v in counts.items()}, raw=raw
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    seq: int
+    message_id: str
+    role: str
+    content: str
+    visibility: str
+    run_id: str | None
+    tool_calls: list[dict[str, Any]] | None
+    tool_call_id: str | None
+    partial: bool
+    created_at: datetime | None
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+
+def parse_message(data: Any) -> Message:
+    raw = _object(data, "a message")
+    return Message(
+        seq=int(raw["seq"]),
+        message_id=str(raw["message_id"]),
+        role=str(raw["role"]),
+        content=str(raw.get("content") or ""),
+        visibility=str(raw.get("visibility", "")),
+        run_id=_optional_str(raw.get("run_id")),
+        tool_calls=raw.get("tool_calls"),
+        tool_call_id=_optional_str(raw.get("tool_call_id")),
+        partial=bool(raw.get("partial")),
+        created_at=_time(raw.get("created_at")),
+        raw=raw,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A control request's answer (202): cancel_requested, decision_submitted, ..."""
+
+    status: str
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+
+def parse_accepted(data: Any) -> Accepted:
+    raw = _object(data, "an answer")
+    return Accepted(status=str(raw.get("status", "")), raw=raw)
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    items: list[T]
+    total: int
+    has_more: bool
+
+
+def parse_page(data: Any, item: Callable[[Any], T]) -> Page[T]:
+    raw = _object(data, "a page")
+    items = raw.get("items")
+    if not isinstance(items, list):
+        raise ParseError("a page without a list of items")
+    return Page(items=[item(i) for i in items], total=int(raw["total"]), has_more=bool(raw["has_more"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One server-sent event of a run: its stream id (what `Last-Event-ID` resumes after), type, data."""
+
+    id: str
+    type: str
+    data: Any
+
+    @property
+    def is_terminal(self) -> bool:
+        """run_finish: the run is done (any outcome) or waiting; the server ends the stream after it."""
+        return self.type == "run_finish"
+
+
+def parse_event(fields: Mapping[str, str]) -> Event:
+    data = fields.get("data", "")
+    try:
+        decoded: Any = json.loads(data) if data else None
+    except ValueError:
+        decoded = data
+    return Event(id=fields.get("id", ""), type=fields.get("event", "message"), data=decoded)
