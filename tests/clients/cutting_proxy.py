@@ -6,11 +6,13 @@ chunked body never completes), so the client sees what it would see when a netwo
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import threading
 from collections.abc import Iterator
 
 MARKER = b"text/event-stream"
+LAST_EVENT_ID = re.compile(rb"\r\nlast-event-id: *([^\r]*)\r\n", re.IGNORECASE)
 RECV = 65536
 
 
@@ -23,6 +25,7 @@ class CuttingProxy:
         self._cuts_left = cuts
         self.cuts = 0  # streamed responses cut so far
         self.connections = 0
+        self.last_event_ids: list[str] = []  # the Last-Event-ID of every request passed on
         self._sockets: list[socket.socket] = []
         self._accepting = threading.Thread(target=self._accept, daemon=True)
         self._accepting.start()
@@ -56,7 +59,7 @@ class CuttingProxy:
             with self._lock:
                 self.connections += 1
                 self._sockets += [downstream, upstream]
-            threading.Thread(target=_pump, args=(downstream, upstream), daemon=True).start()
+            threading.Thread(target=self._pump_requests, args=(downstream, upstream), daemon=True).start()
             threading.Thread(target=self._pump_back, args=(upstream, downstream), daemon=True).start()
 
     def _pump_back(self, upstream: socket.socket, downstream: socket.socket) -> None:
@@ -86,16 +89,19 @@ class CuttingProxy:
             _close(upstream)
             _close(downstream)
 
-
-def _pump(source: socket.socket, sink: socket.socket) -> None:
-    try:
-        while data := source.recv(RECV):
-            sink.sendall(data)
-    except OSError:
-        pass
-    finally:
-        _close(source)
-        _close(sink)
+    def _pump_requests(self, downstream: socket.socket, upstream: socket.socket) -> None:
+        """Client to server, untouched; the requests' Last-Event-ID headers are noted."""
+        try:
+            while data := downstream.recv(RECV):
+                found = [m.decode() for m in LAST_EVENT_ID.findall(data)]
+                with self._lock:
+                    self.last_event_ids += found
+                upstream.sendall(data)
+        except OSError:
+            pass
+        finally:
+            _close(downstream)
+            _close(upstream)
 
 
 def _close(sock: socket.socket) -> None:

@@ -84,6 +84,11 @@ def test_submit_streams_to_the_end(mailbox_worker: Any, client: Client) -> None:
         {"source": "client"},
     )
 
+    with client.submit_stream(None, "fresh") as anywhere:  # POST runs: a new thread
+        assert [e.type for e in anywhere][-1] == "run_finish"
+    assert anywhere.thread_id and anywhere.thread_id != "t-echo"
+    assert client.get_thread(anywhere.thread_id).latest_run_id == anywhere.run_id
+
 
 def test_a_dropped_submit_stream_resumes_with_last_event_id(
     mailbox_worker: Any, server: WebServer, token: str
@@ -92,6 +97,7 @@ def test_a_dropped_submit_stream_resumes_with_last_event_id(
         with client.submit_stream("t-cut", "sleep 1") as stream:
             received = list(stream)
         assert proxy.cuts == 1 and stream.reconnects == 1
+    assert proxy.last_event_ids == [received[0].id]  # the resume asked for what came after run_start
     assert stream.run_id
     ids = [e.id for e in received]
     assert ids == _stream_ids(stream.run_id)  # every event once, in order, across the drop
@@ -110,7 +116,7 @@ def test_a_dropped_event_stream_resumes_while_the_run_goes_on(
             first = next(stream)
             rest = list(stream)
         assert proxy.cuts == 1 and stream.reconnects == 1
-    assert first.type == "run_start"
+    assert first.type == "run_start" and proxy.last_event_ids == [first.id]
     assert [first.id] + [e.id for e in rest] == _stream_ids(submitted.run_id)
     assert rest[-1].type == "run_finish" and rest[-1].data["status"] == "done"
 
@@ -256,6 +262,7 @@ def test_async_client_streams_resumes_waits_and_decides(
                 ):
                     resumed = [e async for e in cut]
                 assert proxy.cuts == 1 and cut.reconnects == 1
+                assert proxy.last_event_ids == [resumed[0].id]
             ids = [e.id for e in resumed]
             assert ids == _stream_ids(submitted.run_id) and len(set(ids)) == len(ids)
             assert resumed[0].type == "run_start" and resumed[-1].data["status"] == "done"

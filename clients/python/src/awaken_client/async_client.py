@@ -98,7 +98,7 @@ class AsyncClient:
         return await self._do(calls.submit(thread_id, messages, RunOptions(**options)))
 
     async def submit_stream(
-        self, thread_id: str, messages: Messages, **options: Unpack[SubmitOptions]
+        self, thread_id: str | None, messages: Messages, **options: Unpack[SubmitOptions]
     ) -> AsyncRunStream:
         """Sends the foreground submit now; iterate (`async for`) the answer for the run's events."""
         response = await self._open(calls.submit_stream(thread_id, messages, RunOptions(**options)))

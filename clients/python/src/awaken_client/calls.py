@@ -152,11 +152,12 @@ def submit(thread_id: str, messages: Messages, options: RunOptions) -> Call[Subm
     )
 
 
-def submit_stream(thread_id: str, messages: Messages, options: RunOptions) -> Call[httpx.Response]:
-    """A foreground submit streamed as SSE: POST threads/{id}/runs (interrupts the thread by default)."""
+def submit_stream(thread_id: str | None, messages: Messages, options: RunOptions) -> Call[httpx.Response]:
+    """A foreground submit streamed as SSE: POST threads/{id}/runs (interrupts the thread by default);
+    without a thread id, POST runs (a new thread)."""
     return Call(
         "POST",
-        f"/threads/{_id(thread_id)}/runs",
+        "/runs" if thread_id is None else f"/threads/{_id(thread_id)}/runs",
         check,
         body={**options.body(messages), "stream": True},
         headers={"Accept": "text/event-stream"},

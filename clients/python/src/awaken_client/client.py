@@ -111,10 +111,11 @@ class Client:
         return self._do(calls.submit(thread_id, messages, RunOptions(**options)))
 
     def submit_stream(
-        self, thread_id: str, messages: Messages, **options: Unpack[SubmitOptions]
+        self, thread_id: str | None, messages: Messages, **options: Unpack[SubmitOptions]
     ) -> RunStream:
-        """A foreground run (POST threads/{id}/runs, interrupts the thread by default), its events
-        streamed: the submit is sent now (its errors raise here); iterate the answer for the events."""
+        """A foreground run (POST threads/{id}/runs, interrupts the thread by default; no thread id:
+        POST runs, a new thread), its events streamed: the submit is sent now (its errors raise here);
+        iterate the answer for the events."""
         response = self._open(calls.submit_stream(thread_id, messages, RunOptions(**options)))
         state = StreamState(header(response, "X-Run-Id"), None, self.stream_policy)
         return RunStream(self, state, response)
