@@ -1206,7 +1206,12 @@ def test_beat_schedule_rows_follow_config_and_keep_operator_switch(settings: Any
     sync_periodic_tasks()
     rows = {p.name: p for p in PeriodicTask.objects.filter(name__in=list(PERIODIC_TASKS))}
     assert set(rows) == set(PERIODIC_TASKS)
-    expected_every = {"mailbox.sweep": 7, "mailbox.reconcile": 7, "mailbox.gc": 11}
+    expected_every = {
+        "mailbox.sweep": 7,
+        "mailbox.reconcile": 7,
+        "mailbox.gc": 11,
+        "mailbox.redrive_webhooks": 7,
+    }
     for row in rows.values():
         assert row.task in app.tasks, f"{row.task} must be a registered Celery task"
         assert row.interval is not None and row.interval.period == IntervalSchedule.SECONDS

@@ -89,6 +89,9 @@ def test_events_204_when_no_stream(client: APIClient) -> None:
         client, "/api/v1/threads/t-quiet/mailbox", {"messages": [{"role": "user", "content": "sleep 0.2"}]}
     ).json()
     wait_until(lambda: (r := run_store.load_run(run_id=body["run_id"])) and r.status is RunStatus.DONE)
+    # run_finish is appended when the finish commits, just after the run reads as done: wait for it,
+    # so the stream is not re-created after it is deleted
+    wait_until(lambda: any(e.type == "run_finish" for e in events.read_events(body["run_id"])))
     get_redis().delete(events.stream_key(body["run_id"]))
     assert client.get(f"/api/v1/runs/{body['run_id']}/events").status_code == 204
 

@@ -8,6 +8,11 @@ from typing import Any
 import hypothesis
 import pytest
 import schemathesis
+
+# schemathesis imports its OpenAPI machinery lazily, on the first `from_dict`; the test calls it while
+# the in-process Celery worker's threads run, and CPython 3.11 can fail compiling a module while other
+# threads compile ("AST constructor recursion depth mismatch"). Import it here, single-threaded.
+import schemathesis.specs.openapi.schemas
 from django.contrib.auth import get_user_model
 from django.core.wsgi import get_wsgi_application
 from drf_spectacular.generators import SchemaGenerator
