@@ -2,10 +2,13 @@
 
 Async end to end: the views stay sync DRF views and return a `StreamingHttpResponse` over an async
 iterator, which Django's ASGI handler consumes on the event loop. An open stream is one coroutine and
-one Redis connection blocked in `XREAD` (from `redis.asyncio`, one pool per event loop), not a server
-thread, so one web process holds thousands. When the client goes away Django cancels the response task:
-the cancellation reaches the pending `XREAD`, redis-py disconnects that connection (a cancelled
-command leaves it in an unknown state) and returns it to the pool, and the generator's `finally` runs.
+an asyncio queue, not a server thread: each run that has open streams in this process has one reader
+(`RunFeed`, one Redis connection blocked in `XREAD`, from `redis.asyncio`, one pool per event loop) that
+hands every batch to the queues of that run's streams. So one web process holds thousands of streams,
+and a new event costs one `XREAD`, not one per stream. When the client goes away Django cancels the
+response task: the cancellation reaches the stream's wait on its queue, the generator's `finally`
+unsubscribes it, and the last stream to leave cancels the feed's pending `XREAD` (redis-py disconnects
+that connection: a cancelled command leaves it in an unknown state).
 
 Under WSGI (or Django's sync test client) Django consumes an async iterator by running it to the end
 in `async_to_sync` with a warning: it still works for streams that finish, it just does not stream.
@@ -15,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import weakref
 from collections.abc import AsyncIterator
 from typing import Any
@@ -38,6 +40,7 @@ CLIENT_NAME = "awaken-sse"  # CLIENT LIST shows the stream readers by this name
 TERMINAL_EVENTS = frozenset({events.RUN_FINISH})  # run_finish: the run is done (any outcome) or waiting
 
 _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis] = weakref.WeakKeyDictionary()
+_feeds: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, RunFeed]] = weakref.WeakKeyDictionary()
 
 
 class EventStreamRenderer(BaseRenderer):
@@ -74,13 +77,90 @@ def frame(event: events.RunEvent) -> str:
     return f"id: {event.id}\nevent: {event.type}\ndata: {json.dumps(event.data)}\n\n"
 
 
-async def read_after(run_id: str, after: str, *, block_ms: int) -> list[events.RunEvent]:
-    """Events strictly after `after`, oldest first; a blocking `XREAD` of up to `block_ms` when none."""
-    result: Any = await async_redis().xread(
-        {events.stream_key(run_id): after}, count=READ_COUNT, block=max(block_ms, 1)
-    )
+async def read_after(run_id: str, after: str, *, block_ms: int | None) -> list[events.RunEvent]:
+    """Events strictly after `after`, oldest first (at most `READ_COUNT`); with `block_ms`, a blocking
+    `XREAD` of up to that long when there are none yet."""
+    block = None if block_ms is None else max(block_ms, 1)
+    result: Any = await async_redis().xread({events.stream_key(run_id): after}, count=READ_COUNT, block=block)
     entries = result[0][1] if result else []
     return [_decode(event_id, fields) for event_id, fields in entries]
+
+
+class RunFeed:
+    """The one reader of a run's stream in this event loop: a task blocked in `XREAD` that hands every
+    batch it reads to each subscribed stream's queue.
+
+    1,000 streams on one run are one Redis connection and one `XREAD` per batch, not 1,000 of each. The
+    feed starts after the stream's last entry at the time it starts (`ready`); a subscriber that joins
+    reads what came before from Redis itself (`run_events`). Its `XREAD` blocks for at most a keep-alive
+    interval; one that returns nothing is handed out as an empty batch, which tells every subscriber
+    that a keep-alive is due (one timer per run, not one per stream). It ends with its last subscriber;
+    a Redis error ends it and is raised in every subscriber."""
+
+    def __init__(self, run_id: str, registry: dict[str, RunFeed]) -> None:
+        self.run_id, self._registry = run_id, registry
+        self.queues: set[asyncio.Queue[Batch]] = set()
+        self.ready = asyncio.Event()
+        self.error: BaseException | None = None
+        self._task = asyncio.get_running_loop().create_task(self._read(), name=f"sse-feed-{run_id}")
+
+    def subscribe(self) -> asyncio.Queue[Batch]:
+        queue: asyncio.Queue[Batch] = asyncio.Queue()
+        self.queues.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[Batch]) -> None:
+        self.queues.discard(queue)
+        if not self.queues:
+            self._close()
+            self._task.cancel()  # reaches the pending XREAD (its connection is dropped, not reused)
+
+    async def wait_ready(self) -> None:
+        await self.ready.wait()
+        if self.error is not None:
+            raise self.error
+
+    def _close(self) -> None:
+        if self._registry.get(self.run_id) is self:
+            del self._registry[self.run_id]
+
+    async def _read(self) -> None:
+        block_ms = settings.AWAKEN_SSE_KEEPALIVE_MS
+        try:
+            cursor = await last_event_id(self.run_id)
+            self.ready.set()
+            while True:
+                batch = await read_after(self.run_id, cursor, block_ms=block_ms)
+                cursor = batch[-1].id if batch else cursor
+                for queue in self.queues:  # an empty batch: nothing for a keep-alive interval
+                    queue.put_nowait(batch)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - raised in every subscriber instead
+            self._close()
+            self.error = exc
+            self.ready.set()
+            for queue in self.queues:
+                queue.put_nowait(exc)
+
+
+Batch = list[events.RunEvent] | BaseException
+
+
+def run_feed(run_id: str) -> RunFeed:
+    """The running feed of `run_id` in this event loop (started on first use)."""
+    loop = asyncio.get_running_loop()
+    registry = _feeds.setdefault(loop, {})
+    feed = registry.get(run_id)
+    if feed is None:
+        feed = registry[run_id] = RunFeed(run_id, registry)
+    return feed
+
+
+async def last_event_id(run_id: str) -> str:
+    """The id of the run's newest event ("0-0" when there is none)."""
+    last: Any = await async_redis().xrevrange(events.stream_key(run_id), count=1)
+    return _text(last[0][0]) if last else "0-0"
 
 
 async def run_events(
@@ -89,24 +169,44 @@ async def run_events(
     """The run's events after `after` (exclusive) until a terminal event past `end_after` (default
     `after`); None whenever a keep-alive is due.
 
-    An idle stream sleeps in one `XREAD` until its next keep-alive is due (no polling)."""
-    cursor = after
+    Subscribes to the run's feed first, then reads the events already in the stream after `after`
+    (non-blocking `XREAD`s) until it has caught up, then takes the feed's batches, skipping what it
+    already has: the feed starts after an entry that existed before this catch-up read, so nothing
+    falls between the two. Idle, it sleeps on its queue until the feed says a keep-alive is due."""
+    cursor = stream_position(after)
     end = stream_position(end_after or after)
-    keepalive_s = settings.AWAKEN_SSE_KEEPALIVE_MS / 1000
-    started = last_sent = time.monotonic()
-    while (now := time.monotonic()) - started < MAX_STREAM_S:
-        wait_s = min(keepalive_s - (now - last_sent), MAX_STREAM_S - (now - started))
-        batch = await read_after(run_id, cursor, block_ms=int(wait_s * 1000))
-        for event in batch:
-            cursor = event.id
-            yield event
-            if event.type in TERMINAL_EVENTS and stream_position(event.id) > end:
-                return
-        if batch:
-            last_sent = time.monotonic()
-        elif time.monotonic() - last_sent >= keepalive_s - 0.01:
-            yield None
-            last_sent = time.monotonic()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + MAX_STREAM_S
+    feed = run_feed(run_id)
+    queue = feed.subscribe()
+    try:
+        await feed.wait_ready()
+        read_from = after
+        while batch := await read_after(run_id, read_from, block_ms=None):
+            for event in batch:
+                cursor = stream_position(event.id)
+                yield event
+                if event.type in TERMINAL_EVENTS and cursor > end:
+                    return
+            if len(batch) < READ_COUNT:
+                break
+            read_from = batch[-1].id
+        while loop.time() < deadline:
+            item = await queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            if not item:
+                yield None
+            for event in item:
+                position = stream_position(event.id)
+                if position <= cursor:
+                    continue
+                cursor = position
+                yield event
+                if event.type in TERMINAL_EVENTS and position > end:
+                    return
+    finally:
+        feed.unsubscribe(queue)
 
 
 async def follow(run_id: str, *, after: str = "0-0") -> AsyncIterator[str]:
@@ -147,9 +247,12 @@ def stream_response(
     return response
 
 
-def _decode(event_id: Any, fields: dict[Any, Any]) -> events.RunEvent:
-    def s(value: Any) -> str:
-        return value.decode() if isinstance(value, bytes) else str(value)
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
-    raw = {s(k): s(v) for k, v in fields.items()}
-    return events.RunEvent(id=s(event_id), type=raw.get("type", ""), data=json.loads(raw.get("data", "{}")))
+
+def _decode(event_id: Any, fields: dict[Any, Any]) -> events.RunEvent:
+    raw = {_text(k): _text(v) for k, v in fields.items()}
+    return events.RunEvent(
+        id=_text(event_id), type=raw.get("type", ""), data=json.loads(raw.get("data", "{}"))
+    )

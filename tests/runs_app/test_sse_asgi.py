@@ -191,7 +191,10 @@ def test_client_disconnect_ends_the_read_and_resume_with_last_event_id(
         streams = [await _open_events(server, token, run_id) for _ in range(3)]
         heads = [await anext(aiter(stream.frames())) for stream in streams]
         assert [h.id for h in heads] == [first] * 3
-        await _until(lambda: len(_blocked_readers(clean_redis)) == 3)  # each one XREAD, blocked
+        # the three streams share the run's one reader: one XREAD, blocked
+        await _until(lambda: len(_blocked_readers(clean_redis)) == 1)
+        await asyncio.sleep(0.3)
+        assert len(_blocked_readers(clean_redis)) == 1, "a stream of a run with a reader opened another"
         for stream in streams:
             await stream.close()  # the client goes away mid-stream
         await _until(lambda: not _blocked_readers(clean_redis), timeout=10)
