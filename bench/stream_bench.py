@@ -10,7 +10,7 @@ executing attempt would), then:
 
   1. opens `--streams` `GET /api/v1/runs/{id}/events` streams concurrently (asyncio, raw HTTP/1.1) and
      waits until each has the run_start frame; the web worker's RSS before/after, divided by the
-     number of streams, is the memory per open stream;
+     number of streams, is the memory per open stream (and its thread count while they are open);
   2. while they are open, a second client (its own process, keep-alive `http.client`) issues plain
      `GET /api/v1/threads` reads back to back for `--read-seconds`, while `--events` text_delta events
      are appended one every `--event-interval` s (each fanned out to every stream);
@@ -82,11 +82,16 @@ def worker_pid(master: int) -> int:
     return int(children[0])
 
 
-def rss_kib(pid: int) -> int:
+def proc_status(pid: int, field: str) -> int:
+    """A number from /proc/<pid>/status (`VmRSS` in KiB, `Threads`)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
+    raise RuntimeError(f"no {field} for {pid}")
+
+
+def rss_kib(pid: int) -> int:
+    return proc_status(pid, "VmRSS")
 
 
 def submit_run(port: int, token: str) -> str:
@@ -108,6 +113,7 @@ class Outcome:
     open_s: float
     rss_before: int
     rss_after: int
+    threads: int
     still_open: int
     received: list[list[Frame]]
     finish_s: float
@@ -142,7 +148,7 @@ async def scenario(args: argparse.Namespace, port: int, token: str, run_id: str,
     opened = await asyncio.gather(*(_open(port, token, run_id, gate) for _ in range(args.streams)))
     open_s = time.perf_counter() - began
     await asyncio.sleep(1.0)
-    rss_after = rss_kib(pid)
+    rss_after, threads = rss_kib(pid), proc_status(pid, "Threads")
     readers = [asyncio.create_task(_rest(stream, first)) for stream, first in opened]
 
     reader = await asyncio.create_subprocess_exec(
@@ -162,7 +168,7 @@ async def scenario(args: argparse.Namespace, port: int, token: str, run_id: str,
         await stream.close()
     measured = json.loads(out)
     return Outcome(
-        open_s, rss_before, rss_after, still_open, list(received), finish_s, measured["latencies"],
+        open_s, rss_before, rss_after, threads, still_open, list(received), finish_s, measured["latencies"],
         measured["statuses"],
     )  # fmt: skip
 
@@ -204,6 +210,7 @@ def main() -> int:
     print(f"  streams opened            {args.streams:8d}   in {result.open_s:.2f}s")
     print(f"  web RSS before / after    {result.rss_before / 1024:8.1f} / {result.rss_after / 1024:.1f} MiB")
     print(f"  memory per open stream    {per_stream:8.1f} KiB")
+    print(f"  web worker threads, open  {result.threads:8d}")
     print(f"  reads (GET /threads)      {len(latencies):8d}   statuses {result.statuses}")
     print(f"  read p50 / max ms         {p50:8.2f} / {1000 * max(latencies):.2f}")
     print(f"  read p99 ms               {p99:8.2f}   target ≤ {TARGET_P99_MS:.0f}: {e2e.verdict(ok_p99)}")
