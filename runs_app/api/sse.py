@@ -19,8 +19,8 @@ from __future__ import annotations
 import asyncio
 import json
 import weakref
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from django import db
@@ -36,6 +36,8 @@ MAX_STREAM_S = 3600.0
 READ_COUNT = 1000
 MAX_REDIS_CONNECTIONS = 20_000  # one per open stream (redis-py's default pool stops at 100)
 SOCKET_TIMEOUT_MARGIN_S = 10.0
+STOP_RETRY_S = 0.05
+T = TypeVar("T")
 CLIENT_NAME = "awaken-sse"  # CLIENT LIST shows the stream readers by this name
 TERMINAL_EVENTS = frozenset({events.RUN_FINISH})  # run_finish: the run is done (any outcome) or waiting
 
@@ -127,10 +129,10 @@ class RunFeed:
     async def _read(self) -> None:
         block_ms = settings.AWAKEN_SSE_KEEPALIVE_MS
         try:
-            cursor = await last_event_id(self.run_id)
+            cursor = await _cancellable(last_event_id(self.run_id))
             self.ready.set()
-            while True:
-                batch = await read_after(self.run_id, cursor, block_ms=block_ms)
+            while self.queues:
+                batch = await _cancellable(read_after(self.run_id, cursor, block_ms=block_ms))
                 cursor = batch[-1].id if batch else cursor
                 for queue in self.queues:  # an empty batch: nothing for a keep-alive interval
                     queue.put_nowait(batch)
@@ -145,6 +147,25 @@ class RunFeed:
 
 
 Batch = list[events.RunEvent] | BaseException
+
+
+async def _cancellable(command: Coroutine[Any, Any, T]) -> T:
+    """`await command`, run as a task of its own that is cancelled again every `STOP_RETRY_S` until it
+    has ended when the caller is cancelled. On Python 3.11 `asyncio.wait_for`, under which redis-py
+    sends each command, loses a cancellation that arrives just as the send completes: the XREAD goes
+    on, and `asyncio.run` (Django's sync test client) hung on exit waiting for it."""
+    task = asyncio.get_running_loop().create_task(command)
+    try:
+        await asyncio.wait([task])
+    except asyncio.CancelledError:
+        while not task.done():
+            task.cancel()
+            try:
+                await asyncio.wait([task], timeout=STOP_RETRY_S)
+            except asyncio.CancelledError:
+                continue
+        raise
+    return task.result()
 
 
 def run_feed(run_id: str) -> RunFeed:
@@ -182,7 +203,7 @@ async def run_events(
     try:
         await feed.wait_ready()
         read_from = after
-        while batch := await read_after(run_id, read_from, block_ms=None):
+        while batch := await _cancellable(read_after(run_id, read_from, block_ms=None)):
             for event in batch:
                 cursor = stream_position(event.id)
                 yield event
