@@ -24,8 +24,10 @@ def _check_postgres() -> str | None:
 def _check_redis() -> str | None:
     try:
         client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
-        client.ping()
-        client.close()
+        try:
+            client.ping()
+        finally:
+            client.close()
     except Exception as exc:  # noqa: BLE001
         return f"redis: {exc.__class__.__name__}"
     return None

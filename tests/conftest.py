@@ -3,6 +3,7 @@ with test agents and fast leases for engine tests."""
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,6 +14,14 @@ from django.conf import settings
 from mailbox_app.config import MailboxConfig
 from mailbox_app.records import DispatchRecord
 from tests.support.agents import RECORDER, TEST_AGENTS
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage_after_each_test() -> Iterator[None]:
+    """A socket or file a test leaves open is reported (a ResourceWarning, an error here) by the test
+    that leaked it, not by whichever later test the garbage collector happens to run in."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture
