@@ -78,35 +78,6 @@ _SET_FINISHED = ", ".join(
     f"{c} = %({c})s::jsonb" if c in JSON_COLUMNS else f"{c} = %({c})s" for c in _FINISHED
 )
 
-FINISH_RUN = f"""
-WITH r AS (
-    UPDATE {RUN} SET {_SET_FINISHED}
-     WHERE run_id = %(run_id)s AND thread_id = %(thread_id)s AND status = 'running'
-       AND dispatch_id = %(dispatch_id)s AND session_id = %(session_id)s
-    RETURNING {COLS}
-), t AS (
-    UPDATE {THREAD} th SET {_POINTERS}, message_count = th.message_count + %(count)s
-      FROM r WHERE th.id = r.thread_id
-    RETURNING th.message_count
-), m AS (
-    INSERT INTO {MESSAGE} (thread_id, seq, message_id, role, content, tool_calls, tool_call_id, visibility,
-                           run_id, step_index, metadata, created_at)
-    SELECT %(thread_id)s, t.message_count - %(count)s + x.ord, x.msg ->> 'message_id', x.msg ->> 'role',
-           x.msg -> 'content', NULLIF(x.msg -> 'tool_calls', 'null'::jsonb), x.msg ->> 'tool_call_id',
-           x.msg ->> 'visibility', x.msg ->> 'run_id', (x.msg ->> 'step_index')::integer,
-           NULLIF(x.msg -> 'metadata', 'null'::jsonb), %(now)s
-      FROM t, jsonb_array_elements(%(messages)s::jsonb) WITH ORDINALITY AS x(msg, ord)
-)
-SELECT {R_COLS} FROM r
-"""
-
-EXISTING_MESSAGE_IDS = f"""
-SELECT message_id FROM {MESSAGE} WHERE thread_id = %(thread_id)s AND message_id = ANY(%(ids)s)
-"""
-
-# A terminal dispatch ends its run (spec §2.3) — only while the run is not done, is not running under
-# another dispatch, no other live (queued / claimed) dispatch will still activate it, and the run has not
-# moved on since the dispatch ended (a later dispatch resumed it: reconcile must not end it late).
 # The messages a statement appends after the thread CTE `t` bumped `message_count` by %(count)s (seqs
 # count+1..), from the JSON array %(messages)s.
 _APPEND_AFTER_T = f"""
@@ -117,6 +88,24 @@ _APPEND_AFTER_T = f"""
            x.msg ->> 'visibility', x.msg ->> 'run_id', (x.msg ->> 'step_index')::integer,
            NULLIF(x.msg -> 'metadata', 'null'::jsonb), %(now)s
       FROM t, jsonb_array_elements(%(messages)s::jsonb) WITH ORDINALITY AS x(msg, ord)
+"""
+
+FINISH_RUN = f"""
+WITH r AS (
+    UPDATE {RUN} SET {_SET_FINISHED}
+     WHERE run_id = %(run_id)s AND thread_id = %(thread_id)s AND status = 'running'
+       AND dispatch_id = %(dispatch_id)s AND session_id = %(session_id)s
+    RETURNING {COLS}
+), t AS (
+    UPDATE {THREAD} th SET {_POINTERS}, message_count = th.message_count + %(count)s
+      FROM r WHERE th.id = r.thread_id
+    RETURNING th.message_count
+), m AS ({_APPEND_AFTER_T})
+SELECT {R_COLS} FROM r
+"""
+
+EXISTING_MESSAGE_IDS = f"""
+SELECT message_id FROM {MESSAGE} WHERE thread_id = %(thread_id)s AND message_id = ANY(%(ids)s)
 """
 
 # A terminal dispatch ends its run (spec §2.3) — only while the run is not done, is not running under
