@@ -1218,7 +1218,7 @@ def test_beat_schedule_rows_follow_config_and_keep_operator_switch(settings: Any
         assert row.interval.every == expected_every[row.task]
         assert row.enabled
     assert sync_periodic_tasks() == 0, "idempotent"
-    assert PeriodicTask.objects.filter(name__in=list(PERIODIC_TASKS)).count() == 3
+    assert PeriodicTask.objects.filter(name__in=list(PERIODIC_TASKS)).count() == len(PERIODIC_TASKS) == 4
 
     gc_name = next(name for name, (task, _) in PERIODIC_TASKS.items() if task == "mailbox.gc")
     PeriodicTask.objects.filter(name=gc_name).update(enabled=False)
