@@ -16,12 +16,20 @@ $(STAMP): requirements/base.txt requirements/dev.txt
 
 install: $(STAMP)
 
+# The official AI SDK / AG-UI clients the front-end protocol tests run (pinned by the lockfile); without
+# npm those tests are skipped, saying so.
+NODE_STAMP := tests/frontends/node_modules/.installed
+$(NODE_STAMP): tests/frontends/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		npm ci --prefix tests/frontends --no-audit --no-fund && touch $(NODE_STAMP); \
+	else echo "npm not found: the front-end client tests will be skipped"; fi
+
 ## make run: embedded PostgreSQL + Redis (unless DATABASE_URL/REDIS_URL are set), migrate, web + worker + beat
 run: install
 	DATA=$(DATA) PORT=$(PORT) PY=$(PY) bash scripts/run.sh
 
 ## make test: the whole suite against real PostgreSQL, Redis and Celery workers
-test: install
+test: install $(NODE_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install
@@ -32,7 +40,7 @@ lint: install
 	bash scripts/with-services.sh $(PY) manage.py makemigrations --check --dry-run
 
 bench: install
-	bash scripts/with-services.sh bash -c '$(PY) bench/store_bench.py && $(PY) bench/e2e_bench.py && $(PY) bench/http_bench.py'
+	bash scripts/with-services.sh bash -c '$(PY) bench/store_bench.py && $(PY) bench/e2e_bench.py && $(PY) bench/http_bench.py && $(PY) bench/fairness_bench.py'
 
 services: install
 	$(PY) -m awaken_project.embedded start $(DATA)
