@@ -36,6 +36,7 @@ lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy .
+	$(VENV)/bin/lint-imports
 	bash scripts/with-services.sh $(PY) manage.py check --fail-level WARNING
 	bash scripts/with-services.sh $(PY) manage.py makemigrations --check --dry-run
 

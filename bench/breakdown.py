@@ -31,27 +31,18 @@ import django
 
 django.setup()
 
-import redis  # noqa: E402
-from django.core.management import call_command  # noqa: E402
-from django.db import connection, transaction  # noqa: E402
+import redis
+from django.core.management import call_command
+from django.db import connection, transaction
 
-from mailbox_app import (  # noqa: E402
-    attempt,
-    doorbells,
-    events,
-    execution,
-    live,
-    preparation,
-    runtime,
-    service,
-    store,
-)
-from mailbox_app.ids import uuid7  # noqa: E402
-from mailbox_app.locks import ThreadLock  # noqa: E402
-from mailbox_app.payloads import ChatMessage  # noqa: E402
-from mailbox_app.ports import run_store  # noqa: E402
-from mailbox_app.redis_client import get_redis  # noqa: E402
-from mailbox_app.requests import RunRequest, normalize_mailbox_run_mode  # noqa: E402
+from mailbox_app import doorbells, events, live, preparation, service, store
+from mailbox_app.contract.ids import uuid7
+from mailbox_app.contract.message import ChatMessage
+from mailbox_app.contract.requests import RunRequest, normalize_mailbox_run_mode
+from mailbox_app.locks import ThreadLock
+from mailbox_app.ports import run_store
+from mailbox_app.redis_client import get_redis
+from mailbox_app.worker import attempt, execution, runtime
 
 
 @dataclass

@@ -60,23 +60,23 @@ AGENTS = {"noop": "bench.agents.NoopAgent", "stamp": "bench.agents.StampAgent"}
 os.environ["AWAKEN_AGENTS"] = json.dumps({**json.loads(os.environ.get("AWAKEN_AGENTS") or "{}"), **AGENTS})
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "awaken_project.settings")
 
-import django  # noqa: E402
+import django
 
 django.setup()
 
-from django.core.management import call_command  # noqa: E402
-from django.db import connection, transaction  # noqa: E402
+from django.core.management import call_command
+from django.db import connection, transaction
 
-from awaken_project.celery import app  # noqa: E402
-from bench.agents import MAILBOX_START_KEY  # noqa: E402
-from bench.e2e_tasks import NOOP_TASK, RAW_DONE_KEY, RAW_START_KEY, STAMP_TASK  # noqa: E402
-from mailbox_app import service, signals, store  # noqa: E402
-from mailbox_app.ids import uuid7  # noqa: E402
-from mailbox_app.payloads import ChatMessage  # noqa: E402
-from mailbox_app.preparation import build_dispatch, prepare_run_for_dispatch  # noqa: E402
-from mailbox_app.redis_client import get_redis  # noqa: E402
-from mailbox_app.requests import RunRequest, normalize_mailbox_run_mode, validate_run_inputs  # noqa: E402
-from mailbox_app.states import DispatchStatus  # noqa: E402
+from awaken_project.celery import app
+from bench.agents import MAILBOX_START_KEY
+from bench.e2e_tasks import NOOP_TASK, RAW_DONE_KEY, RAW_START_KEY, STAMP_TASK
+from mailbox_app import doorbells, service, store
+from mailbox_app.contract.ids import uuid7
+from mailbox_app.contract.mailbox import DispatchStatus
+from mailbox_app.contract.message import ChatMessage
+from mailbox_app.contract.requests import RunRequest, normalize_mailbox_run_mode, validate_run_inputs
+from mailbox_app.preparation import build_dispatch, prepare_run_for_dispatch
+from mailbox_app.redis_client import get_redis
 
 THREADS = 100
 CELERY_QUEUE = "celery"
@@ -309,7 +309,7 @@ def drain_rate(workers: Workers, n: int) -> tuple[float, float]:
             store.enqueue(build_dispatch(prepared, tid))
     enqueue_s = time.perf_counter() - t0
     started = time.perf_counter()
-    app.send_task(signals.DISPATCH_TASK, args=[thread_id, None])  # the one doorbell
+    app.send_task(doorbells.DISPATCH_TASK, args=[thread_id, None])  # the one doorbell
 
     def drained() -> bool:
         workers.check_alive()

@@ -35,12 +35,12 @@ os.environ["AWAKEN_AGENTS"] = json.dumps(
     {**json.loads(os.environ.get("AWAKEN_AGENTS") or "{}"), **NAP_AGENTS}
 )
 
-from django.conf import settings  # noqa: E402
-from django.contrib.auth import get_user_model  # noqa: E402
-from django.db import connection  # noqa: E402
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import connection
 
-from bench.agents import NAP_START_KEY  # noqa: E402
-from bench.e2e_bench import (  # noqa: E402
+from bench.agents import NAP_START_KEY
+from bench.e2e_bench import (
     Workers,
     in_threads,
     quiesce,
@@ -48,14 +48,14 @@ from bench.e2e_bench import (  # noqa: E402
     verdict,
     wait_until,
 )
-from mailbox_app import service, store  # noqa: E402
-from mailbox_app.claim_policy import ClaimPolicy  # noqa: E402
-from mailbox_app.ids import uuid7  # noqa: E402
-from mailbox_app.models import Dispatch  # noqa: E402
-from mailbox_app.payloads import ChatMessage  # noqa: E402
-from mailbox_app.redis_client import get_redis  # noqa: E402
-from mailbox_app.requests import RunRequest  # noqa: E402
-from mailbox_app.states import DispatchStatus  # noqa: E402
+from mailbox_app import service, store
+from mailbox_app.claim_policy import ClaimPolicy
+from mailbox_app.contract.ids import uuid7
+from mailbox_app.contract.mailbox import DispatchStatus
+from mailbox_app.contract.message import ChatMessage
+from mailbox_app.contract.requests import RunRequest
+from mailbox_app.models import Dispatch
+from mailbox_app.redis_client import get_redis
 
 
 def _request(thread_id: str, agent: str) -> RunRequest:

@@ -37,7 +37,7 @@ from django.contrib.auth import get_user_model
 from rest_framework.authtoken.models import Token
 
 from mailbox_app import store
-from mailbox_app.states import DispatchStatus
+from mailbox_app.contract.mailbox import DispatchStatus
 
 TARGET_SUBMITS = 250.0
 TARGET_P99_MS = 50.0

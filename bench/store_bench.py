@@ -32,12 +32,12 @@ import django
 
 django.setup()
 
-from django.core.management import call_command  # noqa: E402
-from django.db import connection  # noqa: E402
+from django.core.management import call_command
+from django.db import connection
 
-from mailbox_app import store  # noqa: E402
-from mailbox_app.ids import now_ms, uuid7  # noqa: E402
-from mailbox_app.records import DispatchRecord, RunDispatchResult  # noqa: E402
+from mailbox_app import store
+from mailbox_app.contract.ids import now_ms, uuid7
+from mailbox_app.contract.mailbox import DispatchRecord, RunDispatchResult
 
 TARGET_RATIO = 0.3
 FAN_OUT_THREADS = 100

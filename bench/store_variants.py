@@ -45,15 +45,15 @@ import django
 
 django.setup()
 
-from django.core.management import call_command  # noqa: E402
-from django.db import connection, connections, transaction  # noqa: E402
-from django.db.backends.base.base import BaseDatabaseWrapper  # noqa: E402
-from django.db.utils import load_backend  # noqa: E402
+from django.core.management import call_command
+from django.db import connection, connections, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.utils import load_backend
 
-from bench.store_bench import enqueue_all  # noqa: E402
-from mailbox_app import sql, store  # noqa: E402
-from mailbox_app.ids import now_ms, uuid7  # noqa: E402
-from mailbox_app.records import DispatchRecord, RunDispatchResult  # noqa: E402
+from bench.store_bench import enqueue_all
+from mailbox_app import sql, store
+from mailbox_app.contract.ids import now_ms, uuid7
+from mailbox_app.contract.mailbox import DispatchRecord, RunDispatchResult
 
 THREADS = 100
 LEASE_MS = 30_000

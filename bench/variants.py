@@ -58,7 +58,7 @@ def _apply() -> None:
         live.LiveSubscription._loop = loop  # type: ignore[method-assign]
         live.LiveSubscription.close = close  # type: ignore[method-assign]
     if "live_off" in VARIANTS:
-        from mailbox_app import execution
+        from mailbox_app.worker import execution
 
         class NoSubscription:
             def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -28,7 +28,8 @@ from django.utils.safestring import SafeString
 
 from mailbox_app import service
 from mailbox_app.admin_actions import requeue_dead_letters
-from mailbox_app.ids import now_ms
+from mailbox_app.contract.ids import now_ms
+from mailbox_app.contract.mailbox import DispatchStatus
 from mailbox_app.models import Dispatch, ThreadEpoch, WebhookDelivery, WebhookDeliveryStatus
 from mailbox_app.selectors import (
     ThreadBlockReport,
@@ -38,7 +39,6 @@ from mailbox_app.selectors import (
     mailbox_overview,
     thread_block_report,
 )
-from mailbox_app.states import DispatchStatus
 from mailbox_app.webhook_delivery import retry_failed
 
 if TYPE_CHECKING:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from django.db import transaction
 
-from mailbox_app import signals, store
-from mailbox_app.ids import now_ms
+from mailbox_app import doorbells, store
+from mailbox_app.contract.ids import now_ms
 from mailbox_app.models import Dispatch
 from mailbox_app.ports import run_store
 
@@ -45,5 +45,5 @@ def requeue_dead_letters(
         for run_id in {r[2] for r in rows}:
             run_store().reopen_run(run_id=run_id, now=now)
         for thread in {r[1] for r in rows}:
-            signals.ring_on_commit(thread, None)
+            doorbells.ring_on_commit(thread, None)
     return [r[0] for r in rows]

@@ -1,21 +1,21 @@
-"""App wiring: beat schedule sync after migrate, startup recovery when a Celery worker is ready."""
+"""App wiring: the system check of the agents, beat schedule sync after migrate, the GC's extra purges,
+the service's view of this process's running runs, and startup recovery when a Celery worker is ready.
+
+The imports inside `ready` are the one place function-level imports are allowed (ruff's PLC0415 is off
+for `apps.py` alone): Django loads this module before the app registry is ready, so nothing that
+imports a model may be imported at its top.
+"""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
+from celery.signals import worker_ready
 from django.apps import AppConfig
 from django.db.models.signals import post_migrate
 
 log = logging.getLogger(__name__)
-
-
-def _recover_on_worker_ready(**_: Any) -> None:
-    from mailbox_app.maintenance import recover_with_retry
-
-    report = recover_with_retry()
-    log.info("mailbox startup recovery: %s", report)
 
 
 class MailboxAppConfig(AppConfig):
@@ -24,17 +24,21 @@ class MailboxAppConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from celery.signals import worker_ready
-
-        from mailbox_app import agents  # noqa: F401 - registers the system check
-        from mailbox_app.maintenance import gc_ran
+        from mailbox_app import live
+        from mailbox_app.agents import registry as agents  # noqa: F401 - registers the system check
+        from mailbox_app.maintenance import gc_ran, recover_with_retry
         from mailbox_app.schedule import sync_periodic_tasks
         from mailbox_app.webhook_delivery import purge_on_gc
+        from mailbox_app.worker import registry
 
         def _sync(sender: AppConfig, **kwargs: Any) -> None:
             if sender.name == self.name:
                 sync_periodic_tasks()
 
+        def _recover_on_worker_ready(**_: Any) -> None:
+            log.info("mailbox startup recovery: %s", recover_with_retry())
+
+        live.use_local_runs(registry.find_local_run)
         post_migrate.connect(_sync, weak=False, dispatch_uid="mailbox_sync_periodic_tasks")
         worker_ready.connect(_recover_on_worker_ready, weak=False, dispatch_uid="mailbox_recover")
         # the mailbox GC purges delivered webhook outbox rows too (bounded per tick)

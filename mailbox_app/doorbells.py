@@ -3,15 +3,18 @@
 Every ring is sent when the current transaction commits, so a worker never hears of a row it cannot see
 yet. A broker that is down does not fail the caller: the dispatch row is the queue, and the beat sweep
 rings again for every claimable thread.
+
+The Celery app is the host project's (`celery.current_app`), so the app imports nothing of the project.
 """
 
 from __future__ import annotations
 
 import logging
 
+from celery import current_app
 from django.db import transaction
 
-from mailbox_app.ids import now_ms
+from mailbox_app.contract.ids import now_ms
 
 log = logging.getLogger(__name__)
 DISPATCH_TASK = "mailbox.dispatch_thread"
@@ -19,10 +22,8 @@ RUN_CLAIMED_TASK = "mailbox.run_claimed"
 
 
 def _send(name: str, args: list[str | None], countdown_s: float | None = None) -> None:
-    from awaken_project.celery import app  # the Celery app imports every app's tasks: bind late
-
     try:
-        app.send_task(name, args=args, countdown=countdown_s)
+        current_app.send_task(name, args=args, countdown=countdown_s)
     except Exception:
         log.warning("doorbell %s %s not sent; the sweep will ring again", name, args[:2], exc_info=True)
 

@@ -96,6 +96,15 @@ def read_events(
     return [_decode(event_id, fields) for event_id, fields in entries]
 
 
+def last_event_id(run_id: str) -> str | None:
+    """The id of the run's newest event, None when its stream is empty or gone."""
+    entries: Any = get_redis().xrevrange(stream_key(run_id), count=1)
+    if not entries:
+        return None
+    event_id = entries[0][0]
+    return event_id.decode() if isinstance(event_id, bytes) else str(event_id)
+
+
 def has_stream(run_id: str) -> bool:
     return bool(get_redis().exists(stream_key(run_id)))
 

@@ -18,7 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mailbox_app.payloads import ChatMessage, Role, RunRecord, ToolCall, Visibility
+from mailbox_app.contract.message import ChatMessage, Role, ToolCall, Visibility
+from mailbox_app.contract.storage import RunRecord
 
 CANCELLED = "cancelled"
 PARTIAL_KEY = "partial"

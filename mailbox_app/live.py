@@ -12,33 +12,46 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from django.conf import settings
 
-from mailbox_app.ids import uuid7
+from mailbox_app.contract.ids import uuid7
+from mailbox_app.contract.mailbox import LiveRunTarget, LocalRun
 from mailbox_app.redis_client import get_redis
 
 log = logging.getLogger(__name__)
 ACK_KEY_TTL_S = 30
 
 
+LocalRunFinder = Callable[[str], LocalRun | None]
+
+
+def _no_local_runs(identifier: str) -> LocalRun | None:
+    return None
+
+
+_local_run_finder: LocalRunFinder = _no_local_runs
+
+
+def use_local_runs(finder: LocalRunFinder) -> None:
+    """Point the service's local lookup at the worker's registry (`MailboxAppConfig.ready` does): the
+    service sits below the worker and must not import it, yet a command for a run in this very process
+    is delivered in memory rather than over Redis."""
+    global _local_run_finder
+    _local_run_finder = finder
+
+
+def find_local_run(identifier: str) -> LocalRun | None:
+    """The run this process executes under that dispatch, run or thread id; None when absent or
+    ambiguous."""
+    return _local_run_finder(identifier)
+
+
 class LiveDeliveryOutcome(StrEnum):
     DELIVERED = "delivered"
     NO_SUBSCRIBER = "no_subscriber"
-
-
-@dataclass(frozen=True, slots=True)
-class LiveRunTarget:
-    thread_id: str
-    run_id: str
-    dispatch_id: str | None = None
-
-    @property
-    def channel(self) -> str:
-        return f"mailbox:live:{self.thread_id}:{self.run_id}:{self.dispatch_id or '-'}"
 
 
 def _ack_timeout_s() -> float:

@@ -11,12 +11,13 @@ from django.conf import settings
 from django.dispatch import Signal
 from redis.exceptions import RedisError
 
-from mailbox_app import epochs, metrics, service, signals, steps, store, timeouts
-from mailbox_app.ids import now_ms
+from mailbox_app import doorbells, epochs, metrics, service, steps, store, timeouts
+from mailbox_app.contract.ids import now_ms
+from mailbox_app.contract.lifecycle import RunStatus
+from mailbox_app.contract.mailbox import DispatchStatus
 from mailbox_app.locks import ThreadLock
 from mailbox_app.ports import run_store
 from mailbox_app.reconcile import terminalize_run_for_dispatch
-from mailbox_app.states import DispatchStatus, RunStatus
 
 log = logging.getLogger(__name__)
 RECLAIM_BATCH = 100
@@ -57,7 +58,7 @@ def sweep(*, now: int | None = None) -> SweepReport:
     timed_out = timeouts.expire_overdue_runs(now=stamp)  # after the reclaim: what it requeued counts
     threads = store.claimable_thread_ids(stamp, REDRIVE_LIMIT)
     for thread_id in threads:
-        signals.ring_on_commit(thread_id, None)
+        doorbells.ring_on_commit(thread_id, None)
     metrics.refresh_dispatch_depth(store.count_by_status)  # the depth gauges: per sweep, not per request
     return SweepReport(
         reclaimed=reclaimed,
@@ -135,7 +136,7 @@ def recover(*, now: int | None = None) -> RecoveryReport:
     reconciled = swept.reconciled + reconcile_terminal(now=stamp)
     queued = store.queued_thread_ids()
     for thread_id in queued:
-        signals.ring_on_commit(thread_id, None)
+        doorbells.ring_on_commit(thread_id, None)
     woken = wake_orphaned_background_waits()
     return RecoveryReport(reclaimed=swept.reclaimed, reconciled=reconciled, redriven=len(queued), woken=woken)
 

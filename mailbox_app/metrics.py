@@ -22,10 +22,9 @@ from typing import Any, ParamSpec, Protocol, TypeVar
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from mailbox_app.errors import NotFound, VersionConflict
-from mailbox_app.ids import now_ms
-from mailbox_app.records import DispatchRecord, MailboxInterrupt
-from mailbox_app.states import DispatchStatus
+from mailbox_app.contract.ids import now_ms
+from mailbox_app.contract.mailbox import DispatchRecord, DispatchStatus, MailboxInterrupt
+from mailbox_app.contract.storage import NotFound, VersionConflict
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")

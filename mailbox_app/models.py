@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.db import models
 from django.db.models import Q
 
-from mailbox_app.states import TERMINAL_STATUSES, DispatchStatus
+from mailbox_app.contract.mailbox import TERMINAL_STATUSES, DispatchStatus
 
 _TERMINAL = sorted(s.value for s in TERMINAL_STATUSES)
 _CLAIMED = DispatchStatus.CLAIMED.value

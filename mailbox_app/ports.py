@@ -12,16 +12,10 @@ from typing import Protocol, cast
 
 from django.conf import settings
 
+from mailbox_app.contract.lifecycle import RunStatus
+from mailbox_app.contract.message import ChatMessage, MessageRecord
+from mailbox_app.contract.storage import RunPage, RunRecord, TerminationReason, ThreadRecord
 from mailbox_app.history import Closer
-from mailbox_app.payloads import (
-    ChatMessage,
-    MessageRecord,
-    RunPage,
-    RunRecord,
-    TerminationReason,
-    ThreadRecord,
-)
-from mailbox_app.states import RunStatus
 
 
 class RunStore(Protocol):

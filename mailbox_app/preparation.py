@@ -5,19 +5,20 @@ from __future__ import annotations
 
 from django.conf import settings
 
-from mailbox_app.errors import ValidationError
-from mailbox_app.ids import now_ms, uuid7
-from mailbox_app.payloads import (
-    ChatMessage,
-    RunRecord,
-    RunRequestSnapshot,
-    RunResumeDecision,
-    ThreadRecord,
+from mailbox_app.contract.ids import now_ms, uuid7
+from mailbox_app.contract.lifecycle import RunStatus
+from mailbox_app.contract.mailbox import DispatchRecord
+from mailbox_app.contract.message import ChatMessage
+from mailbox_app.contract.requests import (
+    AdapterKind,
+    RunMode,
+    RunRequest,
+    RunRequestExtras,
+    normalize_message_ids,
 )
+from mailbox_app.contract.storage import RunRecord, RunRequestSnapshot, ThreadRecord, ValidationError
+from mailbox_app.contract.suspension import RunResumeDecision
 from mailbox_app.ports import run_store
-from mailbox_app.records import DispatchRecord
-from mailbox_app.requests import AdapterKind, RunMode, RunRequest, RunRequestExtras, normalize_message_ids
-from mailbox_app.states import RunStatus
 
 DEFAULT_PRIORITY = 128
 

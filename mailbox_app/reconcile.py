@@ -14,12 +14,11 @@ import logging
 from django.db import transaction
 
 from mailbox_app import events, history, metrics, webhooks
+from mailbox_app.contract.ids import now_ms
+from mailbox_app.contract.mailbox import DispatchRecord, DispatchStatus
+from mailbox_app.contract.storage import RunRecord, TerminationReason
 from mailbox_app.history import RunTranscript
-from mailbox_app.ids import now_ms
-from mailbox_app.payloads import RunRecord, TerminationReason
 from mailbox_app.ports import run_store
-from mailbox_app.records import DispatchRecord
-from mailbox_app.states import DispatchStatus
 
 log = logging.getLogger(__name__)
 DEFAULT_DEAD_LETTER_REASON = "mailbox dispatch dead-lettered"

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 PERIODIC_TASKS = {
     "mailbox: sweep expired leases": ("mailbox.sweep", "sweep_interval_ms"),
@@ -17,8 +18,6 @@ PERIODIC_TASKS = {
 
 def sync_periodic_tasks(**_: Any) -> int:
     """Create or update the periodic tasks; returns how many rows were created or changed."""
-    from django_celery_beat.models import IntervalSchedule, PeriodicTask
-
     config = settings.AWAKEN_MAILBOX
     changed = 0
     for name, (task, interval_field) in PERIODIC_TASKS.items():

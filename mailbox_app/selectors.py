@@ -12,10 +12,10 @@ from django.db.models import Count, Min
 from redis.exceptions import RedisError
 
 from mailbox_app import store
-from mailbox_app.ids import now_ms
+from mailbox_app.contract.ids import now_ms
+from mailbox_app.contract.mailbox import DispatchStatus
 from mailbox_app.locks import ThreadLock
 from mailbox_app.models import Dispatch, ThreadEpoch
-from mailbox_app.states import DispatchStatus
 
 BLOCK_REPORT_QUEUED_LIMIT = 200
 

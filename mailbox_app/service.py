@@ -17,16 +17,11 @@ from django.conf import settings
 from django.db import transaction
 
 from mailbox_app import doorbells, history, store
-from mailbox_app.errors import StoreError, ValidationError
-from mailbox_app.ids import now_ms
-from mailbox_app.live import LiveDeliveryOutcome, LiveRunTarget, deliver_live_to
-from mailbox_app.payloads import ChatMessage, RunRecord, ToolCallResume
-from mailbox_app.ports import run_store
-from mailbox_app.preparation import build_dispatch, prepare_run_for_dispatch
-from mailbox_app.reconcile import emit_finish_on_commit, terminalize_run_for_dispatch
-from mailbox_app.records import DispatchRecord, MailboxInterrupt
-from mailbox_app.registry import consumer_id, find_local_run
-from mailbox_app.requests import (
+from mailbox_app.contract.ids import consumer_id, now_ms
+from mailbox_app.contract.lifecycle import RunStatus
+from mailbox_app.contract.mailbox import DispatchRecord, DispatchStatus, LiveRunTarget, MailboxInterrupt
+from mailbox_app.contract.message import ChatMessage
+from mailbox_app.contract.requests import (
     RunMode,
     RunOrigin,
     RunRequest,
@@ -34,7 +29,12 @@ from mailbox_app.requests import (
     normalize_message_ids,
     validate_run_inputs,
 )
-from mailbox_app.states import DispatchStatus, RunStatus
+from mailbox_app.contract.storage import RunRecord, StoreError, ValidationError
+from mailbox_app.contract.suspension import ToolCallResume
+from mailbox_app.live import LiveDeliveryOutcome, deliver_live_to, find_local_run
+from mailbox_app.ports import run_store
+from mailbox_app.preparation import build_dispatch, prepare_run_for_dispatch
+from mailbox_app.reconcile import emit_finish_on_commit, terminalize_run_for_dispatch
 
 INLINE_CLAIM_GUARD_MS = 60_000
 REMOTE_CANCEL_POLL_S = 0.025
@@ -435,6 +435,10 @@ def list_dispatches(
     return store.list_dispatches(thread_id, status_filter, limit, offset)
 
 
+def count_dispatches(thread_id: str, status_filter: list[DispatchStatus] | None = None) -> int:
+    return store.count_thread_dispatches(thread_id, status_filter)
+
+
 def queued_thread_ids() -> list[str]:
     return store.queued_thread_ids()
 
@@ -450,6 +454,7 @@ __all__ = [
     "ThreadBusy",
     "ValidationError",
     "cancel",
+    "count_dispatches",
     "interrupt",
     "interrupt_detailed",
     "list_dispatches",

@@ -6,7 +6,7 @@ Statements use named parameters and are executed through Django's connection.
 
 from __future__ import annotations
 
-from mailbox_app.records import DISPATCH_COLUMNS
+from mailbox_app.contract.mailbox import DISPATCH_COLUMNS
 
 DISPATCH = "mailbox_dispatch"
 EPOCH = "mailbox_thread_epoch"

@@ -21,7 +21,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 from django.db import connection
 
-from mailbox_app.executor import (
+from mailbox_app.agents.base import (
     Journal,
     PhaseError,
     RecordedStep,
@@ -29,8 +29,8 @@ from mailbox_app.executor import (
     StepOutput,
     StepResultNotJSON,
 )
-from mailbox_app.ids import now_ms, uuid7
-from mailbox_app.payloads import ChatMessage
+from mailbox_app.contract.ids import now_ms, uuid7
+from mailbox_app.contract.message import ChatMessage
 
 P = ParamSpec("P")
 T = TypeVar("T")

@@ -19,15 +19,16 @@ from django.db import IntegrityError, connection, transaction
 
 from mailbox_app import metrics, sql
 from mailbox_app.claim_policy import ClaimPolicy, claim_policy
-from mailbox_app.errors import AlreadyExists, NotFound, ValidationError, VersionConflict
-from mailbox_app.ids import uuid7
-from mailbox_app.records import (
+from mailbox_app.contract.ids import uuid7
+from mailbox_app.contract.mailbox import (
+    TERMINAL_STATUSES,
     DispatchRecord,
+    DispatchStatus,
     MailboxInterrupt,
     RunDispatchResult,
     dispatch_from_row,
 )
-from mailbox_app.states import TERMINAL_STATUSES, DispatchStatus
+from mailbox_app.contract.storage import AlreadyExists, NotFound, ValidationError, VersionConflict
 
 MAX_LIST_LIMIT = 1000
 

@@ -6,22 +6,24 @@ from typing import Any
 
 from celery import shared_task
 
-from mailbox_app import maintenance, metrics, signals, store, webhook_delivery, webhooks
-from mailbox_app.execution import drain_thread
-from mailbox_app.records import DispatchRecord
-from mailbox_app.states import DispatchStatus
+from mailbox_app import doorbells, maintenance, metrics, store, webhook_delivery, webhooks
+from mailbox_app.contract.mailbox import DispatchRecord, DispatchStatus
+from mailbox_app.worker import dispatch_signals
+from mailbox_app.worker.execution import drain_thread
 
 
-@shared_task(name=signals.DISPATCH_TASK, bind=True, acks_late=True, max_retries=None, ignore_result=True)
+@shared_task(name=doorbells.DISPATCH_TASK, bind=True, acks_late=True, max_retries=None, ignore_result=True)
 def dispatch_thread(self: Any, thread_id: str, dispatch_id: str | None = None) -> str:
-    decision = signals.handle_dispatch_signal(thread_id, dispatch_id, deliveries=self.request.retries + 1)
+    decision = dispatch_signals.handle_dispatch_signal(
+        thread_id, dispatch_id, deliveries=self.request.retries + 1
+    )
     metrics.record_signal(decision, self.request.retries + 1, self.request.delivery_info)
-    if decision.action is signals.SignalAction.RETRY:
+    if decision.action is dispatch_signals.SignalAction.RETRY:
         raise self.retry(countdown=decision.retry_after_ms / 1000)
     return decision.attempt.value
 
 
-@shared_task(name=signals.RUN_CLAIMED_TASK, acks_late=True, ignore_result=True)
+@shared_task(name=doorbells.RUN_CLAIMED_TASK, acks_late=True, ignore_result=True)
 def run_claimed(thread_id: str, dispatch_id: str, claim_token: str | None = None) -> str:
     """Execute a dispatch claimed inline by a submit (or by a drain that stopped), then drain the thread.
 

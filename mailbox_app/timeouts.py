@@ -15,10 +15,10 @@ from __future__ import annotations
 from django.db import transaction
 
 from mailbox_app import history, store
-from mailbox_app.payloads import RunRecord, TerminationReason
+from mailbox_app.contract.mailbox import DispatchStatus
+from mailbox_app.contract.storage import RunRecord, TerminationReason
 from mailbox_app.ports import run_store
 from mailbox_app.reconcile import emit_finish_on_commit
-from mailbox_app.states import DispatchStatus
 
 TIMED_OUT = TerminationReason(type="timeout")
 OVERDUE_BATCH = 100

@@ -27,7 +27,7 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from mailbox_app import webhooks
-from mailbox_app.ids import now_ms
+from mailbox_app.contract.ids import now_ms
 from mailbox_app.webhook_targets import (
     Target,
     TargetRefused,

@@ -21,13 +21,13 @@ import os
 from datetime import UTC, datetime
 from typing import Any
 
+from celery import current_app
 from django.conf import settings
 from django.db import connection, transaction
 
-from awaken_project.celery import app as celery_app
-from mailbox_app.ids import now_ms, uuid7
-from mailbox_app.payloads import RunRecord
-from mailbox_app.states import RunStatus
+from mailbox_app.contract.ids import now_ms, uuid7
+from mailbox_app.contract.lifecycle import RunStatus
+from mailbox_app.contract.storage import RunRecord
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def ring(delivery_id: str, *, countdown_s: float | None = None) -> None:
     """Ask a worker to deliver `delivery_id` (now, or after `countdown_s`). A broker that is down does
     not fail the caller: the row is the queue, the beat re-drives it."""
     try:
-        celery_app.send_task(DELIVER_TASK, args=[delivery_id], countdown=countdown_s)
+        current_app.send_task(DELIVER_TASK, args=[delivery_id], countdown=countdown_s)
     except Exception:
         log.warning("webhook delivery %s not rung; the re-drive will", delivery_id, exc_info=True)
 

@@ -1,14 +1,10 @@
+"""App wiring: the mailbox GC also purges expired idempotency keys and expires threads past
+AWAKEN_THREAD_TTL_MS (runs_app depends on mailbox_app, never back). Imports inside `ready` only, as in
+mailbox_app/apps.py: this module loads before the app registry is ready."""
+
 from __future__ import annotations
 
-from typing import Any
-
 from django.apps import AppConfig
-
-
-def _purge_idempotency_keys(*, now: int, **_: Any) -> dict[str, int]:
-    from runs_app.api.idempotency import purge_expired
-
-    return {"idempotency_keys": purge_expired(now=now)}
 
 
 class RunsAppConfig(AppConfig):
@@ -18,10 +14,8 @@ class RunsAppConfig(AppConfig):
 
     def ready(self) -> None:
         from mailbox_app.maintenance import gc_ran
-
-        # The mailbox GC purges expired idempotency keys too (runs_app depends on mailbox_app, never back).
-        gc_ran.connect(_purge_idempotency_keys, weak=False, dispatch_uid="runs_purge_idempotency_keys")
-        # ... and threads past AWAKEN_THREAD_TTL_MS (deleted like DELETE threads/{id} does)
+        from runs_app.api.idempotency import purge_on_gc
         from runs_app.threads import expire_on_gc
 
+        gc_ran.connect(purge_on_gc, weak=False, dispatch_uid="runs_purge_idempotency_keys")
         gc_ran.connect(expire_on_gc, weak=False, dispatch_uid="runs_expire_threads")

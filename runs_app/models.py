@@ -7,7 +7,7 @@ from django.contrib.postgres.indexes import GinIndex
 from django.db import models
 from django.db.models import Q
 
-from mailbox_app.states import RunStatus
+from mailbox_app.contract.lifecycle import RunStatus
 
 RUN_STATUSES = [s.value for s in RunStatus]
 ROLES = ["system", "user", "assistant", "tool"]

@@ -6,8 +6,8 @@ from typing import Any
 
 from django.db.models import QuerySet
 
-from mailbox_app.payloads import RunRecord, ThreadRecord
-from mailbox_app.states import RunStatus
+from mailbox_app.contract.lifecycle import RunStatus
+from mailbox_app.contract.storage import RunRecord, ThreadRecord
 from runs_app import store
 from runs_app.models import Run, Thread
 

@@ -8,7 +8,7 @@ Statements use named parameters and are executed through Django's connection.
 
 from __future__ import annotations
 
-from mailbox_app.payloads import RunRecord
+from mailbox_app.contract.storage import RunRecord
 
 RUN = "runs_run"
 THREAD = "runs_thread"

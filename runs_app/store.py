@@ -12,22 +12,21 @@ from typing import Any
 
 from django.db import IntegrityError, connection, transaction
 
-from mailbox_app.errors import AlreadyExists, NotFound, ValidationError
-from mailbox_app.history import Closer
-from mailbox_app.ids import now_ms, uuid7
-from mailbox_app.states import RunStatus, can_run_transition
-from runs_app import sql
-from runs_app.models import Message, Run, Thread
-from runs_app.payloads import (
-    ChatMessage,
-    MessageRecord,
-    MessageSeqRange,
-    RunMessageInput,
+from mailbox_app.contract.ids import now_ms, uuid7
+from mailbox_app.contract.lifecycle import RunStatus, can_run_transition
+from mailbox_app.contract.message import ChatMessage, MessageRecord, MessageSeqRange, RunMessageInput
+from mailbox_app.contract.storage import (
+    AlreadyExists,
+    NotFound,
     RunPage,
     RunRecord,
     TerminationReason,
     ThreadRecord,
+    ValidationError,
 )
+from mailbox_app.history import Closer
+from runs_app import sql
+from runs_app.models import Message, Run, Thread
 
 MAX_RUN_PAGE = 200
 _RUN_FIELDS = [f for f in RunRecord.model_fields if f not in {"run_id", "thread_id"}]

@@ -13,9 +13,9 @@ from typing import Any
 from django.conf import settings
 from django.db import connection, transaction
 
+from mailbox_app.contract.storage import ThreadRecord
 from runs_app import sql, store, thread_sql
 from runs_app.models import Thread
-from runs_app.payloads import ThreadRecord
 
 MAX_METADATA_BYTES = 16_384  # of the stored object's compact JSON, after a merge too
 MAX_METADATA_DEPTH = 8

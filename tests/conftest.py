@@ -9,10 +9,12 @@ from typing import Any
 
 import pytest
 import redis
+from celery.contrib.testing.worker import start_worker
 from django.conf import settings
 
+from awaken_project.celery import app
 from mailbox_app.config import MailboxConfig
-from mailbox_app.records import DispatchRecord
+from mailbox_app.contract.mailbox import DispatchRecord
 from tests.support.agents import RECORDER, TEST_AGENTS
 
 
@@ -91,9 +93,6 @@ def clean_redis() -> Iterator[redis.Redis]:
 @pytest.fixture
 def mailbox_worker(transactional_db: None, engine_settings: Any, clean_redis: redis.Redis) -> Iterator[Any]:
     """A real Celery worker (thread pool) consuming the real Redis broker inside this process."""
-    from celery.contrib.testing.worker import start_worker
-
-    from awaken_project.celery import app
 
     with start_worker(
         app, pool="threads", concurrency=4, perform_ping_check=False, loglevel="WARNING", shutdown_timeout=15

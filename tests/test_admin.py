@@ -12,15 +12,13 @@ from django.test import Client
 from django.urls import reverse
 
 from mailbox_app import store
-from mailbox_app.ids import now_ms
+from mailbox_app.contract.ids import now_ms
+from mailbox_app.contract.lifecycle import RunStatus
+from mailbox_app.contract.mailbox import DispatchStatus
+from mailbox_app.contract.message import ChatMessage
+from mailbox_app.contract.storage import RunRecord, TerminationReason
+from mailbox_app.contract.suspension import RunWaitingState, WaitingTicket
 from mailbox_app.models import Dispatch, ThreadEpoch
-from mailbox_app.payloads import (
-    ChatMessage,
-    RunRecord,
-    RunWaitingState,
-    TerminationReason,
-    WaitingTicket,
-)
 from mailbox_app.selectors import (
     ThreadState,
     format_duration_ms,
@@ -28,7 +26,6 @@ from mailbox_app.selectors import (
     mailbox_overview,
     thread_block_report,
 )
-from mailbox_app.states import DispatchStatus, RunStatus
 from runs_app import store as run_store
 from runs_app.models import Message, Run, Thread
 from tests.conftest import make_dispatch

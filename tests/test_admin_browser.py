@@ -20,7 +20,7 @@ import pytest
 from django.urls import reverse
 
 from mailbox_app import store
-from mailbox_app.ids import now_ms
+from mailbox_app.contract.ids import now_ms
 from tests.conftest import make_dispatch
 from tests.support.chromium import Chromium, headless_chromium, requires_chromium
 from tests.support.waiting import wait_until

@@ -19,10 +19,11 @@ from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 
 from awaken_project.celery import app as celery_app
-from mailbox_app import maintenance, signals, store
+from mailbox_app import doorbells, maintenance, store
 from mailbox_app.config import ConfigError
+from mailbox_app.contract.lifecycle import RunStatus
+from mailbox_app.contract.mailbox import DispatchStatus
 from mailbox_app.metrics_access import parse_networks
-from mailbox_app.states import DispatchStatus, RunStatus
 from runs_app import store as run_store
 from tests.mailbox_app.test_multiprocess import MAILBOX_ENV, MP_CONFIG, SIGNAL_ENV, WorkerFarm
 from tests.support.api import post_json, user_client
@@ -144,7 +145,7 @@ def test_three_runs_on_a_prefork_worker_move_every_figure_by_three(worker_farm: 
     assert figure(after, "active_runs") == 0
 
     # a doorbell for a thread with nothing to do: acknowledged
-    celery_app.send_task(signals.DISPATCH_TASK, args=["metrics-0", None])
+    celery_app.send_task(doorbells.DISPATCH_TASK, args=["metrics-0", None])
     wait_until(
         lambda: moved(before, scrape(scraper), "mailbox_dispatch_signal_ack_total") == 1,
         timeout=15,

@@ -10,8 +10,8 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from mailbox_app.errors import AlreadyExists, NotFound, VersionConflict
-from mailbox_app.errors import ValidationError as StoreValidationError
+from mailbox_app.contract.storage import AlreadyExists, NotFound, VersionConflict
+from mailbox_app.contract.storage import ValidationError as StoreValidationError
 from mailbox_app.service import ActiveRunConflict, ThreadBusy
 from runs_app.api.inputs import InputError
 

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from django.conf import settings
 from django.db import connection, transaction
 
-from mailbox_app.ids import now_ms
+from mailbox_app.contract.ids import now_ms
 from runs_app.api.errors import ApiError
 from runs_app.models import IdempotencyRecord
 
@@ -193,3 +193,8 @@ def purge_expired(*, now: int | None = None) -> int:
         purged += IdempotencyRecord.objects.filter(pk__in=ids).delete()[0]
         if len(ids) < PURGE_BATCH:
             return purged
+
+
+def purge_on_gc(*, now: int, **_: Any) -> dict[str, int]:
+    """The mailbox GC's `gc_ran` receiver: expired idempotency keys."""
+    return {"idempotency_keys": purge_expired(now=now)}

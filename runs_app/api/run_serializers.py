@@ -7,7 +7,7 @@ from typing import Any
 
 from rest_framework import serializers
 
-from mailbox_app.states import RunStatus
+from mailbox_app.contract.lifecycle import RunStatus
 from runs_app.api.run_options import SecondsField
 from runs_app.api.serializers import ThreadRunSubmitIn
 

@@ -26,10 +26,10 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from mailbox_app import events
-from mailbox_app import store as mailbox_store
-from mailbox_app.payloads import RunRecord
-from mailbox_app.states import DispatchStatus, RunStatus
+from mailbox_app import events, service
+from mailbox_app.contract.lifecycle import RunStatus
+from mailbox_app.contract.mailbox import DispatchStatus
+from mailbox_app.contract.storage import RunRecord
 from runs_app import store
 from runs_app.api import serializers as s
 from runs_app.api import views
@@ -151,7 +151,7 @@ def submit_probe(run_id: str, dispatch_id: str) -> Probe:
     `run_finish`, of a waiting run this submit resumes, does not count) and the run stopped."""
 
     def probe() -> tuple[bool, RunRecord | None]:
-        dispatch = mailbox_store.load_dispatch(dispatch_id)
+        dispatch = service.load_dispatch(dispatch_id)
         run = store.load_run(run_id=run_id)
         live = dispatch is not None and dispatch.status in {DispatchStatus.QUEUED, DispatchStatus.CLAIMED}
         return (run is not None and not live and run.status in STOPPED), run

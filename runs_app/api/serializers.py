@@ -8,9 +8,9 @@ from typing import Any
 from django.conf import settings
 from rest_framework import serializers
 
-from mailbox_app.payloads import ChatMessage, RunRecord, ThreadRecord
-from mailbox_app.records import DispatchRecord
-from mailbox_app.states import DispatchStatus
+from mailbox_app.contract.mailbox import DispatchRecord, DispatchStatus
+from mailbox_app.contract.message import ChatMessage
+from mailbox_app.contract.storage import RunRecord, ThreadRecord
 from mailbox_app.webhook_targets import URL_MAX as WEBHOOK_URL_MAX
 from mailbox_app.webhook_targets import WebhookTargetError, check_submitted
 from runs_app.api.inputs import AGENT_ID_MAX, THREAD_ID_MAX, id_problem

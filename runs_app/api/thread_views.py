@@ -10,8 +10,8 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from mailbox_app.ids import now_ms, uuid7
-from mailbox_app.payloads import ThreadRecord
+from mailbox_app.contract.ids import now_ms, uuid7
+from mailbox_app.contract.storage import ThreadRecord
 from runs_app import selectors, store, threads
 from runs_app.api import serializers as s
 from runs_app.api import thread_serializers as ts

@@ -13,11 +13,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from mailbox_app import events, service, webhooks
-from mailbox_app.ids import now_ms, uuid7
-from mailbox_app.payloads import ToolCallResume
-from mailbox_app.requests import RunRequest
+from mailbox_app.contract.ids import now_ms, uuid7
+from mailbox_app.contract.lifecycle import RunStatus
+from mailbox_app.contract.requests import RunRequest
+from mailbox_app.contract.suspension import ToolCallResume
 from mailbox_app.service import MultitaskStrategy
-from mailbox_app.states import RunStatus
 from runs_app import selectors, store
 from runs_app.api import serializers as s
 from runs_app.api.errors import ApiError, not_found
@@ -446,9 +446,7 @@ class ThreadMailboxView(EdgeCheckedView):
         except drf.ValidationError as exc:
             raise ApiError(str(exc.detail["status"]), code="invalid", field="status") from None  # type: ignore[index,call-overload]
         items = service.list_dispatches(thread_id, statuses, limit, offset)
-        from mailbox_app import store as mailbox_store
-
-        total = mailbox_store.count_thread_dispatches(thread_id, statuses)
+        total = service.count_dispatches(thread_id, statuses)
         return Response(
             {
                 "items": [s.dispatch_json(d) for d in items],

@@ -12,16 +12,17 @@ from typing import Any
 import pytest
 from django.db import connection
 
-from mailbox_app import execution, selectors, service, store
+from mailbox_app import selectors, service, store
 from mailbox_app.claim_policy import ClaimPolicy
 from mailbox_app.config import ConfigError
-from mailbox_app.ids import now_ms
+from mailbox_app.contract.ids import now_ms
+from mailbox_app.contract.lifecycle import RunStatus
+from mailbox_app.contract.mailbox import DispatchRecord, DispatchStatus
+from mailbox_app.contract.message import ChatMessage
+from mailbox_app.contract.requests import RunRequest
 from mailbox_app.locks import ThreadLock
 from mailbox_app.models import Dispatch
-from mailbox_app.payloads import ChatMessage
-from mailbox_app.records import DispatchRecord
-from mailbox_app.requests import RunRequest
-from mailbox_app.states import DispatchStatus, RunStatus
+from mailbox_app.worker import execution
 from runs_app import store as run_store
 from tests.conftest import make_dispatch
 from tests.support.api import new_user

@@ -10,8 +10,8 @@ from django.core.management import CommandError, call_command
 from rest_framework.authtoken.models import Token
 
 from mailbox_app import store
-from mailbox_app.ids import now_ms
-from mailbox_app.states import DispatchStatus
+from mailbox_app.contract.ids import now_ms
+from mailbox_app.contract.mailbox import DispatchStatus
 from tests.conftest import make_dispatch
 
 pytestmark = pytest.mark.django_db

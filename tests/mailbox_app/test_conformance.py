@@ -9,11 +9,10 @@ from __future__ import annotations
 import pytest
 
 from mailbox_app import store
-from mailbox_app.errors import AlreadyExists, NotFound, VersionConflict
-from mailbox_app.ids import uuid7
+from mailbox_app.contract.ids import uuid7
+from mailbox_app.contract.mailbox import DispatchRecord, DispatchStatus, RunDispatchResult
+from mailbox_app.contract.storage import AlreadyExists, NotFound, VersionConflict
 from mailbox_app.models import Dispatch
-from mailbox_app.records import DispatchRecord, RunDispatchResult
-from mailbox_app.states import DispatchStatus
 from tests.conftest import make_dispatch
 
 pytestmark = pytest.mark.django_db

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from mailbox_app import events, service, store
-from mailbox_app.payloads import ChatMessage
-from mailbox_app.requests import RunRequest
-from mailbox_app.states import DispatchStatus, RunStatus
+from mailbox_app.contract.lifecycle import RunStatus
+from mailbox_app.contract.mailbox import DispatchStatus
+from mailbox_app.contract.message import ChatMessage
+from mailbox_app.contract.requests import RunRequest
+from mailbox_app.contract.suspension import ToolCallResume
 from runs_app import store as run_store
 from tests.support.waiting import wait_until
 
@@ -131,7 +133,6 @@ def test_live_then_queue_falls_back_to_queue_when_idle(mailbox_worker: Any) -> N
 
 
 def test_hitl_durable_wait_then_decision_resumes_same_run(mailbox_worker: Any) -> None:
-    from mailbox_app.payloads import ToolCallResume
 
     result = service.submit_background(_request("t-hitl", "ask ship it?", agent_id="echo"))
     waiting = wait_until(
@@ -148,7 +149,6 @@ def test_hitl_durable_wait_then_decision_resumes_same_run(mailbox_worker: Any) -
 
 def test_hitl_live_decision_while_run_holds_claim(mailbox_worker: Any, engine_settings: Any) -> None:
     """seed: send_decision_live_delivers_to_remote_waiting_run"""
-    from mailbox_app.payloads import ToolCallResume
 
     engine_settings.AWAKEN_LIVE_SUSPEND_HOLD_MS = 10_000
     result = service.submit_background(_request("t-hitl-live", "ask deploy?", agent_id="echo"))

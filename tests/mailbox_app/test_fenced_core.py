@@ -16,17 +16,17 @@ import pytest
 from django.db import connection
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from mailbox_app import attempt, doorbells, events, execution, maintenance, service, store
+from mailbox_app import doorbells, events, maintenance, service, store
+from mailbox_app.agents.base import COMPLETED, InferenceFailed, RunContext, RunResult
 from mailbox_app.config import MailboxConfig
-from mailbox_app.executor import COMPLETED, InferenceFailed, RunContext, RunResult
-from mailbox_app.ids import now_ms
-from mailbox_app.live import LiveRunTarget
+from mailbox_app.contract.ids import consumer_id, now_ms
+from mailbox_app.contract.lifecycle import RunStatus
+from mailbox_app.contract.mailbox import DispatchRecord, DispatchStatus, LiveRunTarget, RunDispatchResult
+from mailbox_app.contract.message import ChatMessage
+from mailbox_app.contract.requests import RunRequest
+from mailbox_app.contract.suspension import ToolCallResume
 from mailbox_app.locks import ThreadLock
-from mailbox_app.payloads import ChatMessage, ToolCallResume
-from mailbox_app.records import DispatchRecord, RunDispatchResult
-from mailbox_app.registry import consumer_id
-from mailbox_app.requests import RunRequest
-from mailbox_app.states import DispatchStatus, RunStatus
+from mailbox_app.worker import attempt, execution
 from runs_app import store as run_store
 from tests.conftest import FAST
 from tests.support.waiting import wait_until

@@ -13,23 +13,16 @@ from typing import Any
 import pytest
 
 from mailbox_app import history, service, store
-from mailbox_app.executor import ResolveFailed, RunContext, RunResult
+from mailbox_app.agents.base import ResolveFailed, RunContext, RunResult
+from mailbox_app.contract.ids import now_ms
+from mailbox_app.contract.lifecycle import RunStatus
+from mailbox_app.contract.mailbox import DispatchRecord, DispatchStatus
+from mailbox_app.contract.message import ChatMessage, Role, ToolCall, Visibility
+from mailbox_app.contract.requests import RunRequest
+from mailbox_app.contract.storage import RunRecord, TerminationReason
+from mailbox_app.contract.suspension import RunWaitingState, WaitingTicket
 from mailbox_app.history import RunTranscript, closing_messages, open_tool_calls
-from mailbox_app.ids import now_ms
-from mailbox_app.payloads import (
-    ChatMessage,
-    Role,
-    RunRecord,
-    RunWaitingState,
-    TerminationReason,
-    ToolCall,
-    Visibility,
-    WaitingTicket,
-)
 from mailbox_app.reconcile import terminalize_run_for_dispatch
-from mailbox_app.records import DispatchRecord
-from mailbox_app.requests import RunRequest
-from mailbox_app.states import DispatchStatus, RunStatus
 from runs_app import store as run_store
 from tests.support.agents import TEST_AGENTS
 from tests.support.api import post_json, user_client

@@ -31,14 +31,16 @@ from django.conf import settings as django_settings
 from django.db import connection
 
 from awaken_project.celery import app as celery_app
-from mailbox_app import events, maintenance, service, signals, store
+from mailbox_app import doorbells, events, maintenance, service, store
 from mailbox_app.config import MailboxConfig
-from mailbox_app.execution import find_local_run
-from mailbox_app.ids import now_ms
-from mailbox_app.payloads import ChatMessage, RunRecord, ToolCallResume
-from mailbox_app.records import DispatchRecord
-from mailbox_app.requests import RunRequest
-from mailbox_app.states import DispatchStatus, RunStatus
+from mailbox_app.contract.ids import now_ms
+from mailbox_app.contract.lifecycle import RunStatus
+from mailbox_app.contract.mailbox import DispatchRecord, DispatchStatus
+from mailbox_app.contract.message import ChatMessage
+from mailbox_app.contract.requests import RunRequest
+from mailbox_app.contract.storage import RunRecord
+from mailbox_app.contract.suspension import ToolCallResume
+from mailbox_app.worker.registry import find_local_run
 from runs_app import store as run_store
 from tests.support.agents import TEST_AGENTS
 from tests.support.servers import database_url_of_test_db as _test_database_url
@@ -414,8 +416,8 @@ def test_kill_9_worker_mid_run_is_reclaimed_by_sweep_and_rerun_elsewhere(farm: W
 
     # Late redelivery of the old doorbells (both kinds, same ids), then a marker on another thread
     # behind them in the survivor's single slot: once the marker ran, both late doorbells were handled.
-    celery_app.send_task(signals.DISPATCH_TASK, args=[thread_id, submitted.dispatch_id])
-    celery_app.send_task(signals.RUN_CLAIMED_TASK, args=[thread_id, submitted.dispatch_id])
+    celery_app.send_task(doorbells.DISPATCH_TASK, args=[thread_id, submitted.dispatch_id])
+    celery_app.send_task(doorbells.RUN_CLAIMED_TASK, args=[thread_id, submitted.dispatch_id])
     marker = service.submit_background(_request("t-crash-marker", "marker"))
     _wait_status(marker.dispatch_id, DispatchStatus.ACKED)
     assert _dispatch(submitted.dispatch_id) == acked  # not a single field changed

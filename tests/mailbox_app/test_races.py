@@ -17,13 +17,12 @@ import pytest
 from django.db import IntegrityError, connection
 
 from mailbox_app import sql, store
-from mailbox_app.errors import AlreadyExists, VersionConflict
+from mailbox_app.contract.mailbox import DispatchRecord, DispatchStatus, MailboxInterrupt, RunDispatchResult
+from mailbox_app.contract.message import ChatMessage
+from mailbox_app.contract.storage import AlreadyExists, VersionConflict
 from mailbox_app.models import Dispatch
-from mailbox_app.records import DispatchRecord, MailboxInterrupt, RunDispatchResult
-from mailbox_app.states import DispatchStatus
 from runs_app import store as run_store
 from runs_app.models import Thread
-from runs_app.payloads import ChatMessage
 from tests.conftest import make_dispatch
 
 LEASE_MS = 30_000

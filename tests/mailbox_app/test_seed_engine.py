@@ -2,7 +2,7 @@
 
 The reference's lifecycle (startup recovery task, maintenance loop, dispatch-signal loop) maps onto:
 startup recovery = `maintenance.recover_with_retry` wired to Celery's `worker_ready`; the signal loop =
-the `mailbox.dispatch_thread` task and its `signals.handle_dispatch_signal` decision (ACK / RETRY);
+the `mailbox.dispatch_thread` task and its `dispatch_signals.handle_dispatch_signal` decision (ACK / RETRY);
 maintenance = beat tasks. Workers are real Celery workers (thread pool) on the real Redis broker inside
 this process; the database is the real PostgreSQL with committed data. Failures are injected through
 PostgreSQL itself (a lock held by another connection plus `lock_timeout`), never by faking the store.
@@ -25,18 +25,23 @@ from celery.signals import worker_ready
 from django.db import DatabaseError, connection, transaction
 
 from awaken_project.celery import app
-from mailbox_app import events, maintenance, service, signals, store
-from mailbox_app.execution import DispatchAttempt, consumer_id, execute_claimed, local_runs
-from mailbox_app.executor import RunContext, RunResult
-from mailbox_app.ids import now_ms, uuid7
-from mailbox_app.live import LiveRunTarget, LiveSubscription
-from mailbox_app.payloads import ChatMessage, RunRecord, RunWaitingState
+from mailbox_app import doorbells, events, maintenance, service, store
+from mailbox_app.agents.base import RunContext, RunResult
+from mailbox_app.contract.ids import consumer_id, now_ms, uuid7
+from mailbox_app.contract.lifecycle import RunStatus
+from mailbox_app.contract.mailbox import DispatchRecord, DispatchStatus, LiveRunTarget
+from mailbox_app.contract.message import ChatMessage
+from mailbox_app.contract.requests import AdapterKind, RunMode, RunOrigin, RunRequest, validate_run_inputs
+from mailbox_app.contract.storage import RunRecord
+from mailbox_app.contract.suspension import RunWaitingState
+from mailbox_app.live import LiveSubscription
 from mailbox_app.preparation import build_dispatch, prepare_run_for_dispatch
-from mailbox_app.records import DispatchRecord
-from mailbox_app.requests import AdapterKind, RunMode, RunOrigin, RunRequest, validate_run_inputs
 from mailbox_app.selectors import mailbox_overview
-from mailbox_app.states import DispatchStatus, RunStatus
+from mailbox_app.worker import dispatch_signals
+from mailbox_app.worker.execution import DispatchAttempt, drain_thread, execute_claimed
+from mailbox_app.worker.registry import local_runs
 from runs_app import store as run_store
+from runs_app.models import Thread
 from tests.conftest import FAST
 from tests.support.agents import RECORDER, TEST_AGENTS
 from tests.support.waiting import wait_until
@@ -401,7 +406,7 @@ def test_doorbell_and_startup_recovery_together_run_a_dispatch_once(worker: Any)
     """seed: start_lifecycle_does_not_bypass_ready_transition"""
     thread_id = _tid("thread-ring-and-recover")
     dispatch = _enqueue_prepared(thread_id, "once")
-    signals.ring_on_commit(thread_id, dispatch.dispatch_id)  # autocommit: rings now
+    doorbells.ring_on_commit(thread_id, dispatch.dispatch_id)  # autocommit: rings now
     worker_ready.send(sender=None)
     maintenance.recover()
     _status(dispatch.dispatch_id, DispatchStatus.ACKED)
@@ -466,13 +471,13 @@ def test_doorbell_claims_and_executes_a_queued_dispatch(worker: Any) -> None:
     """seed: dispatch_signal_loop_claims_and_executes_queued_dispatch"""
     thread_id = _tid("thread-signal-loop")
     dispatch = _enqueue_prepared(thread_id, "wake")
-    signals.ring_on_commit(thread_id, dispatch.dispatch_id)
+    doorbells.ring_on_commit(thread_id, dispatch.dispatch_id)
 
     acked = _status(dispatch.dispatch_id, DispatchStatus.ACKED)
     assert acked.run_status == "done"
     assert _calls_for(dispatch.dispatch_id) == 1
-    duplicate = signals.handle_dispatch_signal(thread_id, dispatch.dispatch_id, deliveries=2)
-    assert duplicate.action is signals.SignalAction.ACK, "a duplicate doorbell is acked"
+    duplicate = dispatch_signals.handle_dispatch_signal(thread_id, dispatch.dispatch_id, deliveries=2)
+    assert duplicate.action is dispatch_signals.SignalAction.ACK, "a duplicate doorbell is acked"
     assert duplicate.attempt is DispatchAttempt.NO_ELIGIBLE
     assert _calls_for(dispatch.dispatch_id) == 1, "and runs nothing again"
 
@@ -484,16 +489,16 @@ def test_doorbell_retries_after_a_claim_error_then_runs(engine: Any) -> None:
     epoch_row = "SELECT current_epoch FROM mailbox_thread_epoch WHERE thread_id = %s FOR UPDATE"
 
     with _lock_timeout(), _HeldLock(epoch_row, [thread_id]):
-        failed = signals.handle_dispatch_signal(thread_id, dispatch.dispatch_id, deliveries=1)
-    assert failed.action is signals.SignalAction.RETRY
+        failed = dispatch_signals.handle_dispatch_signal(thread_id, dispatch.dispatch_id, deliveries=1)
+    assert failed.action is dispatch_signals.SignalAction.RETRY
     assert failed.attempt is DispatchAttempt.TRANSIENT_ERROR
     assert failed.retry_after_ms == engine.AWAKEN_DISPATCH_SIGNAL_NACK_BASE_DELAY_MS
     untouched = store.load_dispatch(dispatch.dispatch_id)
     assert untouched is not None and untouched.status is DispatchStatus.QUEUED
     assert untouched.attempt_count == 0, "a failed claim is not an attempt"
 
-    redelivered = signals.handle_dispatch_signal(thread_id, dispatch.dispatch_id, deliveries=2)
-    assert redelivered.action is signals.SignalAction.ACK
+    redelivered = dispatch_signals.handle_dispatch_signal(thread_id, dispatch.dispatch_id, deliveries=2)
+    assert redelivered.action is dispatch_signals.SignalAction.ACK
     assert redelivered.attempt is DispatchAttempt.CLAIMED
     assert store.load_dispatch(dispatch.dispatch_id).status is DispatchStatus.ACKED  # type: ignore[union-attr]
     assert _calls_for(dispatch.dispatch_id) == 1
@@ -507,11 +512,11 @@ def test_doorbell_blocked_by_another_consumers_claim_retries_until_released(engi
     assert len(claimed) == 1 and claimed[0].claim_token
     queued = _enqueue_prepared(thread_id, "queued")
 
-    blocked = signals.handle_dispatch_signal(thread_id, queued.dispatch_id, deliveries=1)
-    assert blocked.action is signals.SignalAction.RETRY
+    blocked = dispatch_signals.handle_dispatch_signal(thread_id, queued.dispatch_id, deliveries=1)
+    assert blocked.action is dispatch_signals.SignalAction.RETRY
     assert blocked.attempt is DispatchAttempt.NO_ELIGIBLE
     assert blocked.retry_after_ms == engine.AWAKEN_DISPATCH_SIGNAL_NACK_BASE_DELAY_MS
-    signals.ring_on_commit(thread_id, queued.dispatch_id)  # the Celery doorbell keeps retrying
+    doorbells.ring_on_commit(thread_id, queued.dispatch_id)  # the Celery doorbell keeps retrying
     before_release = store.load_dispatch(queued.dispatch_id)
     assert before_release is not None and before_release.status is DispatchStatus.QUEUED
 
@@ -533,9 +538,9 @@ def test_busy_thread_doorbell_never_steals_and_queued_runs_after_current(worker:
     second = service.submit_background(_request(thread_id, "second", agent_id="blocking"))
     assert second.status is service.SubmitStatus.QUEUED
 
-    busy = signals.handle_dispatch_signal(thread_id, second.dispatch_id, deliveries=1)
+    busy = dispatch_signals.handle_dispatch_signal(thread_id, second.dispatch_id, deliveries=1)
     assert busy.attempt is DispatchAttempt.NO_ELIGIBLE
-    assert busy.action is signals.SignalAction.RETRY
+    assert busy.action is dispatch_signals.SignalAction.RETRY
     waiting = store.load_dispatch(second.dispatch_id)
     assert waiting is not None and waiting.status is DispatchStatus.QUEUED and waiting.claim_token is None
     assert store.load_dispatch(first.dispatch_id).status is DispatchStatus.CLAIMED  # type: ignore[union-attr]
@@ -547,8 +552,8 @@ def test_busy_thread_doorbell_never_steals_and_queued_runs_after_current(worker:
     second_run = _run_when(second.run_id, RunStatus.DONE)
     assert first_run.finished_at is not None and second_run.started_at is not None
     assert first_run.finished_at <= second_run.started_at
-    assert signals.handle_dispatch_signal(thread_id, second.dispatch_id, deliveries=2).action is (
-        signals.SignalAction.ACK
+    assert dispatch_signals.handle_dispatch_signal(thread_id, second.dispatch_id, deliveries=2).action is (
+        dispatch_signals.SignalAction.ACK
     )
 
 
@@ -609,7 +614,7 @@ def test_reconstruct_failure_dead_letters_and_next_queued_still_runs(worker: Any
         )
     )
     following = _enqueue_prepared(thread_id, "next", priority=20, created_at=now + 1, updated_at=now + 1)
-    signals.ring_on_commit(thread_id, missing.dispatch_id)
+    doorbells.ring_on_commit(thread_id, missing.dispatch_id)
 
     dead = _status(missing.dispatch_id, DispatchStatus.DEAD_LETTER)
     assert dead.last_error is not None and "missing-run" in dead.last_error
@@ -976,7 +981,6 @@ def test_empty_inline_claim_cancels_the_precreated_run(engine: Any) -> None:
     message and the dispatch are written in the transaction that claims inline, so a lost claim leaves
     nothing of the submit behind (no half-written state) — the interrupt's own effects stay (§7.2).
     """
-    from runs_app.models import Thread
 
     thread_id = _tid("thread-inline-empty")
     run_store.ensure_thread(thread_id=thread_id)
@@ -1016,7 +1020,6 @@ def test_drain_on_a_claimed_thread_leaves_the_claim_and_run_untouched(engine: An
     The doorbell/drain path on a thread whose dispatch is claimed (running elsewhere) claims nothing and
     leaves that claim exactly as it was.
     """
-    from mailbox_app.execution import drain_thread
 
     thread_id = _tid("thread-guard")
     result = service.submit_background(_request(thread_id, "a"))

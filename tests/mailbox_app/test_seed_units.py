@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from celery.signals import worker_ready
+from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
+from awaken_project.celery import app
 from mailbox_app import events, maintenance, service, store, tasks
-from mailbox_app.config import MailboxConfig
-from mailbox_app.errors import AlreadyExists, NotFound, StoreError, ValidationError
-from mailbox_app.executor import (
+from mailbox_app.agents.base import (
     COMPLETED,
     AgentNotFound,
     InferenceFailed,
@@ -40,24 +41,13 @@ from mailbox_app.executor import (
     ThreadAlreadyRunning,
     classify_error,
 )
-from mailbox_app.ids import now_ms
-from mailbox_app.live import LiveRunTarget, LiveSubscription
-from mailbox_app.locks import ThreadLock
-from mailbox_app.payloads import (
-    ChatMessage,
-    RunRecord,
-    RunRequestSnapshot,
-    RunWaitingState,
-    ToolCallResume,
-)
-from mailbox_app.preparation import (
-    build_dispatch,
-    prepare_run_for_dispatch,
-    reconstruct_run_request,
-    reusable_waiting_run_id,
-)
-from mailbox_app.records import DispatchRecord
-from mailbox_app.requests import (
+from mailbox_app.agents.registry import resolve_agent
+from mailbox_app.config import MailboxConfig
+from mailbox_app.contract.ids import consumer_id, now_ms
+from mailbox_app.contract.lifecycle import RunStatus
+from mailbox_app.contract.mailbox import DispatchRecord, DispatchStatus, LiveRunTarget
+from mailbox_app.contract.message import ChatMessage
+from mailbox_app.contract.requests import (
     AdapterKind,
     RunMode,
     RunOrigin,
@@ -66,8 +56,25 @@ from mailbox_app.requests import (
     normalize_mailbox_run_mode,
     validate_run_inputs,
 )
-from mailbox_app.runtime import ActiveRun, _Context
-from mailbox_app.states import DispatchStatus, RunStatus
+from mailbox_app.contract.storage import (
+    AlreadyExists,
+    NotFound,
+    RunRecord,
+    RunRequestSnapshot,
+    StoreError,
+    ValidationError,
+)
+from mailbox_app.contract.suspension import RunWaitingState, ToolCallResume
+from mailbox_app.live import LiveSubscription
+from mailbox_app.locks import ThreadLock
+from mailbox_app.preparation import (
+    build_dispatch,
+    prepare_run_for_dispatch,
+    reconstruct_run_request,
+    reusable_waiting_run_id,
+)
+from mailbox_app.schedule import PERIODIC_TASKS, sync_periodic_tasks
+from mailbox_app.worker.runtime import ActiveRun, _Context
 from runs_app import store as run_store
 
 LIVE_ACK_TIMEOUT_MS = 200
@@ -311,7 +318,6 @@ def test_store_errors_surface_from_submit_and_roll_back_the_prepare() -> None:
 
 def test_any_run_executor_can_be_configured_as_an_agent(settings: Any) -> None:
     """seed: mailbox_construction_depends_on_runtime_boundary_not_agent_runtime"""
-    from mailbox_app.agents import resolve_agent
 
     settings.AWAKEN_AGENTS = {
         "plain": f"{__name__}.PlainExecutor",
@@ -818,7 +824,6 @@ def test_foreground_submit_conflicts_when_own_claim_has_no_local_run(settings: A
     The claim belongs to this process's consumer id, but no local run and no live subscriber holds it:
     nothing can release it within the wait, so the submit answers 409 before writing anything.
     """
-    from mailbox_app.execution import consumer_id
 
     settings.AWAKEN_REMOTE_CANCEL_WAIT_MS = 200
     active = _enqueue_prepared("thread-local-timeout", "active")
@@ -1197,10 +1202,6 @@ def test_gc_is_harmless_when_empty_and_purges_only_old_terminal_rows(settings: A
 @pytest.mark.django_db
 def test_beat_schedule_rows_follow_config_and_keep_operator_switch(settings: Any) -> None:
     """seed: maintenance_callback_runs_on_gc_tick"""
-    from django_celery_beat.models import IntervalSchedule, PeriodicTask
-
-    from awaken_project.celery import app
-    from mailbox_app.schedule import PERIODIC_TASKS, sync_periodic_tasks
 
     settings.AWAKEN_MAILBOX = MailboxConfig(sweep_interval_ms=7_000, gc_interval_ms=11_000)
     sync_periodic_tasks()
@@ -1235,7 +1236,6 @@ def test_startup_recovery_defaults_and_wiring() -> None:
     Startup recovery is the worker_ready hook; without AWAKEN_* overrides it makes 3 attempts 250 ms
     apart (the reference defaults to 1 attempt; ours retries a briefly unavailable database).
     """
-    from celery.signals import worker_ready
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWAKEN_")}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])

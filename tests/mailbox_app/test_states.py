@@ -10,16 +10,14 @@ from pathlib import Path
 import pytest
 
 from mailbox_app.config import ConfigError, MailboxConfig
-from mailbox_app.retry import blocked_signal_delay_ms, nack_backoff_ms
-from mailbox_app.states import (
+from mailbox_app.contract.lifecycle import RUN_TRANSITIONS, RunStatus, can_run_transition
+from mailbox_app.contract.mailbox import (
     ALLOWED_TRANSITIONS,
-    RUN_TRANSITIONS,
     TERMINAL_STATUSES,
     DispatchStatus,
-    RunStatus,
-    can_run_transition,
     can_transition,
 )
+from mailbox_app.retry import blocked_signal_delay_ms, nack_backoff_ms
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 

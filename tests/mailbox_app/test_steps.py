@@ -19,8 +19,7 @@ from django.db import connection
 from django.test import Client
 
 from mailbox_app import events, maintenance, service, store
-from mailbox_app.echo import steps_log_key
-from mailbox_app.executor import (
+from mailbox_app.agents.base import (
     RunContext,
     RunResult,
     StepNotRecorded,
@@ -28,12 +27,14 @@ from mailbox_app.executor import (
     StepResultNotJSON,
     run_tool_call,
 )
-from mailbox_app.ids import now_ms
-from mailbox_app.payloads import ChatMessage, ToolCallResume
-from mailbox_app.records import DispatchRecord
+from mailbox_app.agents.echo import steps_log_key
+from mailbox_app.contract.ids import now_ms
+from mailbox_app.contract.lifecycle import RunStatus
+from mailbox_app.contract.mailbox import DispatchRecord, DispatchStatus
+from mailbox_app.contract.message import ChatMessage
+from mailbox_app.contract.requests import RunRequest
+from mailbox_app.contract.suspension import ToolCallResume
 from mailbox_app.redis_client import get_redis
-from mailbox_app.requests import RunRequest
-from mailbox_app.states import DispatchStatus, RunStatus
 from mailbox_app.steps import STEP_RECORDED, STEP_REPLAYED, StepJournal
 from runs_app import store as run_store
 from runs_app.models import RunStep

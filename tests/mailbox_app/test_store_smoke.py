@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mailbox_app import store
-from mailbox_app.records import RunDispatchResult
-from mailbox_app.states import DispatchStatus
+from mailbox_app.contract.mailbox import DispatchStatus, RunDispatchResult
 from tests.conftest import make_dispatch
 
 pytestmark = pytest.mark.django_db

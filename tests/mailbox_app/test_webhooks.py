@@ -21,15 +21,17 @@ from django.test import Client
 from django.urls import reverse
 from rest_framework.test import APIClient
 
-from mailbox_app import attempt, maintenance, service, store, webhook_delivery, webhooks
+from mailbox_app import maintenance, service, store, webhook_delivery, webhooks
+from mailbox_app.agents.base import COMPLETED, RunResult
 from mailbox_app.config import MailboxConfig
-from mailbox_app.executor import COMPLETED, RunResult
-from mailbox_app.ids import now_ms, uuid7
+from mailbox_app.contract.ids import now_ms, uuid7
+from mailbox_app.contract.lifecycle import RunStatus
+from mailbox_app.contract.mailbox import DispatchStatus
+from mailbox_app.contract.message import ChatMessage
+from mailbox_app.contract.requests import RunRequest
 from mailbox_app.models import WebhookDelivery, WebhookDeliveryStatus, WebhookSubscription
-from mailbox_app.payloads import ChatMessage
-from mailbox_app.requests import RunRequest
-from mailbox_app.states import DispatchStatus, RunStatus
 from mailbox_app.webhook_targets import TargetRefused, check_submitted, parse_target, resolve
+from mailbox_app.worker import attempt
 from runs_app import store as run_store
 from tests.conftest import FAST
 from tests.mailbox_app.test_multiprocess import WorkerFarm, farm, mp_settings  # noqa: F401 - fixtures

@@ -9,8 +9,9 @@ import pytest
 from rest_framework.test import APIClient
 
 from mailbox_app import store
+from mailbox_app.contract.lifecycle import RunStatus
+from mailbox_app.contract.mailbox import DispatchStatus
 from mailbox_app.models import Dispatch
-from mailbox_app.states import DispatchStatus, RunStatus
 from runs_app import store as run_store
 from runs_app.models import Message, Run, Thread
 from tests.support.api import post_json

@@ -12,8 +12,9 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from mailbox_app import events, store
+from mailbox_app.contract.lifecycle import RunStatus
+from mailbox_app.contract.mailbox import DispatchStatus
 from mailbox_app.redis_client import get_redis
-from mailbox_app.states import DispatchStatus, RunStatus
 from runs_app import store as run_store
 from runs_app.models import Message, Run
 from tests.conftest import make_dispatch

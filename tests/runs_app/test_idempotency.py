@@ -9,16 +9,18 @@ from typing import Any
 
 import pytest
 import redis
+from django.conf import settings
 from django.db import connections, transaction
 from kombu.exceptions import OperationalError
 from rest_framework.test import APIClient
 
 from awaken_project.celery import app as celery_app
 from mailbox_app import doorbells, maintenance, store
-from mailbox_app.execution import drain_thread
-from mailbox_app.ids import now_ms
+from mailbox_app.contract.ids import now_ms
+from mailbox_app.contract.lifecycle import RunStatus
+from mailbox_app.contract.mailbox import DispatchStatus
 from mailbox_app.models import Dispatch
-from mailbox_app.states import DispatchStatus, RunStatus
+from mailbox_app.worker.execution import drain_thread
 from runs_app import store as run_store
 from runs_app.api import idempotency
 from runs_app.models import IdempotencyRecord, Message, Run
@@ -224,7 +226,6 @@ def test_an_expired_key_not_yet_purged_is_not_replayed(alice: APIClient, setting
 
 
 def test_the_ttl_setting_defaults_to_a_day() -> None:
-    from django.conf import settings
 
     assert settings.AWAKEN_IDEMPOTENCY_TTL_MS == 86_400_000
 

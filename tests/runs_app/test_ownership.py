@@ -10,10 +10,10 @@ import pytest
 from django.db import connection
 
 from mailbox_app import service
-from mailbox_app.errors import NotFound
+from mailbox_app.contract.message import ChatMessage
+from mailbox_app.contract.requests import RunRequest
+from mailbox_app.contract.storage import NotFound
 from mailbox_app.models import Dispatch
-from mailbox_app.payloads import ChatMessage
-from mailbox_app.requests import RunRequest
 from runs_app import store as run_store
 from runs_app.models import Message, Run, Thread
 from tests.support.api import new_user, token_client

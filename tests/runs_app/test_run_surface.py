@@ -15,11 +15,14 @@ from django.db import connection
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from mailbox_app import attempt, events, maintenance, selectors, service, store
-from mailbox_app.ids import now_ms
-from mailbox_app.payloads import ChatMessage, RunRecord
-from mailbox_app.requests import RunRequest
-from mailbox_app.states import DispatchStatus, RunStatus
+from mailbox_app import events, maintenance, selectors, service, store
+from mailbox_app.contract.ids import now_ms
+from mailbox_app.contract.lifecycle import RunStatus
+from mailbox_app.contract.mailbox import DispatchStatus
+from mailbox_app.contract.message import ChatMessage
+from mailbox_app.contract.requests import RunRequest
+from mailbox_app.contract.storage import RunRecord
+from mailbox_app.worker import attempt
 from runs_app import store as run_store
 from runs_app.api.run_options import METADATA_MAX_BYTES
 from runs_app.api.run_serializers import RunOut

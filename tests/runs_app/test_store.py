@@ -7,25 +7,25 @@ from typing import Any
 
 import pytest
 
-from mailbox_app.errors import AlreadyExists, ValidationError
-from mailbox_app.states import RunStatus
-from runs_app import store
-from runs_app.models import Message, Run, Thread
-from runs_app.payloads import (
+from mailbox_app.contract.lifecycle import RunStatus
+from mailbox_app.contract.message import (
     ChatMessage,
     MessageSeqRange,
     Role,
     RunMessageInput,
+    ToolCall,
+    Visibility,
+)
+from mailbox_app.contract.storage import (
+    AlreadyExists,
     RunRecord,
     RunRequestSnapshot,
-    RunResumeDecision,
-    RunWaitingState,
     TerminationReason,
-    ToolCall,
-    ToolCallResume,
-    Visibility,
-    WaitingTicket,
+    ValidationError,
 )
+from mailbox_app.contract.suspension import RunResumeDecision, RunWaitingState, ToolCallResume, WaitingTicket
+from runs_app import store
+from runs_app.models import Message, Run, Thread
 
 pytestmark = pytest.mark.django_db
 

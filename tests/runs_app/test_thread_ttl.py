@@ -8,13 +8,13 @@ from typing import Any
 import pytest
 
 from mailbox_app import maintenance, store
+from mailbox_app.contract.lifecycle import RunStatus
+from mailbox_app.contract.message import ChatMessage
+from mailbox_app.contract.storage import RunRecord, TerminationReason
 from mailbox_app.models import Dispatch, ThreadEpoch
-from mailbox_app.payloads import ChatMessage, TerminationReason
-from mailbox_app.states import RunStatus
 from runs_app import store as run_store
 from runs_app import threads
 from runs_app.models import Message, Run, Thread
-from runs_app.payloads import RunRecord
 from tests.conftest import make_dispatch
 
 pytestmark = pytest.mark.django_db

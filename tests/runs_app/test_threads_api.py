@@ -12,14 +12,14 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from mailbox_app import service
+from mailbox_app.contract.lifecycle import RunStatus
+from mailbox_app.contract.message import ChatMessage
+from mailbox_app.contract.requests import RunRequest
+from mailbox_app.contract.storage import RunRecord, TerminationReason
 from mailbox_app.models import Dispatch, ThreadEpoch
-from mailbox_app.payloads import ChatMessage, TerminationReason
-from mailbox_app.requests import RunRequest
-from mailbox_app.states import RunStatus
 from runs_app import store as run_store
 from runs_app import threads
 from runs_app.models import IdempotencyRecord, Message, Run, RunStep, Thread
-from runs_app.payloads import RunRecord
 from tests.support.api import new_user, post_json, token_client
 from tests.support.waiting import wait_until
 

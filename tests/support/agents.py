@@ -7,9 +7,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from mailbox_app.executor import RunContext, RunResult
-from mailbox_app.payloads import ChatMessage
-from mailbox_app.requests import RunRequest
+from mailbox_app.agents.base import RunContext, RunResult
+from mailbox_app.contract.message import ChatMessage
+from mailbox_app.contract.requests import RunRequest
+from mailbox_app.contract.storage import TerminationReason
 
 
 @dataclass
@@ -64,8 +65,6 @@ class BlockingAgent:
         deadline = time.monotonic() + 30
         while not RECORDER.release.is_set() and time.monotonic() < deadline:
             if context.wait_cancelled(0.02):
-                from mailbox_app.payloads import TerminationReason
-
                 return RunResult(termination=TerminationReason(type="cancelled"))
         return RunResult(final_output="released")
 

@@ -17,10 +17,10 @@ from django.http import StreamingHttpResponse
 from rest_framework.request import Request
 
 from mailbox_app import events, service
-from mailbox_app.ids import now_ms, uuid7
-from mailbox_app.payloads import RunRecord, ToolCallResume
-from mailbox_app.redis_client import get_redis
-from mailbox_app.states import RunStatus
+from mailbox_app.contract.ids import now_ms, uuid7
+from mailbox_app.contract.lifecycle import RunStatus
+from mailbox_app.contract.storage import RunRecord
+from mailbox_app.contract.suspension import ToolCallResume
 from runs_app import selectors, store
 from runs_app.api.errors import ApiError, not_found
 from runs_app.api.inputs import InputError
@@ -126,8 +126,4 @@ def _waiting_run(thread_id: str) -> RunRecord:
 
 
 def _last_event_id(run_id: str) -> str:
-    entries: Any = get_redis().xrevrange(events.stream_key(run_id), count=1)
-    if not entries:
-        return START
-    event_id = entries[0][0]
-    return event_id.decode() if isinstance(event_id, bytes) else str(event_id)
+    return events.last_event_id(run_id) or START

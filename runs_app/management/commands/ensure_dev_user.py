@@ -1,3 +1,4 @@
+from io import StringIO
 from typing import Any
 
 from django.core.management import call_command
@@ -13,8 +14,6 @@ class Command(BaseCommand):
         parser.add_argument("--port", default="8000")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from io import StringIO
-
         out = StringIO()
         call_command("create_api_user", "admin", password="admin", staff=True, stdout=out)
         token = out.getvalue().strip()

@@ -1,12 +1,60 @@
-"""Immutable value objects the mailbox store returns (the reference's `RunDispatch` and friends)."""
+"""The dispatch queue's vocabulary (spec §2.1): dispatch statuses and the transitions between them, the
+dispatch record the mailbox store returns (the reference's `RunDispatch`), and a live run's address."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from enum import StrEnum
+from typing import Any, Protocol
 
-from mailbox_app.states import DispatchStatus
+
+class DispatchStatus(StrEnum):
+    QUEUED = "queued"
+    CLAIMED = "claimed"
+    ACKED = "acked"
+    CANCELLED = "cancelled"
+    SUPERSEDED = "superseded"
+    DEAD_LETTER = "dead_letter"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES: frozenset[DispatchStatus] = frozenset(
+    {
+        DispatchStatus.ACKED,
+        DispatchStatus.CANCELLED,
+        DispatchStatus.SUPERSEDED,
+        DispatchStatus.DEAD_LETTER,
+    }
+)
+
+
+# from-status -> statuses reachable in one step (T1..T13 of the contract; purge is a deletion).
+ALLOWED_TRANSITIONS: dict[DispatchStatus, frozenset[DispatchStatus]] = {
+    DispatchStatus.QUEUED: frozenset(
+        {DispatchStatus.CLAIMED, DispatchStatus.SUPERSEDED, DispatchStatus.CANCELLED}
+    ),
+    DispatchStatus.CLAIMED: frozenset(
+        {
+            DispatchStatus.ACKED,
+            DispatchStatus.QUEUED,
+            DispatchStatus.DEAD_LETTER,
+            DispatchStatus.SUPERSEDED,
+        }
+    ),
+    DispatchStatus.ACKED: frozenset(),
+    DispatchStatus.CANCELLED: frozenset(),
+    DispatchStatus.SUPERSEDED: frozenset(),
+    DispatchStatus.DEAD_LETTER: frozenset(),
+}
+
+
+def can_transition(source: DispatchStatus, target: DispatchStatus) -> bool:
+    """True when the state machine allows `source -> target` in one operation."""
+    return target in ALLOWED_TRANSITIONS[source]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,3 +134,30 @@ class MailboxInterrupt:
     active_dispatch: DispatchRecord | None
     superseded_count: int
     superseded_dispatches: list[DispatchRecord] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class LiveRunTarget:
+    thread_id: str
+    run_id: str
+    dispatch_id: str | None = None
+
+    @property
+    def channel(self) -> str:
+        return f"mailbox:live:{self.thread_id}:{self.run_id}:{self.dispatch_id or '-'}"
+
+
+class LocalRun(Protocol):
+    """A run this process executes, as the mailbox service sees it: addressable and able to take a live
+    command (cancel, messages, decision) without a Redis round trip."""
+
+    @property
+    def thread_id(self) -> str: ...
+
+    @property
+    def run_id(self) -> str: ...
+
+    @property
+    def dispatch_id(self) -> str: ...
+
+    def on_live_command(self, command: dict[str, Any]) -> bool: ...

@@ -19,21 +19,20 @@ from enum import StrEnum
 from django.conf import settings
 from django.db import close_old_connections, connection
 
-from mailbox_app import attempt, doorbells, metrics, store
-from mailbox_app.errors import NotFound, VersionConflict
-from mailbox_app.ids import now_ms, uuid7
-from mailbox_app.live import LiveRunTarget, LiveSubscription
+from mailbox_app import doorbells, metrics, store
+from mailbox_app.contract.ids import consumer_id, now_ms, uuid7
+from mailbox_app.contract.mailbox import DispatchRecord, DispatchStatus, LiveRunTarget
+from mailbox_app.contract.storage import NotFound, VersionConflict
+from mailbox_app.live import LiveSubscription
 from mailbox_app.locks import ThreadLock
-from mailbox_app.records import DispatchRecord
-from mailbox_app.registry import consumer_id, find_local_run, local_runs, register, unregister
-from mailbox_app.runtime import ActiveRun, call_agent
-from mailbox_app.states import DispatchStatus
+from mailbox_app.worker import attempt
+from mailbox_app.worker.registry import register, unregister
+from mailbox_app.worker.runtime import ActiveRun, call_agent
 
 log = logging.getLogger(__name__)
 MAX_DRAIN = 1000  # dispatches one drain runs before handing the thread back to a fresh doorbell
 
-__all__ = ["DispatchAttempt", "ExecutionReport", "consumer_id", "drain_thread", "execute_claimed",
-           "find_local_run", "local_runs"]  # fmt: skip
+__all__ = ["DispatchAttempt", "ExecutionReport", "drain_thread", "execute_claimed"]
 
 
 class DispatchAttempt(StrEnum):

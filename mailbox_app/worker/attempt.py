@@ -18,20 +18,21 @@ from django.conf import settings
 from django.db import transaction
 
 from mailbox_app import doorbells, events, history, metrics, service, store
+from mailbox_app.agents.base import MailboxRunOutcome, OutcomeKind, RunResult
 from mailbox_app.claim_policy import claim_policy
-from mailbox_app.errors import StoreError
-from mailbox_app.executor import MailboxRunOutcome, OutcomeKind, RunResult
+from mailbox_app.contract.ids import now_ms
+from mailbox_app.contract.lifecycle import RunStatus
+from mailbox_app.contract.mailbox import DispatchRecord, DispatchStatus, RunDispatchResult
+from mailbox_app.contract.message import ChatMessage
+from mailbox_app.contract.requests import RunRequest
+from mailbox_app.contract.storage import RunRecord, StoreError, TerminationReason
+from mailbox_app.contract.suspension import RunResumeDecision, ToolCallResume
 from mailbox_app.history import RunTranscript
-from mailbox_app.ids import now_ms
-from mailbox_app.payloads import ChatMessage, RunRecord, RunResumeDecision, TerminationReason, ToolCallResume
 from mailbox_app.ports import run_store
 from mailbox_app.preparation import reconstruct_from
 from mailbox_app.reconcile import emit_finish_on_commit, emit_on_commit, terminalize_run_for_dispatch
-from mailbox_app.records import DispatchRecord, RunDispatchResult
-from mailbox_app.requests import RunRequest
 from mailbox_app.retry import nack_backoff_ms
-from mailbox_app.runtime import FinalRun, dispatch_result, final_run, finished_run_result
-from mailbox_app.states import DispatchStatus, RunStatus
+from mailbox_app.worker.runtime import FinalRun, dispatch_result, final_run, finished_run_result
 
 log = logging.getLogger(__name__)
 

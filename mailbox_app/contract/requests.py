@@ -7,9 +7,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mailbox_app.errors import ValidationError as StoreValidationError
-from mailbox_app.ids import uuid7
-from mailbox_app.payloads import ChatMessage, ToolCallResume
+from mailbox_app.contract.ids import uuid7
+from mailbox_app.contract.message import ChatMessage
+from mailbox_app.contract.storage import ValidationError as StoreValidationError
+from mailbox_app.contract.suspension import ToolCallResume
 
 
 class RunMode(StrEnum):

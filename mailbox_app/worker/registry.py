@@ -8,7 +8,7 @@ import threading
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the registry holds them; it never calls into the runtime
-    from mailbox_app.runtime import ActiveRun
+    from mailbox_app.worker.runtime import ActiveRun
 
 _lock = threading.Lock()
 _runs: dict[str, ActiveRun] = {}

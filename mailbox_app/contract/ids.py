@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 import uuid
@@ -35,3 +36,8 @@ def uuid7() -> str:
 def now_ms() -> int:
     """The application clock, Unix milliseconds. Production passes this as `now` into every store call."""
     return time.time_ns() // 1_000_000
+
+
+def consumer_id() -> str:
+    """This process's name as a claimer (`host:pid`), written on the dispatches it claims."""
+    return f"{socket.gethostname()}:{os.getpid()}"

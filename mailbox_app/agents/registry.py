@@ -9,11 +9,11 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, register
 from django.utils.module_loading import import_string
 
-from mailbox_app.executor import AgentNotFound, ResolveFailed, RunExecutor
+from mailbox_app.agents.base import AgentNotFound, ResolveFailed, RunExecutor
 
 BUILTIN_AGENTS: dict[str, str] = {
-    "echo": "mailbox_app.echo.EchoAgent",
-    "default": "mailbox_app.echo.EchoAgent",
+    "echo": "mailbox_app.agents.echo.EchoAgent",
+    "default": "mailbox_app.agents.echo.EchoAgent",
 }
 DEFAULT_AGENT_ID = "echo"
 

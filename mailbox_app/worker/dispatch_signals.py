@@ -1,7 +1,9 @@
-"""Dispatch signals: a Celery message is a doorbell for a thread, never the truth.
+"""Handling a dispatch signal (a doorbell): drain the thread it names, and decide ack or retry.
 
-Lost, duplicated or late doorbells are harmless: the row in PostgreSQL is the queue, and the sweep
-rings again for every claimable thread. `handle_dispatch_signal` is `handle_dispatch_signal_entry`.
+A Celery message is a doorbell for a thread, never the truth. Lost, duplicated or late doorbells are
+harmless: the row in PostgreSQL is the queue, and the sweep rings again for every claimable thread.
+`handle_dispatch_signal` is the reference's `handle_dispatch_signal_entry`; ringing is
+`mailbox_app.doorbells` (sending only).
 """
 
 from __future__ import annotations
@@ -11,18 +13,12 @@ from enum import StrEnum
 
 from django.conf import settings
 
-from mailbox_app import doorbells, store
+from mailbox_app import store
 from mailbox_app.claim_policy import claim_policy
-from mailbox_app.execution import DispatchAttempt, drain_fair, drain_thread
-from mailbox_app.ids import now_ms
+from mailbox_app.contract.ids import now_ms
+from mailbox_app.contract.mailbox import DispatchStatus
 from mailbox_app.retry import blocked_signal_delay_ms
-from mailbox_app.states import DispatchStatus
-
-DISPATCH_TASK = doorbells.DISPATCH_TASK
-RUN_CLAIMED_TASK = doorbells.RUN_CLAIMED_TASK
-ring_on_commit = doorbells.ring_on_commit
-ring_at = doorbells.ring_at
-hand_over_claimed_on_commit = doorbells.hand_over_claimed_on_commit
+from mailbox_app.worker.execution import DispatchAttempt, drain_fair, drain_thread
 
 
 class SignalAction(StrEnum):

@@ -21,24 +21,13 @@ import time
 
 from django.conf import settings
 
-from mailbox_app.executor import (
-    InferenceFailed,
-    ResolveFailed,
-    RunContext,
-    RunResult,
-    resume_tool_call,
-)
-from mailbox_app.ids import now_ms
-from mailbox_app.payloads import (
-    ChatMessage,
-    Role,
-    RunWaitingState,
-    TerminationReason,
-    ToolCallResume,
-    WaitingTicket,
-)
+from mailbox_app.agents.base import InferenceFailed, ResolveFailed, RunContext, RunResult, resume_tool_call
+from mailbox_app.contract.ids import now_ms
+from mailbox_app.contract.message import ChatMessage, Role
+from mailbox_app.contract.requests import RunRequest
+from mailbox_app.contract.storage import TerminationReason
+from mailbox_app.contract.suspension import RunWaitingState, ToolCallResume, WaitingTicket
 from mailbox_app.redis_client import get_redis
-from mailbox_app.requests import RunRequest
 
 CANCEL_POLL_S = 0.05
 CANCELLED = TerminationReason(type="cancelled")

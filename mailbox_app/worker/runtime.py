@@ -13,21 +13,18 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from mailbox_app import events, service, steps
-from mailbox_app.agents import resolve_agent
-from mailbox_app.executor import (
-    Journal,
-    MailboxRunOutcome,
-    RunResult,
-    classify_error,
-)
+from mailbox_app.agents.base import Journal, MailboxRunOutcome, RunResult, classify_error
+from mailbox_app.agents.registry import resolve_agent
+from mailbox_app.contract.ids import now_ms
+from mailbox_app.contract.lifecycle import RunStatus
+from mailbox_app.contract.mailbox import DispatchRecord, RunDispatchResult
+from mailbox_app.contract.message import ChatMessage
+from mailbox_app.contract.requests import RunMode, RunOrigin, RunRequest
+from mailbox_app.contract.storage import RunRecord, TerminationReason
+from mailbox_app.contract.suspension import ToolCallResume
 from mailbox_app.history import RunTranscript
-from mailbox_app.ids import now_ms
 from mailbox_app.locks import lock_key
-from mailbox_app.payloads import ChatMessage, RunRecord, TerminationReason, ToolCallResume
 from mailbox_app.ports import run_store
-from mailbox_app.records import DispatchRecord, RunDispatchResult
-from mailbox_app.requests import RunMode, RunOrigin, RunRequest
-from mailbox_app.states import RunStatus
 from mailbox_app.timeouts import TIMED_OUT
 
 log = logging.getLogger(__name__)

@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, runtime_checkable
 
-from mailbox_app.payloads import ChatMessage, RunWaitingState, TerminationReason, ToolCallResume
-from mailbox_app.requests import RunRequest
+from mailbox_app.contract.message import ChatMessage
+from mailbox_app.contract.requests import RunRequest
+from mailbox_app.contract.storage import TerminationReason
+from mailbox_app.contract.suspension import RunWaitingState, ToolCallResume
 
 
 class ExecutorError(Exception):
