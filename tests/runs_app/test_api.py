@@ -34,7 +34,7 @@ def test_background_submit_creates_run_and_dispatch(alice: APIClient) -> None:
     resp = _post(alice, "/api/v1/threads/t1/mailbox", {"messages": MSG, "agent_id": "echo"})
     assert resp.status_code == 201, resp.content
     body = resp.json()
-    assert body["thread_id"] == "t1" and body["status"] in {"queued", "running"}
+    assert body["thread_id"] == "t1" and body["status"] == "running", "an idle thread is claimed inline"
     dispatch = alice.get(f"/api/v1/dispatches/{body['dispatch_id']}").json()
     assert dispatch["run_id"] == body["run_id"] and "claim_token" not in dispatch
     listing = alice.get("/api/v1/threads/t1/mailbox").json()
@@ -193,9 +193,10 @@ def test_idempotency_key_replays_first_answer(alice: APIClient) -> None:
 
 
 def test_cancel_queued_dispatch_by_id(alice: APIClient) -> None:
+    first = _post(alice, "/api/v1/threads/t-cx/mailbox", {"messages": MSG}).json()
+    assert first["status"] == "running"  # claimed inline: the idle thread's first dispatch
     body = _post(alice, "/api/v1/threads/t-cx/mailbox", {"messages": MSG}).json()
-    if body["status"] == "running":  # claimed inline: cancel a second, queued one instead
-        body = _post(alice, "/api/v1/threads/t-cx/mailbox", {"messages": MSG}).json()
+    assert body["status"] == "queued"
     resp = _post(alice, f"/api/v1/dispatches/{body['dispatch_id']}/cancel", {})
     assert resp.status_code == 202 and resp.json()["status"] == "cancel_requested"
     assert store.load_dispatch(body["dispatch_id"]).status is DispatchStatus.CANCELLED
@@ -209,9 +210,10 @@ def test_interrupt_supersedes_queued(alice: APIClient) -> None:
     assert resp.status_code == 202
     data = resp.json()
     assert data["status"] == "interrupt_requested"
-    assert data["superseded_dispatches"] + (1 if data["active_dispatch_id"] else 0) == 2
+    # the first was claimed inline (idle thread): it is the active one, reported and not superseded
+    assert data["superseded_dispatches"] == 1 and data["active_dispatch_id"] == first["dispatch_id"]
     assert store.load_dispatch(second["dispatch_id"]).status is DispatchStatus.SUPERSEDED
-    assert first["dispatch_id"] in {data["active_dispatch_id"], first["dispatch_id"]}
+    assert store.load_dispatch(first["dispatch_id"]).status is DispatchStatus.CLAIMED
 
 
 def test_schema_is_served(alice: APIClient) -> None:
