@@ -152,7 +152,7 @@ DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 if _env_bool("DB_SERVER_SIDE_BINDING", True):
     DATABASES["default"]["OPTIONS"].setdefault("server_side_binding", True)
     DATABASES["default"]["OPTIONS"].setdefault("prepare_threshold", 2)
-# Long transactions pin the xmin horizon and bloat queue tables (pitfalls.md): cap idle-in-transaction.
+# Long transactions pin the xmin horizon and bloat queue tables (docs/pitfalls.md §3): cap idle ones.
 DATABASES["default"]["OPTIONS"].setdefault(
     "options", f"-c idle_in_transaction_session_timeout={_env_int('DB_IDLE_TX_TIMEOUT_MS', 60_000)}"
 )

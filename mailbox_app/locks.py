@@ -2,7 +2,7 @@
 
 It saves work (two processes never both start a thread); PostgreSQL's fenced writes decide correctness.
 `thread_local=False` so the lease-renewal thread can extend it; `replace_ttl=True` so renewals do not
-grow the TTL without bound (pitfalls.md).
+grow the TTL without bound (docs/pitfalls.md §2).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Hand-written SQL for the hot store operations (claim, fenced writes, sweep).
 
-The ORM costs several times more per cycle on these paths (see pitfalls.md); everything else is ORM.
+The ORM costs several times more per cycle on these paths (see docs/pitfalls.md §3); everything else is ORM.
 Statements use named parameters and are executed through Django's connection.
 """
 

@@ -4,7 +4,7 @@ Each worker is started as `python -m celery -A awaken_project worker` in its own
 (`start_new_session=True`), so a test can `kill -9` a whole worker (main process and pool children) the
 way an OOM killer or a lost node would. The test process submits through the service (its doorbells go
 to the same Redis broker) and reads the durable truth (dispatch rows, run records, event streams). It
-never relies on Celery redelivery for recovery (pitfalls.md): it drives `maintenance.sweep()` the way
+never relies on Celery redelivery for recovery (docs/pitfalls.md §1): it drives `maintenance.sweep()` the way
 celery beat does, in a loop with a deadline.
 """
 
