@@ -331,7 +331,7 @@ def test_startup_recovery_reclaims_expired_claims_and_executes_them(worker: Any)
     assert dead.dispatch_instance_id is not None, "it was re-executed"
     assert dead.run_error is not None and "missing-agent" in dead.run_error
     assert dead.last_error is not None and "missing-agent" in dead.last_error
-    # the runtime-trace projection describes the failed attempt as finished with an error (spec §4.12.10)
+    # the runtime-trace projection describes the failed attempt as finished with an error (spec §4.12 step 10)
     assert dead.run_status == RunStatus.DONE.value
     assert isinstance(dead.termination, dict) and dead.termination.get("type") == "error"
     assert "missing-agent" in str(dead.termination.get("value"))
