@@ -32,7 +32,7 @@ TERMINAL_STATUSES: frozenset[DispatchStatus] = frozenset(
 )
 
 
-# from-status -> statuses reachable in one step (T1..T13 of the contract; purge is a deletion).
+# from-status -> statuses reachable in one step (T1..T13 of spec §2.1; purge is a deletion).
 ALLOWED_TRANSITIONS: dict[DispatchStatus, frozenset[DispatchStatus]] = {
     DispatchStatus.QUEUED: frozenset(
         {DispatchStatus.CLAIMED, DispatchStatus.SUPERSEDED, DispatchStatus.CANCELLED}

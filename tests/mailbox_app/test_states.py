@@ -30,7 +30,7 @@ D = DispatchStatus.DEAD_LETTER
 
 # --- dispatch state machine (contract §2.1) ---------------------------------------------------
 
-# Every (from, to) pair the contract's transition table T1..T13 allows; anything else is forbidden.
+# Every (from, to) pair the transition table T1..T13 of contract §2.1 allows; anything else is forbidden.
 # T14 (purge) deletes a row and is not a status transition.
 EXPECTED_DISPATCH_TRANSITIONS: dict[tuple[DispatchStatus, DispatchStatus], str] = {
     (Q, C): "T2 claim / T3 claim_dispatch",
