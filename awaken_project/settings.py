@@ -10,8 +10,7 @@ from pathlib import Path
 from django.core.exceptions import ImproperlyConfigured
 
 from awaken_project.envurls import database_from_url
-from mailbox_app.claim_policy import ClaimPolicy
-from mailbox_app.config import ConfigError, MailboxConfig
+from mailbox_app.config import ClaimPolicy, ConfigError, MailboxConfig
 from mailbox_app.metrics_access import DEFAULT_ALLOWED_NETWORKS as DEFAULT_METRICS_NETWORKS
 from mailbox_app.metrics_access import parse_networks as parse_metrics_networks
 from mailbox_app.webhook_targets import WebhookTargetError
@@ -159,6 +158,8 @@ DATABASES["default"]["OPTIONS"].setdefault(
 
 # --- redis / celery ---------------------------------------------------------------------------
 REDIS_URL = ENV.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+# the apps' Redis (locks, live commands, event streams): the apps read AWAKEN_* settings only
+AWAKEN_REDIS_URL = REDIS_URL
 CELERY_BROKER_URL = ENV.get("CELERY_BROKER_URL", REDIS_URL)
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
@@ -177,6 +178,8 @@ CELERY_DB_REUSE_MAX = _env_int("CELERY_DB_REUSE_MAX", 1000)
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 
 # --- mailbox ----------------------------------------------------------------------------------
+# The environment parsed into the apps' AWAKEN_* settings. The apps read them through
+# mailbox_app.conf.awaken_settings, whose defaults equal the ones here (tests/mailbox_app/test_conf.py).
 try:
     AWAKEN_MAILBOX = MailboxConfig.from_env(ENV)
 except ConfigError as exc:  # stop start-up with the variable's name, not a traceback

@@ -15,8 +15,7 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
 
-from django.conf import settings
-
+from mailbox_app.conf import awaken_settings
 from mailbox_app.contract.ids import uuid7
 from mailbox_app.contract.mailbox import LiveRunTarget, LocalRun
 from mailbox_app.redis_client import get_redis
@@ -55,7 +54,7 @@ class LiveDeliveryOutcome(StrEnum):
 
 
 def _ack_timeout_s() -> float:
-    return float(getattr(settings, "AWAKEN_LIVE_ACK_TIMEOUT_MS", 500)) / 1000
+    return float(awaken_settings.LIVE_ACK_TIMEOUT_MS) / 1000
 
 
 def deliver_live_to(

@@ -7,11 +7,11 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 
-from django.conf import settings
 from django.dispatch import Signal
 from redis.exceptions import RedisError
 
 from mailbox_app import doorbells, epochs, metrics, service, steps, store, timeouts
+from mailbox_app.conf import awaken_settings
 from mailbox_app.contract.ids import now_ms
 from mailbox_app.contract.lifecycle import RunStatus
 from mailbox_app.contract.mailbox import DispatchStatus
@@ -107,9 +107,9 @@ def gc_counts(*, now: int | None = None) -> dict[str, int]:
     AWAKEN_GC_MAX_PER_TICK), then the `gc_ran` receivers; how many rows each purge removed, by name.
     A receiver reports `{name: count}` (a bare count is filed under its function's name)."""
     stamp = now_ms() if now is None else now
-    counts = {"dispatches": store.purge_terminal(stamp - settings.AWAKEN_MAILBOX.gc_ttl_ms)}
-    counts["epochs"] = epochs.purge_orphaned_epochs(limit=settings.AWAKEN_GC_MAX_PER_TICK)
-    counts["steps"] = steps.purge_journals(stamp - settings.AWAKEN_MAILBOX.gc_ttl_ms)  # of long-done runs
+    counts = {"dispatches": store.purge_terminal(stamp - awaken_settings.MAILBOX.gc_ttl_ms)}
+    counts["epochs"] = epochs.purge_orphaned_epochs(limit=awaken_settings.GC_MAX_PER_TICK)
+    counts["steps"] = steps.purge_journals(stamp - awaken_settings.MAILBOX.gc_ttl_ms)  # of long-done runs
     for receiver, result in gc_ran.send_robust(sender=gc, now=stamp):
         if isinstance(result, Exception):
             log.warning("gc receiver %r failed", receiver, exc_info=result)
@@ -161,8 +161,8 @@ def wake_orphaned_background_waits() -> int:
 
 def recover_with_retry(*, attempts: int | None = None, delay_ms: int | None = None) -> RecoveryReport:
     """`recover` with the retry policy of `MailboxStartupRecoveryConfig` (values < 1 mean 1)."""
-    tries = max(settings.AWAKEN_STARTUP_RECOVERY_MAX_ATTEMPTS if attempts is None else attempts, 1)
-    pause = (delay_ms if delay_ms is not None else settings.AWAKEN_STARTUP_RECOVERY_RETRY_DELAY_MS) / 1000
+    tries = max(awaken_settings.STARTUP_RECOVERY_MAX_ATTEMPTS if attempts is None else attempts, 1)
+    pause = (delay_ms if delay_ms is not None else awaken_settings.STARTUP_RECOVERY_RETRY_DELAY_MS) / 1000
     for attempt in range(1, tries + 1):
         try:
             return recover()

@@ -13,7 +13,6 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
@@ -21,13 +20,14 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from mailbox_app import metrics  # noqa: F401  (the mailbox's metrics exist in every scraping process)
+from mailbox_app.conf import awaken_settings
 from mailbox_app.metrics_access import may_scrape
 
 _LIVE_GAUGE_FILE = re.compile(r"^gauge_live\w+_(\d+)\.db$")
 
 
 def metric_dirs() -> list[Path]:
-    root = settings.AWAKEN_METRICS_DIR
+    root = awaken_settings.METRICS_DIR
     if root:
         base = Path(root)
         return [base, *sorted(p for p in base.iterdir() if p.is_dir())] if base.is_dir() else []
@@ -85,8 +85,8 @@ def metrics_endpoint(request: HttpRequest) -> HttpResponse:
     allowed = may_scrape(
         request.META.get("REMOTE_ADDR", ""),
         request.headers.get("Authorization", ""),
-        token=settings.AWAKEN_METRICS_TOKEN,
-        networks=settings.AWAKEN_METRICS_ALLOWED_NETWORKS,
+        token=awaken_settings.METRICS_TOKEN,
+        networks=awaken_settings.METRICS_ALLOWED_NETWORKS,
     )
     if not allowed:
         response = HttpResponse(b"metrics: not allowed from here without the bearer token\n", status=403)

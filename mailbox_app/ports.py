@@ -10,8 +10,7 @@ from functools import cache
 from importlib import import_module
 from typing import Protocol, cast
 
-from django.conf import settings
-
+from mailbox_app.conf import awaken_settings
 from mailbox_app.contract.lifecycle import RunStatus
 from mailbox_app.contract.message import ChatMessage, MessageRecord
 from mailbox_app.contract.storage import RunPage, RunRecord, TerminationReason, ThreadRecord
@@ -117,4 +116,4 @@ def _load(path: str) -> RunStore:
 
 
 def run_store() -> RunStore:
-    return _load(getattr(settings, "AWAKEN_RUN_STORE", "runs_app.store"))
+    return _load(awaken_settings.RUN_STORE)

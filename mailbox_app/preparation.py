@@ -3,8 +3,7 @@ the request from the run snapshot + thread log when a worker executes it (spec Â
 
 from __future__ import annotations
 
-from django.conf import settings
-
+from mailbox_app.conf import awaken_settings
 from mailbox_app.contract.ids import now_ms, uuid7
 from mailbox_app.contract.lifecycle import RunStatus
 from mailbox_app.contract.mailbox import DispatchRecord
@@ -88,7 +87,7 @@ def prepare_run_for_dispatch(
             updated_at=now,
             state=previous.state if inherit and previous else None,
             metadata=request.metadata or {},
-            timeout_ms=request.timeout_ms or settings.AWAKEN_RUN_TIMEOUT_MS,
+            timeout_ms=request.timeout_ms or awaken_settings.RUN_TIMEOUT_MS,
         )
     prepared = record.model_copy(update={"request": _snapshot(request, normalized), "updated_at": now})
     # the store sets `input` (range 1..last seq, trigger ids) under the thread lock it appends with
@@ -129,7 +128,7 @@ def build_dispatch(request: RunRequest, thread_id: str, *, now: int | None = Non
         priority=DEFAULT_PRIORITY if request.priority is None else request.priority,
         dedupe_key=request.dedupe_key,
         available_at=stamp + request.start_after_ms,
-        max_attempts=settings.AWAKEN_MAILBOX.default_max_attempts,
+        max_attempts=awaken_settings.MAILBOX.default_max_attempts,
         created_at=stamp,
         updated_at=stamp,
         request=snapshot.model_dump(mode="json"),

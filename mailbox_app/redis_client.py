@@ -6,7 +6,8 @@ import os
 import threading
 
 import redis
-from django.conf import settings
+
+from mailbox_app.conf import awaken_settings
 
 _lock = threading.Lock()
 _client: redis.Redis | None = None
@@ -17,6 +18,6 @@ def get_redis() -> redis.Redis:
     global _client, _pid
     with _lock:
         if _client is None or _pid != os.getpid():
-            _client = redis.Redis.from_url(settings.REDIS_URL, health_check_interval=30)
+            _client = redis.Redis.from_url(awaken_settings.REDIS_URL, health_check_interval=30)
             _pid = os.getpid()
         return _client

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.conf import settings
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
+
+from mailbox_app.conf import awaken_settings
 
 PERIODIC_TASKS = {
     "mailbox: sweep expired leases": ("mailbox.sweep", "sweep_interval_ms"),
@@ -18,7 +19,7 @@ PERIODIC_TASKS = {
 
 def sync_periodic_tasks(**_: Any) -> int:
     """Create or update the periodic tasks; returns how many rows were created or changed."""
-    config = settings.AWAKEN_MAILBOX
+    config = awaken_settings.MAILBOX
     changed = 0
     for name, (task, interval_field) in PERIODIC_TASKS.items():
         every_ms = int(getattr(config, interval_field))

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from django.conf import settings
 from django.db import transaction
 
 from mailbox_app import doorbells, history, store
+from mailbox_app.conf import awaken_settings
 from mailbox_app.contract.ids import consumer_id, now_ms
 from mailbox_app.contract.lifecycle import RunStatus
 from mailbox_app.contract.mailbox import DispatchRecord, DispatchStatus, LiveRunTarget, MailboxInterrupt
@@ -137,7 +137,7 @@ def submit(
         dispatch = dispatch.replace(available_at=now + INLINE_CLAIM_GUARD_MS)
         store.enqueue(dispatch, owner_key=_owner_key(owner_id))
         claimed = store.claim_dispatch(
-            dispatch.dispatch_id, consumer_id(), settings.AWAKEN_MAILBOX.lease_ms, now
+            dispatch.dispatch_id, consumer_id(), awaken_settings.MAILBOX.lease_ms, now
         )
         if claimed is None and store.blocking_limit(dispatch.agent_key, store.thread_owner_key(thread_id)):
             # a concurrency limit holds it: it waits its turn in the queue (a freed slot claims it)
@@ -171,7 +171,7 @@ def submit_background(
         dispatch, run_id = _prepare_and_enqueue(request.with_(thread_id=thread_id), messages, owner_id)
         if reject_if_busy and store.thread_busy(thread_id, excluding=dispatch.dispatch_id):
             raise ThreadBusy(thread_id)  # rolls back the run, its messages and the dispatch
-        claimed = store.claim(thread_id, consumer_id(), settings.AWAKEN_MAILBOX.lease_ms, now_ms())
+        claimed = store.claim(thread_id, consumer_id(), awaken_settings.MAILBOX.lease_ms, now_ms())
         if claimed:
             doorbells.hand_over_claimed_on_commit(
                 thread_id, claimed[0].dispatch_id, claimed[0].claim_token or ""
@@ -273,7 +273,7 @@ def cancel_active_dispatch(active: DispatchRecord, *, wait: bool) -> bool:
     delivered = _deliver(target, {"kind": "cancel"})
     if not wait:
         return True
-    deadline = time.monotonic() + settings.AWAKEN_REMOTE_CANCEL_WAIT_MS / 1000
+    deadline = time.monotonic() + awaken_settings.REMOTE_CANCEL_WAIT_MS / 1000
     while True:
         current = store.load_dispatch(active.dispatch_id)
         if current is None or current.status is not DispatchStatus.CLAIMED:
@@ -391,7 +391,7 @@ def send_decision(
 
 def _wait_not_running(run: RunRecord) -> RunRecord:
     """The run once it has left Running under the same dispatch (bounded by AWAKEN_REMOTE_CANCEL_WAIT_MS)."""
-    deadline = time.monotonic() + settings.AWAKEN_REMOTE_CANCEL_WAIT_MS / 1000
+    deadline = time.monotonic() + awaken_settings.REMOTE_CANCEL_WAIT_MS / 1000
     while True:
         current = run_store().load_run(run_id=run.run_id) or run
         ended = current.status is not RunStatus.RUNNING or current.dispatch_id != run.dispatch_id

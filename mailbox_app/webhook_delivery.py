@@ -23,10 +23,10 @@ from enum import StrEnum
 from typing import Any
 
 import urllib3
-from django.conf import settings
 from django.db import connection, transaction
 
 from mailbox_app import webhooks
+from mailbox_app.conf import awaken_settings
 from mailbox_app.contract.ids import now_ms
 from mailbox_app.webhook_targets import (
     Target,
@@ -135,13 +135,13 @@ SELECT count(*) FROM gone
 def backoff_ms(attempt: int) -> int:
     """Delay after failed attempt `attempt` (1-based): min(base × 2^(attempt−1), max)."""
     exponent = min(max(attempt - 1, 0), BACKOFF_MAX_EXPONENT)
-    delay = settings.AWAKEN_WEBHOOK_RETRY_DELAY_MS * (1 << exponent)
-    return int(min(delay, settings.AWAKEN_WEBHOOK_MAX_RETRY_DELAY_MS))
+    delay = awaken_settings.WEBHOOK_RETRY_DELAY_MS * (1 << exponent)
+    return int(min(delay, awaken_settings.WEBHOOK_MAX_RETRY_DELAY_MS))
 
 
 def _lease_ms() -> int:
     """How long an attempt holds its row: its connect and read timeouts, with room to spare."""
-    return 2 * settings.AWAKEN_WEBHOOK_TIMEOUT_MS + 10_000
+    return 2 * awaken_settings.WEBHOOK_TIMEOUT_MS + 10_000
 
 
 def _execute(statement: str, params: dict[str, Any]) -> int:
@@ -176,7 +176,7 @@ def headers_for(claimed: ClaimedDelivery, body: bytes) -> dict[str, str]:
         webhooks.IDEMPOTENCY_HEADER: claimed.delivery_id,
         "X-Awaken-Attempt": str(claimed.attempt),
     }
-    secret = settings.AWAKEN_WEBHOOK_SECRET
+    secret = awaken_settings.WEBHOOK_SECRET
     if secret:
         headers[webhooks.SIGNATURE_HEADER] = webhooks.signature(body, secret)
     return headers
@@ -184,7 +184,7 @@ def headers_for(claimed: ClaimedDelivery, body: bytes) -> dict[str, str]:
 
 def post(target: Target, address: str, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
     """POST to `address` (a checked address of the target's host); returns (status, a bit of the body)."""
-    seconds = settings.AWAKEN_WEBHOOK_TIMEOUT_MS / 1000
+    seconds = awaken_settings.WEBHOOK_TIMEOUT_MS / 1000
     timeout = urllib3.Timeout(connect=seconds, read=seconds)
     pool: urllib3.HTTPConnectionPool
     if target.scheme == "https":
@@ -223,7 +223,7 @@ def _send(claimed: ClaimedDelivery) -> tuple[int | None, str | None, bool]:
     body = webhooks.body_of(claimed.delivery_id, claimed.event, claimed.created_at, claimed.payload)
     try:
         target = parse_target(claimed.url)
-        addresses = resolve(target, allow_private=settings.AWAKEN_WEBHOOK_ALLOW_PRIVATE)
+        addresses = resolve(target, allow_private=awaken_settings.WEBHOOK_ALLOW_PRIVATE)
     except TargetRefused as exc:
         return None, f"refused: {exc}", True
     except WebhookTargetError as exc:
@@ -261,7 +261,7 @@ def deliver(delivery_id: str) -> DeliveryOutcome:
     if error is None:
         _execute(DELIVERED, params)
         return DeliveryOutcome.DELIVERED
-    if give_up or claimed.attempt >= settings.AWAKEN_WEBHOOK_MAX_ATTEMPTS:
+    if give_up or claimed.attempt >= awaken_settings.WEBHOOK_MAX_ATTEMPTS:
         _execute(GAVE_UP, params)
         log.warning("webhook %s gave up after %d attempts: %s", delivery_id, claimed.attempt, error)
         return DeliveryOutcome.GAVE_UP
@@ -310,4 +310,4 @@ def purge_delivered(*, before: int) -> int:
 
 def purge_on_gc(*, now: int, **_: Any) -> int:
     """The `maintenance.gc_ran` receiver: delivered rows live as long as terminal dispatches."""
-    return purge_delivered(before=now - settings.AWAKEN_MAILBOX.gc_ttl_ms)
+    return purge_delivered(before=now - awaken_settings.MAILBOX.gc_ttl_ms)

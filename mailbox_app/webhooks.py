@@ -22,9 +22,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from celery import current_app
-from django.conf import settings
 from django.db import connection, transaction
 
+from mailbox_app.conf import awaken_settings
 from mailbox_app.contract.ids import now_ms, uuid7
 from mailbox_app.contract.lifecycle import RunStatus
 from mailbox_app.contract.storage import RunRecord
@@ -85,7 +85,7 @@ def record_run_event(run: RunRecord) -> str | None:
         "event": event,
         "payload": run.model_dump_json(),
         "now": now_ms(),
-        "default_url": settings.AWAKEN_WEBHOOK_URL,
+        "default_url": awaken_settings.WEBHOOK_URL,
     }
     with connection.cursor() as cursor:
         cursor.execute(RECORD_EVENT, params)
@@ -98,7 +98,7 @@ def record_run_event(run: RunRecord) -> str | None:
 
 
 def _after_commit(delivery_id: str) -> None:
-    if getattr(settings, "AWAKEN_FAULT_POINT", "") == FAULT_BEFORE_DELIVERY:
+    if awaken_settings.FAULT_POINT == FAULT_BEFORE_DELIVERY:
         os._exit(137)
     ring(delivery_id)
 

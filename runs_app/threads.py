@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from typing import Any
 
-from django.conf import settings
 from django.db import connection, transaction
 
+from mailbox_app.conf import awaken_settings
 from mailbox_app.contract.storage import ThreadRecord
 from runs_app import sql, store, thread_sql
 from runs_app.models import Thread
@@ -229,7 +229,7 @@ def expire_threads(*, now: int, ttl_ms: int, limit: int) -> int:
 
 def expire_on_gc(*, now: int, **_: Any) -> dict[str, int]:
     """The mailbox GC's `gc_ran` receiver: threads past AWAKEN_THREAD_TTL_MS (0: off), bounded per tick."""
-    ttl_ms = int(settings.AWAKEN_THREAD_TTL_MS)
+    ttl_ms = int(awaken_settings.THREAD_TTL_MS)
     if ttl_ms <= 0:
         return {"threads_expired": 0}
-    return {"threads_expired": expire_threads(now=now, ttl_ms=ttl_ms, limit=settings.AWAKEN_GC_MAX_PER_TICK)}
+    return {"threads_expired": expire_threads(now=now, ttl_ms=ttl_ms, limit=awaken_settings.GC_MAX_PER_TICK)}

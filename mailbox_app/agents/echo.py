@@ -19,9 +19,8 @@ from __future__ import annotations
 import json
 import time
 
-from django.conf import settings
-
 from mailbox_app.agents.base import InferenceFailed, ResolveFailed, RunContext, RunResult, resume_tool_call
+from mailbox_app.conf import awaken_settings
 from mailbox_app.contract.ids import now_ms
 from mailbox_app.contract.message import ChatMessage, Role
 from mailbox_app.contract.requests import RunRequest
@@ -108,7 +107,7 @@ class EchoAgent:
         # the same id in every attempt of this dispatch, so a re-run asks for (and resumes) the same call
         call_id = f"call-{context.dispatch_id}"
         context.emit("tool_call_start", {"tool_call_id": call_id, "name": "approve", "question": question})
-        hold_s = float(getattr(settings, "AWAKEN_LIVE_SUSPEND_HOLD_MS", 0)) / 1000
+        hold_s = float(awaken_settings.LIVE_SUSPEND_HOLD_MS) / 1000
         decision = None
         if hold_s > 0:
             context.set_suspended(True)

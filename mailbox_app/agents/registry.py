@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from django.conf import settings
 from django.core.checks import CheckMessage, Error, register
 from django.utils.module_loading import import_string
 
 from mailbox_app.agents.base import AgentNotFound, ResolveFailed, RunExecutor
+from mailbox_app.conf import awaken_settings
 
 BUILTIN_AGENTS: dict[str, str] = {
     "echo": "mailbox_app.agents.echo.EchoAgent",
@@ -19,7 +19,7 @@ DEFAULT_AGENT_ID = "echo"
 
 
 def configured_agents() -> Mapping[str, str]:
-    return {**BUILTIN_AGENTS, **getattr(settings, "AWAKEN_AGENTS", {})}
+    return {**BUILTIN_AGENTS, **awaken_settings.AGENTS}
 
 
 def resolve_agent(agent_id: str | None) -> RunExecutor:

@@ -14,12 +14,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from django.conf import settings
 from django.db import transaction
 
 from mailbox_app import doorbells, events, history, metrics, service, store
 from mailbox_app.agents.base import MailboxRunOutcome, OutcomeKind, RunResult
 from mailbox_app.claim_policy import claim_policy
+from mailbox_app.conf import awaken_settings
 from mailbox_app.contract.ids import now_ms
 from mailbox_app.contract.lifecycle import RunStatus
 from mailbox_app.contract.mailbox import DispatchRecord, DispatchStatus, RunDispatchResult
@@ -87,7 +87,7 @@ def start(dispatch: DispatchRecord, instance_id: str, consumer_id: str) -> Start
                 instance_id,
                 consumer_id,
                 now,
-                lease_ms=settings.AWAKEN_MAILBOX.lease_ms,
+                lease_ms=awaken_settings.MAILBOX.lease_ms,
             )
             if started is None:
                 raise _FenceLost
@@ -287,7 +287,7 @@ def _settle(
     if outcome.kind is OutcomeKind.COMPLETED:
         return store.try_settle(dispatch.dispatch_id, token, store.Settle.ACK, trace, now)
     if outcome.kind is OutcomeKind.TRANSIENT_ERROR:
-        config = settings.AWAKEN_MAILBOX
+        config = awaken_settings.MAILBOX
         retry_at = now + nack_backoff_ms(
             dispatch.attempt_count, base_ms=config.default_retry_delay_ms, max_ms=config.max_retry_delay_ms
         )
@@ -377,7 +377,7 @@ def _claim_next(settled: DispatchRecord, consumer_id: str | None, now: int) -> D
     just settled included), or — with fairness off — the same thread's next, as the reference drains."""
     if consumer_id is None:
         return None
-    lease_ms = settings.AWAKEN_MAILBOX.lease_ms
+    lease_ms = awaken_settings.MAILBOX.lease_ms
     if claim_policy().fair:
         return store.claim_next_fair(consumer_id, lease_ms, now)
     claimed = store.claim(settled.thread_id, consumer_id, lease_ms, now)

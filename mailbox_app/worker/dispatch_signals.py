@@ -11,10 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from django.conf import settings
-
 from mailbox_app import store
 from mailbox_app.claim_policy import claim_policy
+from mailbox_app.conf import awaken_settings
 from mailbox_app.contract.ids import now_ms
 from mailbox_app.contract.mailbox import DispatchStatus
 from mailbox_app.retry import blocked_signal_delay_ms
@@ -45,8 +44,8 @@ def handle_dispatch_signal(
         return SignalDecision(SignalAction.ACK, attempt)
     delay = blocked_signal_delay_ms(
         deliveries,
-        base_ms=settings.AWAKEN_DISPATCH_SIGNAL_NACK_BASE_DELAY_MS,
-        max_ms=settings.AWAKEN_DISPATCH_SIGNAL_NACK_MAX_DELAY_MS,
+        base_ms=awaken_settings.DISPATCH_SIGNAL_NACK_BASE_DELAY_MS,
+        max_ms=awaken_settings.DISPATCH_SIGNAL_NACK_MAX_DELAY_MS,
     )
     if attempt is DispatchAttempt.TRANSIENT_ERROR:
         return SignalDecision(SignalAction.RETRY, attempt, delay)

@@ -16,10 +16,10 @@ import time
 from dataclasses import dataclass
 from enum import StrEnum
 
-from django.conf import settings
 from django.db import close_old_connections, connection
 
 from mailbox_app import doorbells, metrics, store
+from mailbox_app.conf import awaken_settings
 from mailbox_app.contract.ids import consumer_id, now_ms, uuid7
 from mailbox_app.contract.mailbox import DispatchRecord, DispatchStatus, LiveRunTarget
 from mailbox_app.contract.storage import NotFound, VersionConflict
@@ -44,7 +44,7 @@ class DispatchAttempt(StrEnum):
 
 def fault(point: str) -> None:
     """Test hook: die at a named step when AWAKEN_FAULT_POINT names it (crash-recovery tests)."""
-    if getattr(settings, "AWAKEN_FAULT_POINT", "") == point:
+    if point == awaken_settings.FAULT_POINT:
         os._exit(137)
 
 
@@ -93,7 +93,7 @@ class LeaseRenewer:
             connection.close()
 
     def _renew_until_stopped(self) -> None:
-        config = settings.AWAKEN_MAILBOX
+        config = awaken_settings.MAILBOX
         interval_s = config.lease_renewal_interval_ms / 1000
         lease_until = self._dispatch.lease_until or now_ms() + config.lease_ms
         wait_s = interval_s
@@ -153,7 +153,7 @@ def execute_claimed(dispatch: DispatchRecord, *, claim_next: bool = False) -> Ex
     With `claim_next`, the finish transaction also claims the thread's next dispatch for this worker
     (returned in the report: the caller must execute it)."""
     token = dispatch.claim_token or ""
-    lock = ThreadLock(dispatch.thread_id, token, settings.AWAKEN_MAILBOX.lease_ms)
+    lock = ThreadLock(dispatch.thread_id, token, awaken_settings.MAILBOX.lease_ms)
     acquired = _acquire_soon(lock, dispatch.dispatch_id)
     if acquired is None:
         return ExecutionReport(dispatch.dispatch_id, "lost")
@@ -293,7 +293,7 @@ def drain_thread(thread_id: str, *, first: DispatchRecord | None = None) -> Disp
     if dispatch is None:
         close_old_connections()
         try:
-            claimed = store.claim(thread_id, consumer_id(), settings.AWAKEN_MAILBOX.lease_ms, now_ms())
+            claimed = store.claim(thread_id, consumer_id(), awaken_settings.MAILBOX.lease_ms, now_ms())
         except Exception:
             log.exception("claim failed for thread %s", thread_id)
             return DispatchAttempt.TRANSIENT_ERROR
@@ -322,7 +322,7 @@ def drain_fair() -> DispatchAttempt:
     """Claim the fairest eligible dispatch across threads (`store.claim_next_fair`) and drain from it."""
     close_old_connections()
     try:
-        claimed = store.claim_next_fair(consumer_id(), settings.AWAKEN_MAILBOX.lease_ms, now_ms())
+        claimed = store.claim_next_fair(consumer_id(), awaken_settings.MAILBOX.lease_ms, now_ms())
     except Exception:
         log.exception("fair claim failed")
         return DispatchAttempt.TRANSIENT_ERROR

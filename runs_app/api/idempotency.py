@@ -25,9 +25,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
-from django.conf import settings
 from django.db import connection, transaction
 
+from mailbox_app.conf import awaken_settings
 from mailbox_app.contract.ids import now_ms
 from runs_app.api.errors import ApiError
 from runs_app.models import IdempotencyRecord
@@ -116,7 +116,7 @@ class _KeyRecorder:
 
 
 def _cutoff(now: int) -> int:
-    return now - int(settings.AWAKEN_IDEMPOTENCY_TTL_MS)
+    return now - int(awaken_settings.IDEMPOTENCY_TTL_MS)
 
 
 def _answer(user_id: int, key: str, fingerprint: str) -> Outcome | None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from django.conf import settings
 from rest_framework import serializers
 
+from mailbox_app.conf import awaken_settings
 from mailbox_app.contract.mailbox import DispatchRecord, DispatchStatus
 from mailbox_app.contract.message import ChatMessage
 from mailbox_app.contract.storage import RunRecord, ThreadRecord
@@ -82,7 +82,7 @@ class WebhookField(serializers.CharField):
     def to_internal_value(self, data: Any) -> str:
         value = super().to_internal_value(data)
         try:
-            return check_submitted(value, allow_private=settings.AWAKEN_WEBHOOK_ALLOW_PRIVATE)
+            return check_submitted(value, allow_private=awaken_settings.WEBHOOK_ALLOW_PRIVATE)
         except WebhookTargetError as exc:
             raise serializers.ValidationError(str(exc)) from None
 

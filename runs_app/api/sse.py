@@ -24,11 +24,11 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from django import db
-from django.conf import settings
 from django.http import StreamingHttpResponse
 from rest_framework.renderers import BaseRenderer
 
 from mailbox_app import events
+from mailbox_app.conf import awaken_settings
 from runs_app.api.protocols import selection as protocols
 from runs_app.api.protocols.framing import KEEPALIVE, stream_position
 
@@ -64,10 +64,10 @@ def async_redis() -> aioredis.Redis:
     client = _clients.get(loop)
     if client is None:
         client = aioredis.Redis.from_url(
-            settings.REDIS_URL,
+            awaken_settings.REDIS_URL,
             health_check_interval=30,
             # an idle stream blocks in XREAD up to a keep-alive interval (redis-py's default is 5 s)
-            socket_timeout=settings.AWAKEN_SSE_KEEPALIVE_MS / 1000 + SOCKET_TIMEOUT_MARGIN_S,
+            socket_timeout=awaken_settings.SSE_KEEPALIVE_MS / 1000 + SOCKET_TIMEOUT_MARGIN_S,
             client_name=CLIENT_NAME,
             max_connections=MAX_REDIS_CONNECTIONS,
         )
@@ -127,7 +127,7 @@ class RunFeed:
             del self._registry[self.run_id]
 
     async def _read(self) -> None:
-        block_ms = settings.AWAKEN_SSE_KEEPALIVE_MS
+        block_ms = awaken_settings.SSE_KEEPALIVE_MS
         try:
             cursor = await _cancellable(last_event_id(self.run_id))
             self.ready.set()

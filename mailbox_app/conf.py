@@ -1,0 +1,129 @@
+"""The apps' settings, each with its default: `awaken_settings.<NAME>` is the host's `AWAKEN_<NAME>`.
+
+The way DRF's `api_settings` works, minus the cache: every attribute reads the host's Django setting
+on each access (one attribute lookup on `django.conf.settings`, which caches it itself), so
+`override_settings` and pytest-django's `settings` fixture take effect at once. A host that sets
+nothing gets the defaults below, the same ones awaken_project/settings.py falls back to when the
+environment is silent (tests/mailbox_app/test_conf.py holds both to that). Parsing the environment
+is the project's job; the apps only read values.
+
+    from mailbox_app.conf import awaken_settings
+    awaken_settings.MAILBOX.lease_ms        # settings.AWAKEN_MAILBOX, else MailboxConfig()
+
+An unknown name is an AttributeError naming it (and a mypy error: every setting is declared here).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+
+from django.conf import settings
+
+from mailbox_app.config import ClaimPolicy, MailboxConfig
+from mailbox_app.metrics_access import DEFAULT_ALLOWED_NETWORKS, Network, parse_networks
+
+PREFIX = "AWAKEN_"
+T = TypeVar("T")
+
+
+class Setting(Generic[T]):
+    """One setting: read `settings.AWAKEN_<attribute name>` live, else the default (a fresh copy for a
+    mutable default, from its factory)."""
+
+    def __init__(self, default: T | None = None, *, factory: Callable[[], T] | None = None) -> None:
+        if (default is None) == (factory is None):
+            raise TypeError("give exactly one of a default or a factory")
+        self._default = default
+        self._factory = factory
+        self.name = ""
+
+    def __set_name__(self, owner: type[Any], name: str) -> None:
+        self.name = name
+
+    @property
+    def setting_name(self) -> str:
+        return PREFIX + self.name
+
+    def default(self) -> T:
+        if self._factory is not None:
+            return self._factory()
+        assert self._default is not None
+        return self._default
+
+    @overload
+    def __get__(self, instance: None, owner: type[Any]) -> Setting[T]: ...
+    @overload
+    def __get__(self, instance: AwakenSettings, owner: type[Any]) -> T: ...
+    def __get__(self, instance: AwakenSettings | None, owner: type[Any]) -> Setting[T] | T:
+        if instance is None:
+            return self
+        try:
+            value: T = getattr(settings, self.setting_name)
+        except AttributeError:
+            return self.default()
+        return value
+
+
+class AwakenSettings:
+    """Every setting mailbox_app and runs_app read. Comments say what each does; the README's
+    configuration table lists the environment variables awaken_project parses into them."""
+
+    # lease, sweep, GC and retry (mailbox_app/config.py)
+    MAILBOX: Setting[MailboxConfig] = Setting(MailboxConfig())
+    # fairness across owners and concurrency limits (mailbox_app/claim_policy.py)
+    CLAIM_POLICY: Setting[ClaimPolicy] = Setting(ClaimPolicy())
+    # the run store the mailbox drives (mailbox_app/ports.py): a dotted module path
+    RUN_STORE: Setting[str] = Setting("runs_app.store")
+    # extra agents {"agent_id": "dotted.path.to.ExecutorClass"}; `echo` is built in
+    AGENTS: Setting[dict[str, str]] = Setting(factory=dict)
+    # Redis for locks, live commands and event streams
+    REDIS_URL: Setting[str] = Setting("redis://127.0.0.1:6379/0")
+    LIVE_ACK_TIMEOUT_MS: Setting[int] = Setting(500)
+    # how long a suspended run holds its claim waiting for a live decision before ending `waiting`
+    LIVE_SUSPEND_HOLD_MS: Setting[int] = Setting(15_000)
+    REMOTE_CANCEL_WAIT_MS: Setting[int] = Setting(5_000)
+    # an idle SSE stream sends a keep-alive comment this often
+    SSE_KEEPALIVE_MS: Setting[int] = Setting(15_000)
+    # how long an Idempotency-Key replays its first answer
+    IDEMPOTENCY_TTL_MS: Setting[int] = Setting(86_400_000)
+    # threads idle longer than this are deleted by the mailbox GC; 0: never
+    THREAD_TTL_MS: Setting[int] = Setting(0)
+    # at most this many rows each GC purge removes per tick
+    GC_MAX_PER_TICK: Setting[int] = Setting(10_000)
+    # each run activation's time budget unless a submit's `timeout_s` says otherwise
+    RUN_TIMEOUT_MS: Setting[int] = Setting(3_600_000)
+    DISPATCH_SIGNAL_NACK_BASE_DELAY_MS: Setting[int] = Setting(500)
+    DISPATCH_SIGNAL_NACK_MAX_DELAY_MS: Setting[int] = Setting(30_000)
+    STARTUP_RECOVERY_MAX_ATTEMPTS: Setting[int] = Setting(3)
+    STARTUP_RECOVERY_RETRY_DELAY_MS: Setting[int] = Setting(250)
+    # test hook: a worker os._exit()s at this named step (after_claim, mid_run, after_result); "": none
+    FAULT_POINT: Setting[str] = Setting("")
+    # webhooks (mailbox_app/webhooks.py): the default target ("": none), the HMAC secret ("": unsigned)
+    WEBHOOK_URL: Setting[str] = Setting("")
+    WEBHOOK_SECRET: Setting[str] = Setting("")
+    WEBHOOK_ALLOW_PRIVATE: Setting[bool] = Setting(False)
+    WEBHOOK_MAX_ATTEMPTS: Setting[int] = Setting(10)
+    WEBHOOK_RETRY_DELAY_MS: Setting[int] = Setting(1_000)
+    WEBHOOK_MAX_RETRY_DELAY_MS: Setting[int] = Setting(600_000)
+    WEBHOOK_TIMEOUT_MS: Setting[int] = Setting(5_000)
+    # GET /metrics (mailbox_app/metrics_view.py): a bearer token ("": none works), the networks that
+    # may scrape without one, and the directory of per-service multiprocess dirs ("": the process's own)
+    METRICS_TOKEN: Setting[str] = Setting("")
+    METRICS_ALLOWED_NETWORKS: Setting[tuple[Network, ...]] = Setting(
+        parse_networks("AWAKEN_METRICS_ALLOWED_NETWORKS", DEFAULT_ALLOWED_NETWORKS)
+    )
+    METRICS_DIR: Setting[str] = Setting("")
+
+    @classmethod
+    def declared(cls) -> dict[str, Setting[Any]]:
+        """Every setting by its name (without the prefix)."""
+        return {name: value for name, value in vars(cls).items() if isinstance(value, Setting)}
+
+    if not TYPE_CHECKING:  # (so that mypy still reports an undeclared name)
+
+        def __getattr__(self, name: str) -> Any:  # only reached for a name not declared above
+            raise AttributeError(f"awaken_settings has no setting {name!r} (no {PREFIX}{name} is read)")
+
+
+awaken_settings = AwakenSettings()
