@@ -33,17 +33,8 @@ class DispatchQuerySet(models.QuerySet["Dispatch"]):
     def queued(self) -> DispatchQuerySet:
         return self.filter(status=_QUEUED)
 
-    def claimable(self, *, now: int) -> DispatchQuerySet:
-        return self.filter(status=_QUEUED, available_at__lte=now)
-
     def claimed(self) -> DispatchQuerySet:
         return self.filter(status=_CLAIMED)
-
-    def lease_expired(self, *, now: int) -> DispatchQuerySet:
-        return self.filter(status=_CLAIMED, lease_until__lt=now)
-
-    def terminal(self) -> DispatchQuerySet:
-        return self.filter(status__in=_TERMINAL)
 
 
 class Dispatch(models.Model):
