@@ -13,9 +13,8 @@ from celery.contrib.testing.worker import start_worker
 from django.conf import settings
 
 from awaken_project.celery import app
-from mailbox_app.config import MailboxConfig
-from mailbox_app.contract.mailbox import DispatchRecord
 from tests.support.agents import RECORDER, TEST_AGENTS
+from tests.support.dispatches import FAST
 
 
 @pytest.fixture(autouse=True)
@@ -33,40 +32,6 @@ def redis_client() -> Iterator[redis.Redis]:
     yield client
     client.flushdb()
     client.close()
-
-
-def make_dispatch(
-    dispatch_id: str,
-    thread_id: str,
-    run_id: str | None = None,
-    *,
-    priority: int = 128,
-    available_at: int = 1000,
-    created_at: int = 1000,
-    max_attempts: int = 5,
-    dedupe_key: str | None = None,
-) -> DispatchRecord:
-    """A queued dispatch like the conformance suite's `make_dispatch`."""
-    return DispatchRecord(
-        dispatch_id=dispatch_id,
-        thread_id=thread_id,
-        run_id=run_id or f"run-{dispatch_id}",
-        priority=priority,
-        available_at=available_at,
-        max_attempts=max_attempts,
-        dedupe_key=dedupe_key,
-        created_at=created_at,
-        updated_at=created_at,
-    )
-
-
-FAST = MailboxConfig(
-    lease_ms=3_000,
-    suspended_lease_ms=10_000,
-    lease_renewal_interval_ms=200,
-    default_retry_delay_ms=50,
-    max_retry_delay_ms=200,
-)
 
 
 @pytest.fixture

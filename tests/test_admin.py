@@ -28,7 +28,7 @@ from mailbox_app.selectors import (
 )
 from runs_app import store as run_store
 from runs_app.models import Message, Run, Thread
-from tests.conftest import make_dispatch
+from tests.support.dispatches import make_dispatch
 
 pytestmark = pytest.mark.django_db
 

@@ -21,8 +21,8 @@ from django.urls import reverse
 
 from mailbox_app import store
 from mailbox_app.contract.ids import now_ms
-from tests.conftest import make_dispatch
 from tests.support.chromium import Chromium, headless_chromium, requires_chromium
+from tests.support.dispatches import make_dispatch
 from tests.support.waiting import wait_until
 
 HOLDER = "browser-worker:7"

@@ -24,8 +24,8 @@ from mailbox_app.locks import ThreadLock
 from mailbox_app.models import Dispatch
 from mailbox_app.worker import execution
 from runs_app import store as run_store
-from tests.conftest import make_dispatch
 from tests.support.api import new_user
+from tests.support.dispatches import make_dispatch
 from tests.support.waiting import wait_until
 
 LEASE = 30_000

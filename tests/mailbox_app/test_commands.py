@@ -12,7 +12,7 @@ from rest_framework.authtoken.models import Token
 from mailbox_app import store
 from mailbox_app.contract.ids import now_ms
 from mailbox_app.contract.mailbox import DispatchStatus
-from tests.conftest import make_dispatch
+from tests.support.dispatches import make_dispatch
 
 pytestmark = pytest.mark.django_db
 

@@ -13,7 +13,7 @@ from mailbox_app.contract.ids import uuid7
 from mailbox_app.contract.mailbox import DispatchRecord, DispatchStatus, RunDispatchResult
 from mailbox_app.contract.storage import AlreadyExists, NotFound, VersionConflict
 from mailbox_app.models import Dispatch
-from tests.conftest import make_dispatch
+from tests.support.dispatches import make_dispatch
 
 pytestmark = pytest.mark.django_db
 

@@ -11,7 +11,7 @@ from django.db import connection, transaction
 
 from mailbox_app import epochs, maintenance, store
 from mailbox_app.models import ThreadEpoch
-from tests.conftest import make_dispatch
+from tests.support.dispatches import make_dispatch
 
 FAR_FUTURE = 10**13  # past every GC TTL
 

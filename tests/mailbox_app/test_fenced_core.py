@@ -28,7 +28,7 @@ from mailbox_app.contract.suspension import ToolCallResume
 from mailbox_app.locks import ThreadLock
 from mailbox_app.worker import attempt, execution
 from runs_app import store as run_store
-from tests.conftest import FAST
+from tests.support.dispatches import FAST
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -23,7 +23,7 @@ from mailbox_app.contract.storage import AlreadyExists, VersionConflict
 from mailbox_app.models import Dispatch
 from runs_app import store as run_store
 from runs_app.models import Thread
-from tests.conftest import make_dispatch
+from tests.support.dispatches import make_dispatch
 
 LEASE_MS = 30_000
 JOIN_TIMEOUT_S = 30.0

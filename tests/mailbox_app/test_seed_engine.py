@@ -42,8 +42,8 @@ from mailbox_app.worker.execution import DispatchAttempt, drain_thread, execute_
 from mailbox_app.worker.registry import local_runs
 from runs_app import store as run_store
 from runs_app.models import Thread
-from tests.conftest import FAST
 from tests.support.agents import RECORDER, TEST_AGENTS
+from tests.support.dispatches import FAST
 from tests.support.waiting import wait_until
 
 LONG_LEASE = FAST.model_copy(update={"lease_ms": 30_000, "lease_renewal_interval_ms": 10_000})

@@ -30,8 +30,8 @@ D = DispatchStatus.DEAD_LETTER
 
 # --- dispatch state machine (contract §2.1) ---------------------------------------------------
 
-# Every (from, to) pair the transition table T1..T13 of contract §2.1 allows; anything else is forbidden.
-# T14 (purge) deletes a row and is not a status transition.
+# Every (from, to) pair the transition table T1..T13 of contract §2.1 allows, plus the operator's requeue
+# of a dead letter; anything else is forbidden. T14 (purge) deletes a row and is not a status transition.
 EXPECTED_DISPATCH_TRANSITIONS: dict[tuple[DispatchStatus, DispatchStatus], str] = {
     (Q, C): "T2 claim / T3 claim_dispatch",
     (Q, S): "T4 interrupt / T5 stale epoch at claim time",
@@ -40,6 +40,7 @@ EXPECTED_DISPATCH_TRANSITIONS: dict[tuple[DispatchStatus, DispatchStatus], str] 
     (C, Q): "T8 nack with attempts left / T10 lease reclaim with attempts left",
     (C, D): "T9 nack exhausted or dead_letter / T10 lease reclaim exhausted",
     (C, S): "T11 stale epoch on a claimed op / T12 stale reclaim / T13 supersede_claimed",
+    (D, Q): "operator requeue (admin action, manage.py mailbox_requeue)",
 }
 
 ALL_DISPATCH_STATUSES = [Q, C, A, X, S, D]
@@ -87,12 +88,18 @@ def test_terminal_dispatch_statuses() -> None:
         assert status.is_terminal is (status in {A, X, S, D})
 
 
-@pytest.mark.parametrize("status", sorted(TERMINAL_STATUSES), ids=lambda s: s.value)
+@pytest.mark.parametrize("status", sorted(TERMINAL_STATUSES - {D}), ids=lambda s: s.value)
 def test_terminal_dispatch_statuses_never_transition(status: DispatchStatus) -> None:
-    """A terminal dispatch never changes status again (only purge deletes it)."""
+    """A terminal dispatch never changes status again (only purge deletes it)..."""
     assert ALLOWED_TRANSITIONS[status] == frozenset()
     for target in DispatchStatus:
         assert not can_transition(status, target)
+
+
+def test_a_dead_letter_leaves_only_by_an_operator_requeue() -> None:
+    """...except a dead letter, which an operator may requeue, and only to Queued."""
+    assert ALLOWED_TRANSITIONS[D] == frozenset({Q})
+    assert {src for src in DispatchStatus if can_transition(src, Q)} == {C, D}
 
 
 def test_only_claimed_dispatches_reach_acked_or_dead_letter() -> None:

@@ -38,7 +38,6 @@ from mailbox_app.redis_client import get_redis
 from mailbox_app.steps import STEP_RECORDED, STEP_REPLAYED, StepJournal
 from runs_app import store as run_store
 from runs_app.models import RunStep
-from tests.conftest import FAST
 from tests.mailbox_app import test_multiprocess as multiprocess
 from tests.mailbox_app.test_multiprocess import (
     WorkerFarm,
@@ -51,6 +50,7 @@ from tests.mailbox_app.test_multiprocess import (
     _wait_run,
 )
 from tests.support.agents import TEST_AGENTS
+from tests.support.dispatches import FAST
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)

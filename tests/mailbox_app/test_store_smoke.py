@@ -6,7 +6,7 @@ import pytest
 
 from mailbox_app import store
 from mailbox_app.contract.mailbox import DispatchStatus, RunDispatchResult
-from tests.conftest import make_dispatch
+from tests.support.dispatches import make_dispatch
 
 pytestmark = pytest.mark.django_db
 

@@ -33,9 +33,9 @@ from mailbox_app.models import WebhookDelivery, WebhookDeliveryStatus, WebhookSu
 from mailbox_app.webhook_targets import TargetRefused, check_submitted, parse_target, resolve
 from mailbox_app.worker import attempt
 from runs_app import store as run_store
-from tests.conftest import FAST
 from tests.mailbox_app.test_multiprocess import WorkerFarm, farm, mp_settings  # noqa: F401 - fixtures
 from tests.support.api import post_json, user_client
+from tests.support.dispatches import FAST
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)

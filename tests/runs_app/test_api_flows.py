@@ -17,7 +17,7 @@ from mailbox_app.contract.mailbox import DispatchStatus
 from mailbox_app.redis_client import get_redis
 from runs_app import store as run_store
 from runs_app.models import Message, Run
-from tests.conftest import make_dispatch
+from tests.support.dispatches import make_dispatch
 from tests.support.http_sse import parse_frames
 from tests.support.waiting import wait_until
 

@@ -15,7 +15,7 @@ from mailbox_app.models import Dispatch, ThreadEpoch
 from runs_app import store as run_store
 from runs_app import threads
 from runs_app.models import Message, Run, Thread
-from tests.conftest import make_dispatch
+from tests.support.dispatches import make_dispatch
 
 pytestmark = pytest.mark.django_db
 NOW = 10_000_000

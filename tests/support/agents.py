@@ -1,5 +1,6 @@
 """Test executors (the user's plug-in may be doubled; the store may not): counting, recording, blocking,
-immediate-cancel, no-op — like the reference's test runtimes."""
+immediate-cancel, no-op — like the reference's test runtimes — plus a stubborn one (ignores a cancel until
+released) and one that suspends on a background task which later wakes it."""
 
 from __future__ import annotations
 
@@ -7,10 +8,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from django.db import connection
+
 from mailbox_app.agents.base import RunContext, RunResult
+from mailbox_app.contract.lifecycle import RunStatus
 from mailbox_app.contract.message import ChatMessage
 from mailbox_app.contract.requests import RunRequest
 from mailbox_app.contract.storage import TerminationReason
+from mailbox_app.contract.suspension import RunWaitingState
+from runs_app import store as run_store
+from tests.support.waiting import wait_until
 
 
 @dataclass
@@ -79,4 +86,53 @@ TEST_AGENTS = {
     "recording": "tests.support.agents.RecordingAgent",
     "blocking": "tests.support.agents.BlockingAgent",
     "noop": "tests.support.agents.NoopAgent",
+}
+
+
+STUBBORN_SAW_CANCEL: list[bool] = []
+BACKGROUND_ERRORS: list[BaseException] = []
+
+
+class StubbornAgent:
+    """Accepts a cancel (the flag is set) but keeps working until released: its claim is not released."""
+
+    def run(self, request: RunRequest, context: RunContext) -> RunResult:
+        with RECORDER.lock:
+            RECORDER.calls.append(request)
+        RECORDER.started.set()
+        RECORDER.release.wait(30)
+        STUBBORN_SAW_CANCEL.append(context.is_cancelled())
+        return RunResult(final_output="stubborn done")
+
+
+class BackgroundTaskAgent:
+    """First activation spawns a background task and waits for it; the task finishes after the run has
+    durably suspended and notifies the mailbox. The wake activation completes the run."""
+
+    def run(self, request: RunRequest, context: RunContext) -> RunResult:
+        with RECORDER.lock:
+            RECORDER.calls.append(request)
+        if request.continue_run_id:
+            return RunResult(final_output="woken")
+        threading.Thread(target=self._task, args=(context,), daemon=True).start()
+        return RunResult(waiting=RunWaitingState(reason="background_tasks"))
+
+    @staticmethod
+    def _task(context: RunContext) -> None:
+        try:
+            wait_until(
+                lambda: (r := run_store.load_run(run_id=context.run_id)) and r.status is RunStatus.WAITING,
+                what="run suspended on its background task",
+            )
+            context.notify_background_task_done(task_id="task-1", result={"done": True})
+        except BaseException as exc:  # noqa: BLE001 - reported to the test thread
+            BACKGROUND_ERRORS.append(exc)
+        finally:
+            connection.close()
+
+
+EXTRA_AGENTS = {
+    **TEST_AGENTS,
+    "stubborn": f"{__name__}.StubbornAgent",
+    "bgtask": f"{__name__}.BackgroundTaskAgent",
 }
