@@ -7,7 +7,7 @@ Every function is one transaction.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
@@ -110,6 +110,12 @@ def load_thread_and_latest_run(*, thread_id: str) -> tuple[ThreadRecord | None, 
         thread = ThreadRecord.model_validate(data)
     latest = None if row[width] is None else _run_from_row(row[width:])
     return thread, latest
+
+
+def load_threads(*, thread_ids: Collection[str]) -> dict[str, ThreadRecord]:
+    """The threads of `thread_ids` that exist, by id, in one query (a page of them)."""
+    rows = Thread.objects.filter(id__in=list(thread_ids)) if thread_ids else []
+    return {row.id: _thread_record(row) for row in rows}
 
 
 def ensure_thread(*, thread_id: str, owner_id: int | None = None, now: int | None = None) -> ThreadRecord:
@@ -260,6 +266,12 @@ def load_message_records_range(*, thread_id: str, from_seq: int, to_seq: int) ->
 def load_run(*, run_id: str) -> RunRecord | None:
     row = Run.objects.filter(run_id=run_id).first()
     return None if row is None else _run_record(row)
+
+
+def load_runs(*, run_ids: Collection[str]) -> dict[str, RunRecord]:
+    """The runs of `run_ids` that exist, by id, in one query (a page of them)."""
+    rows = Run.objects.filter(run_id__in=list(run_ids)) if run_ids else []
+    return {row.run_id: _run_record(row) for row in rows}
 
 
 def latest_run(*, thread_id: str) -> RunRecord | None:
