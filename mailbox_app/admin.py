@@ -1,8 +1,9 @@
 """Operator admin for the dispatch queue.
 
 Every field is read-only and no form ever saves: a dispatch changes state only through the mailbox
-service (`cancel`, `interrupt`) and `admin_actions.requeue_dead_letters`, the same code paths the API
-and the management commands use, so the admin cannot write a state the store would not. Rows are never
+service (`interrupt`) and `admin_actions` (`cancel_queued`, `requeue_dead_letters`), the same code paths
+the API and the management commands use, all of them the store's declared transitions, so the admin
+cannot write a state the store would not. Rows are never
 deleted here either: terminal rows are the evidence an operator reads, `reconcile` still needs them to
 finish their runs, and GC (`purge_terminal`) already deletes them after the TTL.
 """
@@ -18,7 +19,6 @@ from django.contrib import admin, messages
 from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.admin.utils import quote
 from django.core.exceptions import PermissionDenied
-from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
@@ -26,8 +26,8 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from mailbox_app import service
-from mailbox_app.admin_actions import requeue_dead_letters
+from mailbox_app import service, store
+from mailbox_app.admin_actions import Requeued, cancel_queued, requeue_dead_letters
 from mailbox_app.contract.ids import now_ms
 from mailbox_app.contract.mailbox import DispatchStatus
 from mailbox_app.models import Dispatch, ThreadEpoch, WebhookDelivery, WebhookDeliveryStatus
@@ -306,19 +306,13 @@ class DispatchAdmin(DispatchAdminBase):
         cancelled: list[str] = []
         skipped: list[str] = []
         for dispatch_id in list(queryset.values_list("dispatch_id", flat=True)):
-            # The row lock keeps it queued until the service has cancelled it: a row claimed meanwhile
-            # is skipped rather than having its running run cancelled by `service.cancel`.
-            with transaction.atomic():
-                status = (
-                    Dispatch.objects.select_for_update()
-                    .filter(dispatch_id=dispatch_id)
-                    .values_list("status", flat=True)
-                    .first()
-                )
-                if status == DispatchStatus.QUEUED and service.cancel(dispatch_id):
-                    cancelled.append(dispatch_id)
-                else:
-                    skipped.append(f"{dispatch_id} ({status or 'gone'})")
+            # only while queued (the store's statement decides): a row claimed meanwhile is skipped
+            # rather than having its running run cancelled
+            if cancel_queued(dispatch_id) is not None:
+                cancelled.append(dispatch_id)
+            else:
+                current = store.load_dispatch(dispatch_id)
+                skipped.append(f"{dispatch_id} ({current.status.value if current else 'gone'})")
         self._log(request, cancelled, "Cancelled (queued) from the admin")
         self._report(
             request,
@@ -331,10 +325,19 @@ class DispatchAdmin(DispatchAdminBase):
     def requeue_dead_letter(self, request: HttpRequest, queryset: QuerySet[Dispatch]) -> None:
         rows = list(queryset.values_list("dispatch_id", "status"))
         dead = [d for d, s in rows if s == DispatchStatus.DEAD_LETTER]
-        requeued = requeue_dead_letters(dispatch_ids=dead) if dead else []
-        skipped = [f"{d} ({s})" for d, s in rows if d not in requeued]
-        self._log(request, requeued, "Requeued (dead letter) from the admin")
-        head = f"Requeued {counted(len(requeued), 'dead-lettered dispatch', 'dead-lettered dispatches')}"
+        outcome = requeue_dead_letters(dispatch_ids=dead) if dead else Requeued()
+        moved = set(outcome.requeued) | set(outcome.refused)
+        skipped = [f"{d} ({s})" for d, s in rows if d not in moved]
+        self._log(request, outcome.requeued, "Requeued (dead letter) from the admin")
+        head = (
+            f"Requeued {counted(len(outcome.requeued), 'dead-lettered dispatch', 'dead-lettered dispatches')}"
+        )
+        if outcome.refused:
+            kept = [f"{d} (run {r})" for d, r in sorted(outcome.refused.items())]
+            head += (
+                f". Left {counted(len(kept), 'dispatch', 'dispatches')} dead-lettered, its run finished "
+                f"naturally or by another dispatch: {_listing(kept)}"
+            )
         self._report(request, head, skipped, "not dead-lettered")
 
     @admin.action(description="Interrupt the threads of selected dispatches", permissions=["operate"])

@@ -1,49 +1,76 @@
-"""Operator state moves (requeue dead letters), shared by the admin and management commands."""
+"""Operator state moves (cancel queued dispatches, requeue dead letters), shared by the admin and the
+management commands. Each dispatch moves through the store's declared transitions (store.CANCELLING,
+store.REQUEUEING_DEAD_LETTER), each run through the run store's lifecycle checks."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 from django.db import transaction
 
 from mailbox_app import doorbells, store
 from mailbox_app.contract.ids import now_ms
-from mailbox_app.models import Dispatch
+from mailbox_app.contract.lifecycle import RunReopen
+from mailbox_app.contract.mailbox import DispatchRecord
 from mailbox_app.ports import run_store
+from mailbox_app.reconcile import terminalize_run_for_dispatch
+
+
+def cancel_queued(dispatch_id: str) -> DispatchRecord | None:
+    """Queued -> Cancelled and its run ended as cancelled, in one transaction; None (nothing written)
+    when the dispatch is not queued. The statement's `status = 'queued'` decides, so a row claimed a
+    moment ago is left to its worker rather than having its running run cancelled."""
+    with transaction.atomic():
+        cancelled = store.cancel(dispatch_id, now_ms())
+        if cancelled is not None:
+            terminalize_run_for_dispatch(cancelled)
+    return cancelled
+
+
+@dataclass(frozen=True, slots=True)
+class Requeued:
+    """What a requeue moved (`requeued`, dispatch ids) and the dead letters it left where they were:
+    `refused` maps each to the run that stays done (it ended naturally or by another dispatch)."""
+
+    requeued: list[str] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)
 
 
 def requeue_dead_letters(
     *, dispatch_ids: list[str] | None = None, thread_id: str | None = None, everything: bool = False
-) -> list[str]:
-    """Dead-lettered -> queued with attempt_count 0, available now, in the thread's current epoch; the
-    finished runs are reopened and each affected thread is rung."""
-    qs = Dispatch.objects.filter(status="dead_letter")
-    if dispatch_ids:
-        qs = qs.filter(dispatch_id__in=dispatch_ids)
-    elif thread_id:
-        qs = qs.filter(thread_id=thread_id)
-    elif not everything:
-        return []
+) -> Requeued:
+    """DeadLetter -> Queued with attempt_count 0, available now, in the thread's current epoch; the run
+    each ended is reopened (Done -> Created, the lifecycle's REQUEUE_DEAD_LETTER edge) so the work's new
+    result lands on it, and each affected thread is rung. One transaction."""
+    if not dispatch_ids and not thread_id and not everything:
+        return Requeued()
     now = now_ms()
     with transaction.atomic():
-        rows = list(qs.select_for_update().values_list("dispatch_id", "thread_id", "run_id"))
-        for dispatch_id, thread, _run in rows:
-            # the operator asks for a run now: stamp the thread's current epoch, or the next claim
-            # would supersede a dispatch requeued after an interrupt
-            Dispatch.objects.filter(dispatch_id=dispatch_id).update(
-                status="queued",
-                attempt_count=0,
-                available_at=now,
-                completed_at=None,
-                updated_at=now,
-                dispatch_epoch=store.current_dispatch_epoch(thread),
-                # a fresh attempt: drop the previous attempt's runtime trace, as a nack that requeues does
-                dispatch_instance_id=None,
-                run_status=None,
-                termination=None,
-                run_response=None,
-                run_error=None,
-            )
-        for run_id in {r[2] for r in rows}:
-            run_store().reopen_run(run_id=run_id, now=now)
-        for thread in {r[1] for r in rows}:
+        dead = store.lock_dead_letters(
+            dispatch_ids=dispatch_ids or None, thread_id=None if dispatch_ids else thread_id
+        )
+        accepted, refused = _reopen_runs(dead, now)
+        requeued = store.requeue_dead_letters([d.dispatch_id for d in accepted], now)
+        for thread in sorted({d.thread_id for d in requeued}):
             doorbells.ring_on_commit(thread, None)
-    return [r[0] for r in rows]
+    return Requeued(
+        requeued=sorted(d.dispatch_id for d in requeued), refused={d.dispatch_id: d.run_id for d in refused}
+    )
+
+
+def _reopen_runs(dead: list[DispatchRecord], now: int) -> tuple[list[DispatchRecord], list[DispatchRecord]]:
+    """Open each dead letter's run to it. A refused one is asked once more after the others: a run that
+    two selected dead letters share is reopened by the one that ended it, whichever comes first."""
+    accepted: list[DispatchRecord] = []
+    refused: list[DispatchRecord] = []
+    for dispatch in dead:
+        (accepted if _reopen(dispatch, now) else refused).append(dispatch)
+    still_refused: list[DispatchRecord] = []
+    for dispatch in refused:
+        (accepted if _reopen(dispatch, now) else still_refused).append(dispatch)
+    return accepted, still_refused
+
+
+def _reopen(dispatch: DispatchRecord, now: int) -> bool:
+    outcome = run_store().reopen_run(run_id=dispatch.run_id, dispatch_id=dispatch.dispatch_id, now=now)
+    return outcome is not RunReopen.REFUSED

@@ -8,10 +8,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import cache
 from importlib import import_module
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
+
+from django.core.checks import CheckMessage, Error
 
 from mailbox_app.conf import awaken_settings
-from mailbox_app.contract.lifecycle import RunStatus
+from mailbox_app.contract.lifecycle import RunReopen, RunStatus
 from mailbox_app.contract.message import ChatMessage, MessageRecord
 from mailbox_app.contract.storage import RunPage, RunRecord, TerminationReason, ThreadRecord
 from mailbox_app.history import Closer
@@ -55,7 +57,7 @@ class RunStore(Protocol):
         offset: int = 0,
     ) -> RunPage: ...
 
-    def reopen_run(self, *, run_id: str, now: int) -> bool: ...
+    def reopen_run(self, *, run_id: str, dispatch_id: str, now: int) -> RunReopen: ...
 
     def terminal_dispatches_with_open_runs(self, *, limit: int) -> list[str]: ...
 
@@ -117,3 +119,28 @@ def _load(path: str) -> RunStore:
 
 def run_store() -> RunStore:
     return _load(awaken_settings.RUN_STORE)
+
+
+def run_store_operations() -> list[str]:
+    """The operations `RunStore` declares (what a configured store module must define)."""
+    declared = vars(RunStore).items()
+    return sorted(name for name, value in declared if callable(value) and not name.startswith("_"))
+
+
+def check_run_store(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
+    """System check: the module `AWAKEN_RUN_STORE` names imports and defines every `RunStore` operation
+    (the `cast` in `_load` is unchecked; this is where a wrong path or a missing function shows)."""
+    path = awaken_settings.RUN_STORE
+    try:
+        module = import_module(path)
+    except Exception as exc:  # noqa: BLE001 - any import failure is reported as the check's finding
+        return [Error(f"AWAKEN_RUN_STORE {path!r} does not import: {exc}", id="mailbox_app.E010")]
+    missing = [name for name in run_store_operations() if not callable(getattr(module, name, None))]
+    if missing:
+        return [
+            Error(
+                f"AWAKEN_RUN_STORE {path!r} lacks RunStore operations: {', '.join(missing)}",
+                id="mailbox_app.E011",
+            )
+        ]
+    return []

@@ -397,6 +397,29 @@ UPDATE {DISPATCH}
 RETURNING {COLS}
 """
 
+# The operator's requeue (DeadLetter -> Queued): fresh attempts, available now, in the thread's current
+# epoch (a dispatch requeued after an interrupt would otherwise be superseded at its next claim), and no
+# runtime trace of the attempt that dead-lettered (as a nack that requeues). Rows locked by the caller.
+SELECT_DEAD_LETTERS = f"""
+SELECT {COLS} FROM {DISPATCH}
+ WHERE status = 'dead_letter'
+   AND (%(ids)s::varchar[] IS NULL OR dispatch_id = ANY(%(ids)s::varchar[]))
+   AND (%(thread_id)s::varchar IS NULL OR thread_id = %(thread_id)s::varchar)
+ ORDER BY dispatch_id
+ FOR UPDATE
+"""
+
+REQUEUE_DEAD_LETTERS = f"""
+UPDATE {DISPATCH} d
+   SET status = 'queued', attempt_count = 0, available_at = %(now)s, completed_at = NULL,
+       updated_at = %(now)s,
+       dispatch_epoch = COALESCE((SELECT e.current_epoch FROM {EPOCH} e WHERE e.thread_id = d.thread_id), 0),
+       dispatch_instance_id = NULL, run_status = NULL, termination = NULL, run_response = NULL,
+       run_error = NULL
+ WHERE d.dispatch_id = ANY(%(ids)s) AND d.status = 'dead_letter'
+RETURNING {D_COLS}
+"""
+
 PURGE_TERMINAL = f"""
 DELETE FROM {DISPATCH}
  WHERE status IN ('acked', 'cancelled', 'superseded', 'dead_letter') AND updated_at < %(older_than)s

@@ -3,6 +3,9 @@
 Every write after a claim is fenced on `(dispatch_id, claim_token, status='claimed')` and the thread's
 dispatch epoch; a stale epoch supersedes the row in the same transaction and raises `VersionConflict`.
 `now` (Unix ms) is a parameter everywhere so tests control time.
+
+Every dispatch status change in the project is made here, and each operation declares its change as a
+`Transition` (below), checked against the table `ALLOWED_TRANSITIONS` when this module is imported.
 """
 
 from __future__ import annotations
@@ -26,11 +29,46 @@ from mailbox_app.contract.mailbox import (
     DispatchStatus,
     MailboxInterrupt,
     RunDispatchResult,
+    Transition,
     dispatch_from_row,
 )
 from mailbox_app.contract.storage import AlreadyExists, NotFound, ValidationError, VersionConflict
 
 MAX_LIST_LIMIT = 1000
+
+# --- the status change of each operation (checked against ALLOWED_TRANSITIONS as they are declared) --
+
+_Q, _C, _A = DispatchStatus.QUEUED, DispatchStatus.CLAIMED, DispatchStatus.ACKED
+_X, _S, _D = DispatchStatus.CANCELLED, DispatchStatus.SUPERSEDED, DispatchStatus.DEAD_LETTER
+
+CLAIMING = Transition.of("claim / claim_next_fair / claim_dispatch (T2, T3)", [_Q], [_C])
+SUPERSEDING_STALE_QUEUED = Transition.of("claim of a thread with stale queued rows (T5)", [_Q], [_S])
+INTERRUPTING = Transition.of("interrupt: the thread's queued rows (T4)", [_Q], [_S])
+CANCELLING = Transition.of("cancel (T6)", [_Q], [_X])
+ACKING = Transition.of("ack (T7)", [_C], [_A])
+NACKING = Transition.of("nack (T8, T9)", [_C], [_Q, _D])
+DEAD_LETTERING = Transition.of("dead_letter (T9)", [_C], [_D])
+SETTLING = Transition.of("try_settle: ack, nack or dead letter", [_C], [_A, _Q, _D])
+RECLAIMING = Transition.of("reclaim_expired_leases (T10)", [_C], [_Q, _D])
+SUPERSEDING_CLAIMED = Transition.of("a fenced write or reclaim of a stale claim (T11-T13)", [_C], [_S])
+# `_supersede` serves both: its statement has no status condition, so it checks the locked row's status
+SUPERSEDING = Transition.of("supersede", [_Q, _C], [_S])
+REQUEUEING_DEAD_LETTER = Transition.of("requeue_dead_letters (operator)", [_D], [_Q])
+
+TRANSITIONS: tuple[Transition, ...] = (
+    CLAIMING,
+    SUPERSEDING_STALE_QUEUED,
+    INTERRUPTING,
+    CANCELLING,
+    ACKING,
+    NACKING,
+    DEAD_LETTERING,
+    SETTLING,
+    RECLAIMING,
+    SUPERSEDING_CLAIMED,
+    SUPERSEDING,
+    REQUEUEING_DEAD_LETTER,
+)
 
 
 def _record(row: Sequence[Any]) -> DispatchRecord:
@@ -443,6 +481,8 @@ def try_settle(
 
 @metrics.timed(metrics.SUPERSEDE, metrics.found)
 def _supersede(current: DispatchRecord, epoch: int, now: int, reason: str) -> DispatchRecord | None:
+    """Supersede a row the caller read under its row lock (queued or claimed, else IllegalTransition)."""
+    SUPERSEDING.require(current.status)
     return _fetch_one(
         sql.SUPERSEDE,
         {"dispatch_id": current.dispatch_id, "epoch": epoch, "now": now, "reason": reason},
@@ -602,6 +642,26 @@ def reclaim_expired_leases(now: int, limit: int = 100) -> list[DispatchRecord]:
         if not ids:
             return []
         return _fetch_all(sql.RECLAIM, {"ids": ids, "now": now})
+
+
+def lock_dead_letters(
+    *, dispatch_ids: Sequence[str] | None = None, thread_id: str | None = None
+) -> list[DispatchRecord]:
+    """The dead-lettered dispatches among `dispatch_ids` and of `thread_id` (every one when both are
+    None), row-locked in id order for the caller's transaction: what an operator's requeue may move."""
+    return _fetch_all(
+        sql.SELECT_DEAD_LETTERS,
+        {"ids": None if dispatch_ids is None else list(dispatch_ids), "thread_id": thread_id},
+    )
+
+
+def requeue_dead_letters(dispatch_ids: Sequence[str], now: int) -> list[DispatchRecord]:
+    """DeadLetter -> Queued, the operator's requeue: attempt_count 0, available at `now`, stamped with
+    the thread's current epoch, the dead attempt's runtime trace dropped. Rows that are not dead-lettered
+    (any more) are left alone and not returned."""
+    if not dispatch_ids:
+        return []
+    return _fetch_all(sql.REQUEUE_DEAD_LETTERS, {"ids": list(dispatch_ids), "now": now})
 
 
 def purge_terminal(older_than: int) -> int:

@@ -13,7 +13,13 @@ from typing import Any
 from django.db import IntegrityError, connection, transaction
 
 from mailbox_app.contract.ids import now_ms, uuid7
-from mailbox_app.contract.lifecycle import RunStatus, can_run_transition
+from mailbox_app.contract.lifecycle import (
+    OPERATOR_RUN_TRANSITIONS,
+    RunEdge,
+    RunReopen,
+    RunStatus,
+    can_run_transition,
+)
 from mailbox_app.contract.message import ChatMessage, MessageRecord, MessageSeqRange, RunMessageInput
 from mailbox_app.contract.storage import (
     AlreadyExists,
@@ -608,17 +614,48 @@ def overdue_runs(*, now: int, limit: int) -> list[RunRecord]:
     return [_run_record(r) for r in rows[:limit]]
 
 
-def reopen_run(*, run_id: str, now: int) -> bool:
-    """An operator re-queued a dead-lettered dispatch: move its finished run back to Created."""
+# The one edge reopen_run takes, read from the lifecycle's table (Done -> Created).
+_REOPEN_FROM, _REOPEN_TO = OPERATOR_RUN_TRANSITIONS[RunEdge.REQUEUE_DEAD_LETTER]
+
+# the dispatch an operator requeues, as the reopen must find it: this run's, and still dead-lettered
+_DEAD_LETTER_OF_RUN = """
+SELECT 1 FROM mailbox_dispatch WHERE dispatch_id = %(dispatch_id)s AND run_id = %(run_id)s
+   AND status = 'dead_letter'
+"""
+
+
+def reopen_run(*, run_id: str, dispatch_id: str, now: int) -> RunReopen:
+    """An operator requeues the dead-lettered dispatch `dispatch_id` of run `run_id`: a run that dead
+    letter ended goes back to Created by the lifecycle's REQUEUE_DEAD_LETTER edge (contract/lifecycle.py),
+    so the work's new result lands on the run the client knows. Call it in the requeue's transaction,
+    before the dispatch moves, with the dispatch row locked.
+
+    REFUSED (nothing written) for a run that ended naturally, or that another dispatch ended (say, a
+    later one that was acked), or when the dispatch is not the run's dead letter. A run that is not done
+    takes the requeued dispatch as it is (OPEN); its `updated_at` moves on, so a reconcile of the old
+    dead letter that is already under way cannot end it late (TERMINALIZE_RUN checks it)."""
     with transaction.atomic():
         run = Run.objects.select_for_update().filter(run_id=run_id).first()
-        if run is None or run.status != RunStatus.DONE.value:
-            return False
-        run.status = RunStatus.CREATED.value
+        if run is None:
+            return RunReopen.MISSING
+        if run.status != _REOPEN_FROM.value:
+            Run.objects.filter(run_id=run_id).update(updated_at=max(run.updated_at, now))
+            return RunReopen.OPEN
+        termination = run.termination_reason if isinstance(run.termination_reason, dict) else {}
+        with connection.cursor() as cursor:
+            cursor.execute(_DEAD_LETTER_OF_RUN, {"dispatch_id": dispatch_id, "run_id": run_id})
+            dead_letter = cursor.fetchone() is not None
+        if (
+            not dead_letter
+            or run.dispatch_id not in (None, dispatch_id)
+            or termination.get("type") == "natural_end"
+        ):
+            return RunReopen.REFUSED
+        run.status = _REOPEN_TO.value
         run.termination_reason = run.error_payload = run.finished_at = None
         run.updated_at = now
         run.save()
         thread = Thread.objects.select_for_update().get(id=run.thread_id)
         thread.open_run_id, thread.latest_run_id, thread.updated_at = run_id, run_id, now
         thread.save(update_fields=["open_run_id", "latest_run_id", "updated_at"])
-    return True
+    return RunReopen.REOPENED

@@ -4,9 +4,12 @@ dispatch record the mailbox store returns (the reference's `RunDispatch`), and a
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
+
+from mailbox_app.contract.storage import StoreError
 
 
 class DispatchStatus(StrEnum):
@@ -32,7 +35,10 @@ TERMINAL_STATUSES: frozenset[DispatchStatus] = frozenset(
 )
 
 
-# from-status -> statuses reachable in one step (T1..T13 of spec §2.1; purge is a deletion).
+# from-status -> statuses reachable in one step (T1..T13 of spec §2.1; purge is a deletion), plus
+# the operator's requeue of a dead letter (not in the reference, which has no way out of DeadLetter:
+# `admin_actions.requeue_dead_letters`, the admin action and `manage.py mailbox_requeue`). This table is
+# the truth: every status change the store makes is declared as a `Transition` checked against it.
 ALLOWED_TRANSITIONS: dict[DispatchStatus, frozenset[DispatchStatus]] = {
     DispatchStatus.QUEUED: frozenset(
         {DispatchStatus.CLAIMED, DispatchStatus.SUPERSEDED, DispatchStatus.CANCELLED}
@@ -48,13 +54,57 @@ ALLOWED_TRANSITIONS: dict[DispatchStatus, frozenset[DispatchStatus]] = {
     DispatchStatus.ACKED: frozenset(),
     DispatchStatus.CANCELLED: frozenset(),
     DispatchStatus.SUPERSEDED: frozenset(),
-    DispatchStatus.DEAD_LETTER: frozenset(),
+    # operator requeue: fresh attempts, in the thread's current epoch
+    DispatchStatus.DEAD_LETTER: frozenset({DispatchStatus.QUEUED}),
 }
 
 
 def can_transition(source: DispatchStatus, target: DispatchStatus) -> bool:
     """True when the state machine allows `source -> target` in one operation."""
     return target in ALLOWED_TRANSITIONS[source]
+
+
+class IllegalTransition(StoreError):
+    """A dispatch move the transition table does not allow; raised before anything is written."""
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """The status change one store operation makes: from any of `sources` to one of `targets`.
+
+    Declared once per operation as a module constant and checked against `ALLOWED_TRANSITIONS` when it is
+    declared (at import), so the hot paths pay nothing per call; the SQL's own `WHERE status = ...` stays
+    the race-proof check at run time. `require` checks a status read under a row lock before a write
+    whose statement has no status condition of its own."""
+
+    operation: str
+    sources: frozenset[DispatchStatus]
+    targets: frozenset[DispatchStatus]
+
+    def __post_init__(self) -> None:
+        if not self.sources or not self.targets:
+            raise IllegalTransition(f"{self.operation}: a transition needs a source and a target")
+        illegal = sorted(f"{s.value} -> {t.value}" for s, t in self.edges if not can_transition(s, t))
+        if illegal:
+            raise IllegalTransition(f"{self.operation}: not in the transition table: {', '.join(illegal)}")
+
+    @classmethod
+    def of(
+        cls, operation: str, sources: Iterable[DispatchStatus], targets: Iterable[DispatchStatus]
+    ) -> Transition:
+        return cls(operation, frozenset(sources), frozenset(targets))
+
+    @property
+    def edges(self) -> frozenset[tuple[DispatchStatus, DispatchStatus]]:
+        return frozenset((s, t) for s in self.sources for t in self.targets)
+
+    def require(self, status: DispatchStatus) -> None:
+        """Raise `IllegalTransition` unless a row in `status` may take this operation."""
+        if status not in self.sources:
+            raise IllegalTransition(
+                f"{self.operation}: a {status.value} dispatch cannot move to "
+                f"{' / '.join(sorted(t.value for t in self.targets))}"
+            )
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,9 +18,17 @@ class Command(MailboxCommand):
         ids: list[str] = options["dispatch_ids"]
         if not ids and not options["thread_id"] and not options["all_dead_letter"]:
             raise CommandError("give dispatch ids, --thread THREAD_ID or --all-dead-letter")
-        requeued = requeue_dead_letters(
+        outcome = requeue_dead_letters(
             dispatch_ids=ids or None, thread_id=options["thread_id"], everything=options["all_dead_letter"]
         )
-        self.summary("requeue", {"requeued": len(requeued)})
-        if ids and len(requeued) < len(ids):
-            raise CommandError(f"{len(ids) - len(requeued)} of the given dispatches are not dead-lettered")
+        self.summary("requeue", {"requeued": len(outcome.requeued)})
+        if outcome.refused:
+            # left dead-lettered: their run finished naturally or by another dispatch (contract/lifecycle.py)
+            self.summary("refused", outcome.refused)
+        missing = len(ids) - len(outcome.requeued) - len(outcome.refused)
+        if ids and missing > 0:
+            raise CommandError(f"{missing} of the given dispatches are not dead-lettered")
+        if outcome.refused:
+            raise CommandError(
+                f"{len(outcome.refused)} dead-lettered dispatches were left as they are: their run is done"
+            )
