@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from django.db.models import QuerySet
@@ -51,6 +52,37 @@ def user_runs(
     if thread_id is not None:
         qs = qs.filter(thread_id=thread_id)
     return qs.order_by("created_at", "run_id")
+
+
+def user_runs_page(
+    user_id: int,
+    *,
+    status: RunStatus | None = None,
+    thread_id: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    limit: int,
+    offset: int,
+) -> tuple[list[RunRecord], int]:
+    """A window of `user_runs` and how many there are in all: a fixed number of queries for any page."""
+    qs = user_runs(user_id, status=status, thread_id=thread_id, metadata=metadata)
+    total = qs.count()
+    ids = list(qs.values_list("run_id", flat=True)[offset : offset + limit])
+    runs = store.load_runs(run_ids=ids)
+    return [runs[i] for i in ids if i in runs], total
+
+
+def user_threads_page(user_id: int, *, limit: int, offset: int) -> tuple[list[ThreadRecord], int]:
+    """A window of `user_threads` (most recently updated first) and how many the user has in all."""
+    qs = user_threads(user_id)
+    total = qs.count()
+    ids = list(qs.values_list("id", flat=True)[offset : offset + limit])
+    threads = store.load_threads(thread_ids=ids)
+    return [threads[i] for i in ids if i in threads], total
+
+
+def thread_runs(threads: Sequence[ThreadRecord]) -> dict[str, RunRecord]:
+    """The open and active runs of `threads`, by id, in one query."""
+    return store.load_runs(run_ids={i for t in threads for i in (t.open_run_id, t.active_run_id) if i})
 
 
 def active_run(thread_id: str) -> RunRecord | None:

@@ -33,7 +33,9 @@ from mailbox_app.contract.storage import RunRecord
 from runs_app import store
 from runs_app.api import serializers as s
 from runs_app.api import views
+from runs_app.api.edge import EdgeCheckedView, not_taken_or_404, run_or_404, validated
 from runs_app.api.errors import ApiError
+from runs_app.api.responses import errors
 from runs_app.api.run_serializers import DEFAULT_WAIT_S, MAX_WAIT_S, RunOut, RunPendingOut, RunWaitIn
 from runs_app.api.sse import TERMINAL_EVENTS, async_redis, read_after
 
@@ -170,19 +172,20 @@ def run_probe(run_id: str) -> Probe:
 # --- views ------------------------------------------------------------------------------------------
 
 
-class ThreadRunWaitView(views._ForegroundSubmit):
+class ThreadRunWaitView(views.ForegroundSubmit):
     """Submit as POST threads/{id}/runs does (its multitask default: interrupt) and answer the run once it
     is done or waiting for a decision; 202 with the run id when `wait_timeout_s` passes first."""
 
     @extend_schema(
         request=RunWaitIn,
-        responses={200: RunOut, 202: RunPendingOut},
+        responses={200: RunOut, 202: RunPendingOut, **errors(400, 404, 409)},
         description="Submit a run and wait until it is done or waiting (200, the run); 202 on timeout.",
     )
     def post(self, request: Request, thread_id: str) -> Response:
-        data = views._validated(RunWaitIn, request)
+        data = validated(RunWaitIn, request)
         timeout_s = float(data.pop("wait_timeout_s", DEFAULT_WAIT_S))  # not part of the submit's key
-        _, body = self._submit_once(request, data, thread_id)
+        not_taken_or_404(request, thread_id)
+        _, body = views.submit_once(request, data, thread_id, self.default_strategy, status_code=201)
         run = store.load_run(run_id=body["run_id"])
         if run is None:  # the run was purged since an idempotent replay's first answer
             raise ApiError(f"run not found: {body['run_id']}", code="run_not_found", status_code=404)
@@ -190,7 +193,7 @@ class ThreadRunWaitView(views._ForegroundSubmit):
         return PendingWait(run, probe=probe, timeout_s=timeout_s, extra={"dispatch_id": body["dispatch_id"]})
 
 
-class RunJoinView(views.EdgeCheckedView):
+class RunJoinView(EdgeCheckedView):
     """Block until the run is done or waiting for a decision (200, the run); 202 after `timeout_s`."""
 
     @extend_schema(
@@ -201,10 +204,10 @@ class RunJoinView(views.EdgeCheckedView):
                 description=f"how long to wait (default {DEFAULT_WAIT_S:g}, at most {MAX_WAIT_S:g} s)",
             )
         ],
-        responses={200: RunOut, 202: RunPendingOut},
+        responses={200: RunOut, 202: RunPendingOut, **errors(400, 404)},
     )
     def get(self, request: Request, run_id: str) -> Response:
-        run = views._run_or_404(request, run_id)
+        run = run_or_404(request, run_id)
         timeout_s = _timeout_param(request)
         if run.status in STOPPED:
             return Response(s.run_json(run))

@@ -7,6 +7,7 @@ from typing import Any
 
 from rest_framework import serializers
 
+from runs_app.api.run_serializers import RunOut
 from runs_app.api.serializers import OptionalThreadIdField
 from runs_app.threads import MAX_METADATA_BYTES, ThreadStatus, metadata_problem
 
@@ -70,7 +71,7 @@ class ThreadSearchIn(serializers.Serializer[dict[str, Any]]):
     offset = serializers.IntegerField(required=False, default=0, min_value=0, max_value=SEARCH_OFFSET_MAX)
 
 
-# --- response shapes (documentation: the views return plain dicts) ------------------------------------
+# --- response shapes (for the schema: the views render records as plain dicts) -----------------------
 
 
 class ThreadOut(serializers.Serializer[dict[str, Any]]):
@@ -84,8 +85,8 @@ class ThreadOut(serializers.Serializer[dict[str, Any]]):
             "error: otherwise, the latest run ended with error or timeout; idle: anything else"
         ),
     )
-    open_run = serializers.DictField(allow_null=True, help_text="the run (as GET runs/{id} returns it)")
-    active_run = serializers.DictField(allow_null=True, help_text="the run (as GET runs/{id} returns it)")
+    open_run = RunOut(allow_null=True, help_text="the run (as GET runs/{id} returns it)")
+    active_run = RunOut(allow_null=True, help_text="the run (as GET runs/{id} returns it)")
     latest_run_id = serializers.CharField(allow_null=True)
     message_count = serializers.IntegerField()
     created_at = serializers.DateTimeField()

@@ -6,17 +6,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from mailbox_app.contract.ids import now_ms, uuid7
-from mailbox_app.contract.storage import ThreadRecord
-from runs_app import selectors, store, threads
+from mailbox_app.contract.storage import RunRecord, ThreadRecord
+from runs_app import selectors, threads
 from runs_app.api import serializers as s
 from runs_app.api import thread_serializers as ts
+from runs_app.api.edge import EdgeCheckedView, thread_or_404, user_id, validated
 from runs_app.api.errors import ApiError, not_found
-from runs_app.api.views import EdgeCheckedView, _page, _thread_or_404, _user_id, _validated
+from runs_app.api.pagination import PARAMETERS as PAGE_PARAMETERS
+from runs_app.api.pagination import Window
 
 _ERRORS = {400: ts.ErrorOut, 404: ts.ErrorOut}
 
@@ -24,11 +26,11 @@ _ERRORS = {400: ts.ErrorOut, 404: ts.ErrorOut}
 def thread_payloads(
     records: list[ThreadRecord], statuses: dict[str, threads.ThreadStatus] | None = None
 ) -> list[dict[str, Any]]:
-    """The threads as the API returns them: their open and active runs and their status included."""
+    """The threads as the API returns them: their open and active runs and their status included
+    (read for the whole list at once: one query for the runs, one for the statuses)."""
     if statuses is None:
         statuses = threads.thread_statuses([t.id for t in records])
-    run_ids = {i for t in records for i in (t.open_run_id, t.active_run_id) if i}
-    runs = {i: store.load_run(run_id=i) for i in run_ids}
+    runs: dict[str, RunRecord | None] = dict(selectors.thread_runs(records))
     return [
         {**s.thread_json(t, runs), "status": statuses.get(t.id, threads.ThreadStatus.IDLE).value}
         for t in records
@@ -39,41 +41,23 @@ def _payload(thread: ThreadRecord) -> dict[str, Any]:
     return thread_payloads([thread])[0]
 
 
-def _page_body(
-    items: list[ThreadRecord],
-    total: int,
-    offset: int,
-    statuses: dict[str, threads.ThreadStatus] | None = None,
-) -> dict[str, Any]:
-    return {
-        "items": thread_payloads(items, statuses),
-        "total": total,
-        "has_more": offset + len(items) < total,
-    }
-
-
 class ThreadsView(EdgeCheckedView):
-    @extend_schema(
-        parameters=[OpenApiParameter("limit", int), OpenApiParameter("offset", int)],
-        responses={200: ts.ThreadPageOut, 400: ts.ErrorOut},
-    )
+    @extend_schema(parameters=PAGE_PARAMETERS, responses={200: ts.ThreadPageOut, 400: ts.ErrorOut})
     def get(self, request: Request) -> Response:
-        limit, offset = _page(request)
-        qs = selectors.user_threads(_user_id(request))
-        total = qs.count()
-        loaded = [store.load_thread(thread_id=t.id) for t in qs[offset : offset + limit]]
-        return Response(_page_body([t for t in loaded if t], total, offset))
+        window = Window.of(request)
+        found, total = selectors.user_threads_page(user_id(request), limit=window.limit, offset=window.offset)
+        return Response(window.page(thread_payloads(found), total))
 
     @extend_schema(
         request=ts.ThreadCreateIn,
         responses={201: ts.ThreadOut, 200: ts.ThreadOut, 409: ts.ErrorOut, **_ERRORS},
     )
     def post(self, request: Request) -> Response:
-        data = _validated(ts.ThreadCreateIn, request)
+        data = validated(ts.ThreadCreateIn, request)
         thread_id = data.get("thread_id") or uuid7()
         created = threads.create_thread(
             thread_id=thread_id,
-            owner_id=_user_id(request),
+            owner_id=user_id(request),
             metadata=data["metadata"],
             title=data.get("title"),
             now=now_ms(),
@@ -95,16 +79,16 @@ class ThreadsView(EdgeCheckedView):
 class ThreadDetailView(EdgeCheckedView):
     @extend_schema(responses={200: ts.ThreadOut, **_ERRORS})
     def get(self, request: Request, thread_id: str) -> Response:
-        return Response(_payload(_thread_or_404(request, thread_id)))
+        return Response(_payload(thread_or_404(request, thread_id)))
 
     @extend_schema(request=ts.ThreadPatchIn, responses={200: ts.ThreadOut, **_ERRORS})
     def patch(self, request: Request, thread_id: str) -> Response:
-        data = _validated(ts.ThreadPatchIn, request)
+        data = validated(ts.ThreadPatchIn, request)
         changes: dict[str, Any] = {"title": data["title"]} if "title" in data else {}
         try:
             thread = threads.update_thread(
                 thread_id=thread_id,
-                owner_id=_user_id(request),
+                owner_id=user_id(request),
                 metadata=data.get("metadata"),
                 now=now_ms(),
                 **changes,
@@ -117,7 +101,7 @@ class ThreadDetailView(EdgeCheckedView):
 
     @extend_schema(request=None, responses={200: ts.ThreadDeletedOut, 409: ts.ErrorOut, **_ERRORS})
     def delete(self, request: Request, thread_id: str) -> Response:
-        done = threads.delete_thread(thread_id=thread_id, owner_id=_user_id(request))
+        done = threads.delete_thread(thread_id=thread_id, owner_id=user_id(request))
         if done.outcome is threads.DeleteOutcome.NOT_FOUND:
             raise not_found("thread", thread_id)
         if done.outcome is threads.DeleteOutcome.ACTIVE:
@@ -132,14 +116,15 @@ class ThreadDetailView(EdgeCheckedView):
 class ThreadSearchView(EdgeCheckedView):
     @extend_schema(request=ts.ThreadSearchIn, responses={200: ts.ThreadPageOut, 400: ts.ErrorOut})
     def post(self, request: Request) -> Response:
-        data = _validated(ts.ThreadSearchIn, request)
+        data = validated(ts.ThreadSearchIn, request)
         status = data.get("status")
         found, total = threads.search_threads(
-            owner_id=_user_id(request),
+            owner_id=user_id(request),
             metadata=data.get("metadata"),
             status=None if status is None else threads.ThreadStatus(status),
             limit=data["limit"],
             offset=data["offset"],
         )
         statuses = {f.thread.id: f.status for f in found}  # read by the search itself
-        return Response(_page_body([f.thread for f in found], total, data["offset"], statuses))
+        window = Window(limit=data["limit"], offset=data["offset"])
+        return Response(window.page(thread_payloads([f.thread for f in found], statuses), total))

@@ -7,38 +7,27 @@ the run's continuation in the front end's protocol, from the event after its wai
           parts in state `approval-responded` (`approval.approved` -> resume with
           `{"approved": true, "reason"?}`, else cancel)
 
-A body that also carries a new user message is an ordinary submit (which interrupts the waiting run)."""
+A body that also carries a new user message is an ordinary submit (which interrupts the waiting run).
+This module only reads the body; `runs_app.control.answer_waiting_run` delivers the decisions and the
+view streams the continuation."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.http import StreamingHttpResponse
-from rest_framework.request import Request
-
-from mailbox_app import events, service
-from mailbox_app.contract.ids import now_ms, uuid7
-from mailbox_app.contract.lifecycle import RunStatus
-from mailbox_app.contract.storage import RunRecord
-from mailbox_app.contract.suspension import ToolCallResume
-from runs_app import selectors, store
-from runs_app.api.errors import ApiError, not_found
 from runs_app.api.inputs import InputError
 from runs_app.api.protocols import ag_ui, ai_sdk
-from runs_app.api.protocols.framing import START, new_user_messages
-from runs_app.api.protocols.selection import requested_protocol
-from runs_app.api.sse import stream_response
+from runs_app.api.protocols.framing import new_user_messages
+from runs_app.control import Decision
 
 ACTIONS = {"resolved": "resume", "cancelled": "cancel"}
 FIELD = "resume"
 APPROVAL_FIELD = "messages"
 
 
-def answer_decisions(
-    request: Request, thread_id: str | None, *, owner_id: int
-) -> StreamingHttpResponse | None:
-    """The continuation's stream when the submit answers the waiting run's tool calls; None otherwise."""
-    protocol, body = requested_protocol(request), request.data
+def requested_decisions(protocol: str, body: Any) -> tuple[str, list[Decision]] | None:
+    """(the thread the body names, its decisions) when the submit answers the waiting run's tool calls;
+    None when it is an ordinary submit. A malformed answer is a 400 naming its field."""
     if protocol not in (ag_ui.NAME, ai_sdk.NAME) or not isinstance(body, dict):
         return None
     messages = body.get("messages")
@@ -52,28 +41,15 @@ def answer_decisions(
         named_thread = body.get("id")
     if not decisions:
         return None
-    thread = thread_id or str(named_thread or "")
-    if not thread or selectors.owned_thread(owner_id, thread) is None:
-        raise not_found("thread", thread or "(none)")
-    run = _waiting_run(thread)
-    after = _last_event_id(run.run_id)  # read before deciding: the continuation comes after it
-    for call_id, resume in decisions:
-        if not service.send_decision(run.run_id, call_id, resume, owner_id=owner_id):
-            raise ApiError(
-                f"no suspended tool call {call_id} on run {run.run_id}",
-                code="decision_target_not_found",
-                status_code=404,
-                field=FIELD if protocol == ag_ui.NAME else APPROVAL_FIELD,
-            )
-    headers = {"X-Run-Id": run.run_id, "X-Thread-Id": thread}
-    return stream_response(run.run_id, after=after, protocol=protocol, thread_id=thread, headers=headers)
+    return str(named_thread or ""), decisions
 
 
-def _decision(action: str, payload: Any) -> ToolCallResume:
-    return ToolCallResume(decision_id=uuid7(), action=action, result=payload, updated_at=now_ms())
+def answers_field(protocol: str) -> str:
+    """The body field that carries `protocol`'s answers (named by a 404 for an unknown tool call)."""
+    return FIELD if protocol == ag_ui.NAME else APPROVAL_FIELD
 
 
-def _approval_decisions(messages: Any) -> list[tuple[str, ToolCallResume]]:
+def _approval_decisions(messages: Any) -> list[Decision]:
     last = messages[-1] if isinstance(messages, list) and messages else None
     if (
         not isinstance(last, dict)
@@ -92,13 +68,13 @@ def _approval_decisions(messages: Any) -> list[tuple[str, ToolCallResume]]:
             raise InputError("an approval-responded tool part needs its toolCallId", field=APPROVAL_FIELD)
         if approval.get("approved") is True:
             payload = {"approved": True} | ({"reason": approval["reason"]} if approval.get("reason") else {})
-            decisions.append((call_id, _decision("resume", payload)))
+            decisions.append(Decision(call_id, "resume", payload))
         else:
-            decisions.append((call_id, _decision("cancel", {"reason": approval.get("reason")})))
+            decisions.append(Decision(call_id, "cancel", {"reason": approval.get("reason")}))
     return decisions
 
 
-def _resume_decisions(raw: Any) -> list[tuple[str, ToolCallResume]]:
+def _resume_decisions(raw: Any) -> list[Decision]:
     if not isinstance(raw, list):
         raise InputError("resume must be a list of {interruptId, status, payload}", field=FIELD)
     decisions = []
@@ -108,22 +84,5 @@ def _resume_decisions(raw: Any) -> list[tuple[str, ToolCallResume]]:
         action = ACTIONS.get(str(entry.get("status")))
         if action is None:
             raise InputError("a resume entry's status must be resolved or cancelled", field=FIELD)
-        decisions.append((entry["interruptId"], _decision(action, entry.get("payload"))))
+        decisions.append(Decision(entry["interruptId"], action, entry.get("payload")))
     return decisions
-
-
-def _waiting_run(thread_id: str) -> RunRecord:
-    thread = store.load_thread(thread_id=thread_id)
-    run = None
-    if thread is not None and thread.open_run_id:
-        run = store.load_run(run_id=thread.open_run_id)
-    run = run or store.latest_run(thread_id=thread_id)
-    if run is None or run.status is not RunStatus.WAITING:
-        raise ApiError(
-            f"no run waiting for a decision on thread {thread_id}", code="not_waiting", status_code=409
-        )
-    return run
-
-
-def _last_event_id(run_id: str) -> str:
-    return events.last_event_id(run_id) or START

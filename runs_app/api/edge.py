@@ -1,0 +1,102 @@
+"""The edge every API view stands on: path identifiers and query parameters checked before the handler,
+the body validated by a serializer, the caller's id, and the ownership checks (another user's thread or
+run is a 404)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers as drf
+from rest_framework.request import Request
+from rest_framework.views import APIView
+
+from mailbox_app.contract.lifecycle import RunStatus
+from mailbox_app.contract.storage import RunRecord, ThreadRecord
+from runs_app import selectors
+from runs_app.api.errors import ApiError, not_found
+from runs_app.api.inputs import IDEMPOTENCY_KEY_MAX, PATH_ID_MAX, InputError, check_query, normalize_id
+
+
+class EdgeCheckedView(APIView):
+    """Base of every API view: path identifiers are normalized (`normalize_id`) before the handler sees
+    them and query parameters are checked; errors surface after authentication (401 comes first)."""
+
+    _input_error: InputError | None = None
+
+    def dispatch(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+        self._input_error = None
+        try:
+            kwargs = {
+                name: normalize_id(value, field=name, max_length=PATH_ID_MAX[name])
+                if name in PATH_ID_MAX and isinstance(value, str)
+                else value
+                for name, value in kwargs.items()
+            }
+        except InputError as exc:
+            self._input_error = exc
+        return super().dispatch(request, *args, **kwargs)
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)
+        if self._input_error is not None:
+            raise self._input_error
+        check_query(request.query_params)
+
+
+def validated(
+    serializer_class: type[drf.Serializer[Any]], request: Request, body: Any = None
+) -> dict[str, Any]:
+    """`body` (default: the request's) validated by `serializer_class`."""
+    body = request.data if body is None else body
+    if not isinstance(body, dict):
+        raise ApiError("request body must be a JSON object", code="invalid")
+    serializer = serializer_class(data=body)
+    serializer.is_valid(raise_exception=True)
+    return dict(serializer.validated_data)
+
+
+def user_id(request: Request) -> int:
+    pk = request.user.pk
+    assert pk is not None  # IsAuthenticated ran first
+    return int(pk)
+
+
+def thread_or_404(request: Request, thread_id: str) -> ThreadRecord:
+    thread = selectors.owned_thread(user_id(request), thread_id)
+    if thread is None:
+        raise not_found("thread", thread_id)
+    return thread
+
+
+def run_or_404(request: Request, run_id: str) -> RunRecord:
+    run = selectors.owned_run(user_id(request), run_id)
+    if run is None:
+        raise not_found("run", run_id)
+    return run
+
+
+def not_taken_or_404(request: Request, thread_id: str) -> None:
+    """A thread id a submit may use: unknown (it creates the thread) or the caller's."""
+    if selectors.thread_taken_by_other(user_id(request), thread_id.strip()):
+        raise not_found("thread", thread_id)
+
+
+def idempotency_key(request: Request, data: dict[str, Any]) -> str | None:
+    """The body's `idempotency_key` (taken out of `data`), else the `Idempotency-Key` header."""
+    in_body = data.pop("idempotency_key", None)
+    if in_body:
+        return normalize_id(in_body, field="idempotency_key", max_length=IDEMPOTENCY_KEY_MAX)
+    header = request.headers.get("Idempotency-Key")
+    if not header:
+        return None
+    return normalize_id(header, field="Idempotency-Key", max_length=IDEMPOTENCY_KEY_MAX)
+
+
+def run_status_param(request: Request) -> RunStatus | None:
+    raw = request.query_params.get("status")
+    if not raw:
+        return None
+    try:
+        return RunStatus(raw)
+    except ValueError:
+        raise ApiError(f"invalid status filter: {raw}", code="invalid", field="status") from None
