@@ -12,30 +12,38 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, cast
-from urllib.parse import urlencode
 
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.models import CHANGE, LogEntry
-from django.contrib.admin.utils import quote
 from django.core.exceptions import PermissionDenied
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
-from django.urls import URLPattern, path, reverse
+from django.urls import URLPattern, path
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from mailbox_app import service, store
 from mailbox_app.admin_actions import Requeued, cancel_queued, requeue_dead_letters
+from mailbox_app.admin_links import (
+    OVERVIEW_URL_NAME,
+    counted,
+    dispatch_list_url,
+    dispatch_url,
+    format_duration_ms,
+    format_utc_ms,
+    link,
+    overview_url,
+    run_url,
+    thread_url,
+)
 from mailbox_app.contract.ids import now_ms
 from mailbox_app.contract.mailbox import DispatchStatus
 from mailbox_app.models import Dispatch, ThreadEpoch, WebhookDelivery, WebhookDeliveryStatus
 from mailbox_app.selectors import (
     ThreadBlockReport,
     claim_started_at,
-    format_duration_ms,
-    format_utc_ms,
     mailbox_overview,
     thread_block_report,
 )
@@ -49,34 +57,8 @@ else:  # ModelAdmin is generic only in django-stubs
     DispatchAdminBase = ThreadEpochAdminBase = WebhookDeliveryAdminBase = admin.ModelAdmin
 
 SKIPPED_SHOWN = 10
-OVERVIEW_URL_NAME = "mailbox_app_dispatch_overview"
 
-# --- links and formatting shared with runs_app.admin ---------------------------------------------
-
-
-def overview_url(thread_id: str | None = None) -> str:
-    url = reverse(f"admin:{OVERVIEW_URL_NAME}")
-    return f"{url}?{urlencode({'thread_id': thread_id})}" if thread_id else url
-
-
-def dispatch_list_url(**filters: str) -> str:
-    return f"{reverse('admin:mailbox_app_dispatch_changelist')}?{urlencode(filters)}"
-
-
-def dispatch_url(dispatch_id: str) -> str:
-    return reverse("admin:mailbox_app_dispatch_change", args=[quote(dispatch_id)])
-
-
-def run_url(run_id: str) -> str:
-    return reverse("admin:runs_app_run_change", args=[quote(run_id)])
-
-
-def thread_url(thread_id: str) -> str:
-    return reverse("admin:runs_app_thread_change", args=[quote(thread_id)])
-
-
-def link(url: str, text: object) -> SafeString:
-    return format_html('<a href="{}">{}</a>', url, text)
+# --- formatting ----------------------------------------------------------------------------------
 
 
 def when(ms: int | None, now: int | None = None) -> str:
@@ -93,10 +75,6 @@ def lease_left(lease_until: int | None, now: int | None = None) -> str:
         return "—"
     left = lease_until - (now_ms() if now is None else now)
     return f"{format_duration_ms(left)} left" if left >= 0 else f"expired {format_duration_ms(-left)} ago"
-
-
-def counted(n: int, singular: str, plural: str | None = None) -> str:
-    return f"{n} {singular if n == 1 else plural or singular + 's'}"
 
 
 def _listing(items: Sequence[str]) -> str:

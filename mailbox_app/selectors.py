@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -12,8 +11,9 @@ from django.db.models import Count, Min
 from redis.exceptions import RedisError
 
 from mailbox_app import store
+from mailbox_app.admin_links import format_duration_ms, format_utc_ms
 from mailbox_app.contract.ids import now_ms
-from mailbox_app.contract.mailbox import DispatchStatus
+from mailbox_app.contract.mailbox import DISPATCH_COLUMNS, DispatchRecord, DispatchStatus, dispatch_from_row
 from mailbox_app.locks import ThreadLock
 from mailbox_app.models import Dispatch, ThreadEpoch
 
@@ -42,29 +42,14 @@ def claim_started_at(claim_token: str | None) -> int | None:
     return parsed.int >> 80 if parsed.version == 7 else None
 
 
-def format_utc_ms(ms: int | None) -> str:
-    """Unix ms as a UTC timestamp with milliseconds, e.g. `2025-11-27 16:20:01.123 UTC`."""
-    if ms is None:
-        return "—"
-    stamp = datetime.fromtimestamp(ms // 1000, tz=UTC).replace(microsecond=(ms % 1000) * 1000)
-    return stamp.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
-
-
-def format_duration_ms(ms: int) -> str:
-    """A duration for people: `850 ms`, `12.3 s`, `4 min 05 s`, `2 h 03 min`, `3 d 04 h`."""
-    sign = "-" if ms < 0 else ""
-    ms = abs(ms)
-    if ms < 1000:
-        text = f"{ms} ms"
-    elif ms < 60_000:
-        text = f"{ms / 1000:.1f} s"
-    elif ms < 3_600_000:
-        text = f"{ms // 60_000} min {ms % 60_000 // 1000:02d} s"
-    elif ms < 86_400_000:
-        text = f"{ms // 3_600_000} h {ms % 3_600_000 // 60_000:02d} min"
-    else:
-        text = f"{ms // 86_400_000} d {ms % 86_400_000 // 3_600_000:02d} h"
-    return sign + text
+def latest_thread_dispatches(thread_id: str, limit: int) -> list[DispatchRecord]:
+    """The thread's newest dispatches first (the thread admin's table), as records."""
+    rows = (
+        Dispatch.objects.filter(thread_id=thread_id)
+        .order_by("-created_at", "-dispatch_id")
+        .values_list(*DISPATCH_COLUMNS)[:limit]
+    )
+    return [dispatch_from_row(tuple(row)) for row in rows]
 
 
 def mailbox_overview(*, now: int | None = None, claim_limit: int = 100) -> MailboxOverview:

@@ -18,17 +18,17 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from mailbox_app.admin import (
+from mailbox_app.admin_links import (
     counted,
     dispatch_list_url,
     dispatch_url,
+    format_utc_ms,
     link,
     overview_url,
     run_url,
     thread_url,
 )
-from mailbox_app.models import Dispatch
-from mailbox_app.selectors import format_utc_ms
+from mailbox_app.selectors import latest_thread_dispatches
 from runs_app.models import Message, Run, RunStep, Thread
 
 if TYPE_CHECKING:
@@ -282,9 +282,7 @@ class ThreadAdmin(ReadOnlyAdmin, ThreadAdminBase):
     @admin.display(description="dispatches")
     def dispatch_table(self, obj: Thread) -> SafeString:
         """Dispatch has no FK to Thread (`thread_id` is a plain column): a read-only list of links."""
-        rows = list(
-            Dispatch.objects.filter(thread_id=obj.id).order_by("-created_at")[:THREAD_DISPATCHES_SHOWN]
-        )
+        rows = latest_thread_dispatches(obj.id, THREAD_DISPATCHES_SHOWN)
         if not rows:
             return format_html("none · {}", link(dispatch_list_url(thread_id=obj.id), "dispatch list"))
         body = format_html_join(
@@ -295,7 +293,7 @@ class ThreadAdmin(ReadOnlyAdmin, ThreadAdminBase):
                 (
                     dispatch_url(d.dispatch_id),
                     d.dispatch_id,
-                    d.status,
+                    d.status.value,
                     run_url(d.run_id),
                     d.run_id,
                     d.attempt_count,

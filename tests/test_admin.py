@@ -12,6 +12,7 @@ from django.test import Client
 from django.urls import reverse
 
 from mailbox_app import store
+from mailbox_app.admin_links import format_duration_ms, format_utc_ms
 from mailbox_app.contract.ids import now_ms
 from mailbox_app.contract.lifecycle import RunStatus
 from mailbox_app.contract.mailbox import DispatchStatus
@@ -19,13 +20,7 @@ from mailbox_app.contract.message import ChatMessage
 from mailbox_app.contract.storage import RunRecord, TerminationReason
 from mailbox_app.contract.suspension import RunWaitingState, WaitingTicket
 from mailbox_app.models import Dispatch, ThreadEpoch
-from mailbox_app.selectors import (
-    ThreadState,
-    format_duration_ms,
-    format_utc_ms,
-    mailbox_overview,
-    thread_block_report,
-)
+from mailbox_app.selectors import ThreadState, mailbox_overview, thread_block_report
 from runs_app import store as run_store
 from runs_app.models import Message, Run, Thread
 from tests.support.dispatches import make_dispatch
