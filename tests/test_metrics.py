@@ -25,10 +25,10 @@ from mailbox_app.contract.lifecycle import RunStatus
 from mailbox_app.contract.mailbox import DispatchStatus
 from mailbox_app.metrics_access import parse_networks
 from runs_app import store as run_store
-from tests.mailbox_app.test_multiprocess import MAILBOX_ENV, MP_CONFIG, SIGNAL_ENV, WorkerFarm
 from tests.support.api import post_json, user_client
 from tests.support.servers import PROJECT_ROOT, database_url_of_test_db
 from tests.support.waiting import wait_until
+from tests.support.worker_farm import MAILBOX_ENV, MP_CONFIG, SIGNAL_ENV, WorkerFarm
 
 Labels = frozenset[tuple[str, str]]
 Figures = dict[tuple[str, Labels], float]

@@ -38,24 +38,21 @@ from mailbox_app.redis_client import get_redis
 from mailbox_app.steps import STEP_RECORDED, STEP_REPLAYED, StepJournal
 from runs_app import store as run_store
 from runs_app.models import RunStep
-from tests.mailbox_app import test_multiprocess as multiprocess
-from tests.mailbox_app.test_multiprocess import (
-    WorkerFarm,
-    _dispatch,
-    _probe_workers,
-    _request,
-    _run,
-    _signal_group,
-    _sweep_until,
-    _wait_run,
-)
 from tests.support.agents import TEST_AGENTS
 from tests.support.dispatches import FAST
 from tests.support.waiting import wait_until
+from tests.support.worker_farm import (
+    WorkerFarm,
+    dispatch_of,
+    echo_request,
+    probe_workers,
+    run_of,
+    signal_group,
+    sweep_until,
+    wait_run_status,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
-farm = multiprocess.farm  # the worker-subprocess fixtures, shared
-mp_settings = multiprocess.mp_settings
 
 CALLS: list[str] = []
 CALLS_LOCK = threading.Lock()
@@ -138,7 +135,7 @@ def step_agents(engine_settings: Any) -> Any:
 
 def _claimed(thread_id: str) -> DispatchRecord:
     """A background submit on an idle thread claims its dispatch inline; no worker runs here."""
-    submitted = service.submit_background(_request(thread_id, "hello", agent_id="noop"))
+    submitted = service.submit_background(echo_request(thread_id, "hello", agent_id="noop"))
     dispatch = store.load_dispatch(submitted.dispatch_id)
     assert dispatch is not None and dispatch.status is DispatchStatus.CLAIMED and dispatch.claim_token
     return dispatch
@@ -246,8 +243,8 @@ def test_a_non_json_step_result_fails_with_a_clear_error_and_records_nothing(
 def test_two_steps_with_one_key_in_one_attempt_get_the_first_result(
     mailbox_worker: Any, step_agents: Any
 ) -> None:
-    submitted = service.submit_background(_request("t-steps-twice", "go", agent_id="twice"))
-    run = _wait_run(submitted.run_id, RunStatus.DONE)
+    submitted = service.submit_background(echo_request("t-steps-twice", "go", agent_id="twice"))
+    run = wait_run_status(submitted.run_id, RunStatus.DONE)
     first, second = json.loads(run.final_output or "")
     assert first == second == {"drawn": 1, "key": f"{submitted.run_id}:draw"}
     assert [f"{submitted.run_id}:draw"] == CALLS
@@ -259,8 +256,10 @@ def test_two_steps_with_one_key_in_one_attempt_get_the_first_result(
 def test_a_non_json_step_result_ends_the_run_with_the_error_and_no_half_journal(
     mailbox_worker: Any, step_agents: Any
 ) -> None:
-    submitted = service.submit_background(_request("t-steps-unserialisable", "go", agent_id="unserialisable"))
-    run = _wait_run(submitted.run_id, RunStatus.DONE)
+    submitted = service.submit_background(
+        echo_request("t-steps-unserialisable", "go", agent_id="unserialisable")
+    )
+    run = wait_run_status(submitted.run_id, RunStatus.DONE)
     assert run.termination_reason is not None and run.termination_reason.type == "error"
     assert "step 'bad': its result is not JSON-serialisable" in (run.termination_reason.value or "")
     acked = wait_until(
@@ -274,8 +273,8 @@ def test_a_non_json_step_result_ends_the_run_with_the_error_and_no_half_journal(
 def test_a_tool_call_runs_once_and_its_messages_and_state_are_kept_with_the_journal(
     mailbox_worker: Any, step_agents: Any
 ) -> None:
-    submitted = service.submit_background(_request("t-steps-tool", "go", agent_id="tool"))
-    run = _wait_run(submitted.run_id, RunStatus.DONE)
+    submitted = service.submit_background(echo_request("t-steps-tool", "go", agent_id="tool"))
+    run = wait_run_status(submitted.run_id, RunStatus.DONE)
     assert CALLS == ["search cats"]
     assert run.final_output == "{'hits': 1} {'searched': 'cats'}"
     [row] = _journal_rows(submitted.run_id)
@@ -288,14 +287,14 @@ def test_a_tool_call_runs_once_and_its_messages_and_state_are_kept_with_the_jour
 
 
 def test_a_decision_is_recorded_as_the_suspended_calls_step(mailbox_worker: Any, step_agents: Any) -> None:
-    asked = service.submit_background(_request("t-steps-ask", "ask ok?"))
-    waiting = _wait_run(asked.run_id, RunStatus.WAITING)
+    asked = service.submit_background(echo_request("t-steps-ask", "ask ok?"))
+    waiting = wait_run_status(asked.run_id, RunStatus.WAITING)
     assert waiting.waiting is not None
     [call_id] = waiting.waiting.ticket_ids
     assert call_id == f"call-{asked.dispatch_id}"
     resume = ToolCallResume(decision_id="d-1", action="resume", result={"ok": 1})
     assert service.send_decision(asked.run_id, call_id, resume)
-    done = _wait_run(asked.run_id, RunStatus.DONE)
+    done = wait_run_status(asked.run_id, RunStatus.DONE)
     assert done.final_output == 'approved: {"ok": 1}'
     [row] = _journal_rows(asked.run_id)
     assert row["key"] == f"tool_call:{call_id}"
@@ -303,8 +302,8 @@ def test_a_decision_is_recorded_as_the_suspended_calls_step(mailbox_worker: Any,
 
 
 def test_echo_steps_runs_each_step_once(mailbox_worker: Any, step_agents: Any) -> None:
-    submitted = service.submit_background(_request("t-steps-echo", "steps 2"))
-    run = _wait_run(submitted.run_id, RunStatus.DONE, timeout=20)
+    submitted = service.submit_background(echo_request("t-steps-echo", "steps 2"))
+    run = wait_run_status(submitted.run_id, RunStatus.DONE, timeout=20)
     assert run.final_output == "steps done: 2 steps, 2 executions"
     assert _keys(submitted.run_id) == [f"steps:{submitted.dispatch_id}:{i}" for i in (1, 2)]
 
@@ -315,10 +314,10 @@ def test_echo_steps_runs_each_step_once(mailbox_worker: Any, step_agents: Any) -
 def test_gc_removes_the_journals_of_long_done_runs_and_a_deleted_run_takes_its_journal(
     mailbox_worker: Any, step_agents: Any
 ) -> None:
-    done = service.submit_background(_request("t-steps-gc", "go", agent_id="twice"))
-    _wait_run(done.run_id, RunStatus.DONE)
-    other = service.submit_background(_request("t-steps-gc-2", "go", agent_id="twice"))
-    _wait_run(other.run_id, RunStatus.DONE)
+    done = service.submit_background(echo_request("t-steps-gc", "go", agent_id="twice"))
+    wait_run_status(done.run_id, RunStatus.DONE)
+    other = service.submit_background(echo_request("t-steps-gc-2", "go", agent_id="twice"))
+    wait_run_status(other.run_id, RunStatus.DONE)
     assert _keys(done.run_id) == _keys(other.run_id) == ["draw"]
 
     maintenance.gc(now=now_ms())  # within the TTL: kept
@@ -326,16 +325,16 @@ def test_gc_removes_the_journals_of_long_done_runs_and_a_deleted_run_takes_its_j
     maintenance.gc(now=now_ms() + FAST.gc_ttl_ms + 1_000)
     assert _keys(done.run_id) == _keys(other.run_id) == []
 
-    kept = service.submit_background(_request("t-steps-gc-3", "go", agent_id="twice"))
-    _wait_run(kept.run_id, RunStatus.DONE)
+    kept = service.submit_background(echo_request("t-steps-gc-3", "go", agent_id="twice"))
+    wait_run_status(kept.run_id, RunStatus.DONE)
     with connection.cursor() as cursor:  # a run deleted by SQL, not the ORM: the database cascades
         cursor.execute("DELETE FROM runs_run WHERE run_id = %s", [kept.run_id])
     assert _keys(kept.run_id) == []
 
 
 def test_the_run_admin_shows_its_journal(mailbox_worker: Any, step_agents: Any, admin_client: Client) -> None:
-    submitted = service.submit_background(_request("t-steps-admin", "go", agent_id="twice"))
-    _wait_run(submitted.run_id, RunStatus.DONE)
+    submitted = service.submit_background(echo_request("t-steps-admin", "go", agent_id="twice"))
+    wait_run_status(submitted.run_id, RunStatus.DONE)
     [row] = _journal_rows(submitted.run_id)
     page = admin_client.get(f"/admin/runs_app/run/{submitted.run_id}/change/").content.decode()
     assert "Journaled steps" in page and "<p>draw</p>" in page
@@ -358,8 +357,8 @@ def test_kill_9_between_steps_2_and_3_resumes_at_step_3(farm: WorkerFarm) -> Non
     doomed = farm.spawn("w-doomed", pool="threads")
     survivor = farm.spawn("w-survivor", pool="threads", standby=True)
     farm.wait_ready(doomed, survivor)
-    _probe_workers()
-    submitted = service.submit_background(_request("t-steps-kill", "steps 4"))
+    probe_workers()
+    submitted = service.submit_background(echo_request("t-steps-kill", "steps 4"))
     wait_until(
         lambda: len(_keys(submitted.run_id)) >= 2, timeout=20, interval=0.01, what="steps 1-2 recorded"
     )
@@ -368,9 +367,9 @@ def test_kill_9_between_steps_2_and_3_resumes_at_step_3(farm: WorkerFarm) -> Non
     first_session = _journal_rows(submitted.run_id)[0]["session_id"]
     farm.join(survivor)
 
-    acked = _sweep_until(submitted.dispatch_id, DispatchStatus.ACKED, timeout=40)
+    acked = sweep_until(submitted.dispatch_id, DispatchStatus.ACKED, timeout=40)
     assert acked.attempt_count == 1
-    run = _run(submitted.run_id)
+    run = run_of(submitted.run_id)
     assert run.status is RunStatus.DONE and run.final_output == "steps done: 4 steps, 4 executions"
     second_session = acked.dispatch_instance_id
     assert second_session not in (None, first_session)
@@ -408,15 +407,15 @@ def test_a_zombie_attempt_resumed_after_the_rerun_records_and_overwrites_no_step
     the run and its events are exactly what the re-run left. A marker on the solo worker proves the
     zombie's attempt is over."""
     paused = farm.start("w-paused", pool="solo")
-    _probe_workers()
-    submitted = service.submit_background(_request("t-steps-zombie", "steps 3"))
+    probe_workers()
+    submitted = service.submit_background(echo_request("t-steps-zombie", "steps 3"))
     wait_until(lambda: len(_keys(submitted.run_id)) >= 1, timeout=20, interval=0.01, what="step 1 recorded")
-    _signal_group(paused.pgid, signal.SIGSTOP)
+    signal_group(paused.pgid, signal.SIGSTOP)
     try:
         zombie_session = _journal_rows(submitted.run_id)[0]["session_id"]
         live = farm.start("w-live", pool="threads")
-        acked = _sweep_until(submitted.dispatch_id, DispatchStatus.ACKED, timeout=40)
-        run = _run(submitted.run_id)
+        acked = sweep_until(submitted.dispatch_id, DispatchStatus.ACKED, timeout=40)
+        run = run_of(submitted.run_id)
         assert run.final_output == "steps done: 3 steps, 3 executions"
         journal = _journal_rows(submitted.run_id)
         assert [(r["attempt"], r["session_id"]) for r in journal] == [
@@ -428,14 +427,14 @@ def test_a_zombie_attempt_resumed_after_the_rerun_records_and_overwrites_no_step
         executions = _log(submitted.run_id)
         live.kill_group()
     finally:
-        _signal_group(paused.pgid, signal.SIGCONT)
-    marker = service.submit_background(_request("t-steps-zombie-marker", "marker"))
-    _sweep_until(marker.dispatch_id, DispatchStatus.ACKED, timeout=30)
+        signal_group(paused.pgid, signal.SIGCONT)
+    marker = service.submit_background(echo_request("t-steps-zombie-marker", "marker"))
+    sweep_until(marker.dispatch_id, DispatchStatus.ACKED, timeout=30)
     assert paused.alive()
     assert _journal_rows(submitted.run_id) == journal
-    assert _run(submitted.run_id) == run
+    assert run_of(submitted.run_id) == run
     assert [(e.id, e.type, e.data) for e in events.read_events(submitted.run_id)] == stream
-    assert _dispatch(submitted.dispatch_id) == acked
+    assert dispatch_of(submitted.dispatch_id) == acked
     # the one limit: the zombie may have finished the body of the step it was paused in (or seen its
     # lost lease first); it ran nothing after it
     extra = _log(submitted.run_id)[len(executions) :]

@@ -33,10 +33,10 @@ from mailbox_app.models import WebhookDelivery, WebhookDeliveryStatus, WebhookSu
 from mailbox_app.webhook_targets import TargetRefused, check_submitted, parse_target, resolve
 from mailbox_app.worker import attempt
 from runs_app import store as run_store
-from tests.mailbox_app.test_multiprocess import WorkerFarm, farm, mp_settings  # noqa: F401 - fixtures
 from tests.support.api import post_json, user_client
 from tests.support.dispatches import FAST
 from tests.support.waiting import wait_until
+from tests.support.worker_farm import WorkerFarm
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -513,8 +513,8 @@ def test_the_admin_lists_deliveries_and_retries_failed_ones(
 
 @pytest.mark.slow
 def test_a_worker_killed_after_the_run_ended_before_delivery_still_delivers(
-    farm: WorkerFarm,  # noqa: F811 - the fixture
-    mp_settings: Any,  # noqa: F811 - the fixture
+    farm: WorkerFarm,
+    mp_settings: Any,
     receiver: Receiver,
 ) -> None:
     """The worker exits (os._exit, like kill -9) right after the finish transaction committed, before
