@@ -13,6 +13,7 @@ from typing import Any
 
 from celery.signals import worker_ready
 from django.apps import AppConfig
+from django.core import checks
 from django.db.models.signals import post_migrate
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ class MailboxAppConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from mailbox_app import live
+        from mailbox_app import live, ports
         from mailbox_app.agents import registry as agents  # noqa: F401 - registers the system check
         from mailbox_app.maintenance import gc_ran, recover_with_retry
         from mailbox_app.schedule import sync_periodic_tasks
@@ -38,6 +39,7 @@ class MailboxAppConfig(AppConfig):
         def _recover_on_worker_ready(**_: Any) -> None:
             log.info("mailbox startup recovery: %s", recover_with_retry())
 
+        checks.register(ports.check_run_store)
         live.use_local_runs(registry.find_local_run)
         post_migrate.connect(_sync, weak=False, dispatch_uid="mailbox_sync_periodic_tasks")
         worker_ready.connect(_recover_on_worker_ready, weak=False, dispatch_uid="mailbox_recover")
