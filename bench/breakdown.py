@@ -151,7 +151,7 @@ def instrument() -> None:
         wrap(store, name, f"store.{name}")
     wrap(service, "prepare_run_for_dispatch", "prepare_run_for_dispatch (rest)")
     wrap(preparation, "reusable_waiting_run_id", "reusable_waiting_run_id (rest)")
-    wrap(doorbells, "_send", "celery publish (doorbell)")
+    wrap(doorbells, "send_doorbell", "celery publish (doorbell)")
     wrap(execution, "close_old_connections", "close_old_connections")
     wrap(attempt, "reconstruct_from", "reconstruct_from (rest)")
     wrap(attempt, "start", "attempt.start (rest)")

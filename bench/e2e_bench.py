@@ -263,6 +263,48 @@ def raw_throughput(workers: Workers, n: int, senders: int) -> float:
 class MailboxRate:
     rate: float  # dispatches acked per second, from first submit
     submit_rate: float  # submissions per second (submission alone)
+    cpu_ms: dict[str, float]  # CPU ms per dispatch by process kind (load-independent, unlike the rate)
+
+
+def _proc_stat(pid: int) -> list[str]:
+    """Fields of /proc/PID/stat after the command name (field 3, the state, is index 0)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def _cpu_s(pid: int, *, children: bool = False) -> float:
+    """User + system CPU seconds of a process (its threads and its reaped children included), plus its
+    live children's when asked (PostgreSQL backends still connected). Linux /proc; 0 when it is gone."""
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        fields = _proc_stat(pid)
+    except OSError:
+        return 0.0
+    total = sum(int(f) for f in fields[11:15]) / tick  # utime, stime, cutime, cstime
+    if children:
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError, IndexError):
+                child = _proc_stat(int(entry.name))
+                if int(child[1]) == pid:  # ppid
+                    total += (int(child[11]) + int(child[12])) / tick
+    return total
+
+
+def cpu_snapshot(workers: Workers) -> dict[str, float]:
+    """CPU seconds used so far by this process (the submitters), the worker processes, the PostgreSQL
+    server (postmaster, its backends and the backends that exited) and the Redis server."""
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW data_directory")
+        row = cursor.fetchone()
+    postmaster = int((Path(str(row[0] if row else "")) / "postmaster.pid").read_text().split()[0])
+    redis_pid = int(get_redis().info("server")["process_id"])
+    return {
+        "submitters": _cpu_s(os.getpid()),
+        "workers": sum(_cpu_s(p.pid, children=True) for p in workers.procs),
+        "postgres": _cpu_s(postmaster, children=True),
+        "redis": _cpu_s(redis_pid),
+    }
 
 
 def mailbox_throughput(workers: Workers, per_thread: int, senders: int, tag: str) -> MailboxRate:
@@ -280,6 +322,7 @@ def mailbox_throughput(workers: Workers, per_thread: int, senders: int, tag: str
                 service.submit_background(request(thread_id, "noop"))
         submitted_at.append(time.perf_counter())
 
+    cpu0 = cpu_snapshot(workers)
     started = time.perf_counter()
     with in_threads(senders, submit) as errors:
 
@@ -291,7 +334,9 @@ def mailbox_throughput(workers: Workers, per_thread: int, senders: int, tag: str
 
         wait_until(all_acked, 180, f"{n} dispatches to be acked", 0.02)
         elapsed = time.perf_counter() - started
-    return MailboxRate(n / elapsed, n / (max(submitted_at) - started))
+    cpu1 = cpu_snapshot(workers)
+    cpu_ms = {kind: (cpu1[kind] - cpu0[kind]) * 1000 / n for kind in cpu0}
+    return MailboxRate(n / elapsed, n / (max(submitted_at) - started), cpu_ms)
 
 
 # --- (c) one thread's backlog ------------------------------------------------------------------------------
@@ -447,9 +492,12 @@ def run_measurements(workers: Workers, args: argparse.Namespace) -> bool:
                 quiesce(workers)
             if "b" in args.only:
                 mailboxes.append(mailbox_throughput(workers, args.per_thread, args.submitters, f"b{rep}"))
+                cpu = mailboxes[-1].cpu_ms
                 print(
                     f"  rep {rep + 1} (b) mailbox no-op:    {mailboxes[-1].rate:7.0f} dispatches/s "
-                    f"({n_b} over {THREADS} threads; submission alone {mailboxes[-1].submit_rate:.0f}/s)"
+                    f"({n_b} over {THREADS} threads; submission alone {mailboxes[-1].submit_rate:.0f}/s); "
+                    f"CPU ms per dispatch {sum(cpu.values()):.2f}: "
+                    + ", ".join(f"{kind} {ms:.2f}" for kind, ms in cpu.items())
                 )
                 quiesce(workers)
         raw = statistics.median(raws) if raws else float("nan")

@@ -12,6 +12,10 @@ measured before anyone changes the real code. Nothing here is used by the applic
                listener thread closes its own pubsub when its poll ends.
   live_off     No live subscription at all: the upper bound of what a shared per-process listener
                (one pubsub connection per worker, channels added/removed per run) could save.
+  no_webhook   No webhook outbox statement in the transactions that end a run (what skipping it when
+               no subscription and no AWAKEN_WEBHOOK_URL applies could save).
+  no_served    The attempt's start does not mark its owner served (mailbox_fair_group), i.e. the fenced
+               start without its upsert of one row per owner.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any
 from awaken_project.celery import app
 
 VARIANTS = frozenset(v.strip() for v in os.environ.get("BENCH_VARIANTS", "").split(",") if v.strip())
-KNOWN = frozenset({"db_reuse", "live_nojoin", "live_off"})
+KNOWN = frozenset({"db_reuse", "live_nojoin", "live_off", "no_webhook", "no_served"})
 
 
 def _refuse(command: dict[str, Any]) -> bool:
@@ -68,6 +72,15 @@ def _apply() -> None:
                 pass
 
         execution.LiveSubscription = NoSubscription  # type: ignore[attr-defined,assignment,misc]
+    if "no_webhook" in VARIANTS:
+        from mailbox_app import webhooks
+
+        webhooks.record_run_event = lambda run: None  # type: ignore[assignment]
+    if "no_served" in VARIANTS:
+        from mailbox_app import sql
+
+        head, _served = sql.START.split("), served AS (")
+        sql.START = head + ")\nSELECT * FROM started\n"  # type: ignore[misc]
 
 
 _apply()
