@@ -287,7 +287,14 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     # one named enum per choice set that several bodies share (else "StatusFd7Enum" and a warning)
-    "ENUM_NAME_OVERRIDES": {"RunStatusEnum": "runs_app.api.run_serializers.RUN_STATUSES"},
+    "ENUM_NAME_OVERRIDES": {
+        "RunStatusEnum": "runs_app.api.run_serializers.RUN_STATUSES",
+        "SubmitStatusEnum": "runs_app.api.responses.SUBMIT_STATUSES",
+        "DispatchStatusEnum": "runs_app.api.responses.DISPATCH_STATUSES",
+        "ThreadStatusEnum": "runs_app.api.thread_serializers.THREAD_STATUSES",
+        "CancelRequestedEnum": "runs_app.api.responses.CANCEL_REQUESTED",
+        "DecisionSubmittedEnum": "runs_app.api.responses.DECISION_SUBMITTED",
+    },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "runs_app.api.schema_hooks.declare_request_headers",

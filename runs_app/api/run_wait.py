@@ -35,7 +35,7 @@ from runs_app.api import serializers as s
 from runs_app.api import views
 from runs_app.api.edge import EdgeCheckedView, not_taken_or_404, run_or_404, validated
 from runs_app.api.errors import ApiError
-from runs_app.api.responses import errors
+from runs_app.api.responses import JSON, errors
 from runs_app.api.run_serializers import DEFAULT_WAIT_S, MAX_WAIT_S, RunOut, RunPendingOut, RunWaitIn
 from runs_app.api.sse import TERMINAL_EVENTS, async_redis, read_after
 
@@ -178,7 +178,7 @@ class ThreadRunWaitView(views.ForegroundSubmit):
 
     @extend_schema(
         request=RunWaitIn,
-        responses={200: RunOut, 202: RunPendingOut, **errors(400, 404, 409)},
+        responses={(200, JSON): RunOut, (202, JSON): RunPendingOut, **errors(400, 404, 409)},
         description="Submit a run and wait until it is done or waiting (200, the run); 202 on timeout.",
     )
     def post(self, request: Request, thread_id: str) -> Response:

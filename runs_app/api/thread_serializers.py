@@ -15,6 +15,7 @@ TITLE_MAX = 255  # runs_thread.title
 SEARCH_LIMIT_MAX = 200
 SEARCH_OFFSET_MAX = 1_000_000_000
 IF_EXISTS = ("raise", "do_nothing")
+THREAD_STATUSES = tuple(s.value for s in ThreadStatus)
 
 
 class MetadataField(serializers.JSONField):
@@ -66,7 +67,7 @@ class ThreadPatchIn(serializers.Serializer[dict[str, Any]]):
 
 class ThreadSearchIn(serializers.Serializer[dict[str, Any]]):
     metadata = MetadataField(required=False, help_text="threads whose metadata contains this object")
-    status = serializers.ChoiceField(choices=[s.value for s in ThreadStatus], required=False)
+    status = serializers.ChoiceField(choices=THREAD_STATUSES, required=False)
     limit = serializers.IntegerField(required=False, default=50, min_value=1, max_value=SEARCH_LIMIT_MAX)
     offset = serializers.IntegerField(required=False, default=0, min_value=0, max_value=SEARCH_OFFSET_MAX)
 
@@ -79,7 +80,7 @@ class ThreadOut(serializers.Serializer[dict[str, Any]]):
     title = serializers.CharField(allow_null=True)
     metadata = serializers.DictField()
     status = serializers.ChoiceField(
-        choices=[s.value for s in ThreadStatus],
+        choices=THREAD_STATUSES,
         help_text=(
             "busy: a dispatch queued or claimed, or a run running; waiting: otherwise, a run waiting; "
             "error: otherwise, the latest run ended with error or timeout; idle: anything else"

@@ -42,7 +42,11 @@ def _payload(thread: ThreadRecord) -> dict[str, Any]:
 
 
 class ThreadsView(EdgeCheckedView):
-    @extend_schema(parameters=PAGE_PARAMETERS, responses={200: ts.ThreadPageOut, 400: ts.ErrorOut})
+    @extend_schema(
+        parameters=PAGE_PARAMETERS,
+        responses={200: ts.ThreadPageOut, 400: ts.ErrorOut},
+        operation_id="threads_list",
+    )
     def get(self, request: Request) -> Response:
         window = Window.of(request)
         found, total = selectors.user_threads_page(user_id(request), limit=window.limit, offset=window.offset)

@@ -42,7 +42,7 @@ from runs_app.api.run_serializers import RunOut, RunPageOut
 from runs_app.api.sse import EventStreamRenderer, stream_response
 
 SUBMIT_RESPONSES: dict[int | tuple[int, str], Any] = {
-    (201, "application/json"): out.SubmitOut,
+    (201, out.JSON): out.SubmitOut,
     (200, out.EVENT_STREAM): out.event_stream(
         "the run's events (`stream`, `Accept: text/event-stream` or `?protocol=ai-sdk|ag-ui`)"
     ),
@@ -177,7 +177,8 @@ class RunsView(ForegroundSubmit):
             ),
             *PAGE_PARAMETERS,
         ],
-        responses={200: RunPageOut, **out.errors(400)},
+        responses={(200, out.JSON): RunPageOut, **out.errors(400)},
+        operation_id="runs_list",
     )
     def get(self, request: Request) -> Response:
         window = Window.of(request)
@@ -201,7 +202,7 @@ class RunsView(ForegroundSubmit):
 class ThreadRunsView(ForegroundSubmit):
     @extend_schema(
         parameters=[OpenApiParameter("status", str), *PAGE_PARAMETERS],
-        responses={200: RunPageOut, **out.errors(400, 404)},
+        responses={(200, out.JSON): RunPageOut, **out.errors(400, 404)},
     )
     def get(self, request: Request, thread_id: str) -> Response:
         thread_or_404(request, thread_id)
