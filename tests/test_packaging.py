@@ -170,6 +170,26 @@ for app in (mailbox_app, runs_app):
 print("apps from", target)
 """
 
+API_PROBE = """
+import json
+from django.contrib.auth.models import User
+from django.test import Client
+from rest_framework.authtoken.models import Token
+
+def code(response):
+    return [response.status_code, response.json().get("code")]
+
+token = Token.objects.create(user=User.objects.create_user("host-alice")).key
+as_alice = Client(HTTP_AUTHORIZATION=f"Token {token}")
+threads = as_alice.get("/api/v1/threads")
+print(json.dumps({
+    "anonymous": code(Client().get("/api/v1/runs")),
+    "threads": [threads.status_code, threads.json()],
+    "malformed": code(as_alice.post("/api/v1/runs", data="{nope", content_type="application/json")),
+    "unknown_thread": code(as_alice.get("/api/v1/threads/nope")),
+}))
+"""
+
 
 def test_a_minimal_host_project_checks_and_migrates_with_the_installed_apps(target, host_env):
     def django(*args: str) -> str:
@@ -180,6 +200,12 @@ def test_a_minimal_host_project_checks_and_migrates_with_the_installed_apps(targ
     django("migrate", "--noinput", "--verbosity", "0")
     django("migrate", "--check", "--verbosity", "0")  # every migration applied
     django("makemigrations", "--check", "--dry-run", "mailbox_app", "runs_app")  # and none missing
+    # the API keeps its own policy without the host's REST_FRAMEWORK: token auth, strict JSON, its errors
+    answers = json.loads(django("shell", "-c", API_PROBE).strip().splitlines()[-1])
+    assert answers["anonymous"] == [401, "not_authenticated"]
+    assert answers["threads"] == [200, {"items": [], "total": 0, "has_more": False}]
+    assert answers["malformed"] == [400, "malformed_json"]
+    assert answers["unknown_thread"] == [404, "thread_not_found"]
     # the post-migrate hook ran against the host's database: the mailbox's periodic tasks exist
     tasks = django(
         "shell",

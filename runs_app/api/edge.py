@@ -6,22 +6,45 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.openapi import AutoSchema
 from rest_framework import serializers as drf
+from rest_framework.authentication import SessionAuthentication, TokenAuthentication
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from mailbox_app.contract.lifecycle import RunStatus
 from mailbox_app.contract.storage import RunRecord, ThreadRecord
 from runs_app import selectors
-from runs_app.api.errors import ApiError, not_found
-from runs_app.api.inputs import IDEMPOTENCY_KEY_MAX, PATH_ID_MAX, InputError, check_query, normalize_id
+from runs_app.api.errors import ApiError, exception_handler, not_found
+from runs_app.api.inputs import (
+    IDEMPOTENCY_KEY_MAX,
+    PATH_ID_MAX,
+    InputError,
+    StrictJSONParser,
+    check_query,
+    normalize_id,
+)
 
 
 class EdgeCheckedView(APIView):
     """Base of every API view: path identifiers are normalized (`normalize_id`) before the handler sees
     them and query parameters are checked; errors surface after authentication (401 comes first)."""
 
+    # The API's own policy, not the host's REST_FRAMEWORK defaults (a host project sets nothing for it):
+    # a token (or a session) and an authenticated user, strict JSON in, JSON out, this API's error body,
+    # drf-spectacular's schema. Throttling stays the host's (REST_FRAMEWORK's DEFAULT_THROTTLE_*).
+    authentication_classes = [TokenAuthentication, SessionAuthentication]
+    permission_classes = [IsAuthenticated]
+    parser_classes = [StrictJSONParser]
+    renderer_classes = [JSONRenderer]
+    schema = AutoSchema()
+
     _input_error: InputError | None = None
+
+    def get_exception_handler(self) -> Any:
+        return exception_handler
 
     def dispatch(self, request: Any, *args: Any, **kwargs: Any) -> Any:
         self._input_error = None
