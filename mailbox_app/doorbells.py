@@ -21,7 +21,8 @@ DISPATCH_TASK = "mailbox.dispatch_thread"
 RUN_CLAIMED_TASK = "mailbox.run_claimed"
 
 
-def _send(name: str, args: list[str | None], countdown_s: float | None = None) -> None:
+def send_doorbell(name: str, args: list[str | None], countdown_s: float | None = None) -> None:
+    """Publish one doorbell task; a broker error is logged, never raised (the sweep rings again)."""
     try:
         current_app.send_task(name, args=args, countdown=countdown_s)
     except Exception:
@@ -30,16 +31,16 @@ def _send(name: str, args: list[str | None], countdown_s: float | None = None) -
 
 def ring_on_commit(thread_id: str, dispatch_id: str | None) -> None:
     """Wake a worker for `thread_id` once the current transaction commits."""
-    transaction.on_commit(lambda: _send(DISPATCH_TASK, [thread_id, dispatch_id]))
+    transaction.on_commit(lambda: send_doorbell(DISPATCH_TASK, [thread_id, dispatch_id]))
 
 
 def ring_at(thread_id: str, dispatch_id: str | None, at_ms: int) -> None:
     """Wake a worker at `at_ms` (a nacked dispatch's retry time); the sweep is the safety net."""
     delay_s = max(at_ms - now_ms(), 0) / 1000
-    transaction.on_commit(lambda: _send(DISPATCH_TASK, [thread_id, dispatch_id], countdown_s=delay_s))
+    transaction.on_commit(lambda: send_doorbell(DISPATCH_TASK, [thread_id, dispatch_id], countdown_s=delay_s))
 
 
 def hand_over_claimed_on_commit(thread_id: str, dispatch_id: str, claim_token: str) -> None:
     """A submit claimed inline: a worker takes over the execution of that claim (the token lets it take
     the thread lock and the fenced start without reading the row first)."""
-    transaction.on_commit(lambda: _send(RUN_CLAIMED_TASK, [thread_id, dispatch_id, claim_token]))
+    transaction.on_commit(lambda: send_doorbell(RUN_CLAIMED_TASK, [thread_id, dispatch_id, claim_token]))

@@ -231,12 +231,12 @@ def _steer(thread_id: str, messages: list[ChatMessage], expected_run_id: str | N
         return None
     run_store().append_messages(thread_id=thread_id, messages=messages)
     command = {"kind": "messages", "messages": [m.model_dump(mode="json") for m in messages]}
-    if not _deliver(LiveRunTarget(thread_id, latest.run_id, latest.dispatch_id), command):
+    if not deliver_live_command(LiveRunTarget(thread_id, latest.run_id, latest.dispatch_id), command):
         return None
     return SubmitResult(latest.dispatch_id, latest.run_id, thread_id, SubmitStatus.RUNNING)
 
 
-def _deliver(target: LiveRunTarget, command: dict[str, Any]) -> bool:
+def deliver_live_command(target: LiveRunTarget, command: dict[str, Any]) -> bool:
     """Local run first (same process), else the Redis live channel of the exact target."""
     local = find_local_run(target.dispatch_id or target.run_id)
     if local is not None and local.run_id == target.run_id:
@@ -270,7 +270,7 @@ def cancel_active_dispatch(active: DispatchRecord, *, wait: bool) -> bool:
     """Cancel the run of a claimed dispatch, locally or in another process; with `wait`, True only once
     its claim is released (polled up to AWAKEN_REMOTE_CANCEL_WAIT_MS)."""
     target = LiveRunTarget(active.thread_id, active.run_id, active.dispatch_id)
-    delivered = _deliver(target, {"kind": "cancel"})
+    delivered = deliver_live_command(target, {"kind": "cancel"})
     if not wait:
         return True
     deadline = time.monotonic() + awaken_settings.REMOTE_CANCEL_WAIT_MS / 1000
@@ -282,7 +282,7 @@ def cancel_active_dispatch(active: DispatchRecord, *, wait: bool) -> bool:
             return False
         time.sleep(REMOTE_CANCEL_POLL_S)
         if not delivered:  # the run may not have subscribed yet (claimed, starting): say it again
-            delivered = _deliver(target, {"kind": "cancel"})
+            delivered = deliver_live_command(target, {"kind": "cancel"})
 
 
 def cancel(identifier: str) -> bool:
@@ -298,14 +298,16 @@ def cancel(identifier: str) -> bool:
         return True
     dispatch = store.load_dispatch(identifier)
     if dispatch is not None and dispatch.status is DispatchStatus.CLAIMED:
-        return _deliver(
+        return deliver_live_command(
             LiveRunTarget(dispatch.thread_id, dispatch.run_id, dispatch.dispatch_id), {"kind": "cancel"}
         )
     run = _run_for(identifier)
     if run is None:
         return False
     if run.status is RunStatus.RUNNING and run.dispatch_id:
-        if _deliver(LiveRunTarget(run.thread_id, run.run_id, run.dispatch_id), {"kind": "cancel"}):
+        if deliver_live_command(
+            LiveRunTarget(run.thread_id, run.run_id, run.dispatch_id), {"kind": "cancel"}
+        ):
             return True
         if _cancel_retrying(run.dispatch_id):
             return True
@@ -372,7 +374,7 @@ def send_decision(
         return False
     if run.status is RunStatus.RUNNING and run.dispatch_id:
         command = {"kind": "decision", "decisions": [[tool_call_id, resume.model_dump(mode="json")]]}
-        if _deliver(LiveRunTarget(run.thread_id, run.run_id, run.dispatch_id), command):
+        if deliver_live_command(LiveRunTarget(run.thread_id, run.run_id, run.dispatch_id), command):
             return True
         # Not delivered: the run closed its inbox and is ending. Once its finish commits it is waiting
         # (take the durable path below) or done (nothing to decide).
@@ -402,7 +404,7 @@ def _wait_not_running(run: RunRecord) -> RunRecord:
 
 def send_decision_live(target: LiveRunTarget, tool_call_id: str, resume: ToolCallResume) -> bool:
     command = {"kind": "decision", "decisions": [[tool_call_id, resume.model_dump(mode="json")]]}
-    return _deliver(target, command)
+    return deliver_live_command(target, command)
 
 
 def wake_run(run: RunRecord) -> SubmitResult:

@@ -85,14 +85,14 @@ class LeaseRenewer:
 
     def _loop(self) -> None:
         try:
-            self._renew_until_stopped()
+            self.renew_until_stopped()
         except BaseException:
             log.exception("lease renewer for %s died; treating the lease as lost", self._dispatch.dispatch_id)
             self._lose()
         finally:
             connection.close()
 
-    def _renew_until_stopped(self) -> None:
+    def renew_until_stopped(self) -> None:
         config = awaken_settings.MAILBOX
         interval_s = config.lease_renewal_interval_ms / 1000
         lease_until = self._dispatch.lease_until or now_ms() + config.lease_ms

@@ -100,7 +100,7 @@ def _drain(inbox: queue.Queue[Any]) -> list[Any]:
             return items
 
 
-class _Context:
+class AttemptContext:
     """The `RunContext` handed to an executor."""
 
     def __init__(self, active: ActiveRun, request: RunRequest) -> None:
@@ -203,7 +203,7 @@ def call_agent(
     run: RunRecord, request: RunRequest, active: ActiveRun
 ) -> tuple[MailboxRunOutcome, RunResult | None, BaseException | None]:
     """Run the executor; everything it raises is classified onto the mailbox outcome."""
-    context = _Context(active, request)
+    context = AttemptContext(active, request)
     try:
         outcome, result, error = classify_error(None), resolve_agent(run.agent_id).run(request, context), None
     except Exception as exc:  # noqa: BLE001 - the executor is user code; classify everything it raises

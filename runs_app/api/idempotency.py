@@ -74,7 +74,7 @@ def run_once(*, user_id: int, key: str | None, fingerprint: str, action: Action)
         answered = _answer(user_id, key, fingerprint)
         if answered is not None:
             return answered
-        recorder = _KeyRecorder(user_id, key, fingerprint)
+        recorder = KeyRecorder(user_id, key, fingerprint)
         try:
             outcome = action(recorder)
         except Exception:
@@ -90,7 +90,9 @@ def run_once(*, user_id: int, key: str | None, fingerprint: str, action: Action)
         return outcome
 
 
-class _KeyRecorder:
+class KeyRecorder:
+    """Records the answer of an idempotent action under its key, in the action's own transaction."""
+
     def __init__(self, user_id: int, key: str, fingerprint: str) -> None:
         self.user_id, self.key, self.fingerprint = user_id, key, fingerprint
         self.written = False
@@ -146,7 +148,8 @@ def _committed_answer(user_id: int, key: str, fingerprint: str) -> Outcome | Non
         return None
 
 
-def _lock_id(user_id: int, key: str) -> int:
+def key_lock_id(user_id: int, key: str) -> int:
+    """The PostgreSQL advisory lock id of (user, key)."""
     digest = hashlib.sha256(f"awaken-idempotency:{user_id}:{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
 
@@ -155,7 +158,7 @@ def _lock_id(user_id: int, key: str) -> int:
 def _key_lock(user_id: int, key: str) -> Iterator[None]:
     """Hold (user, key) for this request; 409 while another request holds it. Session-level, so it spans
     the foreground submit's separate transactions; PostgreSQL drops it if the connection dies."""
-    lock_id = _lock_id(user_id, key)
+    lock_id = key_lock_id(user_id, key)
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_try_advisory_lock(%s)", [lock_id])
         row = cursor.fetchone()

@@ -159,7 +159,7 @@ def test_a_paused_attempt_resumed_after_reclaim_writes_nothing_anywhere(
     sweep reclaimed its claim and another attempt re-ran and acked it: the run record, the thread, the
     message log and the event stream are byte-for-byte what the live attempt left."""
     # a paused process renews nothing: hold every renewer until its attempt stops
-    monkeypatch.setattr(execution.LeaseRenewer, "_renew_until_stopped", lambda self: self._stop.wait())
+    monkeypatch.setattr(execution.LeaseRenewer, "renew_until_stopped", lambda self: self._stop.wait())
     thread_id = f"t-zombie-{round_}"
     submitted = service.submit_background(_request(thread_id, "hello", agent="zombie"))
     zombie, zombie_out = _in_thread(execution.execute_claimed, _claimed(thread_id, submitted.dispatch_id))
@@ -311,13 +311,13 @@ def test_a_decision_in_the_finish_window_takes_the_durable_resume_path(
 def _record_live_deliveries(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     """The outcome of every live delivery the service attempts, in order (the real delivery runs)."""
     outcomes: list[bool] = []
-    deliver = service._deliver
+    deliver = service.deliver_live_command
 
     def recording(target: Any, command: dict[str, Any]) -> bool:
         outcomes.append(deliver(target, command))
         return outcomes[-1]
 
-    monkeypatch.setattr(service, "_deliver", recording)
+    monkeypatch.setattr(service, "deliver_live_command", recording)
     return outcomes
 
 
@@ -427,7 +427,9 @@ def test_a_background_noop_lifecycle_costs_three_commits(
     """Submit (messages, run, dispatch, inline claim), start and finish: three commits, counted by
     PostgreSQL itself (`pg_stat_database.xact_commit`, which counts read-only transactions too)."""
     handed: list[tuple[str, str, str]] = []
-    monkeypatch.setattr(doorbells, "_send", lambda name, args, countdown_s=None: handed.append(tuple(args)))
+    monkeypatch.setattr(
+        doorbells, "send_doorbell", lambda name, args, countdown_s=None: handed.append(tuple(args))
+    )
     # warm up: the connection, and psycopg's prepared statements (prepared on their second run, which
     # costs one extra implicit transaction per statement and connection, once)
     for k in range(3):

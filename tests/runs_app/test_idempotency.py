@@ -125,7 +125,7 @@ def test_a_failure_after_the_commit_answers_the_stored_reply(
     def broken_send(name: str, args: list[Any], countdown_s: float | None = None) -> None:
         raise RuntimeError("an on-commit hook failed")
 
-    monkeypatch.setattr(doorbells, "_send", broken_send)
+    monkeypatch.setattr(doorbells, "send_doorbell", broken_send)
     resp = _post(
         live_client, "/api/v1/threads/t-late/mailbox", {"messages": MSG}, HTTP_IDEMPOTENCY_KEY="late-1"
     )
@@ -140,7 +140,7 @@ def test_a_failure_after_the_commit_answers_the_stored_reply(
 def test_an_action_that_raises_after_the_key_row_leaves_no_key(
     alice: APIClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original = idempotency._KeyRecorder.__call__
+    original = idempotency.KeyRecorder.__call__
     failures = iter([True])
 
     def record_then_fail(self: Any, status_code: int, data: dict[str, Any]) -> None:
@@ -149,7 +149,7 @@ def test_an_action_that_raises_after_the_key_row_leaves_no_key(
         if next(failures, False):
             raise RuntimeError("the process fails inside the submit's transaction")
 
-    monkeypatch.setattr(idempotency._KeyRecorder, "__call__", record_then_fail)
+    monkeypatch.setattr(idempotency.KeyRecorder, "__call__", record_then_fail)
     alice.raise_request_exception = False
     failed = _post(alice, "/api/v1/threads/t-boom/mailbox", {"messages": MSG, "idempotency_key": "boom"})
     assert failed.status_code == 500
@@ -184,7 +184,7 @@ def test_a_request_in_flight_is_409_and_a_dead_holder_leaves_nothing_stuck(db: N
     holder = connections.create_connection("default")  # another web process, inside the same request
     try:
         with holder.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_lock(%s)", [idempotency._lock_id(user_id, "busy")])
+            cursor.execute("SELECT pg_advisory_lock(%s)", [idempotency.key_lock_id(user_id, "busy")])
         busy = _post(client, "/api/v1/threads/t-busy/mailbox", {"messages": MSG}, HTTP_IDEMPOTENCY_KEY="busy")
         assert busy.status_code == 409 and busy.json()["code"] == "idempotency_in_progress"
         assert _counts("t-busy") == (0, 0, 0)

@@ -13,7 +13,7 @@ from mailbox_app.contract.lifecycle import RunStatus
 from mailbox_app.contract.message import ChatMessage
 from mailbox_app.contract.requests import RunRequest
 from mailbox_app.locks import ThreadLock
-from mailbox_app.worker.runtime import ActiveRun, _Context
+from mailbox_app.worker.runtime import ActiveRun, AttemptContext
 from runs_app import store as run_store
 from tests.support.runs import seed_run
 
@@ -25,7 +25,7 @@ def test_context_emit_tracks_suspension_and_forwards_events(clean_redis: Any) ->
     active = ActiveRun(
         thread_id="thread-susp", run_id="run-susp", dispatch_id="dispatch-susp", claim_token="token-susp"
     )
-    context = _Context(active, RunRequest(thread_id="thread-susp"))
+    context = AttemptContext(active, RunRequest(thread_id="thread-susp"))
 
     context.emit("tool_call_done", {"tool_call_id": "c1", "status": "succeeded"})
     assert not active.suspended.is_set()
@@ -50,7 +50,7 @@ def test_context_emit_tracks_suspension_and_forwards_events(clean_redis: Any) ->
 def test_run_context_reads_thread_messages_from_the_store() -> None:
     """seed: thread_context_load_populates_run_cache"""
     seed_run("r1", "thread-load-test", RunStatus.DONE, messages=(ChatMessage.user("msg"),))
-    context = _Context(
+    context = AttemptContext(
         ActiveRun(thread_id="thread-load-test", run_id="r1", dispatch_id="d1"),
         RunRequest(thread_id="thread-load-test"),
     )
