@@ -25,6 +25,15 @@ def _collect_garbage_after_each_test() -> Iterator[None]:
     gc.collect()
 
 
+@pytest.fixture(autouse=True)
+def _project_celery_app_is_current() -> None:
+    """The apps send through `celery.current_app`; in production the project's app is the only one. Here
+    pytest-celery's plugin imports its own worker app (`celery_test_app`), which makes itself current in
+    the main thread, so without this a doorbell sent from a test went to that app's amqp broker — unless
+    an earlier test happened to start a worker (which makes the project's app current again)."""
+    app.set_current()
+
+
 @pytest.fixture
 def redis_client() -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(settings.REDIS_URL)
