@@ -7,7 +7,9 @@ from typing import Any
 
 from django.db.models import QuerySet
 
+from mailbox_app import service
 from mailbox_app.contract.lifecycle import RunStatus
+from mailbox_app.contract.mailbox import DispatchRecord
 from mailbox_app.contract.storage import RunRecord, ThreadRecord
 from runs_app import store
 from runs_app.models import Run, Thread
@@ -29,6 +31,14 @@ def owned_run(user_id: int, run_id: str) -> RunRecord | None:
     if run is None or owned_thread(user_id, run.thread_id) is None:
         return None
     return run
+
+
+def owned_dispatch(user_id: int, dispatch_id: str) -> DispatchRecord | None:
+    """The dispatch if its thread belongs to the user; None otherwise (callers answer 404)."""
+    dispatch = service.load_dispatch(dispatch_id)
+    if dispatch is None or owned_thread(user_id, dispatch.thread_id) is None:
+        return None
+    return dispatch
 
 
 def user_threads(user_id: int) -> QuerySet[Thread]:

@@ -14,6 +14,7 @@ from rest_framework.response import Response
 
 from mailbox_app import events, service
 from mailbox_app.contract.lifecycle import RunStatus
+from mailbox_app.contract.mailbox import DispatchRecord
 from mailbox_app.contract.requests import RunRequest
 from mailbox_app.service import MultitaskStrategy, SubmitResult
 from runs_app import control, selectors, store
@@ -298,9 +299,9 @@ class ThreadCancelView(EdgeCheckedView):
         return _cancelled(control.TargetKind.THREAD, thread_id)
 
 
-def _dispatch_or_404(request: Request, dispatch_id: str) -> Any:
-    dispatch = service.load_dispatch(dispatch_id)
-    if dispatch is None or selectors.owned_thread(user_id(request), dispatch.thread_id) is None:
+def _dispatch_or_404(request: Request, dispatch_id: str) -> DispatchRecord:
+    dispatch = selectors.owned_dispatch(user_id(request), dispatch_id)
+    if dispatch is None:
         raise not_found("dispatch", dispatch_id)
     return dispatch
 
