@@ -9,6 +9,7 @@ Statements use named parameters and are executed through Django's connection.
 from __future__ import annotations
 
 from mailbox_app.contract.storage import RunRecord
+from mailbox_app.webhooks import SUBSCRIPTION_URL_OF_R
 
 RUN = "runs_run"
 THREAD = "runs_thread"
@@ -101,7 +102,7 @@ WITH r AS (
       FROM r WHERE th.id = r.thread_id
     RETURNING th.message_count
 ), m AS ({_APPEND_AFTER_T})
-SELECT {R_COLS} FROM r
+SELECT {R_COLS}, {SUBSCRIPTION_URL_OF_R} FROM r
 """
 
 EXISTING_MESSAGE_IDS = f"""

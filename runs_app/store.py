@@ -12,6 +12,7 @@ from typing import Any
 
 from django.db import IntegrityError, connection, transaction
 
+from mailbox_app import webhooks
 from mailbox_app.contract.ids import now_ms, uuid7
 from mailbox_app.contract.lifecycle import (
     OPERATOR_RUN_TRANSITIONS,
@@ -448,7 +449,15 @@ def finish_run(
         "count": len(rows),
         "messages": json.dumps(rows),
     }
-    return _fetch_run(sql.FINISH_RUN, params)
+    with connection.cursor() as cursor:
+        cursor.execute(sql.FINISH_RUN, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    # the statement read the run's webhook subscription too: the outbox needs no lookup of its own
+    written = _run_from_row(row[:-1])
+    webhooks.note_subscription(written, row[-1])
+    return written
 
 
 def _message_rows(thread_id: str, messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
