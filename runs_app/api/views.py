@@ -4,6 +4,7 @@ Threads: thread_views.py; waiting for a run: run_wait.py."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.http import HttpResponse, StreamingHttpResponse
@@ -15,6 +16,7 @@ from rest_framework.response import Response
 from mailbox_app import events, service
 from mailbox_app.contract.lifecycle import RunStatus
 from mailbox_app.contract.mailbox import DispatchRecord
+from mailbox_app.contract.message import ChatMessage
 from mailbox_app.contract.requests import RunRequest
 from mailbox_app.service import MultitaskStrategy, SubmitResult
 from runs_app import control, selectors, store
@@ -98,8 +100,15 @@ def submit_once(
     return run_once(user_id=owner, key=key, fingerprint=request_hash(request.path, data), action=action)
 
 
+Inject = Callable[[list[ChatMessage], control.InputMode, int, control.InTransaction], SubmitResult]
+
+
 def _inject_once(
-    request: Request, data: dict[str, Any], inject: Any, *, render: Any = submit_json
+    request: Request,
+    data: dict[str, Any],
+    inject: Inject,
+    *,
+    render: Callable[[SubmitResult], dict[str, Any]] = submit_json,
 ) -> Response:
     """`inject(messages, mode, owner, in_transaction)` at most once per idempotency key; 202."""
     key, owner = idempotency_key(request, data), user_id(request)
@@ -406,7 +415,9 @@ class ThreadMessagesView(EdgeCheckedView):
         data = validated(s.ThreadMessagesIn, request)
         agent_id = data.get("agent_id")
 
-        def inject(messages: Any, mode: control.InputMode, owner: int, hook: control.InTransaction) -> Any:
+        def inject(
+            messages: list[ChatMessage], mode: control.InputMode, owner: int, hook: control.InTransaction
+        ) -> SubmitResult:
             return control.inject_user_input(
                 thread_id, messages, mode=mode, owner_id=owner, agent_id=agent_id, in_transaction=hook
             )
@@ -420,7 +431,9 @@ class RunInputsView(EdgeCheckedView):
         run = run_or_404(request, run_id)
         data = validated(s.RunInputsIn, request)
 
-        def inject(messages: Any, mode: control.InputMode, owner: int, hook: control.InTransaction) -> Any:
+        def inject(
+            messages: list[ChatMessage], mode: control.InputMode, owner: int, hook: control.InTransaction
+        ) -> SubmitResult:
             return control.inject_run_input(run, messages, mode=mode, owner_id=owner, in_transaction=hook)
 
         return _inject_once(request, data, inject, render=_inputs_json)
