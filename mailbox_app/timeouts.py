@@ -2,7 +2,7 @@
 
 A run carries `timeout_ms` (its submit's `timeout_s`, else AWAKEN_RUN_TIMEOUT_MS); each activation's
 start sets `deadline_at` (a retry of a running run keeps it). Two places enforce it:
-- the worker: `ActiveRun.check_deadline` (mailbox_app/runtime.py) cancels the run through the
+- the worker: `ActiveRun.check_deadline` (mailbox_app/worker/runtime.py) cancels the run through the
   RunContext's cancellation at the deadline, and the finish records termination `timeout`;
 - the sweep (`expire_overdue_runs`): a run still Running past its deadline that no worker holds under a
   live lease — its dispatch queued for a retry, reclaimed after its worker died, or already ended — has
