@@ -22,9 +22,7 @@ from tests.support.dispatches import FAST
 from tests.support.waiting import wait_until
 
 LONG_LEASE = FAST.model_copy(update={"lease_ms": 30_000, "lease_renewal_interval_ms": 10_000})
-
-
-LOCK_TIMEOUT_MS = 150
+LOCK_TIMEOUT_MS = 150  # a connection in `lock_timeout()` gives up waiting for a lock after this
 
 
 @contextmanager
