@@ -63,8 +63,8 @@ def test_two_worker_processes_never_overlap_runs_of_one_thread(farm: WorkerFarm)
     3 threads × 30 background `sleep 0.05` dispatches, submitted concurrently (two submitters per
     thread) while two worker processes (prefork and threads pools) drain them. Overlap is judged on the
     durable run records: `started_at` is stamped by the Running checkpoint before the agent is entered
-    and `finished_at` by the Done checkpoint after it returned (mailbox_app/worker/runtime.py), so the interval
-    covers the whole execution; touching intervals (end == start, ms resolution) do not overlap.
+    and `finished_at` by the Done checkpoint after it returned (mailbox_app/worker/runtime.py), so the
+    interval covers the whole execution; touching intervals (end == start, ms resolution) do not overlap.
     """
     workers = [farm.spawn("w0", pool="prefork"), farm.spawn("w1", pool="threads")]
     farm.wait_ready(*workers)
