@@ -15,7 +15,7 @@ from mailbox_app.contract.requests import (
     RunRequestExtras,
     normalize_message_ids,
 )
-from mailbox_app.contract.storage import RunRecord, RunRequestSnapshot, ThreadRecord, ValidationError
+from mailbox_app.contract.storage import InvalidInput, RunRecord, RunRequestSnapshot, ThreadRecord
 from mailbox_app.contract.suspension import RunResumeDecision
 from mailbox_app.ports import run_store
 
@@ -67,11 +67,11 @@ def prepare_run_for_dispatch(
     now = now_ms()
     if existing is not None:
         if existing.thread_id != thread_id:
-            raise ValidationError(
+            raise InvalidInput(
                 f"run_id '{run_id}' belongs to thread '{existing.thread_id}', not '{thread_id}'"
             )
         if existing.status is not RunStatus.CREATED and not existing.is_resumable_waiting:
-            raise ValidationError(f"run_id '{run_id}' is not open for dispatch")
+            raise InvalidInput(f"run_id '{run_id}' is not open for dispatch")
         record = existing
     else:
         inherit = previous is not None and previous.status is not RunStatus.CREATED
@@ -118,7 +118,7 @@ def _snapshot(request: RunRequest, messages: list[ChatMessage]) -> RunRequestSna
 def build_dispatch(request: RunRequest, thread_id: str, *, now: int | None = None) -> DispatchRecord:
     run_id = request.continue_run_id or request.run_id_hint
     if not run_id:
-        raise ValidationError("run_id missing after preparation")
+        raise InvalidInput("run_id missing after preparation")
     stamp = now_ms() if now is None else now
     snapshot = _snapshot(request, normalize_message_ids(list(request.messages)))
     return DispatchRecord(
@@ -141,14 +141,14 @@ def reconstruct_run_request(dispatch: DispatchRecord) -> RunRequest:
     before dispatches carried one) and the thread log (spec §4.10)."""
     run = run_store().load_run(run_id=dispatch.run_id)
     if run is None:
-        raise ValidationError(f"run '{dispatch.run_id}' not found for dispatch '{dispatch.dispatch_id}'")
+        raise InvalidInput(f"run '{dispatch.run_id}' not found for dispatch '{dispatch.dispatch_id}'")
     return reconstruct_from(dispatch, run)
 
 
 def reconstruct_from(dispatch: DispatchRecord, run: RunRecord) -> RunRequest:
     """`reconstruct_run_request` for a run already loaded (the fenced start passes it)."""
     if run.thread_id != dispatch.thread_id:
-        raise ValidationError(
+        raise InvalidInput(
             f"run '{run.run_id}' belongs to thread '{run.thread_id}', "
             f"not dispatch thread '{dispatch.thread_id}'"
         )
@@ -156,7 +156,7 @@ def reconstruct_from(dispatch: DispatchRecord, run: RunRecord) -> RunRequest:
         RunRequestSnapshot.model_validate(dispatch.request) if dispatch.request is not None else run.request
     )
     if snapshot is None:
-        raise ValidationError(f"run '{run.run_id}' has no request snapshot")
+        raise InvalidInput(f"run '{run.run_id}' has no request snapshot")
     request = RunRequest(
         thread_id=run.thread_id,
         messages=_activation_messages(run, snapshot),
@@ -193,7 +193,7 @@ def _activation_messages(run: RunRecord, snapshot: RunRequestSnapshot) -> list[C
         }
         missing = next((i for i in snapshot.input_message_ids if i not in found), None)
         if missing is not None:
-            raise ValidationError(f"message '{missing}' not found for run '{run.run_id}'")
+            raise InvalidInput(f"message '{missing}' not found for run '{run.run_id}'")
         return [found[i] for i in snapshot.input_message_ids]
     if run.input is None or run.input.range is None:
         return []

@@ -29,7 +29,7 @@ from mailbox_app.contract.requests import (
     normalize_message_ids,
     validate_run_inputs,
 )
-from mailbox_app.contract.storage import RunRecord, StoreError, ValidationError
+from mailbox_app.contract.storage import InvalidInput, RunRecord, StoreError
 from mailbox_app.contract.suspension import ToolCallResume
 from mailbox_app.live import LiveDeliveryOutcome, deliver_live_to, find_local_run
 from mailbox_app.ports import run_store
@@ -448,13 +448,13 @@ def queued_thread_ids() -> list[str]:
 __all__ = [
     "ACTIVE_RUN_CONFLICT_MESSAGE",
     "ActiveRunConflict",
+    "InvalidInput",
     "MailboxError",
     "MultitaskStrategy",
     "StoreError",
     "SubmitResult",
     "SubmitStatus",
     "ThreadBusy",
-    "ValidationError",
     "cancel",
     "count_dispatches",
     "interrupt",

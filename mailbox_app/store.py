@@ -32,7 +32,7 @@ from mailbox_app.contract.mailbox import (
     Transition,
     dispatch_from_row,
 )
-from mailbox_app.contract.storage import AlreadyExists, NotFound, ValidationError, VersionConflict
+from mailbox_app.contract.storage import AlreadyExists, InvalidInput, NotFound, VersionConflict
 
 MAX_LIST_LIMIT = 1000
 
@@ -140,17 +140,17 @@ def enqueue(dispatch: DispatchRecord, *, owner_key: str = "") -> DispatchRecord:
 
 def _validate_new(dispatch: DispatchRecord) -> None:
     if not dispatch.dispatch_id.strip():
-        raise ValidationError("dispatch_id must not be empty")
+        raise InvalidInput("dispatch_id must not be empty")
     if not dispatch.thread_id.strip():
-        raise ValidationError("thread_id must not be empty")
+        raise InvalidInput("thread_id must not be empty")
     if not dispatch.run_id.strip():
-        raise ValidationError("run_id must not be empty")
+        raise InvalidInput("run_id must not be empty")
     if not 0 <= dispatch.priority <= 255:
-        raise ValidationError("priority must be between 0 and 255")
+        raise InvalidInput("priority must be between 0 and 255")
     if dispatch.max_attempts < 1:
-        raise ValidationError("max_attempts must be at least 1")
+        raise InvalidInput("max_attempts must be at least 1")
     if dispatch.attempt_count < 0:
-        raise ValidationError("attempt_count must not be negative")
+        raise InvalidInput("attempt_count must not be negative")
 
 
 # --- claims ----------------------------------------------------------------------------------

@@ -24,12 +24,12 @@ from mailbox_app.contract.lifecycle import (
 from mailbox_app.contract.message import ChatMessage, MessageRecord, MessageSeqRange, RunMessageInput
 from mailbox_app.contract.storage import (
     AlreadyExists,
+    InvalidInput,
     NotFound,
     RunPage,
     RunRecord,
     TerminationReason,
     ThreadRecord,
-    ValidationError,
 )
 from mailbox_app.history import Closer
 from runs_app import sql
@@ -137,7 +137,7 @@ def ensure_thread(*, thread_id: str, owner_id: int | None = None, now: int | Non
 def _lock_thread(thread_id: str, now: int) -> Thread:
     """Row-lock the thread (creating it first if needed): serializes seq allocation and projections."""
     if not thread_id.strip():
-        raise ValidationError("thread_id must not be empty")
+        raise InvalidInput("thread_id must not be empty")
     existing = Thread.objects.select_for_update().filter(id=thread_id).first()
     if existing is not None:
         return existing
@@ -332,7 +332,7 @@ def checkpoint(
     `input_trigger_ids`, the run's `input` is set to the whole log (1..last seq) under the same lock.
     """
     if run.thread_id != thread_id:
-        raise ValidationError(f"run {run.run_id} belongs to thread {run.thread_id}, not {thread_id}")
+        raise InvalidInput(f"run {run.run_id} belongs to thread {run.thread_id}, not {thread_id}")
     stamp = now_ms() if now is None else now
     with transaction.atomic():
         thread = _lock_thread(thread_id, stamp)
@@ -345,9 +345,9 @@ def checkpoint(
         )
         if current is not None:
             if current["thread_id"] != thread_id:
-                raise ValidationError(f"run {run.run_id} belongs to thread {current['thread_id']}")
+                raise InvalidInput(f"run {run.run_id} belongs to thread {current['thread_id']}")
             if not can_run_transition(RunStatus(current["status"]), run.status):
-                raise ValidationError(
+                raise InvalidInput(
                     f"run {run.run_id}: {current['status']} -> {run.status.value} is not allowed"
                 )
             Run.objects.filter(run_id=run.run_id).update(**_run_columns(run))
@@ -547,11 +547,11 @@ def prepare_run(
     """The submit path's write (spec §4.9) in three statements and one transaction: ensure and lock the
     thread (created with `owner_id`), append `messages` (ids already in the log are skipped), insert or
     refresh `run` with its `input` set to the whole log, and point the thread at it. Returns the ids of
-    the messages appended. ValidationError (nothing written) when the run id is taken on another thread
+    the messages appended. InvalidInput (nothing written) when the run id is taken on another thread
     or the run is done; NotFound (nothing written) when `owner_id` is given and the thread is not theirs."""
     thread_id = run.thread_id
     if not thread_id.strip():
-        raise ValidationError("thread_id must not be empty")
+        raise InvalidInput("thread_id must not be empty")
     # joins the submit's transaction without a savepoint (two round trips): an error here fails the submit
     with transaction.atomic(savepoint=False):
         with connection.cursor() as cursor:
@@ -577,7 +577,7 @@ def prepare_run(
             cursor.execute(sql.PREPARE_RUN, params)
             written = int(cursor.fetchone()[0])  # type: ignore[index]
         if written != 1:
-            raise ValidationError(f"run {run.run_id} belongs to another thread or is done")
+            raise InvalidInput(f"run {run.run_id} belongs to another thread or is done")
     return [r["message_id"] for r in rows]
 
 

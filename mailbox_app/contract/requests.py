@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mailbox_app.contract.ids import uuid7
 from mailbox_app.contract.message import ChatMessage
-from mailbox_app.contract.storage import ValidationError as StoreValidationError
+from mailbox_app.contract.storage import InvalidInput
 from mailbox_app.contract.suspension import ToolCallResume
 
 
@@ -113,7 +113,7 @@ class RunRequestExtras(BaseModel):
         try:
             return cls.model_validate(value)
         except ValidationError as exc:
-            raise StoreValidationError(f"corrupt request_extras: {exc.errors()[0]['msg']}") from None
+            raise InvalidInput(f"corrupt request_extras: {exc.errors()[0]['msg']}") from None
 
     def apply_to(self, request: RunRequest) -> RunRequest:
         changes: dict[str, Any] = {"run_mode": self.run_mode, "adapter": self.adapter}
@@ -138,7 +138,7 @@ def validate_run_inputs(
 ) -> tuple[str, list[ChatMessage]]:
     """Messages are required unless the request carries decisions; a blank thread id gets a UUID v7."""
     if not messages and not allow_empty:
-        raise StoreValidationError("at least one message is required")
+        raise InvalidInput("at least one message is required")
     trimmed = (thread_id or "").strip()
     return (trimmed or uuid7()), messages
 

@@ -115,8 +115,9 @@ class AlreadyExists(StoreError):
     pass
 
 
-class ValidationError(StoreError):
-    pass
+class InvalidInput(StoreError):
+    """Input the store or the mailbox refuses (no messages, a corrupt snapshot, a bad id). Not named
+    `ValidationError`: pydantic's and DRF's are imported beside it in the API layer."""
 
 
 class VersionConflict(StoreError):

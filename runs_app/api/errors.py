@@ -10,8 +10,7 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from mailbox_app.contract.storage import AlreadyExists, NotFound, VersionConflict
-from mailbox_app.contract.storage import ValidationError as StoreValidationError
+from mailbox_app.contract.storage import AlreadyExists, InvalidInput, NotFound, VersionConflict
 from mailbox_app.service import ActiveRunConflict, ThreadBusy
 from runs_app.api.inputs import InputError
 from runs_app.control import ControlError, NotWaiting
@@ -70,7 +69,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         return Response(body(str(exc), "active_run_conflict"), status=status.HTTP_409_CONFLICT)
     if isinstance(exc, AlreadyExists | VersionConflict):
         return Response(body(str(exc), "conflict"), status=status.HTTP_409_CONFLICT)
-    if isinstance(exc, StoreValidationError):
+    if isinstance(exc, InvalidInput):
         return Response(body(str(exc), "invalid"), status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, NotFound | Http404):
         return Response(body(str(exc) or "not found", "not_found"), status=status.HTTP_404_NOT_FOUND)

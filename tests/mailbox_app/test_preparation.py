@@ -15,7 +15,7 @@ from mailbox_app.contract.lifecycle import RunStatus
 from mailbox_app.contract.mailbox import DispatchRecord, DispatchStatus
 from mailbox_app.contract.message import ChatMessage
 from mailbox_app.contract.requests import RunOrigin, RunRequest, RunRequestExtras, validate_run_inputs
-from mailbox_app.contract.storage import RunRequestSnapshot, ValidationError
+from mailbox_app.contract.storage import InvalidInput, RunRequestSnapshot
 from mailbox_app.preparation import (
     build_dispatch,
     prepare_run_for_dispatch,
@@ -29,7 +29,7 @@ from tests.support.runs import FRONTEND_TOOL, prepare, seed_run, thread_texts
 @pytest.mark.django_db
 def test_corrupt_request_extras_fail_validation() -> None:
     """seed: run_request_extras_corrupt_json_returns_error"""
-    with pytest.raises(ValidationError, match="corrupt request_extras"):
+    with pytest.raises(InvalidInput, match="corrupt request_extras"):
         RunRequestExtras.from_value({"overrides": "not-an-object", "decisions": 42})
     # the same corruption on a stored run snapshot fails the reconstruction of its activation
     seed_run(
@@ -39,7 +39,7 @@ def test_corrupt_request_extras_fail_validation() -> None:
         request=RunRequestSnapshot(request_extras={"decisions": 42}),
     )
     dispatch = DispatchRecord(dispatch_id="d-corrupt", thread_id="thread-corrupt", run_id="run-corrupt")
-    with pytest.raises(ValidationError, match="corrupt request_extras"):
+    with pytest.raises(InvalidInput, match="corrupt request_extras"):
         reconstruct_run_request(dispatch)
 
 
@@ -69,9 +69,9 @@ def test_build_dispatch_sets_fields(settings: Any) -> None:
 
 def test_build_dispatch_requires_prepared_run_id() -> None:
     """seed: build_dispatch_requires_prepared_run_id"""
-    with pytest.raises(ValidationError, match="run_id missing after preparation"):
+    with pytest.raises(InvalidInput, match="run_id missing after preparation"):
         build_dispatch(RunRequest(thread_id="thread-1", messages=[ChatMessage.user("hi")]), "thread-1")
-    with pytest.raises(ValidationError, match="run_id missing after preparation"):
+    with pytest.raises(InvalidInput, match="run_id missing after preparation"):
         build_dispatch(RunRequest(thread_id="thread-1", run_id_hint=""), "thread-1")
 
 
@@ -265,7 +265,7 @@ def test_done_run_is_never_reusable() -> None:
     assert reusable_waiting_run_id("thread-done-run") is None
     _, run_id = prepare("thread-done-run", "again")
     assert run_id != "run-done"
-    with pytest.raises(ValidationError, match="not open for dispatch"):
+    with pytest.raises(InvalidInput, match="not open for dispatch"):
         prepare("thread-done-run", "forced", continue_run_id="run-done")
 
 

@@ -23,7 +23,7 @@ from mailbox_app.contract.lifecycle import RunStatus
 from mailbox_app.contract.mailbox import DispatchRecord, DispatchStatus, LiveRunTarget
 from mailbox_app.contract.message import ChatMessage
 from mailbox_app.contract.requests import RunRequest, validate_run_inputs
-from mailbox_app.contract.storage import AlreadyExists, NotFound, StoreError, ValidationError
+from mailbox_app.contract.storage import AlreadyExists, InvalidInput, NotFound, StoreError
 from mailbox_app.live import LiveSubscription
 from mailbox_app.worker.execution import execute_claimed
 from mailbox_app.worker.registry import local_runs
@@ -104,10 +104,10 @@ def test_mailbox_error_display() -> None:
     assert isinstance(conflict, service.MailboxError)
     assert str(conflict) == service.ACTIVE_RUN_CONFLICT_MESSAGE
     assert service.ACTIVE_RUN_CONFLICT_MESSAGE == "thread has an active run; cannot claim inline"
-    validation = ValidationError("test")
+    validation = InvalidInput("test")
     assert isinstance(validation, StoreError) and not isinstance(validation, service.MailboxError)
     assert str(validation) == "test"
-    with pytest.raises(ValidationError) as raised:
+    with pytest.raises(InvalidInput) as raised:
         validate_run_inputs("t", [], allow_empty=False)
     assert str(raised.value) == "at least one message is required"
 

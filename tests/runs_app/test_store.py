@@ -18,10 +18,10 @@ from mailbox_app.contract.message import (
 )
 from mailbox_app.contract.storage import (
     AlreadyExists,
+    InvalidInput,
     RunRecord,
     RunRequestSnapshot,
     TerminationReason,
-    ValidationError,
 )
 from mailbox_app.contract.suspension import RunResumeDecision, RunWaitingState, ToolCallResume, WaitingTicket
 from runs_app import store
@@ -489,7 +489,7 @@ def test_rejected_transition_checkpoint_writes_nothing(source: RunStatus, target
     )
     before = _snapshot("t1")
 
-    with pytest.raises(ValidationError):
+    with pytest.raises(InvalidInput):
         store.checkpoint(
             thread_id="t1",
             messages=[user("after", "m2")],
@@ -504,7 +504,7 @@ def test_rejected_transition_checkpoint_writes_nothing(source: RunStatus, target
 
 
 def test_checkpoint_of_a_run_declaring_another_thread_writes_nothing() -> None:
-    with pytest.raises(ValidationError):
+    with pytest.raises(InvalidInput):
         store.checkpoint(
             thread_id="t-new", messages=[user("x", "m1")], run=make_run("r1", thread_id="t1"), now=NOW
         )
@@ -519,7 +519,7 @@ def test_checkpoint_of_a_run_stored_on_another_thread_writes_nothing() -> None:
     store.checkpoint(thread_id="t1", messages=[user("a", "m1")], run=original, now=NOW)
     before = _snapshot("t1")
 
-    with pytest.raises(ValidationError):
+    with pytest.raises(InvalidInput):
         store.checkpoint(
             thread_id="t2",
             messages=[user("stolen", "m2")],

@@ -20,7 +20,7 @@ from mailbox_app.contract.requests import (
     normalize_mailbox_run_mode,
     validate_run_inputs,
 )
-from mailbox_app.contract.storage import ValidationError
+from mailbox_app.contract.storage import InvalidInput
 from tests.support.runs import FRONTEND_TOOL, resume_decision
 
 
@@ -41,9 +41,9 @@ def test_run_request_defaults() -> None:
 
 def test_validation_rejects_empty_messages_without_decisions() -> None:
     """seed: run_spec_validation_empty_messages_errors"""
-    with pytest.raises(ValidationError, match="at least one message is required"):
+    with pytest.raises(InvalidInput, match="at least one message is required"):
         validate_run_inputs("thread-1", [], allow_empty=False)
-    with pytest.raises(ValidationError, match="at least one message is required"):
+    with pytest.raises(InvalidInput, match="at least one message is required"):
         service.submit_background(RunRequest(thread_id="thread-1"))
 
 
