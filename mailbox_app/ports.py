@@ -5,7 +5,8 @@ The mailbox never imports runs_app; `AWAKEN_RUN_STORE` names the module that imp
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+from collections.abc import Callable, Sequence
 from functools import cache
 from importlib import import_module
 from typing import Any, Protocol, cast
@@ -143,4 +144,30 @@ def check_run_store(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
                 id="mailbox_app.E011",
             )
         ]
+    mismatched = [
+        f"{name}({', '.join(absent)})"
+        for name in run_store_operations()
+        if (absent := _parameters_not_taken(getattr(RunStore, name), getattr(module, name)))
+    ]
+    if mismatched:
+        return [
+            Error(
+                f"AWAKEN_RUN_STORE {path!r}: operations that do not take RunStore's parameters: "
+                + "; ".join(mismatched),
+                id="mailbox_app.E012",
+            )
+        ]
     return []
+
+
+def _parameters_not_taken(declared: Callable[..., Any], implemented: Callable[..., Any]) -> list[str]:
+    """The parameters of the protocol's operation the implementation cannot be called with (by name)."""
+    try:
+        taken = inspect.signature(implemented).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: nothing to compare
+        return []
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in taken):
+        return []
+    names = {p.name for p in taken if p.kind is not inspect.Parameter.POSITIONAL_ONLY}
+    wanted = [p for p in inspect.signature(declared).parameters.values() if p.name != "self"]
+    return [p.name for p in wanted if p.name not in names]

@@ -178,6 +178,12 @@ def test_a_dead_letter_whose_run_another_dispatch_finished_stays_dead_lettered(
     assert run is not None and run.status is RunStatus.DONE and run.final_output == "the answer"
     with pytest.raises(CommandError, match="left as they are: their run is done"):
         call_command("mailbox_requeue", "d-older", stdout=StringIO())
+    # a bulk requeue reports the refused row and succeeds (a scheduled run must not fail on it)
+    out = StringIO()
+    call_command("mailbox_requeue", "--all-dead-letter", stdout=out)
+    assert "d-older" in out.getvalue() and "refused" in out.getvalue()
+    kept = store.load_dispatch("d-older")
+    assert kept is not None and kept.status is DispatchStatus.DEAD_LETTER
 
 
 @pytest.mark.django_db

@@ -1,9 +1,7 @@
-"""The runs this process executes, for local cancel / steer / decide, and this process's consumer id."""
+"""The runs this process executes, for local cancel / steer / decide (its consumer id: contract.ids)."""
 
 from __future__ import annotations
 
-import os
-import socket
 import threading
 from typing import TYPE_CHECKING
 
@@ -12,10 +10,6 @@ if TYPE_CHECKING:  # the registry holds them; it never calls into the runtime
 
 _lock = threading.Lock()
 _runs: dict[str, ActiveRun] = {}
-
-
-def consumer_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def register(active: ActiveRun) -> None:

@@ -42,3 +42,23 @@ def test_a_store_path_that_does_not_import_fails_manage_py_check(settings: Any) 
     assert "no_such_package.store" in error.msg
     with pytest.raises(SystemCheckError, match=r"mailbox_app\.E010"):
         call_command("check")
+
+
+def test_a_store_whose_operation_takes_other_parameters_is_an_error_naming_them(
+    settings: Any, monkeypatch: Any
+) -> None:
+    """An older store's `reopen_run(run_id, now)` (before it took the dispatch id) is caught here, not by
+    a TypeError on the first requeue."""
+    stale = types.ModuleType("stale_run_store")
+    for name in ports.run_store_operations():
+        setattr(stale, name, getattr(run_store_module, name))
+
+    def reopen_run(*, run_id: str, now: int) -> bool:
+        return False
+
+    stale.reopen_run = reopen_run  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "stale_run_store", stale)
+    settings.AWAKEN_RUN_STORE = "stale_run_store"
+    [error] = ports.check_run_store(None)
+    assert error.id == "mailbox_app.E012"
+    assert "reopen_run(dispatch_id)" in error.msg
