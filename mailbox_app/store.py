@@ -212,10 +212,17 @@ def _lock_scopes(policy: ClaimPolicy, agent_key: str, owner_key: str) -> bool:
 
 
 def _claim_limited(
-    params: dict[str, Any], policy: ClaimPolicy, *, skip_locked: bool
-) -> tuple[DispatchRecord | None, bool]:
+    params: dict[str, Any],
+    policy: ClaimPolicy,
+    *,
+    skip_locked: bool,
+    within: frozenset[str] | None = None,
+) -> tuple[DispatchRecord | None, frozenset[str]]:
     """A claim under limits, inside the caller's transaction: the epoch row, then the scopes' locks,
-    then the claim with the counts in its condition. Returns the claim and whether locks were taken."""
+    then the claim with the counts in its condition. Returns the claim and the scopes it locked. With
+    `within` (the scopes the transaction already holds), a head needing any other scope is not tried:
+    taking a second set of scope locks while holding one could deadlock with a claimer doing the
+    reverse."""
     with connection.cursor() as cursor:
         cursor.execute(
             sql.LOCK_THREAD_HEAD_SKIP_LOCKED if skip_locked else sql.LOCK_THREAD_HEAD,
@@ -223,10 +230,14 @@ def _claim_limited(
         )
         row = cursor.fetchone()
     if row is None or row[1] is None:  # no epoch row, locked by someone else, or nothing eligible
-        return None, False
+        return None, frozenset()
     owner_key, agent_key = row
-    locked = _lock_scopes(policy, agent_key, owner_key)
-    return _fetch_one(sql.CLAIM_ONE_LIMITED, params | _limit_params(policy, agent_key, owner_key)), locked
+    scopes = frozenset(policy.lock_scopes(agent_key, owner_key))
+    if within is not None and not scopes <= within:
+        return None, frozenset()
+    _lock_scopes(policy, agent_key, owner_key)
+    claimed = _fetch_one(sql.CLAIM_ONE_LIMITED, params | _limit_params(policy, agent_key, owner_key))
+    return claimed, scopes
 
 
 FAIR_CANDIDATES = 16
@@ -237,7 +248,7 @@ def claim_next_fair(consumer_id: str, lease_ms: int, now: int) -> DispatchRecord
     """Claim the fairest next dispatch across all threads (the drain of a finishing attempt and an idle
     doorbell): the head of the thread whose owner was served longest ago, then priority and age; a
     claim a submit took inline that no worker started within the grace is taken over. Never waits for
-    another thread's epoch row; under limits it gives up after the first candidate it locked for."""
+    another thread's epoch row, and never takes a scope lock while holding another scope's."""
     policy = claim_policy()
     params: dict[str, Any] = {
         "now": now,
@@ -255,24 +266,29 @@ def claim_next_fair(consumer_id: str, lease_ms: int, now: int) -> DispatchRecord
     with connection.cursor() as cursor:
         cursor.execute(query, params)
         candidates = _spread(cursor.fetchall())
+    # Scope locks are transaction-scoped: inside a finish transaction they outlive the savepoint below.
+    # Once some are held, only heads needing no other scope are tried (a limited head whose agent is at
+    # its limit must not keep the finishing worker from an unlimited head after it).
+    held: frozenset[str] | None = frozenset() if connection.in_atomic_block else None
     for thread_id, dispatch_id, old_token, _agent_key, _owner_key in candidates:
         claim_params = _claim_params(thread_id, consumer_id, lease_ms, now)
-        locked = False
         try:
             with transaction.atomic():
                 if old_token is not None:
                     steal = {"dispatch_id": dispatch_id, "old_token": old_token}
                     claimed = _fetch_one(sql.STEAL_UNSTARTED, claim_params | steal)
                 elif policy.has_limits:
-                    claimed, locked = _claim_limited(claim_params, policy, skip_locked=True)
+                    claimed, scopes = _claim_limited(
+                        claim_params, policy, skip_locked=True, within=held or None
+                    )
+                    if held is not None:
+                        held |= scopes
                 else:
                     claimed = _fetch_one(sql.CLAIM_ONE_SKIP_LOCKED, claim_params)
         except IntegrityError:  # a concurrent claim of that thread won
             continue
         if claimed is not None:
             return claimed
-        if locked:  # never wait on a second epoch row while holding a scope's lock
-            return None
     return None
 
 
