@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from drf_spectacular.utils import OpenApiParameter
+from rest_framework import serializers
 from rest_framework.request import Request
 
 from runs_app.api.errors import ApiError
@@ -47,3 +48,20 @@ def _int_param(request: Request, name: str, default: int, *, minimum: int, maxim
     if value < minimum:
         raise ApiError(f"{name} must be >= {minimum}", code="invalid", field=name)
     return min(value, maximum)
+
+
+PageOut = type[serializers.Serializer[dict[str, Any]]]
+
+
+def page_out(name: str, items: serializers.BaseSerializer[Any], doc: str) -> PageOut:
+    """The schema of a page of `items` (a `many=True` serializer) for the OpenAPI document: the one
+    `{items, total, has_more}` shape `Window.page` answers on every list route."""
+    fields: dict[str, Any] = {
+        "__doc__": doc,
+        "__module__": __name__,
+        "items": items,
+        "total": serializers.IntegerField(),
+        "has_more": serializers.BooleanField(),
+    }
+    page: PageOut = serializers.SerializerMetaclass(name, (serializers.Serializer,), fields)
+    return page

@@ -12,6 +12,7 @@ from rest_framework import serializers
 
 from mailbox_app.contract.mailbox import DispatchStatus
 from mailbox_app.service import SubmitStatus
+from runs_app.api.pagination import page_out
 from runs_app.api.run_serializers import RUN_STATUSES, RunOut
 from runs_app.api.thread_serializers import ErrorOut
 
@@ -105,10 +106,7 @@ class DispatchOut(serializers.Serializer[dict[str, Any]]):
     agent_key = serializers.CharField()
 
 
-class DispatchPageOut(serializers.Serializer[dict[str, Any]]):
-    items = DispatchOut(many=True)
-    total = serializers.IntegerField()
-    has_more = serializers.BooleanField()
+DispatchPageOut = page_out("DispatchPageOut", DispatchOut(many=True), "A page of a thread's dispatches.")
 
 
 class ToolCallOut(serializers.Serializer[dict[str, Any]]):
@@ -134,12 +132,11 @@ def _message_fields() -> dict[str, serializers.Field[Any, Any, Any, Any]]:
     }
 
 
-class MessagePageOut(serializers.Serializer[dict[str, Any]]):
-    """A page of the thread's log (`serializers.message_json` each)."""
-
-    items = inline_serializer("MessageOut", fields=_message_fields(), many=True)
-    total = serializers.IntegerField()
-    has_more = serializers.BooleanField()
+MessagePageOut = page_out(
+    "MessagePageOut",
+    inline_serializer("MessageOut", fields=_message_fields(), many=True),
+    "A page of the thread's log (`serializers.message_json` each).",
+)
 
 
 def event_stream(description: str) -> OpenApiResponse:

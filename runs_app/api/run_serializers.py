@@ -8,6 +8,7 @@ from typing import Any
 from rest_framework import serializers
 
 from mailbox_app.contract.lifecycle import RunStatus
+from runs_app.api.pagination import page_out
 from runs_app.api.run_options import SecondsField
 from runs_app.api.serializers import ThreadRunSubmitIn
 
@@ -53,10 +54,7 @@ class RunOut(serializers.Serializer[dict[str, Any]]):
     deadline_at = serializers.DateTimeField(allow_null=True, help_text="the current activation's deadline")
 
 
-class RunPageOut(serializers.Serializer[dict[str, Any]]):
-    items = RunOut(many=True)
-    total = serializers.IntegerField()
-    has_more = serializers.BooleanField()
+RunPageOut = page_out("RunPageOut", RunOut(many=True), "A page of runs.")
 
 
 class RunWaitIn(ThreadRunSubmitIn):

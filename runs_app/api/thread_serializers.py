@@ -7,6 +7,7 @@ from typing import Any
 
 from rest_framework import serializers
 
+from runs_app.api.pagination import page_out
 from runs_app.api.run_serializers import RunOut
 from runs_app.api.serializers import OptionalThreadIdField
 from runs_app.threads import MAX_METADATA_BYTES, ThreadStatus, metadata_problem
@@ -94,10 +95,7 @@ class ThreadOut(serializers.Serializer[dict[str, Any]]):
     updated_at = serializers.DateTimeField()
 
 
-class ThreadPageOut(serializers.Serializer[dict[str, Any]]):
-    items = ThreadOut(many=True)
-    total = serializers.IntegerField()
-    has_more = serializers.BooleanField()
+ThreadPageOut = page_out("ThreadPageOut", ThreadOut(many=True), "A page of the caller's threads.")
 
 
 class ThreadDeletedOut(serializers.Serializer[dict[str, Any]]):
