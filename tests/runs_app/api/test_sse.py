@@ -189,14 +189,21 @@ def test_client_disconnect_ends_the_read_and_resume_with_last_event_id(
 
     async def scenario() -> list[Frame]:
         streams = [await _open_events(server, token, run_id) for _ in range(3)]
-        heads = [await anext(aiter(stream.frames())) for stream in streams]
-        assert [h.id for h in heads] == [first] * 3
-        # the three streams share the run's one reader: one XREAD, blocked
-        await _until(lambda: len(_blocked_readers(clean_redis)) == 1)
-        await asyncio.sleep(0.3)
-        assert len(_blocked_readers(clean_redis)) == 1, "a stream of a run with a reader opened another"
-        for stream in streams:
-            await stream.close()  # the client goes away mid-stream
+        try:
+            heads = [await anext(aiter(stream.frames())) for stream in streams]
+            assert [h.id for h in heads] == [first] * 3
+            # the three streams share the run's one reader: one XREAD, blocked
+            await _until(lambda: len(_blocked_readers(clean_redis)) == 1)
+            # watched over two keep-alive periods: the reader re-blocks after each timeout (a moment with
+            # none blocked is that gap), and a second reader would show as two
+            seen = []
+            for _ in range(20):
+                seen.append(len(_blocked_readers(clean_redis)))
+                await asyncio.sleep(2 * KEEPALIVE_MS / 1000 / 20)
+            assert max(seen) == 1, f"a stream of a run with a reader opened another: {seen}"
+        finally:
+            for stream in streams:
+                await stream.close()  # the client goes away mid-stream
         await _until(lambda: not _blocked_readers(clean_redis), timeout=10)
         # the server is fine afterwards: a resume from the last id seen gets only what came after
         second = await asyncio.to_thread(events.append_event, run_id, events.RUN_FINISH, {"status": "done"})
