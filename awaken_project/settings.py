@@ -10,11 +10,11 @@ from pathlib import Path
 from django.core.exceptions import ImproperlyConfigured
 
 from awaken_project.envurls import database_from_url
-from mailbox_app.config import ClaimPolicy, ConfigError, MailboxConfig
-from mailbox_app.metrics_access import DEFAULT_ALLOWED_NETWORKS as DEFAULT_METRICS_NETWORKS
-from mailbox_app.metrics_access import parse_networks as parse_metrics_networks
-from mailbox_app.webhook_targets import WebhookTargetError
-from mailbox_app.webhook_targets import parse_target as parse_webhook_target
+from mailbox_app.contract.config import DEFAULT_ALLOWED_NETWORKS as DEFAULT_METRICS_NETWORKS
+from mailbox_app.contract.config import ClaimPolicy, ConfigError, MailboxConfig
+from mailbox_app.contract.config import parse_networks as parse_metrics_networks
+from mailbox_app.webhooks.targets import WebhookTargetError
+from mailbox_app.webhooks.targets import parse_target as parse_webhook_target
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 ENV = os.environ
@@ -186,7 +186,7 @@ except ConfigError as exc:  # stop start-up with the variable's name, not a trac
     sys.stderr.write(f"awaken-mailbox configuration error: {exc}\n")
     raise SystemExit(2) from None
 
-# fairness across owners and concurrency limits (mailbox_app/claim_policy.py)
+# fairness across owners and concurrency limits (mailbox_app/conf.py)
 try:
     AWAKEN_CLAIM_POLICY = ClaimPolicy.from_env(ENV)
 except ConfigError as exc:
@@ -210,11 +210,12 @@ AWAKEN_SSE_KEEPALIVE_MS = _env_int("AWAKEN_SSE_KEEPALIVE_MS", 15_000, minimum=10
 AWAKEN_WEB_MAX_CONCURRENT_VIEWS = _env_int("AWAKEN_WEB_MAX_CONCURRENT_VIEWS", 16, minimum=1)
 # How long an Idempotency-Key replays its first answer; older keys are purged by the mailbox GC.
 AWAKEN_IDEMPOTENCY_TTL_MS = _env_int("AWAKEN_IDEMPOTENCY_TTL_MS", 86_400_000, minimum=1)
-# Threads idle longer than this are deleted by the mailbox GC (runs_app/threads.py); 0: never.
+# Threads idle longer than this are deleted by the mailbox GC (runs_app/services/threads.py); 0: never.
 AWAKEN_THREAD_TTL_MS = _env_int("AWAKEN_THREAD_TTL_MS", 0)
 # At most this many rows (orphaned epoch rows; expired threads) each GC purge removes per tick.
 AWAKEN_GC_MAX_PER_TICK = _env_int("AWAKEN_GC_MAX_PER_TICK", 10_000, minimum=1)
-# Each run activation's time budget unless a submit's `timeout_s` says otherwise (mailbox_app/timeouts.py).
+# Each run activation's time budget unless a submit's `timeout_s` says otherwise
+# (mailbox_app/services/timeouts.py).
 AWAKEN_RUN_TIMEOUT_MS = _env_int("AWAKEN_RUN_TIMEOUT_MS", 3_600_000, minimum=1)
 AWAKEN_DISPATCH_SIGNAL_NACK_BASE_DELAY_MS = _env_int(
     "AWAKEN_DISPATCH_SIGNAL_NACK_BASE_DELAY_MS", 500, minimum=1
@@ -227,7 +228,7 @@ AWAKEN_STARTUP_RECOVERY_RETRY_DELAY_MS = _env_int("AWAKEN_STARTUP_RECOVERY_RETRY
 # Test hook: make a worker os._exit at a named step (after_claim, mid_run, after_result).
 AWAKEN_FAULT_POINT = ENV.get("AWAKEN_FAULT_POINT", "")
 
-# --- webhooks (mailbox_app/webhooks.py) ---------------------------------------------------------------
+# --- webhooks (mailbox_app/webhooks/outbox.py) --------------------------------------------------------------
 # Called for every run without a per-submit `webhook`; empty: none.
 AWAKEN_WEBHOOK_URL = ENV.get("AWAKEN_WEBHOOK_URL", "").strip()
 if AWAKEN_WEBHOOK_URL:
@@ -245,7 +246,7 @@ AWAKEN_WEBHOOK_RETRY_DELAY_MS = _env_int("AWAKEN_WEBHOOK_RETRY_DELAY_MS", 1_000,
 AWAKEN_WEBHOOK_MAX_RETRY_DELAY_MS = _env_int("AWAKEN_WEBHOOK_MAX_RETRY_DELAY_MS", 600_000, minimum=1)
 AWAKEN_WEBHOOK_TIMEOUT_MS = _env_int("AWAKEN_WEBHOOK_TIMEOUT_MS", 5_000, minimum=100)
 
-# --- metrics (mailbox_app/metrics.py, GET /metrics) ----------------------------------------------------
+# --- metrics (mailbox_app/observability/metrics.py, GET /metrics) -------------------------------------------
 # A scrape is allowed with `Authorization: Bearer <AWAKEN_METRICS_TOKEN>` (unset: no token works) or from
 # an address in AWAKEN_METRICS_ALLOWED_NETWORKS (comma-separated CIDRs; default loopback; empty: none).
 AWAKEN_METRICS_TOKEN = ENV.get("AWAKEN_METRICS_TOKEN", "").strip()

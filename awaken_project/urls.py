@@ -5,7 +5,7 @@ from django.urls import include, path
 
 from awaken_project.health import healthz, readyz
 from awaken_project.landing import DocsView, landing
-from mailbox_app.metrics_view import metrics_endpoint
+from mailbox_app.observability.view import metrics_endpoint
 from runs_app.demo import demo
 
 urlpatterns = [

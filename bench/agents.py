@@ -9,7 +9,7 @@ import time
 
 from mailbox_app.agents.base import RunContext, RunResult
 from mailbox_app.contract.requests import RunRequest
-from mailbox_app.redis_client import get_redis
+from mailbox_app.realtime.redis_client import get_redis
 
 # The mailbox latency samples: "<run_id> <unix seconds at agent entry>" pushed by StampAgent.
 MAILBOX_START_KEY = "bench:lat:mailbox"

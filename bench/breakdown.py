@@ -2,7 +2,7 @@
 
     DATA=... bash scripts/with-services.sh .venv/bin/python bench/breakdown.py [--n 100]
 
-Wraps the steps of `service.submit_background` and of `execution.drain_thread` with timers and counts,
+Wraps the steps of `mailbox.submit_background` and of `execution.drain_thread` with timers and counts,
 per step, the SQL round trips (BEGIN / COMMIT / SAVEPOINT included), transactions (commits,
 read-only ones included) and Redis round trips;
 then submits N no-op dispatches to idle threads and drains N dispatches queued on one thread.
@@ -35,13 +35,15 @@ import redis
 from django.core.management import call_command
 from django.db import connection, transaction
 
-from mailbox_app import doorbells, events, live, preparation, service, store
+from mailbox_app import store
 from mailbox_app.contract.ids import uuid7
 from mailbox_app.contract.message import ChatMessage
 from mailbox_app.contract.requests import RunRequest, normalize_mailbox_run_mode
-from mailbox_app.locks import ThreadLock
-from mailbox_app.ports import run_store
-from mailbox_app.redis_client import get_redis
+from mailbox_app.realtime import doorbells, events, live
+from mailbox_app.realtime.locks import ThreadLock
+from mailbox_app.realtime.redis_client import get_redis
+from mailbox_app.services import mailbox, preparation
+from mailbox_app.store.ports import run_store
 from mailbox_app.worker import attempt, execution, runtime
 
 
@@ -149,7 +151,7 @@ def instrument() -> None:
         wrap(runs, name, f"runs.{name}")
     for name in ("enqueue", "claim", "claim_dispatch", "try_start", "try_settle", "load_dispatch"):
         wrap(store, name, f"store.{name}")
-    wrap(service, "prepare_run_for_dispatch", "prepare_run_for_dispatch (rest)")
+    wrap(mailbox, "prepare_run_for_dispatch", "prepare_run_for_dispatch (rest)")
     wrap(preparation, "reusable_waiting_run_id", "reusable_waiting_run_id (rest)")
     wrap(doorbells, "send_doorbell", "celery publish (doorbell)")
     wrap(execution, "close_old_connections", "close_old_connections")
@@ -214,7 +216,7 @@ def main() -> int:
     instrument()
     # warm up: imports, plans, the agent module
     warm = f"bd-warm-{uuid7()}"
-    service.submit_background(request(warm))
+    mailbox.submit_background(request(warm))
     execution.drain_thread(warm)
     REC.steps.clear()
 
@@ -223,7 +225,7 @@ def main() -> int:
     thread_ids = [f"bd-sub-{uuid7()}" for _ in range(args.n)]
     for thread_id in thread_ids:
         with REC.step("submit_background (rest)"):
-            service.submit_background(request(thread_id))
+            mailbox.submit_background(request(thread_id))
     report("submit_background to an idle thread", args.n, time.perf_counter() - t0, time.process_time() - c0)
     get_redis().delete("celery")
     # Those claims were taken inline and their hand-over doorbells dropped: drop them, or a fair claim of

@@ -11,7 +11,7 @@ signal. Measures:
   (a) raw Celery: N no-op tasks (acks_late, same broker/queue/workers), each INCRs a Redis counter;
       tasks/s = N / (first send -> counter == N).
   (b) mailbox: N no-op dispatches (agent `noop`) over 100 threads, submitted with
-      `service.submit_background` from this process by `--submitters` threads, so the submission
+      `mailbox.submit_background` from this process by `--submitters` threads, so the submission
       throughput (run + message + dispatch written, inline claim, doorbell) is part of the number;
       dispatches/s = N / (first submit -> all N acked, polled with count_dispatches_by_status).
       Target: (b) ≥ 0.65 × (a).
@@ -70,13 +70,15 @@ from django.db import connection, transaction
 from awaken_project.celery import app
 from bench.agents import MAILBOX_START_KEY
 from bench.e2e_tasks import NOOP_TASK, RAW_DONE_KEY, RAW_START_KEY, STAMP_TASK
-from mailbox_app import doorbells, service, store
+from mailbox_app import store
 from mailbox_app.contract.ids import uuid7
 from mailbox_app.contract.mailbox import DispatchStatus
 from mailbox_app.contract.message import ChatMessage
 from mailbox_app.contract.requests import RunRequest, normalize_mailbox_run_mode, validate_run_inputs
-from mailbox_app.preparation import build_dispatch, prepare_run_for_dispatch
-from mailbox_app.redis_client import get_redis
+from mailbox_app.realtime import doorbells
+from mailbox_app.realtime.redis_client import get_redis
+from mailbox_app.services import mailbox
+from mailbox_app.services.preparation import build_dispatch, prepare_run_for_dispatch
 
 THREADS = 100
 CELERY_QUEUE = "celery"
@@ -319,7 +321,7 @@ def mailbox_throughput(workers: Workers, per_thread: int, senders: int, tag: str
             for thread_id in mine:
                 if stop.is_set():
                     return
-                service.submit_background(request(thread_id, "noop"))
+                mailbox.submit_background(request(thread_id, "noop"))
         submitted_at.append(time.perf_counter())
 
     cpu0 = cpu_snapshot(workers)
@@ -401,7 +403,7 @@ def latency(workers: Workers, samples: int, budget_s: float) -> Latencies:
 
     def mailbox_sample(i: int) -> None:
         called = time.time()
-        submitted = service.submit_background(request(thread_ids[i % THREADS], "stamp"))
+        submitted = mailbox.submit_background(request(thread_ids[i % THREADS], "stamp"))
         out.submit_call.append(time.time() - called)
         out.mailbox.append(_wait_stamp(MAILBOX_START_KEY, submitted.run_id) - called)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 
 from awaken_project.celery import app
-from mailbox_app.redis_client import get_redis
+from mailbox_app.realtime.redis_client import get_redis
 
 RAW_DONE_KEY = "bench:raw:done"
 RAW_START_KEY = "bench:lat:raw"

@@ -48,14 +48,15 @@ from bench.e2e_bench import (
     verdict,
     wait_until,
 )
-from mailbox_app import service, store
-from mailbox_app.claim_policy import ClaimPolicy
+from mailbox_app import store
+from mailbox_app.contract.config import ClaimPolicy
 from mailbox_app.contract.ids import uuid7
 from mailbox_app.contract.mailbox import DispatchStatus
 from mailbox_app.contract.message import ChatMessage
 from mailbox_app.contract.requests import RunRequest
 from mailbox_app.models import Dispatch
-from mailbox_app.redis_client import get_redis
+from mailbox_app.realtime.redis_client import get_redis
+from mailbox_app.services import mailbox
 
 
 def _request(thread_id: str, agent: str) -> RunRequest:
@@ -95,7 +96,7 @@ def _idle_latency(owner: int) -> float:
     samples = []
     for _ in range(5):
         sent = time.time()
-        run_id = service.submit_background(_request(f"idle-{uuid7()}", "nap"), owner_id=owner).run_id
+        run_id = mailbox.submit_background(_request(f"idle-{uuid7()}", "nap"), owner_id=owner).run_id
         wait_until(lambda r=run_id: r in _entries(), 10, "idle run start", 0.002)  # type: ignore[misc]
         samples.append(_entries()[run_id] - sent)
     return statistics.median(samples)
@@ -120,7 +121,7 @@ def fairness(args: argparse.Namespace, mode: str, log_dir: Path) -> tuple[float,
                 for thread_id in threads[k::8]:
                     if stop.is_set():
                         return
-                    service.submit_background(_request(thread_id, "nap"), owner_id=owner_a)
+                    mailbox.submit_background(_request(thread_id, "nap"), owner_id=owner_a)
             submitted.append(k)
 
         started = time.perf_counter()
@@ -130,7 +131,7 @@ def fairness(args: argparse.Namespace, mode: str, log_dir: Path) -> tuple[float,
             raise RuntimeError(f"submit failed: {errors[0]!r}")
         backlog = store.count_dispatches_by_status(DispatchStatus.QUEUED)
         sent = time.time()
-        b_run = service.submit_background(_request(f"fair-b-{uuid7()}", "nap"), owner_id=owner_b).run_id
+        b_run = mailbox.submit_background(_request(f"fair-b-{uuid7()}", "nap"), owner_id=owner_b).run_id
         wait_until(lambda: b_run in _entries(), 600, "B's run to start", 0.002)
         b_wait = _entries()[b_run] - sent
         n = per_thread * len(threads) + 1
@@ -155,7 +156,7 @@ def _noop_rate(per_thread: int, owner: int) -> float:
             for thread_id in threads[k::8]:
                 if stop.is_set():
                     return
-                service.submit_background(_request(thread_id, "noop"), owner_id=owner)
+                mailbox.submit_background(_request(thread_id, "noop"), owner_id=owner)
 
     started = time.perf_counter()
     with in_threads(8, submit) as errors:
@@ -189,7 +190,7 @@ def limits(args: argparse.Namespace, log_dir: Path) -> tuple[float, float, int, 
             alone.append(_noop_rate(args.per_thread, owner))
             quiesce(workers)
             for i in range(100):
-                service.submit_background(_request(f"lim-l-{i:03d}-{uuid7()}", "nap_limited"), owner_id=owner)
+                mailbox.submit_background(_request(f"lim-l-{i:03d}-{uuid7()}", "nap_limited"), owner_id=owner)
             samples: list[int] = []
             stop = threading.Event()
             sampler = threading.Thread(target=_sample_limited, args=(samples, stop), daemon=True)

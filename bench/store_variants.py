@@ -51,9 +51,10 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.utils import load_backend
 
 from bench.store_bench import enqueue_all
-from mailbox_app import sql, store
+from mailbox_app import store
 from mailbox_app.contract.ids import now_ms, uuid7
 from mailbox_app.contract.mailbox import DispatchRecord, RunDispatchResult
+from mailbox_app.store import sql
 
 THREADS = 100
 LEASE_MS = 30_000

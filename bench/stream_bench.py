@@ -36,7 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import e2e_bench as e2e
 from bench.http_bench import WebServer, api_token, free_port
-from mailbox_app import events
+from mailbox_app.realtime import events
 from tests.support.http_sse import Frame, HttpConnection, SseStream, open_stream
 
 TARGET_P99_MS = 100.0

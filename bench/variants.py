@@ -43,7 +43,7 @@ def _apply() -> None:
 
         settings.CELERY_DB_REUSE_MAX = 1_000_000  # read by celery.fixups.django at worker start
     if "live_nojoin" in VARIANTS:
-        from mailbox_app import live
+        from mailbox_app.realtime import live
 
         original_loop = live.LiveSubscription._loop
 
@@ -73,11 +73,11 @@ def _apply() -> None:
 
         execution.LiveSubscription = NoSubscription  # type: ignore[attr-defined,assignment,misc]
     if "no_webhook" in VARIANTS:
-        from mailbox_app import webhooks
+        from mailbox_app.webhooks import outbox
 
-        webhooks.record_run_event = lambda run: None  # type: ignore[assignment]
+        outbox.record_run_event = lambda run: None  # type: ignore[assignment]
     if "no_served" in VARIANTS:
-        from mailbox_app import sql
+        from mailbox_app.store import sql
 
         head, _served = sql.START.split("), served AS (")
         sql.START = head + ")\nSELECT * FROM started\n"  # type: ignore[misc]

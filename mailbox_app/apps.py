@@ -25,11 +25,12 @@ class MailboxAppConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from mailbox_app import live, ports
         from mailbox_app.agents import registry as agents  # noqa: F401 - registers the system check
-        from mailbox_app.maintenance import gc_ran, recover_with_retry
-        from mailbox_app.schedule import sync_periodic_tasks
-        from mailbox_app.webhook_delivery import purge_on_gc
+        from mailbox_app.realtime import live
+        from mailbox_app.services.maintenance import gc_ran, recover_with_retry
+        from mailbox_app.services.schedule import sync_periodic_tasks
+        from mailbox_app.store import ports
+        from mailbox_app.webhooks.delivery import purge_on_gc
         from mailbox_app.worker import registry
 
         def _sync(sender: AppConfig, **kwargs: Any) -> None:

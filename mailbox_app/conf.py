@@ -20,8 +20,13 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from django.conf import settings
 
-from mailbox_app.config import ClaimPolicy, MailboxConfig
-from mailbox_app.metrics_access import DEFAULT_ALLOWED_NETWORKS, Network, parse_networks
+from mailbox_app.contract.config import (
+    DEFAULT_ALLOWED_NETWORKS,
+    ClaimPolicy,
+    MailboxConfig,
+    Network,
+    parse_networks,
+)
 
 PREFIX = "AWAKEN_"
 T = TypeVar("T")
@@ -69,11 +74,11 @@ class AwakenSettings:
     """Every setting mailbox_app and runs_app read. Comments say what each does; the README's
     configuration table lists the environment variables awaken_project parses into them."""
 
-    # lease, sweep, GC and retry (mailbox_app/config.py)
+    # lease, sweep, GC and retry (mailbox_app/contract/config.py)
     MAILBOX: Setting[MailboxConfig] = Setting(MailboxConfig())
-    # fairness across owners and concurrency limits (mailbox_app/claim_policy.py)
+    # fairness across owners and concurrency limits (`claim_policy()` below)
     CLAIM_POLICY: Setting[ClaimPolicy] = Setting(ClaimPolicy())
-    # the run store the mailbox drives (mailbox_app/ports.py): a dotted module path
+    # the run store the mailbox drives (mailbox_app/store/ports.py): a dotted module path
     RUN_STORE: Setting[str] = Setting("runs_app.store")
     # extra agents {"agent_id": "dotted.path.to.ExecutorClass"}; `echo` is built in
     AGENTS: Setting[dict[str, str]] = Setting(factory=dict)
@@ -99,7 +104,7 @@ class AwakenSettings:
     STARTUP_RECOVERY_RETRY_DELAY_MS: Setting[int] = Setting(250)
     # test hook: a worker os._exit()s at this named step (after_claim, mid_run, after_result); "": none
     FAULT_POINT: Setting[str] = Setting("")
-    # webhooks (mailbox_app/webhooks.py): the default target ("": none), the HMAC secret ("": unsigned)
+    # webhooks (mailbox_app/webhooks/outbox.py): the default target ("": none), the HMAC secret ("": unsigned)
     WEBHOOK_URL: Setting[str] = Setting("")
     WEBHOOK_SECRET: Setting[str] = Setting("")
     WEBHOOK_ALLOW_PRIVATE: Setting[bool] = Setting(False)
@@ -107,7 +112,7 @@ class AwakenSettings:
     WEBHOOK_RETRY_DELAY_MS: Setting[int] = Setting(1_000)
     WEBHOOK_MAX_RETRY_DELAY_MS: Setting[int] = Setting(600_000)
     WEBHOOK_TIMEOUT_MS: Setting[int] = Setting(5_000)
-    # GET /metrics (mailbox_app/metrics_view.py): a bearer token ("": none works), the networks that
+    # GET /metrics (mailbox_app/observability/view.py): a bearer token ("": none works), the networks that
     # may scrape without one, and the directory of per-service multiprocess dirs ("": the process's own)
     METRICS_TOKEN: Setting[str] = Setting("")
     METRICS_ALLOWED_NETWORKS: Setting[tuple[Network, ...]] = Setting(
@@ -127,3 +132,23 @@ class AwakenSettings:
 
 
 awaken_settings = AwakenSettings()
+
+DEFAULT_POLICY = ClaimPolicy()
+
+
+def claim_policy() -> ClaimPolicy:
+    """Who may be claimed next across threads: fairness between owners and concurrency limits.
+
+    Within a thread the order is the reference's (priority, then created). Across threads, a worker that
+    finishes an attempt claims the head of the thread whose owner was served longest ago (round-robin by
+    owner, `mailbox_fair_group`), so one owner's backlog cannot delay every other owner's next run.
+
+    Limits count claimed dispatches in PostgreSQL at claim time: the claim transaction first takes a
+    transaction-scoped advisory lock per limited scope (global, the agent, the owner) and then claims
+    with the count in its condition, so two workers can never exceed a limit. Unlimited agents take no
+    lock. Lock order everywhere: the thread's epoch row, then the advisory locks in a fixed order.
+    The policy (`ClaimPolicy`, parsed from `AWAKEN_FAIRNESS`, `AWAKEN_MAX_ACTIVE_RUNS`,
+    `AWAKEN_AGENT_LIMITS`, `AWAKEN_OWNER_MAX_ACTIVE_RUNS`, `AWAKEN_UNSTARTED_CLAIM_GRACE_MS`) is in
+    mailbox_app/contract/config.py; the claims that apply it are in mailbox_app/store/claims.py."""
+    policy = awaken_settings.CLAIM_POLICY
+    return policy if isinstance(policy, ClaimPolicy) else DEFAULT_POLICY

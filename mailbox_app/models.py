@@ -140,7 +140,7 @@ class Dispatch(models.Model):
         return f"{self.dispatch_id} ({self.status})"
 
 
-# --- webhooks (mailbox_app/webhooks.py) -------------------------------------------------------------
+# --- webhooks (mailbox_app/webhooks/outbox.py) -------------------------------------------------------------
 
 
 class WebhookSubscription(models.Model):

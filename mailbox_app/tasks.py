@@ -6,8 +6,12 @@ from typing import Any
 
 from celery import shared_task
 
-from mailbox_app import doorbells, maintenance, metrics, store, webhook_delivery, webhooks
+from mailbox_app import store
 from mailbox_app.contract.mailbox import DispatchRecord, DispatchStatus
+from mailbox_app.observability import metrics
+from mailbox_app.realtime import doorbells
+from mailbox_app.services import maintenance
+from mailbox_app.webhooks import delivery, outbox
 from mailbox_app.worker import dispatch_signals
 from mailbox_app.worker.execution import drain_thread
 
@@ -65,13 +69,13 @@ def gc() -> int:
     return maintenance.gc()
 
 
-@shared_task(name=webhooks.DELIVER_TASK, acks_late=True, ignore_result=True)
+@shared_task(name=outbox.DELIVER_TASK, acks_late=True, ignore_result=True)
 def deliver_webhook(delivery_id: str) -> str:
     """One attempt at a webhook outbox row; a failed attempt rings its own retry (with backoff)."""
-    return webhook_delivery.deliver(delivery_id).value
+    return delivery.deliver(delivery_id).value
 
 
-@shared_task(name=webhooks.REDRIVE_TASK, ignore_result=True)
+@shared_task(name=outbox.REDRIVE_TASK, ignore_result=True)
 def redrive_webhooks() -> int:
     """The beat's safety net: ring every due webhook delivery nobody holds."""
-    return webhook_delivery.redrive()
+    return delivery.redrive()

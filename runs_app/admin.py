@@ -18,17 +18,17 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from mailbox_app.admin_links import (
+from mailbox_app.admin.links import (
     counted,
     dispatch_list_url,
     dispatch_url,
-    format_utc_ms,
     link,
     overview_url,
     run_url,
     thread_url,
 )
-from mailbox_app.selectors import latest_thread_dispatches
+from mailbox_app.contract.timefmt import format_utc_ms
+from mailbox_app.services.selectors import latest_thread_dispatches
 from runs_app.models import Message, Run, RunStep, Thread
 
 if TYPE_CHECKING:
@@ -100,7 +100,7 @@ class ReadOnlyAdmin:
 
 
 class RunStepInline(ReadOnlyAdmin, RunStepInlineBase):
-    """The run's step journal (mailbox_app/steps.py), in the order the steps were recorded."""
+    """The run's step journal (mailbox_app/store/steps.py), in the order the steps were recorded."""
 
     model = RunStep
     verbose_name = "journaled step"

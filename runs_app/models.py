@@ -76,7 +76,7 @@ class Run(models.Model):
     # The submitter's JSON object (bounded by the API), searched by containment (`@>`, GIN index).
     metadata = models.JSONField(default=dict, blank=True)
     # Each activation may run this long (null: unbounded); `deadline_at` is set when an activation
-    # starts (a retry keeps it) and enforced by the worker and the sweep (mailbox_app/timeouts.py).
+    # starts (a retry keeps it) and enforced by the worker and the sweep (mailbox_app/services/timeouts.py).
     timeout_ms = models.BigIntegerField(null=True, blank=True)
     deadline_at = models.BigIntegerField(null=True, blank=True)
 
@@ -156,7 +156,7 @@ class IdempotencyRecord(models.Model):
 
 
 class RunStep(models.Model):
-    """One completed step of a run's journal (mailbox_app/steps.py), written once per (run, key) by the
+    """One completed step of a run's journal (mailbox_app/store/steps.py), written once per (run, key) by the
     attempt that completed it, fenced by its claim token; later attempts replay it instead of re-running."""
 
     # The database constraint (ON DELETE CASCADE) is added by migration 0004: a run deleted by any path,

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install Debian's headless-capable Chromium for the admin's browser test (tests/test_admin_browser.py).
+# Install Debian's headless-capable Chromium for the admin's browser test (tests/mailbox_app/admin/test_admin_browser.py).
 # Idempotent. Never fails the caller: when it cannot install, it says why and exits 0, and the test
 # then skips with a visible reason.
 set -uo pipefail

@@ -76,5 +76,5 @@ def test_every_source_path_cited_in_docs_and_comments_exists() -> None:
 def test_the_layout_test_sees_the_tree_it_checks() -> None:
     modules = {rel.as_posix() for rel in _modules()}
     assert {"mailbox_app/worker/execution.py", "mailbox_app/contract/mailbox.py"} <= modules
-    assert "runs_app/control.py" in modules
+    assert "runs_app/services/control.py" in modules
     assert "mailbox_app/worker/" in _layout_rows()

@@ -183,7 +183,8 @@ class RunContext(Protocol):
     def notify_background_task_done(self, *, task_id: str, result: dict[str, Any]) -> str: ...
 
     def step(self, key: str, fn: Callable[Concatenate[str, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run `fn(idempotency_key, *args, **kwargs)` at most once per run and `key` (mailbox_app/steps.py).
+        """Run `fn(idempotency_key, *args, **kwargs)` at most once per run and `key`
+        (mailbox_app/store/steps.py).
 
         The first attempt that completes the step records its result (JSON, or a `StepOutput`) in one
         transaction fenced by its claim token; any later call with this key in this run — a re-run

@@ -26,7 +26,7 @@ from mailbox_app.contract.message import ChatMessage, Role
 from mailbox_app.contract.requests import RunRequest
 from mailbox_app.contract.storage import TerminationReason
 from mailbox_app.contract.suspension import RunWaitingState, ToolCallResume, WaitingTicket
-from mailbox_app.redis_client import get_redis
+from mailbox_app.realtime.redis_client import get_redis
 
 CANCEL_POLL_S = 0.05
 CANCELLED = TerminationReason(type="cancelled")

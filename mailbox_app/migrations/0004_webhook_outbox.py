@@ -1,5 +1,5 @@
 """The webhook outbox: subscriptions written by a submit, deliveries written by the transaction that
-ends or suspends a run (mailbox_app/webhooks.py)."""
+ends or suspends a run (mailbox_app/webhooks/outbox.py)."""
 
 from django.db import migrations, models
 

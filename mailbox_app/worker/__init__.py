@@ -6,5 +6,5 @@ thread lock, runs one attempt, renews its lease and drains the thread (`spawn_ex
 is one activation and the `RunContext` the agent gets; `registry` knows the runs this process executes.
 
 Nothing below `worker` imports it: the mailbox service reaches a local run through
-`mailbox_app.live.find_local_run`, which `MailboxAppConfig.ready` points at the registry.
+`mailbox_app.realtime.live.find_local_run`, which `MailboxAppConfig.ready` points at the registry.
 """

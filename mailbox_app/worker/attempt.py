@@ -16,22 +16,25 @@ from dataclasses import dataclass
 
 from django.db import transaction
 
-from mailbox_app import doorbells, events, history, metrics, service, store
+from mailbox_app import store
 from mailbox_app.agents.base import MailboxRunOutcome, OutcomeKind, RunResult
-from mailbox_app.claim_policy import claim_policy
-from mailbox_app.conf import awaken_settings
+from mailbox_app.conf import awaken_settings, claim_policy
+from mailbox_app.contract import history
+from mailbox_app.contract.history import RunTranscript
 from mailbox_app.contract.ids import now_ms
 from mailbox_app.contract.lifecycle import RunStatus
 from mailbox_app.contract.mailbox import DispatchRecord, DispatchStatus, RunDispatchResult
 from mailbox_app.contract.message import ChatMessage
 from mailbox_app.contract.requests import RunRequest
+from mailbox_app.contract.retry import nack_backoff_ms
 from mailbox_app.contract.storage import RunRecord, StoreError, TerminationReason
 from mailbox_app.contract.suspension import RunResumeDecision, ToolCallResume
-from mailbox_app.history import RunTranscript
-from mailbox_app.ports import run_store
-from mailbox_app.preparation import reconstruct_from
-from mailbox_app.reconcile import emit_finish_on_commit, emit_on_commit, terminalize_run_for_dispatch
-from mailbox_app.retry import nack_backoff_ms
+from mailbox_app.observability import metrics
+from mailbox_app.realtime import doorbells, events
+from mailbox_app.services import mailbox
+from mailbox_app.services.preparation import reconstruct_from
+from mailbox_app.services.reconcile import emit_finish_on_commit, emit_on_commit, terminalize_run_for_dispatch
+from mailbox_app.store.ports import run_store
 from mailbox_app.worker.runtime import FinalRun, dispatch_result, final_run, finished_run_result
 
 log = logging.getLogger(__name__)
@@ -358,7 +361,7 @@ def _queue_leftovers(dispatch: DispatchRecord, run: RunRecord | None, leftovers:
     if not leftovers.steering and not leftovers.decisions:
         return
     if leftovers.steering:
-        service.enqueue_in_transaction(
+        mailbox.enqueue_in_transaction(
             RunRequest(
                 thread_id=dispatch.thread_id, messages=leftovers.steering, messages_already_persisted=True
             )
@@ -367,7 +370,7 @@ def _queue_leftovers(dispatch: DispatchRecord, run: RunRecord | None, leftovers:
         tickets = {t.tool_call_id for t in run.waiting.tickets} | set(run.waiting.ticket_ids)
         decisions = [(c, r) for c, r in leftovers.decisions if c in tickets]
         if decisions:
-            service.enqueue_in_transaction(
+            mailbox.enqueue_in_transaction(
                 RunRequest(thread_id=dispatch.thread_id, decisions=decisions, continue_run_id=run.run_id)
             )
 

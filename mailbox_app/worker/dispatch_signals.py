@@ -3,7 +3,7 @@
 A Celery message is a doorbell for a thread, never the truth. Lost, duplicated or late doorbells are
 harmless: the row in PostgreSQL is the queue, and the sweep rings again for every claimable thread.
 `handle_dispatch_signal` is the reference's `handle_dispatch_signal_entry`; ringing is
-`mailbox_app.doorbells` (sending only).
+`mailbox_app.realtime.doorbells` (sending only).
 """
 
 from __future__ import annotations
@@ -12,11 +12,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from mailbox_app import store
-from mailbox_app.claim_policy import claim_policy
-from mailbox_app.conf import awaken_settings
+from mailbox_app.conf import awaken_settings, claim_policy
 from mailbox_app.contract.ids import now_ms
 from mailbox_app.contract.mailbox import DispatchStatus
-from mailbox_app.retry import blocked_signal_delay_ms
+from mailbox_app.contract.retry import blocked_signal_delay_ms
 from mailbox_app.worker.execution import DispatchAttempt, drain_fair, drain_thread
 
 

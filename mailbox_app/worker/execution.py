@@ -18,13 +18,15 @@ from enum import StrEnum
 
 from django.db import close_old_connections, connection
 
-from mailbox_app import doorbells, metrics, store
+from mailbox_app import store
 from mailbox_app.conf import awaken_settings
 from mailbox_app.contract.ids import consumer_id, now_ms, uuid7
 from mailbox_app.contract.mailbox import DispatchRecord, DispatchStatus, LiveRunTarget
 from mailbox_app.contract.storage import NotFound, VersionConflict
-from mailbox_app.live import LiveSubscription
-from mailbox_app.locks import ThreadLock
+from mailbox_app.observability import metrics
+from mailbox_app.realtime import doorbells
+from mailbox_app.realtime.live import LiveSubscription
+from mailbox_app.realtime.locks import ThreadLock
 from mailbox_app.worker import attempt
 from mailbox_app.worker.registry import register, unregister
 from mailbox_app.worker.runtime import ActiveRun, call_agent

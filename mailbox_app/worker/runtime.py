@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from mailbox_app import events, service, steps
 from mailbox_app.agents.base import Journal, MailboxRunOutcome, RunResult, classify_error
 from mailbox_app.agents.registry import resolve_agent
+from mailbox_app.contract.history import RunTranscript
 from mailbox_app.contract.ids import now_ms
 from mailbox_app.contract.lifecycle import RunStatus
 from mailbox_app.contract.mailbox import DispatchRecord, RunDispatchResult
@@ -22,10 +22,12 @@ from mailbox_app.contract.message import ChatMessage
 from mailbox_app.contract.requests import RunMode, RunOrigin, RunRequest
 from mailbox_app.contract.storage import RunRecord, TerminationReason
 from mailbox_app.contract.suspension import ToolCallResume
-from mailbox_app.history import RunTranscript
-from mailbox_app.locks import lock_key
-from mailbox_app.ports import run_store
-from mailbox_app.timeouts import TIMED_OUT
+from mailbox_app.realtime import events
+from mailbox_app.realtime.locks import lock_key
+from mailbox_app.services import mailbox
+from mailbox_app.services.timeouts import TIMED_OUT
+from mailbox_app.store import steps
+from mailbox_app.store.ports import run_store
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -187,7 +189,7 @@ class AttemptContext:
                 "visibility": "internal",
             }
         )
-        submitted = service.submit_background(
+        submitted = mailbox.submit_background(
             RunRequest(
                 thread_id=self.thread_id,
                 messages=[wake],

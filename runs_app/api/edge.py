@@ -16,7 +16,6 @@ from rest_framework.views import APIView
 
 from mailbox_app.contract.lifecycle import RunStatus
 from mailbox_app.contract.storage import RunRecord, ThreadRecord
-from runs_app import selectors
 from runs_app.api.errors import ApiError, exception_handler, not_found
 from runs_app.api.inputs import (
     IDEMPOTENCY_KEY_MAX,
@@ -26,6 +25,7 @@ from runs_app.api.inputs import (
     check_query,
     normalize_id,
 )
+from runs_app.services import selectors
 
 
 class EdgeCheckedView(APIView):

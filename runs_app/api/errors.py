@@ -11,9 +11,9 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from mailbox_app.contract.storage import AlreadyExists, InvalidInput, NotFound, VersionConflict
-from mailbox_app.service import ActiveRunConflict, ThreadBusy
+from mailbox_app.services.mailbox import ActiveRunConflict, ThreadBusy
 from runs_app.api.inputs import InputError
-from runs_app.control import ControlError, NotWaiting
+from runs_app.services.control import ControlError, NotWaiting
 
 
 class ApiError(exceptions.APIException):
@@ -61,7 +61,7 @@ def _first_validation_error(detail: Any, prefix: str = "") -> tuple[str, str | N
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, ApiError | InputError):
         return Response(body(str(exc.detail), exc.error_code, exc.field), status=exc.status_code)
-    if isinstance(exc, ControlError):  # the run-control service's refusals (runs_app/control.py)
+    if isinstance(exc, ControlError):  # the run-control service's refusals (runs_app/services/control.py)
         return Response(body(str(exc), exc.code), status=409 if isinstance(exc, NotWaiting) else 404)
     if isinstance(exc, ThreadBusy):  # a `reject` submit: nothing was written
         return Response(body(str(exc), "thread_busy", "multitask_strategy"), status=status.HTTP_409_CONFLICT)

@@ -11,7 +11,7 @@ from drf_spectacular.utils import OpenApiResponse, inline_serializer
 from rest_framework import serializers
 
 from mailbox_app.contract.mailbox import DispatchStatus
-from mailbox_app.service import SubmitStatus
+from mailbox_app.services.mailbox import SubmitStatus
 from runs_app.api.pagination import page_out
 from runs_app.api.run_serializers import RUN_STATUSES, RunOut
 from runs_app.api.thread_serializers import ErrorOut

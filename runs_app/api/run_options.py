@@ -13,7 +13,7 @@ from typing import Any
 
 from rest_framework import serializers
 
-from mailbox_app.service import MultitaskStrategy
+from mailbox_app.services.mailbox import MultitaskStrategy
 from runs_app.api.inputs import InputError, check_json
 
 STRATEGIES = tuple(s.value for s in MultitaskStrategy)

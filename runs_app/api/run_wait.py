@@ -26,10 +26,11 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from mailbox_app import events, service
 from mailbox_app.contract.lifecycle import RunStatus
 from mailbox_app.contract.mailbox import DispatchStatus
 from mailbox_app.contract.storage import RunRecord
+from mailbox_app.realtime import events
+from mailbox_app.services import mailbox
 from runs_app import store
 from runs_app.api import serializers as s
 from runs_app.api import views
@@ -153,7 +154,7 @@ def submit_probe(run_id: str, dispatch_id: str) -> Probe:
     `run_finish`, of a waiting run this submit resumes, does not count) and the run stopped."""
 
     def probe() -> tuple[bool, RunRecord | None]:
-        dispatch = service.load_dispatch(dispatch_id)
+        dispatch = mailbox.load_dispatch(dispatch_id)
         run = store.load_run(run_id=run_id)
         live = dispatch is not None and dispatch.status in {DispatchStatus.QUEUED, DispatchStatus.CLAIMED}
         return (run is not None and not live and run.status in STOPPED), run

@@ -11,8 +11,8 @@ from mailbox_app.conf import awaken_settings
 from mailbox_app.contract.mailbox import DispatchRecord, DispatchStatus
 from mailbox_app.contract.message import ChatMessage
 from mailbox_app.contract.storage import RunRecord, ThreadRecord
-from mailbox_app.webhook_targets import URL_MAX as WEBHOOK_URL_MAX
-from mailbox_app.webhook_targets import WebhookTargetError, check_submitted
+from mailbox_app.webhooks.targets import URL_MAX as WEBHOOK_URL_MAX
+from mailbox_app.webhooks.targets import WebhookTargetError, check_submitted
 from runs_app.api.inputs import AGENT_ID_MAX, THREAD_ID_MAX, id_problem
 from runs_app.api.run_options import RunOptionsIn
 

@@ -27,8 +27,8 @@ from django import db
 from django.http import StreamingHttpResponse
 from rest_framework.renderers import BaseRenderer
 
-from mailbox_app import events
 from mailbox_app.conf import awaken_settings
+from mailbox_app.realtime import events
 from runs_app.api.protocols import selection as protocols
 from runs_app.api.protocols.framing import KEEPALIVE, stream_position
 

@@ -1,4 +1,5 @@
-"""HTTP views of threads: list, create, read, update, delete, search (runs_app/threads.py does the work).
+"""HTTP views of threads: list, create, read, update, delete, search (runs_app/services/threads.py does the
+work).
 
 A thread is the caller's or a 404: another user's thread cannot be read, updated, deleted or found."""
 
@@ -12,13 +13,13 @@ from rest_framework.response import Response
 
 from mailbox_app.contract.ids import now_ms, uuid7
 from mailbox_app.contract.storage import RunRecord, ThreadRecord
-from runs_app import selectors, threads
 from runs_app.api import serializers as s
 from runs_app.api import thread_serializers as ts
 from runs_app.api.edge import EdgeCheckedView, thread_or_404, user_id, validated
 from runs_app.api.errors import ApiError, not_found
 from runs_app.api.pagination import PARAMETERS as PAGE_PARAMETERS
 from runs_app.api.pagination import Window
+from runs_app.services import selectors, threads
 
 _ERRORS = {400: ts.ErrorOut, 404: ts.ErrorOut}
 

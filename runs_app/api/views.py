@@ -1,4 +1,5 @@
-"""HTTP views of runs, control, the mailbox and messages: validate, call one service (runs_app.control for
+"""HTTP views of runs, control, the mailbox and messages: validate, call one service
+(runs_app.services.control for
 run control, the mailbox service or a selector for reads), serialize, map errors (errors.py).
 Threads: thread_views.py; waiting for a run: run_wait.py."""
 
@@ -13,13 +14,14 @@ from rest_framework import serializers as drf
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from mailbox_app import events, service
 from mailbox_app.contract.lifecycle import RunStatus
 from mailbox_app.contract.mailbox import DispatchRecord
 from mailbox_app.contract.message import ChatMessage
 from mailbox_app.contract.requests import RunRequest
-from mailbox_app.service import MultitaskStrategy, SubmitResult
-from runs_app import control, selectors, store
+from mailbox_app.realtime import events
+from mailbox_app.services import mailbox
+from mailbox_app.services.mailbox import MultitaskStrategy, SubmitResult
+from runs_app import store
 from runs_app.api import responses as out
 from runs_app.api import serializers as s
 from runs_app.api.edge import (
@@ -43,6 +45,7 @@ from runs_app.api.protocols.selection import NATIVE, PROTOCOLS, requested_protoc
 from runs_app.api.run_options import metadata_filter, request_options, strategy
 from runs_app.api.run_serializers import RunOut, RunPageOut
 from runs_app.api.sse import EventStreamRenderer, stream_response
+from runs_app.services import control, selectors
 
 SUBMIT_RESPONSES: dict[int | tuple[int, str], Any] = {
     (201, out.JSON): out.SubmitOut,
@@ -377,8 +380,8 @@ class ThreadMailboxView(EdgeCheckedView):
             statuses = s.parse_status_filter(request.query_params.get("status"))
         except drf.ValidationError as exc:
             raise ApiError(str(exc.detail["status"]), code="invalid", field="status") from None  # type: ignore[index,call-overload]
-        items = service.list_dispatches(thread_id, statuses, window.limit, window.offset)
-        total = service.count_dispatches(thread_id, statuses)
+        items = mailbox.list_dispatches(thread_id, statuses, window.limit, window.offset)
+        total = mailbox.count_dispatches(thread_id, statuses)
         return Response(window.page([s.dispatch_json(d) for d in items], total))
 
     @extend_schema(request=s.MailboxSubmitIn, responses={201: out.SubmitOut, **out.errors(400, 404, 409)})

@@ -18,7 +18,7 @@ from awaken_client import ApiError, AsyncClient, Client, Event, PendingRun, Run
 from django.contrib.auth import get_user_model
 from rest_framework.authtoken.models import Token
 
-from mailbox_app import events
+from mailbox_app.realtime import events
 from tests.clients.cutting_proxy import cutting_proxy
 from tests.support.servers import WebServer, asgi_server
 from tests.support.waiting import wait_until

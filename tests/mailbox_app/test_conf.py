@@ -12,7 +12,7 @@ import pytest
 from django.test import override_settings
 
 from mailbox_app.conf import AwakenSettings, awaken_settings
-from mailbox_app.config import ClaimPolicy, MailboxConfig
+from mailbox_app.contract.config import ClaimPolicy, MailboxConfig
 
 REPO = Path(__file__).resolve().parents[2]
 # AWAKEN_* settings the project reads itself (awaken_project/asgi.py), not the apps

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mailbox_app.config import MailboxConfig
+from mailbox_app.contract.config import MailboxConfig
 from mailbox_app.contract.mailbox import DispatchRecord
 
 FAST = MailboxConfig(

@@ -12,7 +12,7 @@ from mailbox_app.contract.message import ChatMessage
 from mailbox_app.contract.requests import RunRequest, validate_run_inputs
 from mailbox_app.contract.storage import RunRecord
 from mailbox_app.contract.suspension import RunWaitingState, ToolCallResume
-from mailbox_app.preparation import build_dispatch, prepare_run_for_dispatch
+from mailbox_app.services.preparation import build_dispatch, prepare_run_for_dispatch
 from runs_app import store as run_store
 
 FRONTEND_TOOL = {"id": "ft1", "name": "FT1", "description": "desc"}

@@ -14,14 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from awaken_project.celery import app as celery_app
-from mailbox_app import maintenance, service, store
-from mailbox_app.config import MailboxConfig
+from mailbox_app import store
+from mailbox_app.contract.config import MailboxConfig
 from mailbox_app.contract.ids import now_ms
 from mailbox_app.contract.lifecycle import RunStatus
 from mailbox_app.contract.mailbox import DispatchRecord, DispatchStatus
 from mailbox_app.contract.message import ChatMessage
 from mailbox_app.contract.requests import RunRequest
 from mailbox_app.contract.storage import RunRecord
+from mailbox_app.services import mailbox, maintenance
 from runs_app import store as run_store
 from tests.support.servers import PROJECT_ROOT
 from tests.support.waiting import wait_until
@@ -234,5 +235,5 @@ def sweep_until(dispatch_id: str, status: DispatchStatus, *, timeout: float) -> 
 
 def probe_workers() -> None:
     """A no-op dispatch acked by a worker proves it reads and writes the test database."""
-    probe = service.submit_background(echo_request(f"t-probe-{now_ms()}", "probe", agent_id="noop"))
+    probe = mailbox.submit_background(echo_request(f"t-probe-{now_ms()}", "probe", agent_id="noop"))
     wait_dispatch_status(probe.dispatch_id, DispatchStatus.ACKED, timeout=30)

@@ -1,7 +1,7 @@
 from typing import Any
 
-from mailbox_app.maintenance import gc_counts
 from mailbox_app.management.commands._base import MailboxCommand
+from mailbox_app.services.maintenance import gc_counts
 
 
 class Command(MailboxCommand):

@@ -1,7 +1,7 @@
 from typing import Any
 
-from mailbox_app.maintenance import reconcile_terminal
 from mailbox_app.management.commands._base import MailboxCommand
+from mailbox_app.services.maintenance import reconcile_terminal
 
 
 class Command(MailboxCommand):

@@ -1,8 +1,8 @@
 from dataclasses import asdict
 from typing import Any
 
-from mailbox_app.maintenance import recover_with_retry
 from mailbox_app.management.commands._base import MailboxCommand
+from mailbox_app.services.maintenance import recover_with_retry
 
 
 class Command(MailboxCommand):

@@ -2,8 +2,8 @@ from typing import Any
 
 from django.core.management.base import CommandError, CommandParser
 
-from mailbox_app.admin_actions import requeue_dead_letters
 from mailbox_app.management.commands._base import MailboxCommand
+from mailbox_app.services.operator import requeue_dead_letters
 
 
 class Command(MailboxCommand):

@@ -1,7 +1,7 @@
 from typing import Any
 
 from mailbox_app.management.commands._base import MailboxCommand
-from mailbox_app.selectors import mailbox_overview
+from mailbox_app.services.selectors import mailbox_overview
 
 
 class Command(MailboxCommand):

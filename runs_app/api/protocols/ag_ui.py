@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from mailbox_app.events import RunEvent
+from mailbox_app.realtime.events import RunEvent
 from runs_app.api.protocols.framing import (
     TOOL_SUCCESS,
     Chunk,

@@ -8,7 +8,7 @@ the run's continuation in the front end's protocol, from the event after its wai
           `{"approved": true, "reason"?}`, else cancel)
 
 A body that also carries a new user message is an ordinary submit (which interrupts the waiting run).
-This module only reads the body; `runs_app.control.answer_waiting_run` delivers the decisions and the
+This module only reads the body; `runs_app.services.control.answer_waiting_run` delivers the decisions and the
 view streams the continuation."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 from runs_app.api.inputs import InputError
 from runs_app.api.protocols import ag_ui, ai_sdk
 from runs_app.api.protocols.framing import new_user_messages
-from runs_app.control import Decision
+from runs_app.services.control import Decision
 
 ACTIONS = {"resolved": "resume", "cancelled": "cancel"}
 FIELD = "resume"

@@ -15,7 +15,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
-from mailbox_app.events import RunEvent
+from mailbox_app.realtime.events import RunEvent
 
 Chunk = dict[str, Any]
 KEEPALIVE = ": keep-alive\n\n"

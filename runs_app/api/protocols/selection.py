@@ -7,7 +7,7 @@ from typing import Any
 
 from rest_framework.request import Request
 
-from mailbox_app.events import RunEvent
+from mailbox_app.realtime.events import RunEvent
 from runs_app.api.inputs import InputError
 from runs_app.api.protocols import ag_ui, ai_sdk
 from runs_app.api.protocols.framing import START, EventEncoder, encode_stream

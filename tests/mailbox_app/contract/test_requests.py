@@ -9,7 +9,6 @@ import uuid
 
 import pytest
 
-from mailbox_app import service
 from mailbox_app.contract.message import ChatMessage
 from mailbox_app.contract.requests import (
     AdapterKind,
@@ -21,6 +20,7 @@ from mailbox_app.contract.requests import (
     validate_run_inputs,
 )
 from mailbox_app.contract.storage import InvalidInput
+from mailbox_app.services import mailbox
 from tests.support.runs import FRONTEND_TOOL, resume_decision
 
 
@@ -44,7 +44,7 @@ def test_validation_rejects_empty_messages_without_decisions() -> None:
     with pytest.raises(InvalidInput, match="at least one message is required"):
         validate_run_inputs("thread-1", [], allow_empty=False)
     with pytest.raises(InvalidInput, match="at least one message is required"):
-        service.submit_background(RunRequest(thread_id="thread-1"))
+        mailbox.submit_background(RunRequest(thread_id="thread-1"))
 
 
 def test_validation_allows_decision_only_resume() -> None:

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from mailbox_app import doorbells, service, store
+from mailbox_app import store
 from mailbox_app.contract.ids import now_ms
 from mailbox_app.contract.lifecycle import RunStatus
 from mailbox_app.contract.mailbox import DispatchStatus
+from mailbox_app.realtime import doorbells
+from mailbox_app.services import mailbox
 from mailbox_app.worker import dispatch_signals
 from mailbox_app.worker.execution import DispatchAttempt
 from tests.support.agents import RECORDER
@@ -83,10 +85,10 @@ def test_busy_thread_doorbell_never_steals_and_queued_runs_after_current(worker:
     either way the doorbell claims nothing while the thread is busy and the queued dispatch runs next.
     """
     thread_id = fresh_thread_id("thread-signal-busy")
-    first = service.submit_background(user_request(thread_id, "first", agent_id="blocking"))
+    first = mailbox.submit_background(user_request(thread_id, "first", agent_id="blocking"))
     assert RECORDER.started.wait(10)
-    second = service.submit_background(user_request(thread_id, "second", agent_id="blocking"))
-    assert second.status is service.SubmitStatus.QUEUED
+    second = mailbox.submit_background(user_request(thread_id, "second", agent_id="blocking"))
+    assert second.status is mailbox.SubmitStatus.QUEUED
 
     busy = dispatch_signals.handle_dispatch_signal(thread_id, second.dispatch_id, deliveries=1)
     assert busy.attempt is DispatchAttempt.NO_ELIGIBLE

@@ -7,14 +7,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from mailbox_app import doorbells, events, service, store
+from mailbox_app import store
 from mailbox_app.contract.ids import consumer_id, now_ms
 from mailbox_app.contract.lifecycle import RunStatus
 from mailbox_app.contract.mailbox import DispatchRecord, DispatchStatus
 from mailbox_app.contract.requests import AdapterKind, RunMode, RunOrigin
 from mailbox_app.contract.storage import RunRecord
 from mailbox_app.contract.suspension import RunWaitingState
-from mailbox_app.selectors import mailbox_overview
+from mailbox_app.realtime import doorbells, events
+from mailbox_app.services import mailbox
+from mailbox_app.services.selectors import mailbox_overview
 from mailbox_app.worker.execution import DispatchAttempt, drain_thread, execute_claimed
 from mailbox_app.worker.registry import local_runs
 from runs_app import store as run_store
@@ -33,7 +35,7 @@ def test_worker_shutdown_quiesces_and_a_new_worker_takes_over(engine: Any) -> No
     nothing left in the local registry); work submitted while no worker runs is taken by the next one.
     """
     with fast_polling_worker() as first_worker:
-        inflight = service.submit_background(
+        inflight = mailbox.submit_background(
             user_request(fresh_thread_id("thread-quiesce"), "sleep 0.4", agent_id="echo")
         )
         run_in(inflight.run_id, RunStatus.RUNNING)
@@ -43,7 +45,7 @@ def test_worker_shutdown_quiesces_and_a_new_worker_takes_over(engine: Any) -> No
         assert run_store.load_run(run_id=inflight.run_id).status is RunStatus.DONE  # type: ignore[union-attr]
         assert local_runs() == []
 
-    later = service.submit_background(user_request(fresh_thread_id("thread-restart"), "after restart"))
+    later = mailbox.submit_background(user_request(fresh_thread_id("thread-restart"), "after restart"))
     with fast_polling_worker():
         dispatch_in(later.dispatch_id, DispatchStatus.ACKED)
     assert calls_for(later.dispatch_id) == 1
@@ -51,7 +53,7 @@ def test_worker_shutdown_quiesces_and_a_new_worker_takes_over(engine: Any) -> No
 
 def test_background_submit_delivers_scheduled_policy_context(worker: Any) -> None:
     """seed: submit_background_delivers_scheduled_policy_context"""
-    result = service.submit_background(
+    result = mailbox.submit_background(
         user_request(
             fresh_thread_id("thread-policy-bg"), "hello", agent_id="counting", adapter=AdapterKind.ACP
         )
@@ -71,7 +73,7 @@ def test_background_submit_delivers_scheduled_policy_context(worker: Any) -> Non
 
 def test_background_success_records_run_result_with_distinct_ids(worker: Any) -> None:
     """seed: background_success_records_run_result_and_keeps_dispatch_id_separate_from_run_id"""
-    result = service.submit_background(user_request(fresh_thread_id("thread-run-result"), "go"))
+    result = mailbox.submit_background(user_request(fresh_thread_id("thread-run-result"), "go"))
     acked = dispatch_when(
         result.dispatch_id,
         lambda d: d.status is DispatchStatus.ACKED and d.run_status == "done",
@@ -118,7 +120,7 @@ def test_reconstruct_failure_dead_letters_and_next_queued_still_runs(worker: Any
 def test_lease_renewal_keeps_a_long_run_from_being_reclaimed(engine: Any, worker: Any) -> None:
     """seed: mailbox_lease_renewal_is_wired_and_prevents_reclaim"""
     engine.AWAKEN_MAILBOX = FAST.model_copy(update={"lease_ms": 500, "lease_renewal_interval_ms": 100})
-    result = service.submit_background(
+    result = mailbox.submit_background(
         user_request(fresh_thread_id("thread-lease-renewal"), "go", agent_id="blocking")
     )
     assert RECORDER.started.wait(10)
@@ -150,9 +152,9 @@ def test_dispatch_timestamps_and_depth_are_observable(worker: Any) -> None:
     claims come from `mailbox_overview` (the `mailbox_status` command and the admin).
     """
     thread_id = fresh_thread_id("thread-metrics")
-    first = service.submit_background(user_request(thread_id, "first", agent_id="blocking"))
+    first = mailbox.submit_background(user_request(thread_id, "first", agent_id="blocking"))
     assert RECORDER.started.wait(10)
-    second = service.submit_background(user_request(thread_id, "second", agent_id="blocking"))
+    second = mailbox.submit_background(user_request(thread_id, "second", agent_id="blocking"))
 
     busy = mailbox_overview()
     assert busy.counts["claimed"] == 1 and busy.counts["queued"] == 1
@@ -189,7 +191,7 @@ def test_waiting_thread_is_reactivated_by_incoming_message(worker: Any) -> None:
         ),
         now=1,
     )
-    submitted = service.submit_background(user_request(thread_id, "poke"))
+    submitted = mailbox.submit_background(user_request(thread_id, "poke"))
     assert submitted.run_id == f"run-waiting-{thread_id}"
     run = run_in(submitted.run_id, RunStatus.DONE)
     assert run.updated_at > 1 and run.final_output == "counted"
@@ -201,7 +203,7 @@ def test_waiting_thread_is_reactivated_by_incoming_message(worker: Any) -> None:
 def test_background_task_completion_enqueues_an_internal_wake(worker: Any) -> None:
     """seed: background_task_completion_should_enqueue_internal_wake_message"""
     thread_id = fresh_thread_id("thread-bg")
-    submitted = service.submit_background(user_request(thread_id, "start", agent_id="bgtask"))
+    submitted = mailbox.submit_background(user_request(thread_id, "start", agent_id="bgtask"))
 
     run = run_in(submitted.run_id, RunStatus.DONE)
     assert BACKGROUND_ERRORS == []
@@ -239,7 +241,7 @@ def test_interrupt_between_claim_and_start_supersedes_without_running(engine: An
     claimed = store.claim(thread_id, consumer_id(), 1_000, now_ms())
     assert [d.dispatch_id for d in claimed] == [dispatch.dispatch_id]
 
-    details = service.interrupt_detailed(thread_id)
+    details = mailbox.interrupt_detailed(thread_id)
     assert details.active_dispatch is not None and details.active_dispatch.dispatch_id == dispatch.dispatch_id
 
     report = execute_claimed(claimed[0])
@@ -267,7 +269,7 @@ def test_drain_on_a_claimed_thread_leaves_the_claim_and_run_untouched(engine: An
     """
 
     thread_id = fresh_thread_id("thread-guard")
-    result = service.submit_background(user_request(thread_id, "a"))
+    result = mailbox.submit_background(user_request(thread_id, "a"))
     before = store.load_dispatch(result.dispatch_id)
     assert before is not None and before.status is DispatchStatus.CLAIMED
     queued = enqueue_prepared(thread_id, "b")

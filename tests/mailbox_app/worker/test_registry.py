@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from mailbox_app import service
 from mailbox_app.contract.lifecycle import RunStatus
 from mailbox_app.contract.mailbox import DispatchStatus
+from mailbox_app.services import mailbox
 from mailbox_app.worker.registry import local_runs
 from runs_app import store as run_store
 from tests.support.agents import RECORDER
@@ -21,7 +21,7 @@ def test_local_registry_tracks_only_running_runs_and_projection_clears(worker: A
     seed: thread_context_cache_cleared_on_idle_transition
     """
     thread_id = fresh_thread_id("thread-registry")
-    first = service.submit_background(user_request(thread_id, "first", agent_id="blocking"))
+    first = mailbox.submit_background(user_request(thread_id, "first", agent_id="blocking"))
     assert RECORDER.started.wait(10)
     running = local_runs()
     assert [(a.thread_id, a.run_id, a.dispatch_id) for a in running] == [
@@ -30,8 +30,8 @@ def test_local_registry_tracks_only_running_runs_and_projection_clears(worker: A
     thread = run_store.load_thread(thread_id=thread_id)
     assert thread is not None and thread.active_run_id == first.run_id
 
-    second = service.submit_background(user_request(thread_id, "second", agent_id="blocking"))
-    assert second.status is service.SubmitStatus.QUEUED
+    second = mailbox.submit_background(user_request(thread_id, "second", agent_id="blocking"))
+    assert second.status is mailbox.SubmitStatus.QUEUED
     assert [a.dispatch_id for a in local_runs()] == [first.dispatch_id], "queued work holds no local state"
 
     RECORDER.release.set()

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from mailbox_app import events
 from mailbox_app.contract.lifecycle import RunStatus
 from mailbox_app.contract.message import ChatMessage
 from mailbox_app.contract.requests import RunRequest
-from mailbox_app.locks import ThreadLock
+from mailbox_app.realtime import events
+from mailbox_app.realtime.locks import ThreadLock
 from mailbox_app.worker.runtime import ActiveRun, AttemptContext
 from runs_app import store as run_store
 from tests.support.runs import seed_run

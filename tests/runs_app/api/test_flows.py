@@ -11,10 +11,11 @@ from django.contrib.auth import get_user_model
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from mailbox_app import events, store
+from mailbox_app import store
 from mailbox_app.contract.lifecycle import RunStatus
 from mailbox_app.contract.mailbox import DispatchStatus
-from mailbox_app.redis_client import get_redis
+from mailbox_app.realtime import events
+from mailbox_app.realtime.redis_client import get_redis
 from runs_app import store as run_store
 from runs_app.models import Message, Run
 from tests.support.dispatches import make_dispatch

@@ -15,11 +15,13 @@ from kombu.exceptions import OperationalError
 from rest_framework.test import APIClient
 
 from awaken_project.celery import app as celery_app
-from mailbox_app import doorbells, maintenance, store
+from mailbox_app import store
 from mailbox_app.contract.ids import now_ms
 from mailbox_app.contract.lifecycle import RunStatus
 from mailbox_app.contract.mailbox import DispatchStatus
 from mailbox_app.models import Dispatch
+from mailbox_app.realtime import doorbells
+from mailbox_app.services import maintenance
 from mailbox_app.worker.execution import drain_thread
 from runs_app import store as run_store
 from runs_app.api import idempotency

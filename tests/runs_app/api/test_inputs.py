@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from rest_framework.test import APIClient
 
-from mailbox_app import events
 from mailbox_app.contract.lifecycle import RunStatus
 from mailbox_app.models import Dispatch
+from mailbox_app.realtime import events
 from runs_app import store as run_store
 from runs_app.api.inputs import MAX_JSON_DEPTH, InputError, normalize_id
 from runs_app.models import IdempotencyRecord, Message, Run, Thread

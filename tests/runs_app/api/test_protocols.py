@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from rest_framework.test import APIClient
 
-from mailbox_app.events import RunEvent
+from mailbox_app.realtime.events import RunEvent
 from runs_app.api.protocols import selection
 from runs_app.api.protocols.framing import KEEPALIVE
 from tests.support.api import post_json

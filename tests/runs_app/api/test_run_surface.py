@@ -15,13 +15,15 @@ from django.db import connection
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from mailbox_app import events, maintenance, selectors, service, store
+from mailbox_app import store
 from mailbox_app.contract.ids import now_ms
 from mailbox_app.contract.lifecycle import RunStatus
 from mailbox_app.contract.mailbox import DispatchStatus
 from mailbox_app.contract.message import ChatMessage
 from mailbox_app.contract.requests import RunRequest
 from mailbox_app.contract.storage import RunRecord
+from mailbox_app.realtime import events
+from mailbox_app.services import mailbox, maintenance, selectors
 from mailbox_app.worker import attempt
 from runs_app import store as run_store
 from runs_app.api.run_options import METADATA_MAX_BYTES
@@ -243,7 +245,7 @@ def test_bad_timeout_s_is_400(client: APIClient) -> None:
 
 def _started_attempt(thread_id: str, timeout_ms: int) -> tuple[attempt.Started, Any]:
     """A submitted run started by an attempt in this process (no worker): Running with a deadline."""
-    result = service.submit_background(
+    result = mailbox.submit_background(
         RunRequest(thread_id=thread_id, messages=[ChatMessage.user("sleep 1")], timeout_ms=timeout_ms)
     )
     claimed = store.load_dispatch(result.dispatch_id)

@@ -16,8 +16,8 @@ import redis
 from django.contrib.auth import get_user_model
 from rest_framework.authtoken.models import Token
 
-from mailbox_app import events
 from mailbox_app.contract.lifecycle import RunStatus
+from mailbox_app.realtime import events
 from runs_app import store as run_store
 from runs_app.api.sse import CLIENT_NAME
 from tests.support.http_sse import Frame, HttpConnection, SseStream, open_stream

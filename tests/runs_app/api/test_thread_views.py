@@ -11,15 +11,15 @@ from django.db import connection, transaction
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from mailbox_app import service
 from mailbox_app.contract.lifecycle import RunStatus
 from mailbox_app.contract.message import ChatMessage
 from mailbox_app.contract.requests import RunRequest
 from mailbox_app.contract.storage import RunRecord, TerminationReason
 from mailbox_app.models import Dispatch, ThreadEpoch
+from mailbox_app.services import mailbox
 from runs_app import store as run_store
-from runs_app import threads
 from runs_app.models import IdempotencyRecord, Message, Run, RunStep, Thread
+from runs_app.services import threads
 from tests.support.api import new_user, post_json, token_client
 from tests.support.waiting import wait_until
 
@@ -183,7 +183,7 @@ def _statused_threads(alice: APIClient) -> None:
     for name in ("idle", "busy", "wait", "err", "done"):
         _create(alice, thread_id=f"t-{name}", metadata={"kind": name, "team": "a"})
     owner = Thread.objects.get(id="t-idle").owner_id
-    service.submit_background(
+    mailbox.submit_background(
         RunRequest(thread_id="t-busy", messages=[ChatMessage.user("hi")]), owner_id=owner
     )
     _run("t-wait", "r-wait", RunStatus.WAITING)
@@ -404,7 +404,7 @@ def test_a_delete_that_waits_for_a_submit_sees_its_dispatch_and_is_409(clean_red
 
     def submit_and_hold() -> None:
         with transaction.atomic():
-            service.submit_background(
+            mailbox.submit_background(
                 RunRequest(thread_id="t-1", messages=[ChatMessage.user("hi")]), owner_id=user.id
             )
             submitted.set()

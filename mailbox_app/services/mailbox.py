@@ -1,0 +1,474 @@
+"""The Mailbox service: every public operation of the reference's `Mailbox` (spec §4).
+
+Submit paths write durable state first (run + messages + dispatch in one transaction), then ring a
+worker on commit. Foreground submits are latest-wins: interrupt, cancel the active run and wait for its
+claim to go, else 409 with nothing new written.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from django.db import transaction
+
+from mailbox_app import store
+from mailbox_app.conf import awaken_settings
+from mailbox_app.contract import history
+from mailbox_app.contract.ids import consumer_id, now_ms
+from mailbox_app.contract.lifecycle import RunStatus
+from mailbox_app.contract.mailbox import DispatchRecord, DispatchStatus, LiveRunTarget, MailboxInterrupt
+from mailbox_app.contract.message import ChatMessage
+from mailbox_app.contract.requests import (
+    RunMode,
+    RunOrigin,
+    RunRequest,
+    normalize_mailbox_run_mode,
+    normalize_message_ids,
+    validate_run_inputs,
+)
+from mailbox_app.contract.storage import InvalidInput, RunRecord, StoreError
+from mailbox_app.contract.suspension import ToolCallResume
+from mailbox_app.realtime import doorbells
+from mailbox_app.realtime.live import LiveDeliveryOutcome, deliver_live_to, find_local_run
+from mailbox_app.services.preparation import build_dispatch, prepare_run_for_dispatch
+from mailbox_app.services.reconcile import emit_finish_on_commit, terminalize_run_for_dispatch
+from mailbox_app.store.ports import run_store
+
+INLINE_CLAIM_GUARD_MS = 60_000
+REMOTE_CANCEL_POLL_S = 0.025
+ACTIVE_RUN_CONFLICT_MESSAGE = "thread has an active run; cannot claim inline"
+
+
+class MailboxError(Exception):
+    """Base of service errors (the reference's `MailboxError`); `str()` is the bare message."""
+
+
+class ActiveRunConflict(MailboxError):
+    def __init__(self) -> None:
+        super().__init__(ACTIVE_RUN_CONFLICT_MESSAGE)
+
+
+class ThreadBusy(MailboxError):
+    """A `reject` submit found the thread running or with work queued: nothing was written."""
+
+    def __init__(self, thread_id: str) -> None:
+        super().__init__(f"thread {thread_id} is busy: it has a run in progress or queued")
+        self.thread_id = thread_id
+
+
+class MultitaskStrategy(StrEnum):
+    """What a submit does when its thread is busy: refuse, queue behind, or interrupt (latest wins)."""
+
+    REJECT = "reject"
+    ENQUEUE = "enqueue"
+    INTERRUPT = "interrupt"
+
+
+class SubmitStatus(StrEnum):
+    RUNNING = "running"
+    QUEUED = "queued"
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitResult:
+    dispatch_id: str
+    run_id: str
+    thread_id: str
+    status: SubmitStatus
+
+
+# --- submit paths ------------------------------------------------------------------------------------
+
+
+def submit_as(
+    request: RunRequest,
+    strategy: MultitaskStrategy,
+    *,
+    owner_id: int | None = None,
+    in_transaction: Callable[[SubmitResult], None] | None = None,
+) -> SubmitResult:
+    """A submit under a multitask strategy: `interrupt` is the foreground `submit`, `enqueue` the
+    background `submit_background`, `reject` the background submit refused with `ThreadBusy` when the
+    thread has a claim or queued work. `in_transaction` runs in the transaction that commits it."""
+    if strategy is MultitaskStrategy.INTERRUPT:
+        return submit(request, owner_id=owner_id, in_transaction=in_transaction)
+    with transaction.atomic():
+        result = submit_background(
+            request, owner_id=owner_id, reject_if_busy=strategy is MultitaskStrategy.REJECT
+        )
+        if in_transaction is not None:
+            in_transaction(result)
+    return result
+
+
+def submit(
+    request: RunRequest,
+    *,
+    owner_id: int | None = None,
+    in_transaction: Callable[[SubmitResult], None] | None = None,
+) -> SubmitResult:
+    """Foreground, latest-wins (spec §4.2): interrupt first, then the new run written and claimed inline
+    in one transaction. If the claim loses (a concurrent submit won), nothing new is written: 409.
+
+    `in_transaction(result)` runs inside that claim transaction (the API records an idempotency key's
+    answer there); if it raises, the claim and everything written with it roll back."""
+    request = normalize_mailbox_run_mode(request, background=False)
+    thread_id, messages = validate_run_inputs(
+        request.thread_id, request.messages, allow_empty=bool(request.decisions)
+    )
+    details = interrupt_detailed(thread_id)
+    if details.active_dispatch is not None and not cancel_active_dispatch(details.active_dispatch, wait=True):
+        raise ActiveRunConflict()
+    with transaction.atomic():
+        now = now_ms()
+        request, run_id = prepare_run_for_dispatch(
+            request.with_(thread_id=thread_id), thread_id, messages, owner_id=owner_id
+        )
+        dispatch = build_dispatch(request, thread_id, now=now)
+        if request.start_after_ms > 0:  # a delayed start is queued for its time, not claimed inline
+            store.enqueue(dispatch)
+            result = SubmitResult(dispatch.dispatch_id, run_id, thread_id, SubmitStatus.QUEUED)
+            if in_transaction is not None:
+                in_transaction(result)
+            doorbells.ring_at(thread_id, dispatch.dispatch_id, dispatch.available_at)
+            return result
+        dispatch = dispatch.replace(available_at=now + INLINE_CLAIM_GUARD_MS)
+        store.enqueue(dispatch, owner_key=_owner_key(owner_id))
+        claimed = store.claim_dispatch(
+            dispatch.dispatch_id, consumer_id(), awaken_settings.MAILBOX.lease_ms, now
+        )
+        if claimed is None and store.blocking_limit(dispatch.agent_key, store.thread_owner_key(thread_id)):
+            # a concurrency limit holds it: it waits its turn in the queue (a freed slot claims it)
+            store.make_available(dispatch.dispatch_id, now)
+            doorbells.ring_on_commit(thread_id, dispatch.dispatch_id)
+            result = SubmitResult(dispatch.dispatch_id, run_id, thread_id, SubmitStatus.QUEUED)
+            if in_transaction is not None:
+                in_transaction(result)
+            return result
+        if claimed is None:
+            raise ActiveRunConflict()  # rolls back the run, its messages and the dispatch
+        result = SubmitResult(claimed.dispatch_id, run_id, thread_id, SubmitStatus.RUNNING)
+        if in_transaction is not None:
+            in_transaction(result)
+        doorbells.hand_over_claimed_on_commit(thread_id, claimed.dispatch_id, claimed.claim_token or "")
+    return result
+
+
+def submit_background(
+    request: RunRequest, *, owner_id: int | None = None, reject_if_busy: bool = False
+) -> SubmitResult:
+    """Durable queue, never interrupts (spec §4.3): messages, run, dispatch and — when the thread is idle —
+    the inline claim of its next dispatch (possibly an older one), in one transaction; a worker takes
+    over the claim when it commits. With `reject_if_busy`, a thread with a claim or queued work raises
+    `ThreadBusy` (checked under the thread's row lock the prepare took) and nothing is written."""
+    request = normalize_mailbox_run_mode(request, background=True)
+    thread_id, messages = validate_run_inputs(
+        request.thread_id, request.messages, allow_empty=bool(request.decisions)
+    )
+    with transaction.atomic():
+        dispatch, run_id = _prepare_and_enqueue(request.with_(thread_id=thread_id), messages, owner_id)
+        if reject_if_busy and store.thread_busy(thread_id, excluding=dispatch.dispatch_id):
+            raise ThreadBusy(thread_id)  # rolls back the run, its messages and the dispatch
+        claimed = store.claim(thread_id, consumer_id(), awaken_settings.MAILBOX.lease_ms, now_ms())
+        if claimed:
+            doorbells.hand_over_claimed_on_commit(
+                thread_id, claimed[0].dispatch_id, claimed[0].claim_token or ""
+            )
+        if request.start_after_ms > 0:
+            doorbells.ring_at(thread_id, dispatch.dispatch_id, dispatch.available_at)
+        elif not claimed:
+            doorbells.ring_on_commit(thread_id, dispatch.dispatch_id)
+    status = SubmitStatus.RUNNING if claimed and request.start_after_ms == 0 else SubmitStatus.QUEUED
+    return SubmitResult(dispatch.dispatch_id, run_id, thread_id, status)
+
+
+def enqueue_in_transaction(request: RunRequest, *, owner_id: int | None = None) -> DispatchRecord:
+    """Queue a background dispatch inside the caller's transaction (no inline claim); the doorbell
+    rings when it commits. The finish of an attempt uses it for live input its run did not take."""
+    request = normalize_mailbox_run_mode(request, background=True)
+    thread_id, messages = validate_run_inputs(
+        request.thread_id, request.messages, allow_empty=bool(request.decisions)
+    )
+    dispatch, _ = _prepare_and_enqueue(request.with_(thread_id=thread_id), messages, owner_id)
+    doorbells.ring_on_commit(thread_id, dispatch.dispatch_id)
+    return dispatch
+
+
+def _prepare_and_enqueue(
+    request: RunRequest, messages: list[ChatMessage], owner_id: int | None
+) -> tuple[DispatchRecord, str]:
+    request, run_id = prepare_run_for_dispatch(request, request.thread_id, messages, owner_id=owner_id)
+    return store.enqueue(build_dispatch(request, request.thread_id), owner_key=_owner_key(owner_id)), run_id
+
+
+def _owner_key(owner_id: int | None) -> str:
+    return "" if owner_id is None else str(owner_id)
+
+
+def submit_live_then_queue(
+    request: RunRequest, *, expected_run_id: str | None = None, owner_id: int | None = None
+) -> SubmitResult:
+    """Steer the thread's running run with the messages, else enqueue them durably (spec §4.4)."""
+    thread_id, messages = validate_run_inputs(
+        request.thread_id, request.messages, allow_empty=bool(request.decisions)
+    )
+    messages = normalize_message_ids(messages)
+    steered = _steer(thread_id, messages, expected_run_id)
+    if steered is not None:
+        return steered
+    return submit_background(request.with_(thread_id=thread_id, messages=messages), owner_id=owner_id)
+
+
+def _steer(thread_id: str, messages: list[ChatMessage], expected_run_id: str | None) -> SubmitResult | None:
+    if not messages:
+        return None
+    latest = run_store().latest_run(thread_id=thread_id)
+    if latest is None or latest.status is not RunStatus.RUNNING or not latest.dispatch_id:
+        return None
+    if expected_run_id is not None and expected_run_id != latest.run_id:
+        return None
+    run_store().append_messages(thread_id=thread_id, messages=messages)
+    command = {"kind": "messages", "messages": [m.model_dump(mode="json") for m in messages]}
+    if not deliver_live_command(LiveRunTarget(thread_id, latest.run_id, latest.dispatch_id), command):
+        return None
+    return SubmitResult(latest.dispatch_id, latest.run_id, thread_id, SubmitStatus.RUNNING)
+
+
+def deliver_live_command(target: LiveRunTarget, command: dict[str, Any]) -> bool:
+    """Local run first (same process), else the Redis live channel of the exact target."""
+    local = find_local_run(target.dispatch_id or target.run_id)
+    if local is not None and local.run_id == target.run_id:
+        return local.on_live_command(command)
+    return deliver_live_to(target, command) is LiveDeliveryOutcome.DELIVERED
+
+
+# --- interrupt and cancel ----------------------------------------------------------------------------
+
+
+def interrupt_detailed(thread_id: str) -> MailboxInterrupt:
+    """Bump the epoch, supersede queued work (their runs become cancelled), report the active claim."""
+    # The runs are ended after the interrupt commits, each in its own transaction: every other path takes
+    # the thread row before the epoch row, and doing both here in one transaction could deadlock.
+    details = store.interrupt_detailed(thread_id, now_ms())
+    for superseded in details.superseded_dispatches:
+        with transaction.atomic():
+            terminalize_run_for_dispatch(superseded)
+    return details
+
+
+def interrupt(thread_id: str) -> MailboxInterrupt:
+    """Interrupt the thread and ask its active run to stop (without waiting)."""
+    details = interrupt_detailed(thread_id)
+    if details.active_dispatch is not None:
+        cancel_active_dispatch(details.active_dispatch, wait=False)
+    return details
+
+
+def cancel_active_dispatch(active: DispatchRecord, *, wait: bool) -> bool:
+    """Cancel the run of a claimed dispatch, locally or in another process; with `wait`, True only once
+    its claim is released (polled up to AWAKEN_REMOTE_CANCEL_WAIT_MS)."""
+    target = LiveRunTarget(active.thread_id, active.run_id, active.dispatch_id)
+    delivered = deliver_live_command(target, {"kind": "cancel"})
+    if not wait:
+        return True
+    deadline = time.monotonic() + awaken_settings.REMOTE_CANCEL_WAIT_MS / 1000
+    while True:
+        current = store.load_dispatch(active.dispatch_id)
+        if current is None or current.status is not DispatchStatus.CLAIMED:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(REMOTE_CANCEL_POLL_S)
+        if not delivered:  # the run may not have subscribed yet (claimed, starting): say it again
+            delivered = deliver_live_command(target, {"kind": "cancel"})
+
+
+def cancel(identifier: str) -> bool:
+    """Cancel by dispatch id, run id or thread id, queued or running, here or in another process (§7.8)."""
+    with transaction.atomic():
+        queued = store.cancel(identifier, now_ms())
+        if queued is not None:
+            terminalize_run_for_dispatch(queued)
+    if queued is not None:
+        return True
+    local = find_local_run(identifier)
+    if local is not None and local.on_live_command({"kind": "cancel"}):
+        return True
+    dispatch = store.load_dispatch(identifier)
+    if dispatch is not None and dispatch.status is DispatchStatus.CLAIMED:
+        return deliver_live_command(
+            LiveRunTarget(dispatch.thread_id, dispatch.run_id, dispatch.dispatch_id), {"kind": "cancel"}
+        )
+    run = _run_for(identifier)
+    if run is None:
+        return False
+    if run.status is RunStatus.RUNNING and run.dispatch_id:
+        if deliver_live_command(
+            LiveRunTarget(run.thread_id, run.run_id, run.dispatch_id), {"kind": "cancel"}
+        ):
+            return True
+        if _cancel_retrying(run.dispatch_id):
+            return True
+        # not delivered: the run closed its inbox and is ending; if it ends waiting, cancel that
+        run = _wait_not_running(run)
+    if run.status is RunStatus.WAITING:
+        return _cancel_waiting(run)
+    return False
+
+
+def _cancel_retrying(dispatch_id: str) -> bool:
+    """A run left Running by an attempt that failed transiently: its dispatch waits queued for the retry
+    (no worker holds it). Cancel that dispatch, which ends the run."""
+    with transaction.atomic():
+        queued = store.cancel(dispatch_id, now_ms())
+        if queued is not None:
+            terminalize_run_for_dispatch(queued)
+    return queued is not None
+
+
+def _cancel_waiting(run: RunRecord) -> bool:
+    """A durably waiting run holds no worker: cancel its queued resumes and finish it as cancelled, in one
+    transaction, only while it is still waiting (a resume that started meanwhile owns it)."""
+    with transaction.atomic():
+        now = now_ms()
+        for dispatch in store.list_dispatches(run.thread_id, [DispatchStatus.QUEUED]):
+            if dispatch.run_id == run.run_id:
+                store.cancel(dispatch.dispatch_id, now)
+        # its suspended tool calls are answered as cancelled in the statement that ends it (history.py)
+        done = run_store().cancel_waiting_run(
+            run_id=run.run_id, now=now, closing=history.closer(history.CANCELLED)
+        )
+        if done is None:
+            transaction.set_rollback(True)
+            return False
+        emit_finish_on_commit(done, done.dispatch_id or "")
+    return True
+
+
+def _run_for(identifier: str) -> RunRecord | None:
+    """A run by id, else the thread's open run, else its latest run."""
+    store_ = run_store()
+    run = store_.load_run(run_id=identifier)
+    if run is not None:
+        return run
+    thread = store_.load_thread(thread_id=identifier)
+    if thread is not None and thread.open_run_id:
+        open_run = store_.load_run(run_id=thread.open_run_id)
+        if open_run is not None:
+            return open_run
+    return store_.latest_run(thread_id=identifier)
+
+
+# --- decisions (HITL) --------------------------------------------------------------------------------
+
+
+def send_decision(
+    identifier: str, tool_call_id: str, resume: ToolCallResume, *, owner_id: int | None = None
+) -> bool:
+    """Deliver a decision to the live run holding the tool call, else enqueue a decision-only resume
+    dispatch for the waiting run whose tickets mention it. False when nothing matches."""
+    run = _run_for(identifier)
+    if run is None:
+        return False
+    if run.status is RunStatus.RUNNING and run.dispatch_id:
+        command = {"kind": "decision", "decisions": [[tool_call_id, resume.model_dump(mode="json")]]}
+        if deliver_live_command(LiveRunTarget(run.thread_id, run.run_id, run.dispatch_id), command):
+            return True
+        # Not delivered: the run closed its inbox and is ending. Once its finish commits it is waiting
+        # (take the durable path below) or done (nothing to decide).
+        run = _wait_not_running(run)
+    if run.status is not RunStatus.WAITING or run.waiting is None:
+        return False
+    tickets = {t.tool_call_id for t in run.waiting.tickets} | set(run.waiting.ticket_ids)
+    if tool_call_id not in tickets:
+        return False
+    submit_background(
+        RunRequest(thread_id=run.thread_id, decisions=[(tool_call_id, resume)], continue_run_id=run.run_id),
+        owner_id=owner_id,
+    )
+    return True
+
+
+def _wait_not_running(run: RunRecord) -> RunRecord:
+    """The run once it has left Running under the same dispatch (bounded by AWAKEN_REMOTE_CANCEL_WAIT_MS)."""
+    deadline = time.monotonic() + awaken_settings.REMOTE_CANCEL_WAIT_MS / 1000
+    while True:
+        current = run_store().load_run(run_id=run.run_id) or run
+        ended = current.status is not RunStatus.RUNNING or current.dispatch_id != run.dispatch_id
+        if ended or time.monotonic() >= deadline:
+            return current
+        time.sleep(REMOTE_CANCEL_POLL_S)
+
+
+def send_decision_live(target: LiveRunTarget, tool_call_id: str, resume: ToolCallResume) -> bool:
+    command = {"kind": "decision", "decisions": [[tool_call_id, resume.model_dump(mode="json")]]}
+    return deliver_live_command(target, command)
+
+
+def wake_run(run: RunRecord) -> SubmitResult:
+    """An internal wake (e.g. background tasks finished) for a waiting run."""
+    wake = ChatMessage.model_validate(
+        {"role": "user", "content": "<background-tasks-updated />", "visibility": "internal"}
+    )
+    return submit_background(
+        RunRequest(
+            thread_id=run.thread_id,
+            messages=[wake],
+            agent_id=run.agent_id,
+            origin=RunOrigin.INTERNAL,
+            run_mode=RunMode.INTERNAL_WAKE,
+            continue_run_id=run.run_id,
+        )
+    )
+
+
+# --- reads -------------------------------------------------------------------------------------------
+
+
+def load_dispatch(dispatch_id: str) -> DispatchRecord | None:
+    return store.load_dispatch(dispatch_id)
+
+
+def list_dispatches(
+    thread_id: str, status_filter: list[DispatchStatus] | None = None, limit: int = 100, offset: int = 0
+) -> list[DispatchRecord]:
+    return store.list_dispatches(thread_id, status_filter, limit, offset)
+
+
+def count_dispatches(thread_id: str, status_filter: list[DispatchStatus] | None = None) -> int:
+    return store.count_thread_dispatches(thread_id, status_filter)
+
+
+def queued_thread_ids() -> list[str]:
+    return store.queued_thread_ids()
+
+
+__all__ = [
+    "ACTIVE_RUN_CONFLICT_MESSAGE",
+    "ActiveRunConflict",
+    "InvalidInput",
+    "MailboxError",
+    "MultitaskStrategy",
+    "StoreError",
+    "SubmitResult",
+    "SubmitStatus",
+    "ThreadBusy",
+    "cancel",
+    "count_dispatches",
+    "interrupt",
+    "interrupt_detailed",
+    "list_dispatches",
+    "load_dispatch",
+    "queued_thread_ids",
+    "send_decision",
+    "send_decision_live",
+    "submit",
+    "submit_as",
+    "submit_background",
+    "submit_live_then_queue",
+    "wake_run",
+]

@@ -1,0 +1,280 @@
+"""The run-control service behind the API (spec §5.3 RunControlService): submit, inject input by mode,
+cancel, interrupt and decide. Typed values in, typed results out, typed errors raised (`ControlError`);
+no HTTP here — the API layer validates the request before and maps the answer and the errors after.
+
+`in_transaction` (where a function takes it) runs inside the transaction that commits the submission,
+with its result: the API records an idempotency key's answer there, so the key exists if and only if the
+submission committed. An interrupt that comes first (`interrupt_then_queue`, a foreground submit) commits
+on its own before it (spec §7.2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from django.db import transaction
+
+from mailbox_app.contract.ids import now_ms, uuid7
+from mailbox_app.contract.lifecycle import RunStatus
+from mailbox_app.contract.message import ChatMessage
+from mailbox_app.contract.requests import RunRequest
+from mailbox_app.contract.storage import RunRecord
+from mailbox_app.contract.suspension import ToolCallResume
+from mailbox_app.realtime import events
+from mailbox_app.services import mailbox
+from mailbox_app.services.mailbox import MultitaskStrategy, SubmitResult
+from mailbox_app.webhooks import outbox
+from runs_app import store
+from runs_app.services import selectors
+
+InTransaction = Callable[[SubmitResult], None]
+
+
+class InputMode(StrEnum):
+    """How injected input reaches the thread (spec §5.3 inject_user_input / inject_run_input)."""
+
+    QUEUE = "queue"
+    LIVE_THEN_QUEUE = "live_then_queue"
+    STEER = "steer"  # an alias of live_then_queue
+    INTERRUPT_THEN_QUEUE = "interrupt_then_queue"
+    RESUME_OPEN_RUN = "resume_open_run"
+
+    @property
+    def is_live(self) -> bool:
+        return self in (InputMode.LIVE_THEN_QUEUE, InputMode.STEER)
+
+
+class TargetKind(StrEnum):
+    """What an identifier names: a cancel or a decision addresses a run, a thread or a dispatch."""
+
+    RUN = "run"
+    THREAD = "thread"
+    DISPATCH = "dispatch"
+
+
+# --- errors ----------------------------------------------------------------------------------------
+
+
+class ControlError(Exception):
+    """A run-control request that cannot be carried out; `code` is its machine-readable name."""
+
+    code = "control_error"
+
+
+class TargetNotFound(ControlError):
+    """Nothing to act on: the run, thread or dispatch is unknown (or not the caller's), or idle."""
+
+    def __init__(self, kind: TargetKind, identifier: str, *, detail: str | None = None) -> None:
+        super().__init__(f"{kind.value} not found: {detail or identifier}")
+        self.kind, self.identifier = kind, identifier
+        self.code = f"{kind.value}_not_found"
+
+
+class DecisionTargetNotFound(ControlError):
+    """No run holds a suspended tool call with this id."""
+
+    code = "decision_target_not_found"
+
+    def __init__(self, tool_call_id: str, kind: TargetKind, identifier: str) -> None:
+        super().__init__(f"no suspended tool call {tool_call_id} on {kind.value} {identifier}")
+        self.tool_call_id = tool_call_id
+
+
+class NotWaiting(ControlError):
+    """Decisions for a thread whose run is not waiting for one."""
+
+    code = "not_waiting"
+
+    def __init__(self, thread_id: str) -> None:
+        super().__init__(f"no run waiting for a decision on thread {thread_id}")
+
+
+# --- values ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A caller's answer to a suspended tool call: `resume` (with `payload`) or `cancel`."""
+
+    tool_call_id: str
+    action: str
+    payload: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Interrupted:
+    thread_id: str
+    superseded_count: int
+    active_dispatch_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """Decisions delivered to a thread's waiting run; its continuation's events follow `after_event_id`
+    (None: the stream was empty when the decisions were sent)."""
+
+    run_id: str
+    thread_id: str
+    after_event_id: str | None
+
+
+# --- submit ----------------------------------------------------------------------------------------
+
+
+def submit(
+    request: RunRequest,
+    strategy: MultitaskStrategy,
+    *,
+    owner_id: int,
+    webhook: str | None = None,
+    in_transaction: InTransaction | None = None,
+) -> SubmitResult:
+    """A new run under a multitask strategy; `webhook` subscribes to it in the submit's transaction."""
+
+    def committing(result: SubmitResult) -> None:
+        if webhook:
+            outbox.subscribe(result.run_id, webhook)
+        if in_transaction is not None:
+            in_transaction(result)
+
+    return mailbox.submit_as(request, strategy, owner_id=owner_id, in_transaction=committing)
+
+
+# --- inject ----------------------------------------------------------------------------------------
+
+
+def inject_user_input(
+    thread_id: str,
+    messages: Sequence[ChatMessage],
+    *,
+    mode: InputMode,
+    owner_id: int,
+    agent_id: str | None = None,
+    in_transaction: InTransaction | None = None,
+) -> SubmitResult:
+    """spec §5.3 inject_user_input (and its live-then-queue variant) on a thread, by mode."""
+    request = RunRequest(thread_id=thread_id, messages=list(messages), agent_id=agent_id)
+    return _inject(request, mode, owner_id=owner_id, expected_run_id=None, in_transaction=in_transaction)
+
+
+def inject_run_input(
+    run: RunRecord,
+    messages: Sequence[ChatMessage],
+    *,
+    mode: InputMode,
+    owner_id: int,
+    in_transaction: InTransaction | None = None,
+) -> SubmitResult:
+    """spec §5.3 inject_run_input: live modes steer this very run; otherwise a resumable waiting run is
+    continued, unless the mode interrupts first; anything else is input for the run's thread."""
+    request = RunRequest(thread_id=run.thread_id, messages=list(messages), agent_id=run.agent_id)
+    if mode.is_live:
+        return _inject(
+            request, mode, owner_id=owner_id, expected_run_id=run.run_id, in_transaction=in_transaction
+        )
+    if mode is not InputMode.INTERRUPT_THEN_QUEUE and run.is_resumable_waiting:
+        resume = request.with_(continue_run_id=run.run_id)
+        return _committed(lambda: mailbox.submit_background(resume, owner_id=owner_id), in_transaction)
+    return _inject(request, mode, owner_id=owner_id, expected_run_id=None, in_transaction=in_transaction)
+
+
+def _inject(
+    request: RunRequest,
+    mode: InputMode,
+    *,
+    owner_id: int,
+    expected_run_id: str | None,
+    in_transaction: InTransaction | None,
+) -> SubmitResult:
+    if mode is InputMode.INTERRUPT_THEN_QUEUE:
+        mailbox.interrupt(request.thread_id)  # commits on its own, before the submission
+
+    def submission() -> SubmitResult:
+        if mode.is_live:
+            return mailbox.submit_live_then_queue(request, expected_run_id=expected_run_id, owner_id=owner_id)
+        if mode is InputMode.RESUME_OPEN_RUN:
+            run = _open_waiting_run(request.thread_id)
+            resumed = request.with_(agent_id=run.agent_id, continue_run_id=run.run_id)
+            return mailbox.submit_background(resumed, owner_id=owner_id)
+        return mailbox.submit_background(request, owner_id=owner_id)
+
+    return _committed(submission, in_transaction)
+
+
+def _committed(submission: Callable[[], SubmitResult], in_transaction: InTransaction | None) -> SubmitResult:
+    """`submission` and `in_transaction` in one transaction (the service's own become savepoints)."""
+    with transaction.atomic():
+        result = submission()
+        if in_transaction is not None:
+            in_transaction(result)
+    return result
+
+
+def _open_waiting_run(thread_id: str) -> RunRecord:
+    thread = store.load_thread(thread_id=thread_id)
+    run = store.load_run(run_id=thread.open_run_id) if thread and thread.open_run_id else None
+    if run is None or run.thread_id != thread_id or not run.is_resumable_waiting:
+        raise TargetNotFound(TargetKind.RUN, thread_id, detail=f"open run for thread {thread_id}")
+    return run
+
+
+# --- cancel, interrupt -----------------------------------------------------------------------------
+
+
+def cancel(kind: TargetKind, identifier: str) -> None:
+    """spec §5.3 cancel_run: cancel by id (queued or running, here or elsewhere)."""
+    if not mailbox.cancel(identifier):
+        raise TargetNotFound(kind, identifier)
+
+
+def interrupt_thread(thread_id: str) -> Interrupted:
+    """spec §5.3 interrupt_thread: only an interrupt that found an active claim or superseded queued
+    work did anything; otherwise the thread has nothing to interrupt (ThreadNotFound)."""
+    details = mailbox.interrupt(thread_id)
+    if details.active_dispatch is None and details.superseded_count == 0:
+        raise TargetNotFound(TargetKind.THREAD, thread_id)
+    active = details.active_dispatch
+    return Interrupted(thread_id, details.superseded_count, None if active is None else active.dispatch_id)
+
+
+# --- decisions -------------------------------------------------------------------------------------
+
+
+def tool_call_resume(decision: Decision) -> ToolCallResume:
+    """The decision as the run receives it: a fresh decision id (UUID v7) stamped now."""
+    return ToolCallResume(
+        decision_id=uuid7(), action=decision.action, result=decision.payload, updated_at=now_ms()
+    )
+
+
+def decide(kind: TargetKind, identifier: str, decision: Decision, *, owner_id: int) -> None:
+    """spec §5.3 decide: deliver the decision to the run (or the thread's run) holding the tool call."""
+    resume = tool_call_resume(decision)
+    if not mailbox.send_decision(identifier, decision.tool_call_id, resume, owner_id=owner_id):
+        raise DecisionTargetNotFound(decision.tool_call_id, kind, identifier)
+
+
+def answer_waiting_run(thread_id: str, decisions: Sequence[Decision], *, owner_id: int) -> Answered:
+    """A front end's answers to the thread's waiting run's tool calls, each one a decision for that run.
+    The stream position is read before deciding: the continuation's events come after it."""
+    if not thread_id or selectors.owned_thread(owner_id, thread_id) is None:
+        raise TargetNotFound(TargetKind.THREAD, thread_id or "(none)")
+    run = _waiting_run(thread_id)
+    after = events.last_event_id(run.run_id)
+    for decision in decisions:
+        decide(TargetKind.RUN, run.run_id, decision, owner_id=owner_id)
+    return Answered(run.run_id, thread_id, after)
+
+
+def _waiting_run(thread_id: str) -> RunRecord:
+    thread = store.load_thread(thread_id=thread_id)
+    run = None
+    if thread is not None and thread.open_run_id:
+        run = store.load_run(run_id=thread.open_run_id)
+    run = run or store.latest_run(thread_id=thread_id)
+    if run is None or run.status is not RunStatus.WAITING:
+        raise NotWaiting(thread_id)
+    return run
