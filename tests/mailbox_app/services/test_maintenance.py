@@ -137,7 +137,7 @@ def test_startup_recovery_defaults_and_wiring() -> None:
     """
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWAKEN_")}
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[3])
     probe = (
         "import awaken_project.settings as s; "
         "print(s.AWAKEN_STARTUP_RECOVERY_MAX_ATTEMPTS, s.AWAKEN_STARTUP_RECOVERY_RETRY_DELAY_MS)"

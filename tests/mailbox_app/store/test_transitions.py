@@ -23,7 +23,7 @@ from mailbox_app.contract.storage import StoreError
 from mailbox_app.store import sql
 from tests.support.dispatches import make_dispatch
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
 
 Q = DispatchStatus.QUEUED
 C = DispatchStatus.CLAIMED
