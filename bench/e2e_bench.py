@@ -79,6 +79,7 @@ from mailbox_app.realtime import doorbells
 from mailbox_app.realtime.redis_client import get_redis
 from mailbox_app.services import mailbox
 from mailbox_app.services.preparation import build_dispatch, prepare_run_for_dispatch
+from mailbox_app.store import conformance
 
 THREADS = 100
 CELERY_QUEUE = "celery"
@@ -194,8 +195,8 @@ def quiesce(workers: Workers) -> None:
 
     def idle() -> bool:
         workers.check_alive()
-        busy = store.count_dispatches_by_status(DispatchStatus.QUEUED)
-        busy += store.count_dispatches_by_status(DispatchStatus.CLAIMED)
+        busy = conformance.count_dispatches_by_status(DispatchStatus.QUEUED)
+        busy += conformance.count_dispatches_by_status(DispatchStatus.CLAIMED)
         return busy == 0 and int(redis.llen(CELERY_QUEUE)) == 0
 
     wait_until(idle, 120, "the system to go idle", 0.05)
@@ -312,7 +313,7 @@ def cpu_snapshot(workers: Workers) -> dict[str, float]:
 def mailbox_throughput(workers: Workers, per_thread: int, senders: int, tag: str) -> MailboxRate:
     thread_ids = [f"bench-{tag}-{i:03d}-{uuid7()}" for i in range(THREADS)]
     n = per_thread * THREADS
-    base = store.count_dispatches_by_status(DispatchStatus.ACKED)
+    base = conformance.count_dispatches_by_status(DispatchStatus.ACKED)
     submitted_at: list[float] = []
 
     def submit(k: int, stop: threading.Event) -> None:
@@ -332,7 +333,7 @@ def mailbox_throughput(workers: Workers, per_thread: int, senders: int, tag: str
             if errors:
                 raise RuntimeError(f"submit failed: {errors[0]!r}")
             workers.check_alive()
-            return store.count_dispatches_by_status(DispatchStatus.ACKED) - base >= n
+            return conformance.count_dispatches_by_status(DispatchStatus.ACKED) - base >= n
 
         wait_until(all_acked, 180, f"{n} dispatches to be acked", 0.02)
         elapsed = time.perf_counter() - started

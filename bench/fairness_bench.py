@@ -48,7 +48,6 @@ from bench.e2e_bench import (
     verdict,
     wait_until,
 )
-from mailbox_app import store
 from mailbox_app.contract.config import ClaimPolicy
 from mailbox_app.contract.ids import uuid7
 from mailbox_app.contract.mailbox import DispatchStatus
@@ -57,6 +56,7 @@ from mailbox_app.contract.requests import RunRequest
 from mailbox_app.models import Dispatch
 from mailbox_app.realtime.redis_client import get_redis
 from mailbox_app.services import mailbox
+from mailbox_app.store import conformance
 
 
 def _request(thread_id: str, agent: str) -> RunRequest:
@@ -77,7 +77,7 @@ def _entries() -> dict[str, float]:
 
 
 def _acked() -> int:
-    return store.count_dispatches_by_status(DispatchStatus.ACKED)
+    return conformance.count_dispatches_by_status(DispatchStatus.ACKED)
 
 
 def _start_workers(args: argparse.Namespace, env: dict[str, str], log_dir: Path) -> Workers:
@@ -129,7 +129,7 @@ def fairness(args: argparse.Namespace, mode: str, log_dir: Path) -> tuple[float,
             wait_until(lambda: len(submitted) == 8 or bool(errors), 600, "A's submits", 0.01)
         if errors:
             raise RuntimeError(f"submit failed: {errors[0]!r}")
-        backlog = store.count_dispatches_by_status(DispatchStatus.QUEUED)
+        backlog = conformance.count_dispatches_by_status(DispatchStatus.QUEUED)
         sent = time.time()
         b_run = mailbox.submit_background(_request(f"fair-b-{uuid7()}", "nap"), owner_id=owner_b).run_id
         wait_until(lambda: b_run in _entries(), 600, "B's run to start", 0.002)

@@ -36,7 +36,7 @@ from bench import e2e_bench as e2e  # noqa: I001  (first: it sets up Django with
 from django.contrib.auth import get_user_model
 from rest_framework.authtoken.models import Token
 
-from mailbox_app import store
+from mailbox_app.store import conformance
 from mailbox_app.contract.mailbox import DispatchStatus
 
 TARGET_SUBMITS = 250.0
@@ -114,7 +114,7 @@ def http_submits(
     port: int, token: str, submits: int, clients: int, tag: str
 ) -> tuple[float, float, list[float]]:
     """(submits/s, runs/s end to end, per-request latencies in s)."""
-    base = store.count_dispatches_by_status(DispatchStatus.ACKED)
+    base = conformance.count_dispatches_by_status(DispatchStatus.ACKED)
     latencies: list[float] = []
     errors: list[str] = []
     done_at: list[float] = []
@@ -142,7 +142,7 @@ def http_submits(
         def all_acked() -> bool:
             if thread_errors or errors:
                 raise RuntimeError(f"submit failed: {(thread_errors or errors)[0]!r}")
-            return store.count_dispatches_by_status(DispatchStatus.ACKED) - base >= submits
+            return conformance.count_dispatches_by_status(DispatchStatus.ACKED) - base >= submits
 
         e2e.wait_until(all_acked, 180, f"{submits} runs to be acked", 0.02)
         elapsed = time.perf_counter() - started

@@ -14,8 +14,6 @@ measured before anyone changes the real code. Nothing here is used by the applic
                (one pubsub connection per worker, channels added/removed per run) could save.
   no_webhook   No webhook outbox statement in the transactions that end a run (what skipping it when
                no subscription and no AWAKEN_WEBHOOK_URL applies could save).
-  no_served    The attempt's start does not mark its owner served (mailbox_fair_group), i.e. the fenced
-               start without its upsert of one row per owner.
 """
 
 from __future__ import annotations
@@ -27,7 +25,7 @@ from typing import Any
 from awaken_project.celery import app
 
 VARIANTS = frozenset(v.strip() for v in os.environ.get("BENCH_VARIANTS", "").split(",") if v.strip())
-KNOWN = frozenset({"db_reuse", "live_nojoin", "live_off", "no_webhook", "no_served"})
+KNOWN = frozenset({"db_reuse", "live_nojoin", "live_off", "no_webhook"})
 
 
 def _refuse(command: dict[str, Any]) -> bool:
@@ -76,11 +74,6 @@ def _apply() -> None:
         from mailbox_app.webhooks import outbox
 
         outbox.record_run_event = lambda run: None  # type: ignore[assignment]
-    if "no_served" in VARIANTS:
-        from mailbox_app.store import sql
-
-        head, _served = sql.START.split("), served AS (")
-        sql.START = head + ")\nSELECT * FROM started\n"  # type: ignore[misc]
 
 
 _apply()

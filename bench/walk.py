@@ -98,6 +98,7 @@ def run(show: bool) -> dict[str, Any]:
     user = get_user_model().objects.create_user("walker")
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+
     def one(thread_id: str) -> tuple[Walk, Walk]:
         body = {"messages": [{"role": "user", "content": "hello"}]}
         submit = Walk()

@@ -20,7 +20,7 @@ from mailbox_app.realtime import doorbells
 from mailbox_app.realtime.locks import ThreadLock
 from mailbox_app.services import mailbox, timeouts
 from mailbox_app.services.reconcile import terminalize_run_for_dispatch
-from mailbox_app.store import epochs, steps
+from mailbox_app.store import steps
 from mailbox_app.store.ports import run_store
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def gc_counts(*, now: int | None = None) -> dict[str, int]:
     A receiver reports `{name: count}` (a bare count is filed under its function's name)."""
     stamp = now_ms() if now is None else now
     counts = {"dispatches": store.purge_terminal(stamp - awaken_settings.MAILBOX.gc_ttl_ms)}
-    counts["epochs"] = epochs.purge_orphaned_epochs(limit=awaken_settings.GC_MAX_PER_TICK)
+    counts["epochs"] = store.purge_orphaned_epochs(limit=awaken_settings.GC_MAX_PER_TICK)
     counts["steps"] = steps.purge_journals(stamp - awaken_settings.MAILBOX.gc_ttl_ms)  # of long-done runs
     for receiver, result in gc_ran.send_robust(sender=gc, now=stamp):
         if isinstance(result, Exception):

@@ -21,6 +21,7 @@ from mailbox_app.contract.suspension import RunWaitingState, WaitingTicket
 from mailbox_app.contract.timefmt import format_duration_ms, format_utc_ms
 from mailbox_app.models import Dispatch, ThreadEpoch
 from mailbox_app.services.selectors import ThreadState, mailbox_overview, thread_block_report
+from mailbox_app.store import conformance
 from runs_app import store as run_store
 from runs_app.models import Message, Run, Thread
 from tests.support.dispatches import make_dispatch
@@ -426,7 +427,7 @@ def test_requeue_after_interrupt_takes_the_current_epoch(staff_client: Client) -
     post_action(staff_client, "requeue_dead_letter", ["d-old"])
     requeued = store.load_dispatch("d-old")
     assert requeued is not None and requeued.status is DispatchStatus.QUEUED
-    assert requeued.dispatch_epoch == store.current_dispatch_epoch("t-stale") == 1
+    assert requeued.dispatch_epoch == conformance.current_dispatch_epoch("t-stale") == 1
     [claimed] = store.claim("t-stale", "c", 30_000, now_ms())
     assert claimed.dispatch_id == "d-old"
 

@@ -13,6 +13,7 @@ from mailbox_app.contract.ids import uuid7
 from mailbox_app.contract.mailbox import DispatchRecord, DispatchStatus, RunDispatchResult
 from mailbox_app.contract.storage import AlreadyExists, NotFound, VersionConflict
 from mailbox_app.models import Dispatch
+from mailbox_app.store import conformance
 from tests.support.dispatches import make_dispatch
 
 pytestmark = pytest.mark.django_db
@@ -139,7 +140,7 @@ def test_claim_limit_preserves_thread_exclusivity() -> None:
     blocked = store.claim("t-claim-limit", "consumer-2", 30_000, 1100, 10)
     assert blocked == [], "same thread must not claim a second dispatch while one is active"
 
-    store.ack("d-one", _token(claimed[0]), 1200)
+    conformance.ack("d-one", _token(claimed[0]), 1200)
 
     following = store.claim("t-claim-limit", "consumer-2", 30_000, 1300, 1)
     assert len(following) == 1
@@ -170,7 +171,7 @@ def test_ack_transitions_to_acked() -> None:
     store.enqueue(_dispatch("d1", "t-ack", "r1", 128, 1000))
     claimed = store.claim("t-ack", "consumer-1", 30_000, 1000, 1)
 
-    store.ack("d1", _token(claimed[0]), 2000)
+    conformance.ack("d1", _token(claimed[0]), 2000)
 
     loaded = _load("d1")
     assert loaded.status is DispatchStatus.ACKED
@@ -186,7 +187,7 @@ def test_ack_rejects_wrong_claim_token() -> None:
     claimed = store.claim("t-ack-wrong", "consumer-1", 30_000, 1000, 1)
 
     with pytest.raises(VersionConflict):
-        store.ack("d1", "wrong-token", 2000)
+        conformance.ack("d1", "wrong-token", 2000)
 
     loaded = _load("d1")
     assert loaded.status is DispatchStatus.CLAIMED
@@ -204,7 +205,7 @@ def test_nack_returns_to_queued() -> None:
     token = _token(claimed[0])
 
     # An in-flight runtime projection that the requeue must drop.
-    store.record_dispatch_start("d1", token, "attempt-1", 1500)
+    conformance.record_dispatch_start("d1", token, "attempt-1", 1500)
 
     store.nack("d1", token, 3000, "transient error", 2000)
 
@@ -357,11 +358,11 @@ def test_current_dispatch_epoch_tracks_interrupt() -> None:
 
     seed: current_dispatch_epoch_tracks_interrupt
     """
-    initial = store.current_dispatch_epoch("t-epoch")
+    initial = conformance.current_dispatch_epoch("t-epoch")
     assert initial == 0
 
-    interrupted = store.interrupt("t-epoch", 2000)
-    current = store.current_dispatch_epoch("t-epoch")
+    interrupted = conformance.interrupt("t-epoch", 2000)
+    current = conformance.current_dispatch_epoch("t-epoch")
 
     assert current == interrupted.new_dispatch_epoch
     assert current > initial, "interrupt should advance the authoritative thread epoch"
@@ -375,7 +376,7 @@ def test_supersede_claimed_terminalizes_active_dispatch() -> None:
     store.enqueue(_dispatch("d1", "t-supersede-claimed", "r1", 128, 1000))
     claimed = store.claim("t-supersede-claimed", "consumer-1", 30_000, 1000, 1)
 
-    superseded = store.supersede_claimed("d1", _token(claimed[0]), 2000, "test supersede")
+    superseded = conformance.supersede_claimed("d1", _token(claimed[0]), 2000, "test supersede")
     assert superseded is not None, "claimed dispatch should be superseded"
 
     assert superseded.status is DispatchStatus.SUPERSEDED
@@ -398,7 +399,7 @@ def test_extend_lease_rejects_stale_claim_after_interrupt() -> None:
     claimed = store.claim("t-stale-lease", "consumer-1", 30_000, 1000, 1)
     token = _token(claimed[0])
 
-    store.interrupt("t-stale-lease", 1500)
+    conformance.interrupt("t-stale-lease", 1500)
 
     assert store.extend_lease("d1", token, 30_000, 2000) is False, (
         "stale claimed dispatch must not renew lease"
@@ -419,10 +420,10 @@ def test_record_dispatch_start_rejects_stale_claim_after_interrupt() -> None:
     claimed = store.claim("t-stale-start", "consumer-1", 30_000, 1000, 1)
     token = _token(claimed[0])
 
-    store.interrupt("t-stale-start", 1500)
+    conformance.interrupt("t-stale-start", 1500)
 
     with pytest.raises(VersionConflict):
-        store.record_dispatch_start("d1", token, "attempt-1", 2000)
+        conformance.record_dispatch_start("d1", token, "attempt-1", 2000)
 
     loaded = _load("d1")
     assert loaded.status is DispatchStatus.SUPERSEDED
@@ -439,7 +440,7 @@ def test_reclaim_expired_stale_claim_supersedes() -> None:
     store.enqueue(_dispatch("d1", "t-stale-reclaim", "r1", 128, 1000))
     store.claim("t-stale-reclaim", "consumer-1", 100, 1000, 1)
 
-    store.interrupt("t-stale-reclaim", 1050)
+    conformance.interrupt("t-stale-reclaim", 1050)
 
     reclaimed = store.reclaim_expired_leases(2000, 10)
     assert reclaimed == [], "stale claimed dispatches should not be returned for execution"
@@ -495,7 +496,7 @@ def test_reclaim_expired_leases_dead_letters_at_max_attempts() -> None:
     claimed = store.claim("t-reclaim-max", "consumer-1", 100, 1000, 1)
 
     # The attempt records a Running projection before the lease lapses.
-    store.record_dispatch_start("d1", _token(claimed[0]), "attempt-1", 1050)
+    conformance.record_dispatch_start("d1", _token(claimed[0]), "attempt-1", 1050)
 
     reclaimed = store.reclaim_expired_leases(2000, 10)
     assert len(reclaimed) == 1
@@ -553,20 +554,20 @@ def test_count_dispatches_by_status_tracks_lifecycle() -> None:
     store.enqueue(_dispatch("d1", "t-count-a", "r1", 128, 1000))
     store.enqueue(_dispatch("d2", "t-count-b", "r2", 128, 1000))
 
-    assert store.count_dispatches_by_status(DispatchStatus.QUEUED) == 2
-    assert store.count_dispatches_by_status(DispatchStatus.CLAIMED) == 0
+    assert conformance.count_dispatches_by_status(DispatchStatus.QUEUED) == 2
+    assert conformance.count_dispatches_by_status(DispatchStatus.CLAIMED) == 0
 
     claimed = store.claim("t-count-a", "consumer-1", 30_000, 1000, 1)
 
-    assert store.count_dispatches_by_status(DispatchStatus.QUEUED) == 1
-    assert store.count_dispatches_by_status(DispatchStatus.CLAIMED) == 1
+    assert conformance.count_dispatches_by_status(DispatchStatus.QUEUED) == 1
+    assert conformance.count_dispatches_by_status(DispatchStatus.CLAIMED) == 1
 
-    store.ack("d1", _token(claimed[0]), 1100)
+    conformance.ack("d1", _token(claimed[0]), 1100)
     store.cancel("d2", 1200)
 
-    assert store.count_dispatches_by_status(DispatchStatus.QUEUED) == 0
-    assert store.count_dispatches_by_status(DispatchStatus.ACKED) == 1
-    assert store.count_dispatches_by_status(DispatchStatus.CANCELLED) == 1
+    assert conformance.count_dispatches_by_status(DispatchStatus.QUEUED) == 0
+    assert conformance.count_dispatches_by_status(DispatchStatus.ACKED) == 1
+    assert conformance.count_dispatches_by_status(DispatchStatus.CANCELLED) == 1
 
 
 def test_list_terminal_dispatches_returns_all_terminal() -> None:
@@ -579,16 +580,16 @@ def test_list_terminal_dispatches_returns_all_terminal() -> None:
     store.enqueue(_dispatch("d-queued", "t-terminal-c", "r3", 128, 1002))
 
     store.cancel("d-cancel", 2000)
-    store.interrupt("t-terminal-b", 3000)
+    conformance.interrupt("t-terminal-b", 3000)
 
-    listed = store.list_terminal_dispatches(10, 0)
+    listed = conformance.list_terminal_dispatches(10, 0)
     terminal = sorted((d.dispatch_id, d.status) for d in listed)
     assert terminal == [
         ("d-cancel", DispatchStatus.CANCELLED),
         ("d-supersede", DispatchStatus.SUPERSEDED),
     ]
 
-    paged = store.list_terminal_dispatches(1, 1)
+    paged = conformance.list_terminal_dispatches(1, 1)
     assert len(paged) == 1
     assert paged[0].status.is_terminal
 
@@ -638,7 +639,7 @@ def test_record_dispatch_start_marks_running() -> None:
     store.enqueue(_dispatch("d1", "t-start", "r1", 128, 1000))
     claimed = store.claim("t-start", "consumer-1", 30_000, 1000, 1)
 
-    store.record_dispatch_start("d1", _token(claimed[0]), "attempt-1", 1500)
+    conformance.record_dispatch_start("d1", _token(claimed[0]), "attempt-1", 1500)
 
     loaded = _load("d1")
     assert loaded.dispatch_instance_id == "attempt-1"
@@ -666,7 +667,7 @@ def test_record_run_result_sets_terminal_projection() -> None:
         error=None,
     )
 
-    store.record_run_result("d1", _token(claimed[0]), result, 2000)
+    conformance.record_run_result("d1", _token(claimed[0]), result, 2000)
 
     loaded = _load("d1")
     assert loaded.dispatch_instance_id == "attempt-1"
@@ -695,16 +696,16 @@ def test_record_projection_rejects_missing_or_unclaimed_dispatch() -> None:
     )
 
     with pytest.raises(NotFound):
-        store.record_dispatch_start("missing", "token", "attempt-missing", 1000)
+        conformance.record_dispatch_start("missing", "token", "attempt-missing", 1000)
     with pytest.raises(NotFound):
-        store.record_run_result("missing", "token", result, 1000)
+        conformance.record_run_result("missing", "token", result, 1000)
 
     store.enqueue(_dispatch("d1", "t-projection-reject", "r1", 128, 1000))
 
     with pytest.raises(VersionConflict):
-        store.record_dispatch_start("d1", "token", "attempt-1", 1100)
+        conformance.record_dispatch_start("d1", "token", "attempt-1", 1100)
     with pytest.raises(VersionConflict):
-        store.record_run_result("d1", "token", result, 1100)
+        conformance.record_run_result("d1", "token", result, 1100)
 
     loaded = _load("d1")
     assert loaded.status is DispatchStatus.QUEUED
@@ -726,7 +727,7 @@ def test_fifo_ordering_within_same_priority() -> None:
     assert len(first) == 1
     assert first[0].dispatch_id == older_id
 
-    store.ack(first[0].dispatch_id, _token(first[0]), 1100)
+    conformance.ack(first[0].dispatch_id, _token(first[0]), 1100)
 
     second = store.claim("t-fifo", "consumer-1", 30_000, 1100, 1)
     assert len(second) == 1

@@ -21,7 +21,7 @@ from mailbox_app.contract.mailbox import DispatchRecord, DispatchStatus, Mailbox
 from mailbox_app.contract.message import ChatMessage
 from mailbox_app.contract.storage import AlreadyExists, VersionConflict
 from mailbox_app.models import Dispatch
-from mailbox_app.store import sql
+from mailbox_app.store import claims, conformance, upkeep
 from runs_app import store as run_store
 from runs_app.models import Thread
 from tests.support.dispatches import make_dispatch
@@ -143,7 +143,7 @@ def test_claim_and_claim_dispatch_race_leaves_one_claim() -> None:
 def _assert_interrupt_claim_invariants(
     thread_id: str, ids: list[str], won: DispatchRecord | None, interrupted: MailboxInterrupt
 ) -> None:
-    epoch = store.current_dispatch_epoch(thread_id)
+    epoch = conformance.current_dispatch_epoch(thread_id)
     assert epoch == 1
     assert interrupted.new_dispatch_epoch == 1
     if won is None:
@@ -162,7 +162,7 @@ def _assert_interrupt_claim_invariants(
         assert won.dispatch_id not in {d.dispatch_id for d in interrupted.superseded_dispatches}
         assert won.claim_token is not None
         with pytest.raises(VersionConflict) as conflict:
-            store.ack(won.dispatch_id, won.claim_token, 3000)
+            conformance.ack(won.dispatch_id, won.claim_token, 3000)
         assert (conflict.value.expected, conflict.value.actual) == (0, 1)
         after = store.load_dispatch(won.dispatch_id)
         assert after is not None
@@ -254,7 +254,7 @@ def test_enqueue_racing_interrupt_is_linearizable() -> None:
             partial(store.interrupt_detailed, thread_id, 2000),
         )
 
-        epoch = store.current_dispatch_epoch(thread_id)
+        epoch = conformance.current_dispatch_epoch(thread_id)
         assert epoch == 1
         new = store.load_dispatch(new_id)
         assert new is not None
@@ -282,19 +282,19 @@ def _assert_old_token_rejected(dispatch_id: str, old_token: str) -> None:
     """Every claimed-only write with the superseded token fails and changes nothing."""
     before = store.load_dispatch(dispatch_id)
     with pytest.raises(VersionConflict):
-        store.ack(dispatch_id, old_token, 50_000)
+        conformance.ack(dispatch_id, old_token, 50_000)
     assert store.load_dispatch(dispatch_id) == before
     with pytest.raises(VersionConflict):
         store.nack(dispatch_id, old_token, 60_000, "late nack", 50_001)
     assert store.load_dispatch(dispatch_id) == before
     with pytest.raises(VersionConflict):
-        store.dead_letter(dispatch_id, old_token, "late dead letter", 50_002)
+        conformance.dead_letter(dispatch_id, old_token, "late dead letter", 50_002)
     assert store.load_dispatch(dispatch_id) == before
     with pytest.raises(VersionConflict):
-        store.record_dispatch_start(dispatch_id, old_token, "late-instance", 50_003)
+        conformance.record_dispatch_start(dispatch_id, old_token, "late-instance", 50_003)
     assert store.load_dispatch(dispatch_id) == before
     with pytest.raises(VersionConflict):
-        store.record_run_result(
+        conformance.record_run_result(
             dispatch_id,
             old_token,
             RunDispatchResult(run_id="r", dispatch_instance_id="late-instance", status="done"),
@@ -311,7 +311,7 @@ def test_reclaim_then_late_writes_with_old_token_are_rejected() -> None:
     [first] = store.claim("t-reclaim", "node-a", LEASE_MS, 1000)
     old_token = first.claim_token
     assert old_token is not None
-    store.record_dispatch_start("d1", old_token, "inst-a", 1001)
+    conformance.record_dispatch_start("d1", old_token, "inst-a", 1001)
 
     # the lease is not expired at exactly lease_until (strict <)
     assert store.reclaim_expired_leases(1000 + LEASE_MS) == []
@@ -336,13 +336,13 @@ def test_reclaim_then_late_writes_with_old_token_are_rejected() -> None:
     # and the new claim is fully usable
     assert second.claim_token is not None
     assert store.extend_lease("d1", second.claim_token, 60_000, 41_000) is True
-    acked = store.ack("d1", second.claim_token, 42_000)
+    acked = conformance.ack("d1", second.claim_token, 42_000)
     assert acked.status is DispatchStatus.ACKED
 
 
 def _ack_or_none(dispatch_id: str, token: str, now: int) -> DispatchRecord | None:
     try:
-        return store.ack(dispatch_id, token, now)
+        return conformance.ack(dispatch_id, token, now)
     except VersionConflict:
         return None
 
@@ -469,8 +469,11 @@ def test_concurrent_appends_of_the_same_ids_store_each_once() -> None:
 
 # --- f. the hot queries use indexes at scale ------------------------------------------------------
 
-_BULK_INSERT = f"""
-INSERT INTO {sql.DISPATCH} ({sql.COLS})
+_BULK_INSERT = """
+INSERT INTO mailbox_dispatch (dispatch_id, thread_id, run_id, priority, dedupe_key, dispatch_epoch, status,
+    available_at, attempt_count, max_attempts, last_error, claim_token, claimed_by, lease_until,
+    dispatch_instance_id, run_status, termination, run_response, run_error, completed_at, created_at,
+    updated_at, request, agent_key)
 SELECT 'bulk-' || g, 'bulk-t-' || (g % 1000), 'bulk-r-' || g, 128, NULL, 0,
        s.status, 1000 + g, 0, 5, NULL,
        CASE WHEN s.status = 'claimed' THEN 'tok-' || g END,
@@ -512,20 +515,20 @@ def _dispatch_scans(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
         n
         for n in nodes
         if "Scan" in n["Node Type"]
-        and (n.get("Relation Name") == sql.DISPATCH or n.get("Index Name") in indexes)
+        and (n.get("Relation Name") == "mailbox_dispatch" or n.get("Index Name") in indexes)
     ]
 
 
 def _dispatch_index_names() -> set[str]:
     with connection.cursor() as cursor:
-        cursor.execute("SELECT indexname FROM pg_indexes WHERE tablename = %s", [sql.DISPATCH])
+        cursor.execute("SELECT indexname FROM pg_indexes WHERE tablename = %s", ["mailbox_dispatch"])
         return {row[0] for row in cursor.fetchall()}
 
 
 def _assert_index_only_access(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     scans = _dispatch_scans(nodes)
     described = [(n["Node Type"], n.get("Index Name")) for n in scans]
-    assert scans, f"no scan of {sql.DISPATCH} in plan: {[n['Node Type'] for n in nodes]}"
+    assert scans, f"no scan of mailbox_dispatch in plan: {[n['Node Type'] for n in nodes]}"
     assert all(n["Node Type"] in _SCAN_NODES_OK for n in scans), described
     assert any(n.get("Index Name") for n in scans), described
     return scans
@@ -537,16 +540,16 @@ def test_claim_and_lease_sweep_plans_use_indexes_at_scale() -> None:
         cursor.execute(_BULK_INSERT)
         assert cursor.rowcount == 100_000
         cursor.execute(
-            f"INSERT INTO {sql.EPOCH} (thread_id, current_epoch)"
+            "INSERT INTO mailbox_thread_epoch (thread_id, current_epoch)"
             " SELECT 'bulk-t-' || g, 0 FROM generate_series(0, 999) AS g"
         )
-        cursor.execute(f"ANALYZE {sql.DISPATCH}")
-        cursor.execute(f"ANALYZE {sql.EPOCH}")
+        cursor.execute("ANALYZE mailbox_dispatch")
+        cursor.execute("ANALYZE mailbox_thread_epoch")
     assert Dispatch.objects.filter(status="claimed").count() == 500
     assert Dispatch.objects.filter(status="queued").count() == 8000
 
     claim_plan = _explain(
-        sql.CLAIM_ONE,
+        claims.CLAIM,
         {
             "thread_id": "bulk-t-421",
             "now": 10**12,
@@ -557,7 +560,7 @@ def test_claim_and_lease_sweep_plans_use_indexes_at_scale() -> None:
     )
     _assert_index_only_access(claim_plan)
 
-    sweep_plan = _explain(sql.SELECT_EXPIRED, {"now": 150_000, "limit": 100})
+    sweep_plan = _explain(upkeep.LOCK_EXPIRED, {"now": 150_000, "limit": 100})
     scans = _assert_index_only_access(sweep_plan)
     assert "dispatch_lease_idx" in {n.get("Index Name") for n in scans}, [
         (n["Node Type"], n.get("Index Name")) for n in scans

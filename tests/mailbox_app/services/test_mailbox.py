@@ -27,6 +27,7 @@ from mailbox_app.contract.storage import AlreadyExists, InvalidInput, NotFound, 
 from mailbox_app.realtime import events
 from mailbox_app.realtime.live import LiveSubscription
 from mailbox_app.services import mailbox
+from mailbox_app.store import conformance
 from mailbox_app.worker.execution import execute_claimed
 from mailbox_app.worker.registry import local_runs
 from runs_app import store as run_store
@@ -137,7 +138,7 @@ def test_store_errors_surface_from_submit_and_roll_back_the_prepare() -> None:
     assert _run_count("thread-store-err") == 1
     assert [d.dispatch_id for d in store.list_dispatches("thread-store-err")] == ["dup"]
     with pytest.raises(NotFound):
-        store.ack("no-such-dispatch", "token", now_ms())
+        conformance.ack("no-such-dispatch", "token", now_ms())
 
 
 def test_inline_claim_guard_is_sixty_seconds() -> None:
@@ -204,7 +205,7 @@ def test_interrupt_bumps_dispatch_epoch(clean_redis: Any) -> None:
     )
     first = mailbox.interrupt("thread-int")
     assert first.new_dispatch_epoch > 0
-    assert store.current_dispatch_epoch("thread-int") == first.new_dispatch_epoch
+    assert conformance.current_dispatch_epoch("thread-int") == first.new_dispatch_epoch
     assert first.active_dispatch is not None, "the claimed dispatch is reported, not superseded"
     second = mailbox.interrupt("thread-int")
     assert second.new_dispatch_epoch == first.new_dispatch_epoch + 1
@@ -260,7 +261,7 @@ def test_foreground_submit_fails_when_another_consumer_holds_the_claim(settings:
     assert [d.dispatch_id for d in dispatches] == [active.dispatch_id], "no new dispatch"
     assert dispatches[0].status is DispatchStatus.CLAIMED
     assert dispatches[0].claim_token == claimed.claim_token
-    assert store.current_dispatch_epoch("thread-clash") == 1, "the interrupt itself is not rolled back"
+    assert conformance.current_dispatch_epoch("thread-clash") == 1, "the interrupt itself is not rolled back"
 
 
 @pytest.mark.django_db
@@ -511,7 +512,7 @@ def test_foreground_submit_cancels_remote_active_run_then_claims(engine: Any) ->
         captured.append(command)
         if command.get("kind") == "cancel":
             try:
-                store.ack(active.dispatch_id, claimed.claim_token or "", now_ms())
+                conformance.ack(active.dispatch_id, claimed.claim_token or "", now_ms())
             except Exception:  # noqa: BLE001 - a stale-epoch ack supersedes instead; both release
                 pass
             finally:
@@ -597,7 +598,7 @@ def test_empty_inline_claim_cancels_the_precreated_run(engine: Any) -> None:
         Thread.objects.select_for_update().get(id=thread_id)  # holds prepare_run_for_dispatch back
         submitter = threading.Thread(target=submit, daemon=True)
         submitter.start()
-        wait_until(lambda: store.current_dispatch_epoch(thread_id) == 1, what="the submit's interrupt")
+        wait_until(lambda: conformance.current_dispatch_epoch(thread_id) == 1, what="the submit's interrupt")
         other = store.enqueue(
             DispatchRecord(dispatch_id=f"other-{thread_id}", thread_id=thread_id, run_id="run-other")
         )

@@ -29,6 +29,7 @@ from mailbox_app.contract.storage import RunRecord
 from mailbox_app.contract.suspension import RunWaitingState
 from mailbox_app.realtime import doorbells
 from mailbox_app.services import mailbox, maintenance
+from mailbox_app.store import conformance
 from runs_app import store as run_store
 from tests.support.agents import RECORDER
 from tests.support.engine import (
@@ -51,7 +52,7 @@ def test_recover_reconciles_runs_behind_cancelled_and_superseded_dispatches() ->
     cancelled = enqueue_prepared("thread-reconcile-cancel", "cancel", "agent")
     superseded = enqueue_prepared("thread-reconcile-supersede", "supersede", "agent")
     assert store.cancel(cancelled.dispatch_id, now_ms()) is not None
-    assert store.interrupt("thread-reconcile-supersede", now_ms()).superseded_count == 1
+    assert conformance.interrupt("thread-reconcile-supersede", now_ms()).superseded_count == 1
     for submitted in (cancelled, superseded):
         before = run_store.load_run(run_id=submitted.run_id)
         assert before is not None and before.status is RunStatus.CREATED and before.dispatch_id is None
@@ -94,7 +95,9 @@ def test_reconcile_task_repairs_run_left_behind_a_dead_letter() -> None:
     dispatch = enqueue_prepared("thread-sweep-dead", "dead", "agent", available_at=1)
     claimed = store.claim("thread-sweep-dead", "stale-consumer", 100, now_ms())
     assert claimed and claimed[0].claim_token
-    store.dead_letter(dispatch.dispatch_id, claimed[0].claim_token, "crashed after dead_letter", now_ms())
+    conformance.dead_letter(
+        dispatch.dispatch_id, claimed[0].claim_token, "crashed after dead_letter", now_ms()
+    )
     before = run_store.load_run(run_id=dispatch.run_id)
     assert before is not None and before.status is RunStatus.CREATED
 
@@ -122,7 +125,7 @@ def test_gc_is_harmless_when_empty_and_purges_only_old_terminal_rows(settings: A
     )
     token = store.claim("thread-gc", "c", 100, 1000)[0].claim_token
     assert token is not None
-    store.ack(old.dispatch_id, token, 1000)
+    conformance.ack(old.dispatch_id, token, 1000)
     fresh = enqueue_prepared("thread-gc", "still queued", "agent")
     assert maintenance.gc() == 1
     assert store.load_dispatch("d-old") is None

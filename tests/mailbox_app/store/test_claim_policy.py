@@ -22,6 +22,7 @@ from mailbox_app.contract.requests import RunRequest
 from mailbox_app.models import Dispatch
 from mailbox_app.realtime.locks import ThreadLock
 from mailbox_app.services import mailbox, selectors
+from mailbox_app.store import conformance
 from mailbox_app.worker import execution
 from runs_app import store as run_store
 from tests.support.api import new_user
@@ -43,7 +44,7 @@ def _claim_and_ack(now: int) -> DispatchRecord | None:
     claimed = store.claim_next_fair("w", LEASE, now)
     if claimed is not None:
         assert store.try_start(claimed.dispatch_id, claimed.claim_token or "", f"i-{now}", "w", now)
-        store.ack(claimed.dispatch_id, claimed.claim_token or "", now)
+        conformance.ack(claimed.dispatch_id, claimed.claim_token or "", now)
     return claimed
 
 
@@ -179,7 +180,7 @@ def test_racing_claimers_never_exceed_an_agent_limit(settings: Any, round_: int)
     assert sum(len(r) for r in results[:6] if r) + sum(1 for r in results[6:] if r) == 3
     # a freed slot is claimable again, by exactly one more
     holder = _claimed("slow")[0]
-    store.ack(holder.dispatch_id, holder.claim_token or "", 6000)
+    conformance.ack(holder.dispatch_id, holder.claim_token or "", 6000)
     again = _race([(lambda t=t: store.claim(f"S-t{t}", f"x{t}", LEASE, 7000)) for t in range(6)])
     assert sum(len(r) for r in again if r) == 1 and _claimed_count("slow") == 2
 

@@ -6,6 +6,7 @@ import pytest
 
 from mailbox_app import store
 from mailbox_app.contract.mailbox import DispatchStatus, RunDispatchResult
+from mailbox_app.store import conformance
 from tests.support.dispatches import make_dispatch
 
 pytestmark = pytest.mark.django_db
@@ -17,10 +18,10 @@ def test_claim_start_result_ack_cycle() -> None:
     assert claimed.status is DispatchStatus.CLAIMED and claimed.lease_until == 31_000
     token = claimed.claim_token
     assert token
-    store.record_dispatch_start("d1", token, "inst-1", 1001)
-    store.record_run_result(
+    conformance.record_dispatch_start("d1", token, "inst-1", 1001)
+    conformance.record_run_result(
         "d1", token, RunDispatchResult(run_id="run-d1", dispatch_instance_id="inst-1", status="done"), 1002
     )
-    acked = store.ack("d1", token, 1003)
+    acked = conformance.ack("d1", token, 1003)
     assert acked.status is DispatchStatus.ACKED
     assert acked.claim_token is None and acked.run_status == "done" and acked.completed_at == 1003

@@ -12,6 +12,7 @@ from mailbox_app.contract.lifecycle import RunStatus
 from mailbox_app.contract.mailbox import DispatchStatus
 from mailbox_app.realtime import doorbells
 from mailbox_app.services import mailbox
+from mailbox_app.store import conformance
 from mailbox_app.worker import dispatch_signals
 from mailbox_app.worker.execution import DispatchAttempt
 from tests.support.agents import RECORDER
@@ -72,7 +73,7 @@ def test_doorbell_blocked_by_another_consumers_claim_retries_until_released(engi
     before_release = store.load_dispatch(queued.dispatch_id)
     assert before_release is not None and before_release.status is DispatchStatus.QUEUED
 
-    store.ack(active.dispatch_id, claimed[0].claim_token, now_ms())
+    conformance.ack(active.dispatch_id, claimed[0].claim_token, now_ms())
     dispatch_in(queued.dispatch_id, DispatchStatus.ACKED)
     assert calls_for(queued.dispatch_id) == 1
     assert calls_for(active.dispatch_id) == 0, "the other consumer's dispatch was never run here"

@@ -1,0 +1,503 @@
+"""Claims: a queued dispatch becomes the thread's one claimed dispatch, stamped with a fresh claim token
+and a lease (spec §3.2-§3.3). Three entry points: `claim` (a thread's next, the reference's
+`claim`), `claim_dispatch` (one dispatch by id, the inline path of a submit) and `claim_next_fair` (the
+fairest head across threads, what a finishing attempt drains to). Who may be claimed next is
+`conf.claim_policy()`: fairness between owners and concurrency limits, counted in the claim's own
+condition under transaction-scoped advisory locks, so two workers can never exceed a limit.
+
+Lock order everywhere: the thread's epoch row, then the limit scopes' advisory locks in a fixed order.
+PostgreSQL enforces one claimed dispatch per thread (a partial unique index): a claim that loses a
+race surfaces as a unique violation, answered here as "nothing claimed".
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from contextlib import nullcontext
+from typing import Any
+
+from django.db import IntegrityError, connection, transaction
+
+from mailbox_app.conf import claim_policy
+from mailbox_app.contract.config import ClaimPolicy
+from mailbox_app.contract.ids import uuid7
+from mailbox_app.contract.mailbox import DispatchRecord, DispatchStatus
+from mailbox_app.observability import metrics
+from mailbox_app.store.fenced import supersede
+from mailbox_app.store.rows import fetch_one, scalar
+
+# The claim of a thread's next dispatch in one statement: the epoch row locked (claims and interrupts of
+# a thread serialize on it), stale queued rows superseded (skipped on never-interrupted threads, so the
+# cost does not grow with the backlog), the next eligible row picked and claimed. The epoch is read under
+# its lock (the newest version) while rows are scanned in the statement's snapshot: a row queued at an
+# older epoch is never picked, and a concurrent claim committed after the snapshot surfaces as the
+# one-claimed-per-thread unique violation. The claimed row's owner is marked served by the attempt's
+# start (fenced.START), not here.
+CLAIM = """
+WITH e AS (
+    SELECT current_epoch FROM mailbox_thread_epoch WHERE thread_id = %(thread_id)s FOR UPDATE
+), stale AS (
+    UPDATE mailbox_dispatch
+       SET status = 'superseded', dispatch_epoch = (SELECT current_epoch FROM e), completed_at = %(now)s,
+           updated_at = %(now)s, last_error = 'queued dispatch superseded by newer dispatch epoch'
+     WHERE (SELECT current_epoch FROM e) > 0 AND thread_id = %(thread_id)s AND status = 'queued'
+       AND dispatch_epoch < (SELECT current_epoch FROM e)
+), pick AS (
+    SELECT dispatch_id FROM mailbox_dispatch
+     WHERE thread_id = %(thread_id)s AND status = 'queued'
+       AND dispatch_epoch >= (SELECT current_epoch FROM e) AND available_at <= %(now)s
+       AND NOT EXISTS (SELECT 1 FROM mailbox_dispatch c
+                        WHERE c.thread_id = %(thread_id)s AND c.status = 'claimed')
+     ORDER BY priority, created_at, dispatch_id
+     LIMIT 1
+     FOR UPDATE SKIP LOCKED
+)
+UPDATE mailbox_dispatch d
+   SET status = 'claimed', claim_token = %(token)s, claimed_by = %(consumer_id)s,
+       lease_until = %(lease_until)s, updated_at = %(now)s
+  FROM pick
+ WHERE d.dispatch_id = pick.dispatch_id
+RETURNING d.*
+"""
+
+# CLAIM for the fair path: it never waits for another thread's epoch row (an interrupt or a submit
+# holds it) and tries the next candidate instead.
+CLAIM_SKIP_LOCKED = """
+WITH e AS (
+    SELECT current_epoch FROM mailbox_thread_epoch WHERE thread_id = %(thread_id)s FOR UPDATE SKIP LOCKED
+), stale AS (
+    UPDATE mailbox_dispatch
+       SET status = 'superseded', dispatch_epoch = (SELECT current_epoch FROM e), completed_at = %(now)s,
+           updated_at = %(now)s, last_error = 'queued dispatch superseded by newer dispatch epoch'
+     WHERE (SELECT current_epoch FROM e) > 0 AND thread_id = %(thread_id)s AND status = 'queued'
+       AND dispatch_epoch < (SELECT current_epoch FROM e)
+), pick AS (
+    SELECT dispatch_id FROM mailbox_dispatch
+     WHERE thread_id = %(thread_id)s AND status = 'queued'
+       AND dispatch_epoch >= (SELECT current_epoch FROM e) AND available_at <= %(now)s
+       AND NOT EXISTS (SELECT 1 FROM mailbox_dispatch c
+                        WHERE c.thread_id = %(thread_id)s AND c.status = 'claimed')
+     ORDER BY priority, created_at, dispatch_id
+     LIMIT 1
+     FOR UPDATE SKIP LOCKED
+)
+UPDATE mailbox_dispatch d
+   SET status = 'claimed', claim_token = %(token)s, claimed_by = %(consumer_id)s,
+       lease_until = %(lease_until)s, updated_at = %(now)s
+  FROM pick
+ WHERE d.dispatch_id = pick.dispatch_id
+RETURNING d.*
+"""
+
+# CLAIM under concurrency limits: the caller holds the thread's epoch row (LOCK_THREAD_HEAD) and the
+# advisory lock of each limited scope (LOCK_LIMIT_SCOPES, taken in the statement before, so this
+# statement's snapshot sees every claim committed before the lock was granted); the counts are part of
+# the claim's condition. Only a head of the agent the scopes were locked for is claimed.
+CLAIM_WITHIN_LIMITS = """
+WITH e AS (
+    SELECT current_epoch FROM mailbox_thread_epoch WHERE thread_id = %(thread_id)s FOR UPDATE
+), stale AS (
+    UPDATE mailbox_dispatch
+       SET status = 'superseded', dispatch_epoch = (SELECT current_epoch FROM e), completed_at = %(now)s,
+           updated_at = %(now)s, last_error = 'queued dispatch superseded by newer dispatch epoch'
+     WHERE (SELECT current_epoch FROM e) > 0 AND thread_id = %(thread_id)s AND status = 'queued'
+       AND dispatch_epoch < (SELECT current_epoch FROM e)
+), pick AS (
+    SELECT dispatch_id FROM mailbox_dispatch
+     WHERE thread_id = %(thread_id)s AND status = 'queued'
+       AND dispatch_epoch >= (SELECT current_epoch FROM e) AND available_at <= %(now)s
+       AND NOT EXISTS (SELECT 1 FROM mailbox_dispatch c
+                        WHERE c.thread_id = %(thread_id)s AND c.status = 'claimed')
+     ORDER BY priority, created_at, dispatch_id
+     LIMIT 1
+     FOR UPDATE SKIP LOCKED
+)
+UPDATE mailbox_dispatch d
+   SET status = 'claimed', claim_token = %(token)s, claimed_by = %(consumer_id)s,
+       lease_until = %(lease_until)s, updated_at = %(now)s
+  FROM pick
+ WHERE d.dispatch_id = pick.dispatch_id AND d.agent_key = %(agent_key)s
+   AND (%(global_limit)s::int IS NULL
+        OR (SELECT count(*) FROM mailbox_dispatch c WHERE c.status = 'claimed') < %(global_limit)s::int)
+   AND (%(agent_limit)s::int IS NULL
+        OR (SELECT count(*) FROM mailbox_dispatch c
+             WHERE c.status = 'claimed' AND c.agent_key = %(agent_key)s)
+           < %(agent_limit)s::int)
+   AND (%(owner_limit)s::int IS NULL
+        OR (SELECT count(*) FROM mailbox_dispatch c JOIN mailbox_thread_epoch ce ON ce.thread_id = c.thread_id
+             WHERE c.status = 'claimed' AND ce.owner_key = %(owner_key)s) < %(owner_limit)s::int)
+RETURNING d.*
+"""
+
+
+@metrics.timed(metrics.CLAIM, metrics.found)
+def claim(thread_id: str, consumer_id: str, lease_ms: int, now: int, limit: int = 1) -> list[DispatchRecord]:
+    """Claim the thread's next eligible dispatch (spec §3.2).
+
+    Stale-epoch queued rows are superseded first; nothing is claimed while the thread has a claimed
+    dispatch, or while its head's agent or owner is at a concurrency limit. PostgreSQL enforces one
+    claimed dispatch per thread, so at most one row is returned whatever `limit` (>= 1) says.
+    """
+    if limit <= 0:
+        return []
+    policy = claim_policy()
+    params = _claim_params(thread_id, consumer_id, lease_ms, now)
+    try:
+        if policy.has_limits:
+            with transaction.atomic():
+                claimed, _ = _claim_limited(params, policy, skip_locked=False)
+            return [claimed] if claimed is not None else []
+        # one statement: in autocommit it is its own transaction; inside the caller's transaction a
+        # savepoint keeps a lost race (unique violation) from aborting it
+        with transaction.atomic() if connection.in_atomic_block else nullcontext():
+            claimed = fetch_one(CLAIM, params)
+            return [claimed] if claimed is not None else []
+    except IntegrityError:
+        return []
+
+
+def _claim_params(thread_id: str, consumer_id: str, lease_ms: int, now: int) -> dict[str, Any]:
+    return {
+        "thread_id": thread_id,
+        "now": now,
+        "token": uuid7(),
+        "consumer_id": consumer_id,
+        "lease_until": now + lease_ms,
+    }
+
+
+def _limit_params(policy: ClaimPolicy, agent_key: str, owner_key: str) -> dict[str, Any]:
+    return {
+        "agent_key": agent_key,
+        "owner_key": owner_key,
+        "global_limit": policy.max_active_runs,
+        "agent_limit": policy.agent_limit(agent_key),
+        "owner_limit": policy.owner_max_active_runs,
+    }
+
+
+LOCK_LIMIT_SCOPES = """
+SELECT pg_advisory_xact_lock(hashtextextended('awaken-limit:' || s, 0)) FROM unnest(%(scopes)s::text[]) s
+"""
+
+
+def _lock_scopes(policy: ClaimPolicy, agent_key: str, owner_key: str) -> bool:
+    """Take the advisory lock of every limited scope of this claim (after the thread's epoch row)."""
+    scopes = policy.lock_scopes(agent_key, owner_key)
+    if scopes:
+        with connection.cursor() as cursor:
+            cursor.execute(LOCK_LIMIT_SCOPES, {"scopes": scopes})
+    return bool(scopes)
+
+
+# Before a limited claim: the thread's epoch row locked, and the owner and the agent of its head.
+LOCK_THREAD_HEAD = """
+SELECT e.owner_key,
+       (SELECT q.agent_key FROM mailbox_dispatch q
+         WHERE q.thread_id = e.thread_id AND q.status = 'queued' AND q.dispatch_epoch >= e.current_epoch
+           AND q.available_at <= %(now)s
+         ORDER BY q.priority, q.created_at, q.dispatch_id LIMIT 1)
+  FROM mailbox_thread_epoch e WHERE e.thread_id = %(thread_id)s
+ FOR UPDATE OF e
+"""
+
+LOCK_THREAD_HEAD_SKIP_LOCKED = """
+SELECT e.owner_key,
+       (SELECT q.agent_key FROM mailbox_dispatch q
+         WHERE q.thread_id = e.thread_id AND q.status = 'queued' AND q.dispatch_epoch >= e.current_epoch
+           AND q.available_at <= %(now)s
+         ORDER BY q.priority, q.created_at, q.dispatch_id LIMIT 1)
+  FROM mailbox_thread_epoch e WHERE e.thread_id = %(thread_id)s
+ FOR UPDATE OF e SKIP LOCKED
+"""
+
+
+def _claim_limited(
+    params: dict[str, Any],
+    policy: ClaimPolicy,
+    *,
+    skip_locked: bool,
+    within: frozenset[str] | None = None,
+) -> tuple[DispatchRecord | None, frozenset[str]]:
+    """A claim under limits, inside the caller's transaction: the epoch row, then the scopes' locks,
+    then the claim with the counts in its condition. Returns the claim and the scopes it locked. With
+    `within` (the scopes the transaction already holds), a head needing any other scope is not tried:
+    taking a second set of scope locks while holding one could deadlock with a claimer doing the
+    reverse."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            LOCK_THREAD_HEAD_SKIP_LOCKED if skip_locked else LOCK_THREAD_HEAD,
+            {"thread_id": params["thread_id"], "now": params["now"]},
+        )
+        row = cursor.fetchone()
+    if row is None or row[1] is None:  # no epoch row, locked by someone else, or nothing eligible
+        return None, frozenset()
+    owner_key, agent_key = row
+    scopes = frozenset(policy.lock_scopes(agent_key, owner_key))
+    if within is not None and not scopes <= within:
+        return None, frozenset()
+    _lock_scopes(policy, agent_key, owner_key)
+    claimed = fetch_one(CLAIM_WITHIN_LIMITS, params | _limit_params(policy, agent_key, owner_key))
+    return claimed, scopes
+
+
+# --- the fair claim across threads -------------------------------------------------------------------
+
+FAIR_CANDIDATES = 16
+
+# Each thread's head (its next eligible queued row, or a claim a submit took inline that no worker
+# started within the grace), ordered by when its owner was last served, then priority and age. Threads
+# executing a dispatch are skipped.
+FAIR_HEADS = """
+WITH heads AS (
+    SELECT DISTINCT ON (u.thread_id) u.* FROM (
+        SELECT q.thread_id, q.dispatch_id, q.agent_key, q.priority, q.created_at, q.claim_token
+          FROM mailbox_dispatch q WHERE q.status = 'queued' AND q.available_at <= %(now)s
+        UNION ALL
+        SELECT q.thread_id, q.dispatch_id, q.agent_key, q.priority, q.created_at, q.claim_token
+          FROM mailbox_dispatch q
+         WHERE q.status = 'claimed' AND q.dispatch_instance_id IS NULL
+           AND q.updated_at <= %(unstarted_before)s
+    ) u
+     ORDER BY u.thread_id, u.claim_token NULLS LAST, u.priority, u.created_at, u.dispatch_id
+)
+SELECT h.thread_id, h.dispatch_id, h.claim_token, h.agent_key, COALESCE(e.owner_key, '')
+  FROM heads h
+  LEFT JOIN mailbox_thread_epoch e ON e.thread_id = h.thread_id
+  LEFT JOIN mailbox_fair_group g ON g.owner_key = COALESCE(e.owner_key, '')
+ WHERE h.claim_token IS NOT NULL
+    OR NOT EXISTS (SELECT 1 FROM mailbox_dispatch c WHERE c.thread_id = h.thread_id AND c.status = 'claimed')
+ ORDER BY COALESCE(g.served_at, 0), h.priority, h.created_at, h.dispatch_id
+ LIMIT %(limit)s
+"""
+
+# FAIR_HEADS with limits: heads whose agent or owner is at its limit are skipped too (re-checked under
+# the scope locks when claimed).
+FAIR_HEADS_WITHIN_LIMITS = """
+WITH heads AS (
+    SELECT DISTINCT ON (u.thread_id) u.* FROM (
+        SELECT q.thread_id, q.dispatch_id, q.agent_key, q.priority, q.created_at, q.claim_token
+          FROM mailbox_dispatch q WHERE q.status = 'queued' AND q.available_at <= %(now)s
+        UNION ALL
+        SELECT q.thread_id, q.dispatch_id, q.agent_key, q.priority, q.created_at, q.claim_token
+          FROM mailbox_dispatch q
+         WHERE q.status = 'claimed' AND q.dispatch_instance_id IS NULL
+           AND q.updated_at <= %(unstarted_before)s
+    ) u
+     ORDER BY u.thread_id, u.claim_token NULLS LAST, u.priority, u.created_at, u.dispatch_id
+), busy_agents AS (
+    SELECT agent_key, count(*) AS n FROM mailbox_dispatch WHERE status = 'claimed' GROUP BY agent_key
+), busy_owners AS (
+    SELECT ce.owner_key, count(*) AS n
+      FROM mailbox_dispatch c JOIN mailbox_thread_epoch ce ON ce.thread_id = c.thread_id
+     WHERE c.status = 'claimed' GROUP BY ce.owner_key
+)
+SELECT h.thread_id, h.dispatch_id, h.claim_token, h.agent_key, COALESCE(e.owner_key, '')
+  FROM heads h
+  LEFT JOIN mailbox_thread_epoch e ON e.thread_id = h.thread_id
+  LEFT JOIN mailbox_fair_group g ON g.owner_key = COALESCE(e.owner_key, '')
+ WHERE h.claim_token IS NOT NULL
+    OR (NOT EXISTS (SELECT 1 FROM mailbox_dispatch c WHERE c.thread_id = h.thread_id AND c.status = 'claimed')
+        AND (%(global_limit)s::int IS NULL
+             OR COALESCE((SELECT sum(n) FROM busy_agents), 0) < %(global_limit)s::int)
+        AND ((%(agent_limits)s::jsonb ->> h.agent_key) IS NULL
+             OR COALESCE((SELECT n FROM busy_agents b WHERE b.agent_key = h.agent_key), 0)
+                < (%(agent_limits)s::jsonb ->> h.agent_key)::int)
+        AND (%(owner_limit)s::int IS NULL
+             OR COALESCE((SELECT n FROM busy_owners o WHERE o.owner_key = COALESCE(e.owner_key, '')), 0)
+                < %(owner_limit)s::int))
+ ORDER BY COALESCE(g.served_at, 0), h.priority, h.created_at, h.dispatch_id
+ LIMIT %(limit)s
+"""
+
+# Take over a claim a submit took inline that no worker has started (its hand-over is stuck behind
+# other work): a new token, so the late hand-over finds its fence gone and leaves. Never waits: a row
+# another transaction holds (its hand-over starting it, another worker taking it over) is skipped.
+STEAL_UNSTARTED = """
+WITH pick AS (
+    SELECT dispatch_id FROM mailbox_dispatch
+     WHERE dispatch_id = %(dispatch_id)s AND status = 'claimed' AND claim_token = %(old_token)s
+       AND dispatch_instance_id IS NULL
+       AND dispatch_epoch >= (SELECT current_epoch FROM mailbox_thread_epoch WHERE thread_id = %(thread_id)s)
+     FOR UPDATE SKIP LOCKED
+)
+UPDATE mailbox_dispatch d
+   SET claim_token = %(token)s, claimed_by = %(consumer_id)s, lease_until = %(lease_until)s,
+       updated_at = %(now)s
+  FROM pick
+ WHERE d.dispatch_id = pick.dispatch_id
+RETURNING d.*
+"""
+
+
+@metrics.timed(metrics.CLAIM, metrics.found)
+def claim_next_fair(consumer_id: str, lease_ms: int, now: int) -> DispatchRecord | None:
+    """Claim the fairest next dispatch across all threads (the drain of a finishing attempt and an idle
+    doorbell): the head of the thread whose owner was served longest ago, then priority and age; a
+    claim a submit took inline that no worker started within the grace is taken over. Never waits for
+    another thread's epoch row, and never takes a scope lock while holding another scope's. (The
+    reference's worker drains its own thread, `dispatch_next_claim`; this is what `AWAKEN_FAIRNESS=off`
+    gives back.)"""
+    policy = claim_policy()
+    params: dict[str, Any] = {
+        "now": now,
+        "unstarted_before": now - policy.unstarted_claim_grace_ms,
+        "limit": FAIR_CANDIDATES,
+    }
+    query = FAIR_HEADS
+    if policy.has_limits:
+        query = FAIR_HEADS_WITHIN_LIMITS
+        params |= {
+            "global_limit": policy.max_active_runs,
+            "agent_limits": json.dumps(policy.agent_limits),
+            "owner_limit": policy.owner_max_active_runs,
+        }
+    with connection.cursor() as cursor:
+        cursor.execute(query, params)
+        candidates = _spread(cursor.fetchall())
+    # Scope locks are transaction-scoped: inside a finish transaction they outlive the savepoint below.
+    # Once some are held, only heads needing no other scope are tried (a limited head whose agent is at
+    # its limit must not keep the finishing worker from an unlimited head after it).
+    held: frozenset[str] | None = frozenset() if connection.in_atomic_block else None
+    for thread_id, dispatch_id, old_token, _agent_key, _owner_key in candidates:
+        claim_params = _claim_params(thread_id, consumer_id, lease_ms, now)
+        try:
+            with transaction.atomic():
+                if old_token is not None:
+                    steal = {"dispatch_id": dispatch_id, "old_token": old_token}
+                    claimed = fetch_one(STEAL_UNSTARTED, claim_params | steal)
+                elif policy.has_limits:
+                    claimed, scopes = _claim_limited(
+                        claim_params, policy, skip_locked=True, within=held or None
+                    )
+                    if held is not None:
+                        held |= scopes
+                else:
+                    claimed = fetch_one(CLAIM_SKIP_LOCKED, claim_params)
+        except IntegrityError:  # a concurrent claim of that thread won
+            continue
+        if claimed is not None:
+            return claimed
+    return None
+
+
+def _spread(candidates: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """The first owner's candidates in random order (then the rest in fair order): workers finishing at
+    the same moment read the same list, and would otherwise all race for its first thread. Fairness is
+    across owners; a thread's own order is kept by the claim itself."""
+    if not candidates:
+        return candidates
+    owner = candidates[0][4]
+    first = [c for c in candidates if c[4] == owner]
+    random.shuffle(first)
+    return first + [c for c in candidates if c[4] != owner]
+
+
+# --- the inline claim of one dispatch ----------------------------------------------------------------
+
+LOCK_EPOCH_OF_DISPATCH = """
+SELECT current_epoch FROM mailbox_thread_epoch
+ WHERE thread_id = (SELECT thread_id FROM mailbox_dispatch WHERE dispatch_id = %(dispatch_id)s)
+ FOR UPDATE
+"""
+
+DISPATCH = "SELECT d.* FROM mailbox_dispatch d WHERE d.dispatch_id = %(dispatch_id)s"
+
+CLAIM_BY_ID = """
+UPDATE mailbox_dispatch d
+   SET status = 'claimed', claim_token = %(token)s, claimed_by = %(consumer_id)s,
+       lease_until = %(lease_until)s, updated_at = %(now)s
+ WHERE d.dispatch_id = %(dispatch_id)s AND d.status = 'queued'
+   AND NOT EXISTS (SELECT 1 FROM mailbox_dispatch c WHERE c.thread_id = d.thread_id AND c.status = 'claimed')
+RETURNING d.*
+"""
+
+CLAIM_BY_ID_WITHIN_LIMITS = """
+UPDATE mailbox_dispatch d
+   SET status = 'claimed', claim_token = %(token)s, claimed_by = %(consumer_id)s,
+       lease_until = %(lease_until)s, updated_at = %(now)s
+ WHERE d.dispatch_id = %(dispatch_id)s AND d.status = 'queued'
+   AND NOT EXISTS (SELECT 1 FROM mailbox_dispatch c WHERE c.thread_id = d.thread_id AND c.status = 'claimed')
+   AND d.agent_key = %(agent_key)s
+   AND (%(global_limit)s::int IS NULL
+        OR (SELECT count(*) FROM mailbox_dispatch c WHERE c.status = 'claimed') < %(global_limit)s::int)
+   AND (%(agent_limit)s::int IS NULL
+        OR (SELECT count(*) FROM mailbox_dispatch c
+             WHERE c.status = 'claimed' AND c.agent_key = %(agent_key)s)
+           < %(agent_limit)s::int)
+   AND (%(owner_limit)s::int IS NULL
+        OR (SELECT count(*) FROM mailbox_dispatch c JOIN mailbox_thread_epoch ce ON ce.thread_id = c.thread_id
+             WHERE c.status = 'claimed' AND ce.owner_key = %(owner_key)s) < %(owner_limit)s::int)
+RETURNING d.*
+"""
+
+
+@metrics.timed(metrics.CLAIM_DISPATCH, metrics.found)
+def claim_dispatch(dispatch_id: str, consumer_id: str, lease_ms: int, now: int) -> DispatchRecord | None:
+    """Claim one queued dispatch by id, ignoring `available_at` (spec §3.3, the inline path); None when
+    it is not claimable, or its agent or owner is at a concurrency limit (`blocking_limit` says which)."""
+    policy = claim_policy()
+    try:
+        with transaction.atomic():
+            epoch = scalar(LOCK_EPOCH_OF_DISPATCH, {"dispatch_id": dispatch_id}) or 0
+            current = fetch_one(DISPATCH, {"dispatch_id": dispatch_id})
+            if current is None or current.status is not DispatchStatus.QUEUED:
+                return None
+            if current.dispatch_epoch < epoch:
+                supersede(current, epoch, now, "queued dispatch superseded by newer dispatch epoch")
+                return None
+            params = {
+                "dispatch_id": dispatch_id,
+                "now": now,
+                "token": uuid7(),
+                "consumer_id": consumer_id,
+                "lease_until": now + lease_ms,
+            }
+            if not policy.has_limits:
+                return fetch_one(CLAIM_BY_ID, params)
+            owner_key = thread_owner_key(current.thread_id)
+            _lock_scopes(policy, current.agent_key, owner_key)
+            return fetch_one(
+                CLAIM_BY_ID_WITHIN_LIMITS, params | _limit_params(policy, current.agent_key, owner_key)
+            )
+    except IntegrityError:
+        return None
+
+
+# --- what holds a claim back -------------------------------------------------------------------------
+
+THREAD_OWNER = "SELECT owner_key FROM mailbox_thread_epoch WHERE thread_id = %(thread_id)s"
+
+
+def thread_owner_key(thread_id: str) -> str:
+    return str(scalar(THREAD_OWNER, {"thread_id": thread_id}) or "")
+
+
+# Claimed dispatches counted per limited scope (the why-blocked view and the submit's answer).
+CLAIMED_COUNTS = """
+SELECT (SELECT count(*) FROM mailbox_dispatch WHERE status = 'claimed'),
+       (SELECT count(*) FROM mailbox_dispatch WHERE status = 'claimed' AND agent_key = %(agent_key)s),
+       (SELECT count(*) FROM mailbox_dispatch c JOIN mailbox_thread_epoch ce ON ce.thread_id = c.thread_id
+         WHERE c.status = 'claimed' AND ce.owner_key = %(owner_key)s)
+"""
+
+
+def blocking_limit(agent_key: str, owner_key: str) -> str | None:
+    """The concurrency limit that holds a claim of this agent for this owner now, named by its setting;
+    None when no limit is reached."""
+    policy = claim_policy()
+    if not policy.has_limits:
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute(CLAIMED_COUNTS, {"agent_key": agent_key, "owner_key": owner_key})
+        row = cursor.fetchone()
+    total, of_agent, of_owner = row if row is not None else (0, 0, 0)
+    if policy.max_active_runs is not None and total >= policy.max_active_runs:
+        return f"AWAKEN_MAX_ACTIVE_RUNS={policy.max_active_runs} ({total} running)"
+    agent_limit = policy.agent_limit(agent_key)
+    if agent_limit is not None and of_agent >= agent_limit:
+        return f"AWAKEN_AGENT_LIMITS[{agent_key}]={agent_limit} ({of_agent} running)"
+    if policy.owner_max_active_runs is not None and of_owner >= policy.owner_max_active_runs:
+        return f"AWAKEN_OWNER_MAX_ACTIVE_RUNS={policy.owner_max_active_runs} ({of_owner} running)"
+    return None
