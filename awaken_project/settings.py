@@ -210,7 +210,7 @@ AWAKEN_SSE_KEEPALIVE_MS = _env_int("AWAKEN_SSE_KEEPALIVE_MS", 15_000, minimum=10
 AWAKEN_WEB_MAX_CONCURRENT_VIEWS = _env_int("AWAKEN_WEB_MAX_CONCURRENT_VIEWS", 16, minimum=1)
 # How long an Idempotency-Key replays its first answer; older keys are purged by the mailbox GC.
 AWAKEN_IDEMPOTENCY_TTL_MS = _env_int("AWAKEN_IDEMPOTENCY_TTL_MS", 86_400_000, minimum=1)
-# Threads idle longer than this are deleted by the mailbox GC (runs_app/services/threads.py); 0: never.
+# Threads idle longer than this are deleted by the mailbox GC (runs_app/store/threads.py); 0: never.
 AWAKEN_THREAD_TTL_MS = _env_int("AWAKEN_THREAD_TTL_MS", 0)
 # At most this many rows (orphaned epoch rows; expired threads) each GC purge removes per tick.
 AWAKEN_GC_MAX_PER_TICK = _env_int("AWAKEN_GC_MAX_PER_TICK", 10_000, minimum=1)

@@ -35,24 +35,28 @@ from mailbox_app.contract.message import ChatMessage
 P = ParamSpec("P")
 T = TypeVar("T")
 
-STEP = "runs_step"
 MAX_KEY_CHARS = 255
 STEP_RECORDED = "step_recorded"
 STEP_REPLAYED = "step_replayed"
 _COLUMNS = ("key", "dispatch_id", "session_id", "attempt", "result", "messages", "state", "result_bytes",
             "recorded_at")  # fmt: skip
-_JSONB = ("result", "messages", "state")
-_COLS = ", ".join(_COLUMNS)
+
 # jsonb read back as text whatever the connection's loaders: a JSON string result stays unambiguous
-_READ_COLS = ", ".join(f"{c}::text" if c in _JSONB else c for c in _COLUMNS)
+LOAD_JOURNAL = """
+SELECT key, dispatch_id, session_id, attempt, result::text, messages::text, state::text, result_bytes,
+       recorded_at
+  FROM runs_step WHERE run_id = %(run_id)s ORDER BY id
+"""
 
-LOAD_JOURNAL = f"SELECT {_READ_COLS} FROM {STEP} WHERE run_id = %(run_id)s ORDER BY id"
+LOAD_STEP = """
+SELECT key, dispatch_id, session_id, attempt, result::text, messages::text, state::text, result_bytes,
+       recorded_at
+  FROM runs_step WHERE run_id = %(run_id)s AND key = %(key)s
+"""
 
-LOAD_STEP = f"SELECT {_READ_COLS} FROM {STEP} WHERE run_id = %(run_id)s AND key = %(key)s"
-
-# The fence of sql.FENCE as a share-locked read (no new dispatch row version per step), the insert
-# behind it; `fenced` tells a lost claim (raise) from a key already recorded (first writer wins).
-RECORD_STEP = f"""
+# The dispatch fence (store/fenced.py) as a share-locked read (no new dispatch row version per step),
+# the insert behind it; `fenced` tells a lost claim (raise) from a key already recorded (first writer wins).
+RECORD_STEP = """
 WITH fence AS (
     SELECT d.run_id, d.dispatch_id, d.attempt_count
       FROM mailbox_dispatch d JOIN mailbox_thread_epoch e ON e.thread_id = d.thread_id
@@ -60,19 +64,21 @@ WITH fence AS (
        AND d.claim_token = %(token)s AND d.dispatch_epoch >= e.current_epoch
        FOR SHARE OF d
 ), ins AS (
-    INSERT INTO {STEP} (run_id, {_COLS})
+    INSERT INTO runs_step (run_id, key, dispatch_id, session_id, attempt, result, messages, state,
+                           result_bytes, recorded_at)
     SELECT f.run_id, %(key)s, f.dispatch_id, %(session_id)s, f.attempt_count + 1, %(result)s::jsonb,
            %(messages)s::jsonb, %(state)s::jsonb, %(result_bytes)s, %(now)s
       FROM fence f
     ON CONFLICT (run_id, key) DO NOTHING
-    RETURNING {_READ_COLS}
+    RETURNING key, dispatch_id, session_id, attempt, result::text, messages::text, state::text, result_bytes,
+              recorded_at
 )
 SELECT EXISTS (SELECT 1 FROM fence), ins.* FROM (SELECT 1) AS one LEFT JOIN ins ON TRUE
 """
 
 # Journals of runs that are done, finished before the GC horizon, with no dispatch left to re-run them.
-PURGE_JOURNALS = f"""
-DELETE FROM {STEP} s USING runs_run r
+PURGE_JOURNALS = """
+DELETE FROM runs_step s USING runs_run r
  WHERE s.run_id = r.run_id AND r.status = 'done' AND r.finished_at < %(older_than)s
    AND NOT EXISTS (SELECT 1 FROM mailbox_dispatch d
                     WHERE d.run_id = r.run_id AND d.status IN ('queued', 'claimed'))

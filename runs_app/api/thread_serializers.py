@@ -10,7 +10,7 @@ from rest_framework import serializers
 from runs_app.api.pagination import page_out
 from runs_app.api.run_serializers import RunOut
 from runs_app.api.serializers import OptionalThreadIdField
-from runs_app.services.threads import MAX_METADATA_BYTES, ThreadStatus, metadata_problem
+from runs_app.store.threads import MAX_METADATA_BYTES, ThreadStatus, metadata_problem
 
 TITLE_MAX = 255  # runs_thread.title
 SEARCH_LIMIT_MAX = 200

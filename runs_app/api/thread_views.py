@@ -1,4 +1,4 @@
-"""HTTP views of threads: list, create, read, update, delete, search (runs_app/services/threads.py does the
+"""HTTP views of threads: list, create, read, update, delete, search (runs_app/store/threads.py does the
 work).
 
 A thread is the caller's or a 404: another user's thread cannot be read, updated, deleted or found."""
@@ -19,7 +19,8 @@ from runs_app.api.edge import EdgeCheckedView, thread_or_404, user_id, validated
 from runs_app.api.errors import ApiError, not_found
 from runs_app.api.pagination import PARAMETERS as PAGE_PARAMETERS
 from runs_app.api.pagination import Window
-from runs_app.services import selectors, threads
+from runs_app.services import selectors
+from runs_app.store import threads
 
 _ERRORS = {400: ts.ErrorOut, 404: ts.ErrorOut}
 

@@ -93,9 +93,9 @@ class DecisionThenFailAgent:
 def fenced(engine_settings: Any, clean_redis: Any) -> Iterator[Any]:
     engine_settings.AWAKEN_AGENTS = {
         **engine_settings.AWAKEN_AGENTS,
-        "zombie": "tests.mailbox_app.test_fenced_core.ZombieAgent",
-        "slow": "tests.mailbox_app.test_fenced_core.SlowAgent",
-        "decision-then-fail": "tests.mailbox_app.test_fenced_core.DecisionThenFailAgent",
+        "zombie": "tests.mailbox_app.scenarios.test_fenced_core.ZombieAgent",
+        "slow": "tests.mailbox_app.scenarios.test_fenced_core.SlowAgent",
+        "decision-then-fail": "tests.mailbox_app.scenarios.test_fenced_core.DecisionThenFailAgent",
     }
     global GATE
     GATE = Gate()

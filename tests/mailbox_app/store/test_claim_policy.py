@@ -289,18 +289,26 @@ def test_on_a_real_worker_a_second_owners_run_starts_ahead_of_a_first_owners_bac
         for i in range(48)
     ]
     wait_until(lambda: _claimed_count("echo") >= 4, what="the worker busy with A's backlog")
+    submitted_at = now_ms()
     b_run = mailbox.submit_background(_request("fair-b-0", "hi"), owner_id=owner_b).run_id
     wait_until(
         lambda: (r := run_store.load_run(run_id=b_run)) is not None and r.status is RunStatus.DONE,
         what="B's run",
     )
-    still_open = sum(
+    b_started = run_store.load_run(run_id=b_run).started_at  # type: ignore[union-attr]
+    assert b_started is not None
+    # Counted, not timed (so it holds at any machine speed): the A runs that started after B was queued
+    # and before B started. Fair: the first worker slot that frees up after B's submit takes B, so only
+    # claims already under way (one per worker thread, 4) can start ahead of it; unfair (FIFO) would
+    # start the rest of A's backlog first.
+    started_ahead = sum(
         1
         for r in backlog
-        if run_store.load_run(run_id=r).status is not RunStatus.DONE  # type: ignore[union-attr]
+        if (run := run_store.load_run(run_id=r)) is not None
+        and run.started_at is not None
+        and submitted_at <= run.started_at < b_started
     )
-    # 4 worker threads × 0.1 s runs: B waits about one run, not for A's 48 (≈ 1.2 s of work)
-    assert still_open >= 24, f"B finished after {48 - still_open} of A's 48 runs"
+    assert started_ahead <= 4, f"{started_ahead} of A's runs started after B was queued and before B"
     wait_until(
         lambda: all(run_store.load_run(run_id=r).status is RunStatus.DONE for r in backlog),  # type: ignore[union-attr]
         timeout=60,

@@ -19,7 +19,7 @@ from mailbox_app.models import Dispatch, ThreadEpoch
 from mailbox_app.services import mailbox
 from runs_app import store as run_store
 from runs_app.models import IdempotencyRecord, Message, Run, RunStep, Thread
-from runs_app.services import threads
+from runs_app.store import threads
 from tests.support.api import new_user, post_json, token_client
 from tests.support.waiting import wait_until
 

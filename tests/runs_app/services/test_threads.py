@@ -15,7 +15,7 @@ from mailbox_app.models import Dispatch, ThreadEpoch
 from mailbox_app.services import maintenance
 from runs_app import store as run_store
 from runs_app.models import Message, Run, Thread
-from runs_app.services import threads
+from runs_app.store import threads
 from tests.support.dispatches import make_dispatch
 
 pytestmark = pytest.mark.django_db

@@ -1,0 +1,245 @@
+"""Every statement of runs_app that reads or writes one of the mailbox's tables (`mailbox_dispatch`,
+`mailbox_thread_epoch`, `mailbox_webhook_subscription`): the attempt's finish (it reads the run's webhook
+subscription), the end of a run by its dispatch's end, the reconcile's candidates, an operator's reopen
+of a dead-lettered run, and the mailbox rows a thread's delete removes. (The thread
+status view, runs_app/migrations/0008_thread_status_view.py, reads the dispatch table too.) Nothing else
+in runs_app names a mailbox table; mailbox_app/store/runs_tables.py is the mirror on the other side."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from django.db import connection, transaction
+
+from mailbox_app.contract.history import Closer
+from mailbox_app.contract.ids import uuid7
+from mailbox_app.contract.lifecycle import OPERATOR_RUN_TRANSITIONS, RunEdge, RunReopen
+from mailbox_app.contract.message import ChatMessage
+from mailbox_app.contract.storage import RunRecord, TerminationReason
+from mailbox_app.webhooks import outbox
+from runs_app.models import Run, Thread
+from runs_app.store.endings import end_run
+from runs_app.store.records import existing_message_ids, message_rows, run_from_values, run_params, to_json
+
+# A terminal dispatch ends its run (spec §2.3) — only while the run is not done, is not running under
+# another dispatch, no other live (queued / claimed) dispatch will still activate it, and the run has not
+# moved on since the dispatch ended (a later dispatch resumed it: reconcile must not end it late). The
+# messages closing what the run left open (mailbox_app/contract/history.py) are appended in the same
+# statement.
+TERMINALIZE_RUN = """
+WITH r AS (
+    UPDATE runs_run run
+       SET status = 'done', termination_reason = %(termination)s::jsonb,
+           error_payload = %(error_payload)s::jsonb, dispatch_id = %(dispatch_id)s,
+           session_id = %(session_id)s, waiting = NULL, finished_at = %(now)s, updated_at = %(now)s
+     WHERE run.run_id = %(run_id)s AND run.thread_id = %(thread_id)s AND run.status <> 'done'
+       AND (run.status <> 'running' OR run.dispatch_id = %(dispatch_id)s)
+       AND run.updated_at <= %(ended_at)s
+       AND NOT EXISTS (
+           SELECT 1 FROM mailbox_dispatch live
+            WHERE live.run_id = run.run_id AND live.dispatch_id <> %(dispatch_id)s
+              AND live.status IN ('queued', 'claimed'))
+    RETURNING run.*
+), t AS (
+    UPDATE runs_thread th
+       SET latest_run_id = r.run_id,
+           active_run_id = CASE WHEN th.active_run_id = r.run_id THEN NULL ELSE th.active_run_id END,
+           open_run_id = CASE WHEN th.open_run_id = r.run_id THEN NULL ELSE th.open_run_id END,
+           updated_at = %(now)s, message_count = th.message_count + %(count)s
+      FROM r WHERE th.id = r.thread_id
+    RETURNING th.message_count
+), m AS (
+    INSERT INTO runs_message (thread_id, seq, message_id, role, content, tool_calls, tool_call_id, visibility,
+                              run_id, step_index, metadata, created_at)
+    SELECT %(thread_id)s, t.message_count - %(count)s + x.ord, x.msg ->> 'message_id', x.msg ->> 'role',
+           x.msg -> 'content', NULLIF(x.msg -> 'tool_calls', 'null'::jsonb), x.msg ->> 'tool_call_id',
+           x.msg ->> 'visibility', x.msg ->> 'run_id', (x.msg ->> 'step_index')::integer,
+           NULLIF(x.msg -> 'metadata', 'null'::jsonb), %(now)s
+      FROM t, jsonb_array_elements(%(messages)s::jsonb) WITH ORDINALITY AS x(msg, ord)
+)
+SELECT * FROM r
+"""
+
+
+def terminalize_run(
+    *,
+    run_id: str,
+    thread_id: str,
+    dispatch_id: str,
+    session_id: str | None,
+    termination: TerminationReason,
+    error_payload: Any,
+    now: int,
+    ended_at: int | None = None,
+    closing: Closer | None = None,
+) -> RunRecord | None:
+    """End a run whose dispatch ended terminally (cancelled / superseded / dead letter), only while it is
+    not done, not running under another dispatch, and no other live dispatch will activate it. With
+    `closing`, the messages it computes from the run (locked first) are appended in the same statement:
+    what the run left open is closed exactly when it ends, and never when it does not."""
+    params = {
+        "run_id": run_id,
+        "thread_id": thread_id,
+        "dispatch_id": dispatch_id,
+        "session_id": session_id,
+        "termination": json.dumps(termination.model_dump(mode="json")),
+        "error_payload": to_json(error_payload),
+        "now": now,
+        "ended_at": now if ended_at is None else ended_at,
+    }
+    return end_run(TERMINALIZE_RUN, params, closing)
+
+
+# Cancelled / superseded / dead-lettered dispatches whose run is not done yet: one indexed join (runs by
+# status, dispatches by run id) instead of paging every terminal dispatch.
+TERMINAL_DISPATCHES_WITH_OPEN_RUNS = """
+SELECT d.dispatch_id FROM runs_run r
+  JOIN mailbox_dispatch d ON d.run_id = r.run_id AND d.thread_id = r.thread_id
+ WHERE r.status <> 'done' AND d.status IN ('cancelled', 'superseded', 'dead_letter')
+   AND NOT EXISTS (SELECT 1 FROM mailbox_dispatch live
+                    WHERE live.run_id = r.run_id AND live.status IN ('queued', 'claimed'))
+ ORDER BY d.updated_at
+ LIMIT %(limit)s
+"""
+
+
+def terminal_dispatches_with_open_runs(*, limit: int) -> list[str]:
+    """Ids of cancelled / superseded / dead-lettered dispatches whose run is not done yet."""
+    with connection.cursor() as cursor:
+        cursor.execute(TERMINAL_DISPATCHES_WITH_OPEN_RUNS, {"limit": limit})
+        return [row[0] for row in cursor.fetchall()]
+
+
+# The one edge reopen_run takes, read from the lifecycle's table (Done -> Created).
+_REOPEN_FROM, _REOPEN_TO = OPERATOR_RUN_TRANSITIONS[RunEdge.REQUEUE_DEAD_LETTER]
+
+# the dispatch an operator requeues, as the reopen must find it: this run's, and still dead-lettered
+_DEAD_LETTER_OF_RUN = """
+SELECT 1 FROM mailbox_dispatch WHERE dispatch_id = %(dispatch_id)s AND run_id = %(run_id)s
+   AND status = 'dead_letter'
+"""
+
+
+def reopen_run(*, run_id: str, dispatch_id: str, now: int) -> RunReopen:
+    """An operator requeues the dead-lettered dispatch `dispatch_id` of run `run_id`: a run that dead
+    letter ended goes back to Created by the lifecycle's REQUEUE_DEAD_LETTER edge (contract/lifecycle.py),
+    so the work's new result lands on the run the client knows. Call it in the requeue's transaction,
+    before the dispatch moves, with the dispatch row locked.
+
+    REFUSED (nothing written) for a run that ended naturally, or that another dispatch ended (say, a
+    later one that was acked), or when the dispatch is not the run's dead letter. A run that is not done
+    takes the requeued dispatch as it is (OPEN); its `updated_at` moves on, so a reconcile of the old
+    dead letter that is already under way cannot end it late (TERMINALIZE_RUN checks it)."""
+    with transaction.atomic():
+        run = Run.objects.select_for_update().filter(run_id=run_id).first()
+        if run is None:
+            return RunReopen.MISSING
+        if run.status != _REOPEN_FROM.value:
+            Run.objects.filter(run_id=run_id).update(updated_at=max(run.updated_at, now))
+            return RunReopen.OPEN
+        termination = run.termination_reason if isinstance(run.termination_reason, dict) else {}
+        with connection.cursor() as cursor:
+            cursor.execute(_DEAD_LETTER_OF_RUN, {"dispatch_id": dispatch_id, "run_id": run_id})
+            dead_letter = cursor.fetchone() is not None
+        if (
+            not dead_letter
+            or run.dispatch_id not in (None, dispatch_id)
+            or termination.get("type") == "natural_end"
+        ):
+            return RunReopen.REFUSED
+        run.status = _REOPEN_TO.value
+        run.termination_reason = run.error_payload = run.finished_at = None
+        run.updated_at = now
+        run.save()
+        thread = Thread.objects.select_for_update().get(id=run.thread_id)
+        thread.open_run_id, thread.latest_run_id, thread.updated_at = run_id, run_id, now
+        thread.save(update_fields=["open_run_id", "latest_run_id", "updated_at"])
+    return RunReopen.REOPENED
+
+
+# A thread's delete, the rows without a foreign key to the thread: its dispatches, its epoch row, and the
+# owner's idempotency keys whose stored answer names it (a replay would name a thread that is gone).
+DELETE_UNLINKED = """
+WITH d AS (DELETE FROM mailbox_dispatch WHERE thread_id = %(thread_id)s RETURNING 1),
+     e AS (DELETE FROM mailbox_thread_epoch WHERE thread_id = %(thread_id)s RETURNING 1),
+     k AS (DELETE FROM runs_idempotency
+            WHERE user_id = %(owner_id)s AND response ->> 'thread_id' = %(thread_id)s RETURNING 1)
+SELECT (SELECT count(*) FROM d), (SELECT count(*) FROM e), (SELECT count(*) FROM k)
+"""
+
+
+def delete_unlinked(*, thread_id: str, owner_id: int | None) -> tuple[int, int, int]:
+    """Inside the thread delete's transaction (holding the thread's row lock): delete its dispatches, its
+    epoch row and the owner's idempotency keys that name it; how many of each went."""
+    with connection.cursor() as cursor:
+        cursor.execute(DELETE_UNLINKED, {"thread_id": thread_id, "owner_id": owner_id})
+        dispatches, epochs, keys = cursor.fetchone()  # type: ignore[misc]
+    return int(dispatches), int(epochs), int(keys)
+
+
+# --- the fenced finish (it reads the run's webhook subscription, a mailbox table) ---------------------
+
+# The attempt's result lands only on the run it started (same dispatch and session, still running); the
+# messages it produced are appended after the thread's count, which the same statement bumps.
+FINISH_RUN = """
+WITH r AS (
+    UPDATE runs_run
+       SET status = %(status)s, termination_reason = %(termination_reason)s::jsonb,
+           final_output = %(final_output)s, error_payload = %(error_payload)s::jsonb,
+           waiting = %(waiting)s::jsonb, outcome = %(outcome)s::jsonb, output = %(output)s::jsonb,
+           finished_at = %(finished_at)s, updated_at = %(updated_at)s, steps = %(steps)s,
+           input_tokens = %(input_tokens)s, output_tokens = %(output_tokens)s, state = %(state)s::jsonb
+     WHERE run_id = %(run_id)s AND thread_id = %(thread_id)s AND status = 'running'
+       AND dispatch_id = %(dispatch_id)s AND session_id = %(session_id)s
+    RETURNING *
+), t AS (
+    UPDATE runs_thread th
+       SET latest_run_id = r.run_id,
+           active_run_id = CASE WHEN r.status = 'running' THEN r.run_id
+                                WHEN th.active_run_id = r.run_id THEN NULL ELSE th.active_run_id END,
+           open_run_id = CASE WHEN r.status IN ('running', 'waiting', 'created') THEN r.run_id
+                              WHEN th.open_run_id = r.run_id THEN NULL ELSE th.open_run_id END,
+           updated_at = %(now)s, message_count = th.message_count + %(count)s
+      FROM r WHERE th.id = r.thread_id
+    RETURNING th.message_count
+), m AS (
+    INSERT INTO runs_message (thread_id, seq, message_id, role, content, tool_calls, tool_call_id, visibility,
+                              run_id, step_index, metadata, created_at)
+    SELECT %(thread_id)s, t.message_count - %(count)s + x.ord, x.msg ->> 'message_id', x.msg ->> 'role',
+           x.msg -> 'content', NULLIF(x.msg -> 'tool_calls', 'null'::jsonb), x.msg ->> 'tool_call_id',
+           x.msg ->> 'visibility', x.msg ->> 'run_id', (x.msg ->> 'step_index')::integer,
+           NULLIF(x.msg -> 'metadata', 'null'::jsonb), %(now)s
+      FROM t, jsonb_array_elements(%(messages)s::jsonb) WITH ORDINALITY AS x(msg, ord)
+)
+SELECT r.*, (SELECT s.url FROM mailbox_webhook_subscription s WHERE s.run_id = r.run_id) AS subscription_url
+  FROM r
+"""
+
+
+def finish_run(
+    *, run: RunRecord, messages: Sequence[ChatMessage], dispatch_id: str, session_id: str, now: int
+) -> RunRecord | None:
+    """Write the attempt's result: the run's final fields, the thread pointers, and `messages` appended
+    to the log — only while the run is Running under `(dispatch_id, session_id)`; None otherwise, and
+    then nothing is written. Messages whose id is already in the log are skipped (append-only)."""
+    rows = message_rows(existing_message_ids(run.thread_id, messages), messages, uuid7)
+    params = run_params(run) | {
+        "dispatch_id": dispatch_id,
+        "session_id": session_id,
+        "now": now,
+        "count": len(rows),
+        "messages": json.dumps(rows),
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(FINISH_RUN, params)
+        row = cursor.fetchone()
+        names = [column.name for column in cursor.description or ()]
+    if row is None:
+        return None
+    values = dict(zip(names, row, strict=True))
+    written = run_from_values(values)
+    # the statement read the run's webhook subscription too: the outbox needs no lookup of its own
+    outbox.note_subscription(written, values["subscription_url"])
+    return written
