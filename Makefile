@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DATA ?= .data/dev
 PORT ?= 8000
 
-.PHONY: install run test lint services stop-services bench clean
+.PHONY: install run test lint docs services stop-services bench clean
 
 $(STAMP): requirements/base.txt requirements/dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,17 @@ lint: install
 	$(VENV)/bin/lint-imports
 	bash scripts/with-services.sh $(PY) manage.py check --fail-level WARNING
 	bash scripts/with-services.sh $(PY) manage.py makemigrations --check --dry-run
+
+## make docs: the documentation site into site/ (warnings are errors); its tools only here, not in `make run`
+DOCS_STAMP := $(VENV)/.docs-installed
+$(DOCS_STAMP): requirements/docs.txt $(STAMP)
+	$(PY) -m pip install --quiet -r requirements/docs.txt
+	touch $(DOCS_STAMP)
+
+# The OpenAPI schema needs no database or Redis (settings only); the API reference page renders it.
+docs: install $(DOCS_STAMP)
+	$(PY) manage.py spectacular --file docs/api/openapi.yaml --validate --fail-on-warn
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 bench: install
 	bash scripts/with-services.sh bash -c '$(PY) bench/store_bench.py && $(PY) bench/e2e_bench.py && $(PY) bench/http_bench.py && $(PY) bench/fairness_bench.py'

@@ -1,4 +1,4 @@
-"""The mailbox service (mailbox_app/mailbox.py): submit results and errors, background and foreground
+"""The mailbox service (mailbox_app/services/mailbox.py): submit results and errors, background and foreground
 submits, interrupt, decisions, and live-then-queue delivery to a remote running run (spec §4.2-§4.9).
 The unit tests run in pytest-django's rolled-back transaction (doorbells never fire); the concurrent and
 remote-cancel ones use committed data and other threads' connections.
