@@ -3,7 +3,8 @@
 subscription), the end of a run by its dispatch's end, the reconcile's candidates, an operator's reopen
 of a dead-lettered run, and the mailbox rows a thread's delete removes. (The thread
 status view, runs_app/migrations/0008_thread_status_view.py, reads the dispatch table too.) Nothing else
-in runs_app names a mailbox table; mailbox_app/store/runs_tables.py is the mirror on the other side."""
+in runs_app names a mailbox table; mailbox_app/store/steps.py (the step journal, in runs_app's `runs_step`
+table) is the mirror on the other side."""
 
 from __future__ import annotations
 
