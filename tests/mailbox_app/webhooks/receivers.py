@@ -115,6 +115,7 @@ class TrickleReceiver:
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+        self.listener.settimeout(0.1)  # the acceptor looks at `stop` between waits
         self.threads: list[threading.Thread] = []
         self.acceptor = threading.Thread(target=self._accept, daemon=True)
         self.acceptor.start()
@@ -127,7 +128,6 @@ class TrickleReceiver:
         return f"http://127.0.0.1:{self.port}{path}"
 
     def _accept(self) -> None:
-        self.listener.settimeout(0.1)
         while not self.stop.is_set():
             try:
                 conn, _ = self.listener.accept()
