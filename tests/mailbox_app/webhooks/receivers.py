@@ -189,20 +189,25 @@ def procfile_line(name: str) -> str:
     return entries[name]
 
 
-def start_procfile_worker(
-    farm: WorkerFarm, entry: str, nodename: str, metrics_dir: Path, env: dict[str, str] | None = None
+def spawn_worker_line(
+    farm: WorkerFarm,
+    line: str,
+    nodename: str,
+    metrics_dir: Path,
+    env: dict[str, str] | None = None,
 ) -> Worker:
-    """Run the Procfile's `entry` line through bash as a process manager would (the venv's python first
-    on PATH), as one of `farm`'s workers (stopped with them); wait until `nodename@host` answers a ping."""
+    """Run a Procfile-style `line` through bash as a process manager would (the venv's python first on
+    PATH), as one of `farm`'s workers (stopped with them), without waiting; `nodename@host` is the name
+    it answers pings by."""
     full_env = dict(farm.env) | {
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "AWAKEN_METRICS_DIR": str(metrics_dir),
     }
     full_env |= env or {}
-    log_path = farm.log_dir / f"{entry}.log"
+    log_path = farm.log_dir / f"{nodename}.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            ["bash", "-c", procfile_line(entry)],
+            ["bash", "-c", line],
             cwd=PROJECT_ROOT,
             env=full_env,
             stdin=subprocess.DEVNULL,
@@ -212,5 +217,13 @@ def start_procfile_worker(
         )
     worker = Worker(nodename, proc, log_path)
     farm.workers.append(worker)
+    return worker
+
+
+def start_procfile_worker(
+    farm: WorkerFarm, entry: str, nodename: str, metrics_dir: Path, env: dict[str, str] | None = None
+) -> Worker:
+    """The Procfile's `entry` line as a worker of `farm`, once it answers a ping."""
+    worker = spawn_worker_line(farm, procfile_line(entry), nodename, metrics_dir, env)
     farm.wait_ready(worker)
     return worker
