@@ -150,7 +150,7 @@ class WebhookSubscription(models.Model):
 
     run_id = models.CharField(max_length=64, primary_key=True)
     url = models.CharField(max_length=2048)
-    # the submitter: deliveries to `url` are signed with their secret (mailbox_app/webhooks/secrets.py)
+    # the submitter: deliveries to `url` are signed with their secret (mailbox_app/webhooks/secret_store.py)
     owner_id = models.BigIntegerField(null=True, blank=True)
     created_at = models.BigIntegerField()
 
@@ -222,7 +222,7 @@ class WebhookDelivery(models.Model):
 
 
 class WebhookSecret(models.Model):
-    """A user's webhook signing secret (mailbox_app/webhooks/secrets.py): deliveries to the URLs their
+    """A user's webhook signing secret (mailbox_app/webhooks/secret_store.py): deliveries to the URLs their
     runs subscribe are signed with it, and with the previous one until `previous_valid_until` after a
     rotation. Shown once, by the request that created it; never registered in the admin."""
 

@@ -1,4 +1,4 @@
-"""Per-subscriber webhook signing (mailbox_app/webhooks/secrets.py): a secret per user, and the owner of
+"""Per-subscriber webhook signing (mailbox_app/webhooks/secret_store.py): a secret per user, and the owner of
 each subscription and outbox row, so a delivery is signed with its subscriber's secret — never with the
 project's AWAKEN_WEBHOOK_SECRET unless it goes to AWAKEN_WEBHOOK_URL. Rows written before this have no
 owner: they are delivered unsigned (docs/webhooks.md)."""

@@ -336,3 +336,10 @@ def test_concurrent_rotations_each_get_their_own_secret_and_leave_one_current_on
     current, previous = secret_store.signing_secrets(user.pk, now=now_ms())
     assert current in issued and previous in issued and current != previous
     assert WebhookSecret.objects.filter(pk=user.pk).count() == 1
+
+
+def test_a_deleted_users_secret_goes_with_them(hook_settings: Any) -> None:
+    user = new_user("leaving")
+    secret_store.issue(user.pk)
+    user.delete()
+    assert WebhookSecret.objects.count() == 0 and not secret_store.has_secret(user.pk)
