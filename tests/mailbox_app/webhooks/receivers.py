@@ -7,6 +7,7 @@ import json
 import os
 import select
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -99,7 +100,8 @@ class Held:
 
 class TrickleReceiver:
     """A hostile receiver: reads the request, then answers `answer` one byte every `interval_s` and
-    notes when the client hangs up (it sees EOF within the interval). `silent`: it never answers."""
+    notes when the client hangs up (it sees EOF within the interval). `silent`: it never answers.
+    `tls`: it speaks TLS with that server context (the handshake itself at full speed)."""
 
     def __init__(
         self,
@@ -107,10 +109,12 @@ class TrickleReceiver:
         interval_s: float = 1.0,
         answer: bytes = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
         silent: bool = False,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.interval_s = interval_s
         self.answer = answer
         self.silent = silent
+        self.tls = tls
         self.held: list[Held] = []
         self.lock = threading.Lock()
         self.stop = threading.Event()
@@ -142,7 +146,17 @@ class TrickleReceiver:
             self.threads.append(thread)
             thread.start()
 
-    def _serve(self, conn: socket.socket, held: Held) -> None:
+    def _serve(self, raw: socket.socket, held: Held) -> None:
+        conn = raw
+        if self.tls is not None:
+            try:
+                raw.settimeout(5)
+                conn = self.tls.wrap_socket(raw, server_side=True)
+                conn.settimeout(None)
+            except (OSError, ssl.SSLError):
+                held.closed_at = time.monotonic()
+                raw.close()
+                return
         with conn:
             pending = b"" if self.silent else self.answer
             while not self.stop.is_set():

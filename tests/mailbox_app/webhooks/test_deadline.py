@@ -7,8 +7,13 @@ Hostile receivers are real sockets on loopback (`TrickleReceiver`); the outbox r
 
 from __future__ import annotations
 
+import ssl
+import subprocess
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,8 +34,11 @@ from tests.support.waiting import wait_until
 SLACK_S = 1.0  # how late after its deadline an attempt may end (a loaded machine's scheduling)
 
 
-def _post(url: str, budget_ms: int) -> tuple[transport.Answer | transport.SendFailed, float]:
-    """transport.post to a loopback `url` under a fresh deadline: (its answer or failure, seconds)."""
+def _post(
+    url: str, budget_ms: int, tls: ssl.SSLContext | None = None
+) -> tuple[transport.Answer | transport.SendFailed, float]:
+    """transport.post of `url` to 127.0.0.1 (whatever its host) under a fresh deadline: (its answer or
+    failure, seconds)."""
     target = parse_target(url)
     started = time.monotonic()
     try:
@@ -40,6 +48,7 @@ def _post(url: str, budget_ms: int) -> tuple[transport.Answer | transport.SendFa
             b"{}",
             {"Content-Type": "application/json"},
             transport.Deadline.after_ms(budget_ms),
+            tls=tls,
         )
     except transport.SendFailed as exc:
         answer = exc
@@ -68,6 +77,69 @@ def test_a_tls_handshake_that_never_answers_is_cut_at_the_deadline() -> None:
     assert isinstance(failed, transport.SendFailed), failed
     assert "in the TLS handshake" in str(failed) and "deadline of 1500 ms" in str(failed)
     assert 1.5 <= elapsed <= 1.5 + SLACK_S
+
+
+@dataclass(frozen=True)
+class Pki:
+    """A throw-away CA and a server certificate for `hooks.test` it signed (made by the openssl CLI)."""
+
+    client: ssl.SSLContext  # the deliveries' own context, also trusting the CA
+    server: ssl.SSLContext
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pki]:
+    folder: Path = tmp_path_factory.mktemp("pki")
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    (folder / "server.ext").write_text(
+        "subjectAltName=DNS:hooks.test\nbasicConstraints=critical,CA:FALSE\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
+        "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid,issuer\n"
+    )
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+            "-days", "2", "-subj", "/CN=webhook test CA", "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign")  # fmt: skip
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+            "-subj", "/CN=hooks.test")  # fmt: skip
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "server.pem", "-days", "2", "-extfile", "server.ext")  # fmt: skip
+    client = transport.tls_context()
+    client.load_verify_locations(folder / "ca.pem")
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(folder / "server.pem", folder / "server.key")
+    yield Pki(client, server)
+
+
+def test_tls_goes_to_the_checked_address_and_verifies_the_urls_host_name(pki: Pki) -> None:
+    fast = TrickleReceiver(interval_s=0.001, tls=pki.server)
+    try:
+        # the URL names hooks.test, the connection goes to 127.0.0.1: SNI and the certificate check
+        # are for the name (what defeats DNS rebinding)
+        answer, _ = _post(f"https://hooks.test:{fast.port}/hook", 5_000, pki.client)
+        assert answer == transport.Answer(200, "")
+        failed, _ = _post(f"https://other.test:{fast.port}/hook", 5_000, pki.client)
+        assert isinstance(failed, transport.SendFailed) and "TLS failed in the TLS handshake" in str(failed)
+        assert "other.test" in str(failed)
+        untrusted, _ = _post(f"https://hooks.test:{fast.port}/hook", 5_000)  # the system's CAs only
+        assert isinstance(untrusted, transport.SendFailed) and "certificate verify failed" in str(untrusted)
+    finally:
+        fast.close()
+
+
+def test_a_receiver_that_trickles_over_tls_is_cut_at_the_deadline(pki: Pki) -> None:
+    slow = TrickleReceiver(interval_s=1.0, tls=pki.server)
+    try:
+        failed, elapsed = _post(f"https://hooks.test:{slow.port}/hook", 2_500, pki.client)
+    finally:
+        slow.close()
+    assert isinstance(failed, transport.SendFailed), failed
+    assert "timed out waiting for the response" in str(failed) and "deadline of 2500 ms" in str(failed)
+    assert 2.5 <= elapsed <= 2.5 + SLACK_S
+    (held,) = slow.connections()
+    assert held.bytes_sent >= 2
 
 
 def test_an_error_body_that_trickles_is_cut_and_the_status_kept() -> None:

@@ -106,6 +106,7 @@ def test_user_a_deliveries_cannot_be_verified_with_user_b_secret(
         return got if set(got) == {"alice", "bob"} else None
 
     requests = wait_until(both, timeout=20, what="both users' deliveries")
+    assert requests is not None
     for owner, other in (("alice", "bob"), ("bob", "alice")):
         request = requests[owner]
         assert request.document["run"]["final_output"] == f"echo: {owner}"

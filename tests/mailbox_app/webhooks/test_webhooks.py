@@ -116,7 +116,7 @@ def _subscribed_submit(
 
 
 def test_a_finished_run_is_delivered_exactly_once_when_the_first_attempt_gets_a_500(
-    api: APIClient, receiver: Receiver
+    api: HookedClient, receiver: Receiver
 ) -> None:
     receiver.fail_next(500)
     submitted = _mailbox_submit(api, "t-hook-500", "hello", receiver.url())
@@ -180,7 +180,7 @@ def test_a_suspended_run_delivers_waiting_then_the_decisions_finish(
 
 
 def test_the_default_url_is_called_for_a_run_cancelled_while_queued(
-    api: APIClient, receiver: Receiver, hook_settings: Any
+    api: HookedClient, receiver: Receiver, hook_settings: Any
 ) -> None:
     hook_settings.AWAKEN_WEBHOOK_URL = receiver.url("/default")
     running = _mailbox_submit(api, "t-hook-default", "sleep 10", None)
