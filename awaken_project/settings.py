@@ -176,6 +176,12 @@ CELERY_TIMEZONE = "UTC"
 # cost ~5.6 ms per dispatch (bench/breakdown.py). Health checks (CONN_HEALTH_CHECKS) catch dead ones.
 CELERY_DB_REUSE_MAX = _env_int("CELERY_DB_REUSE_MAX", 1000)
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# Webhook deliveries on a queue of their own (mailbox_app.webhooks.outbox.QUEUE), consumed by the
+# Procfile's `webhooks` worker: slow receivers never hold a dispatch worker's slots (docs/webhooks.md).
+CELERY_TASK_ROUTES = {
+    "mailbox.deliver_webhook": {"queue": "webhooks"},
+    "mailbox.redrive_webhooks": {"queue": "webhooks"},
+}
 
 # --- mailbox ----------------------------------------------------------------------------------
 # The environment parsed into the apps' AWAKEN_* settings. The apps read them through
@@ -237,13 +243,14 @@ if AWAKEN_WEBHOOK_URL:
     except WebhookTargetError as exc:
         sys.stderr.write(f"awaken-mailbox configuration error: AWAKEN_WEBHOOK_URL {exc}\n")
         raise SystemExit(2) from None
-# Deliveries are signed `X-Awaken-Signature: sha256=<HMAC-SHA256 of the body>` with it (unset: unsigned).
+# Signs deliveries to AWAKEN_WEBHOOK_URL only (a user's URL: that user's secret; docs/webhooks.md).
 AWAKEN_WEBHOOK_SECRET = ENV.get("AWAKEN_WEBHOOK_SECRET", "")
 # Loopback, link-local and private-range targets are refused unless this is on.
 AWAKEN_WEBHOOK_ALLOW_PRIVATE = _env_bool("AWAKEN_WEBHOOK_ALLOW_PRIVATE", False)
 AWAKEN_WEBHOOK_MAX_ATTEMPTS = _env_int("AWAKEN_WEBHOOK_MAX_ATTEMPTS", 10, minimum=1)
 AWAKEN_WEBHOOK_RETRY_DELAY_MS = _env_int("AWAKEN_WEBHOOK_RETRY_DELAY_MS", 1_000, minimum=1)
 AWAKEN_WEBHOOK_MAX_RETRY_DELAY_MS = _env_int("AWAKEN_WEBHOOK_MAX_RETRY_DELAY_MS", 600_000, minimum=1)
+# The whole of one attempt (DNS, connect, TLS, send, the answer), not a per-read timeout.
 AWAKEN_WEBHOOK_TIMEOUT_MS = _env_int("AWAKEN_WEBHOOK_TIMEOUT_MS", 5_000, minimum=100)
 
 # --- metrics (mailbox_app/observability/metrics.py, GET /metrics) -------------------------------------------

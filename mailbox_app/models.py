@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
@@ -149,6 +150,8 @@ class WebhookSubscription(models.Model):
 
     run_id = models.CharField(max_length=64, primary_key=True)
     url = models.CharField(max_length=2048)
+    # the submitter: deliveries to `url` are signed with their secret (mailbox_app/webhooks/secret_store.py)
+    owner_id = models.BigIntegerField(null=True, blank=True)
     created_at = models.BigIntegerField()
 
     class Meta:
@@ -178,6 +181,8 @@ class WebhookDelivery(models.Model):
     thread_id = models.CharField(max_length=128)
     event = models.CharField(max_length=32)
     url = models.CharField(max_length=2048)
+    # the subscription's owner (whose secret signs it); NULL for a row to AWAKEN_WEBHOOK_URL
+    owner_id = models.BigIntegerField(null=True, blank=True)
     payload = models.JSONField()
     status = models.CharField(max_length=16, choices=WebhookDeliveryStatus.choices, default=_PENDING)
     attempts = models.IntegerField(default=0)
@@ -214,6 +219,26 @@ class WebhookDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.delivery_id} {self.event} ({self.status})"
+
+
+class WebhookSecret(models.Model):
+    """A user's webhook signing secret (mailbox_app/webhooks/secret_store.py): deliveries to the URLs their
+    runs subscribe are signed with it, and with the previous one until `previous_valid_until` after a
+    rotation. Shown once, by the request that created it; never registered in the admin."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, primary_key=True, on_delete=models.CASCADE, related_name="+"
+    )
+    secret = models.CharField(max_length=128)
+    previous_secret = models.CharField(max_length=128, null=True, blank=True)
+    previous_valid_until = models.BigIntegerField(null=True, blank=True)
+    created_at = models.BigIntegerField()
+
+    class Meta:
+        db_table = "mailbox_webhook_secret"
+
+    def __str__(self) -> str:
+        return f"webhook secret of user {self.pk}"  # never the secret itself
 
 
 class FairGroup(models.Model):

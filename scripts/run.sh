@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make run`: start the system (web + Celery worker + Celery beat) on real services.
+# `make run`: start the system (web + Celery worker + webhooks worker + Celery beat) on real services.
 # DATABASE_URL/REDIS_URL set -> those servers; unset -> embedded PostgreSQL + Redis under $DATA,
 # reused across restarts and stopped on exit. Ctrl-C stops everything within STOP_TIMEOUT (+ ~2 s for
 # the embedded servers) and leaves no process behind.
@@ -53,6 +53,8 @@ $PY manage.py ensure_dev_user --port "$PORT"
 setsid bash scripts/metrics-dir.sh web $PY -m gunicorn awaken_project.asgi:application --worker-class uvicorn_worker.UvicornWorker \
   --bind "127.0.0.1:$PORT" --workers 2 --timeout 0 --graceful-timeout 3 --access-logfile - & pids+=($!)
 setsid bash scripts/metrics-dir.sh worker $PY -m celery -A awaken_project worker --loglevel INFO --concurrency 2 & pids+=($!)
+setsid bash scripts/metrics-dir.sh webhooks $PY -m celery -A awaken_project worker --queues webhooks \
+  --hostname webhooks@%h --pool threads --concurrency 16 --loglevel INFO & pids+=($!)
 setsid $PY -m celery -A awaken_project beat --loglevel INFO \
   --scheduler django_celery_beat.schedulers:DatabaseScheduler & pids+=($!)
 

@@ -18,7 +18,13 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-APP_SERVICES = {"migrate": "release", "web": "web", "worker": "worker", "beat": "beat"}
+APP_SERVICES = {
+    "migrate": "release",
+    "web": "web",
+    "worker": "worker",
+    "webhooks": "webhooks",
+    "beat": "beat",
+}
 IMAGE_NEEDS = ["manage.py", "requirements/base.txt", "scripts/metrics-dir.sh", "awaken_project/asgi.py"]
 
 
@@ -95,7 +101,7 @@ def test_compose_services_run_the_procfile_lines_from_one_image() -> None:
         assert "${SECRET_KEY:?" in env["SECRET_KEY"], f"{service}: SECRET_KEY is required"
         for name in ("DATABASE_URL", "REDIS_URL", "ALLOWED_HOSTS"):
             assert name in env, f"{service}: {name}"
-    for service in ("web", "worker", "beat"):
+    for service in ("web", "worker", "webhooks", "beat"):
         depends = services[service]["depends_on"]
         assert depends["migrate"]["condition"] == "service_completed_successfully", service
         assert depends["postgres"]["condition"] == depends["redis"]["condition"] == "service_healthy"

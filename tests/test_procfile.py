@@ -25,9 +25,9 @@ def _entries() -> dict[str, str]:
     return dict(line.split(": ", 1) for line in lines if line.strip() and not line.startswith("#"))
 
 
-def test_the_procfile_declares_release_web_worker_beat_without_local_paths() -> None:
+def test_the_procfile_declares_release_web_worker_webhooks_beat_without_local_paths() -> None:
     entries = _entries()
-    assert set(entries) == {"release", "web", "worker", "beat"}
+    assert set(entries) == {"release", "web", "worker", "webhooks", "beat"}
     assert "migrate" in entries["release"]
     assert ".venv" not in "".join(entries.values()), "a platform's python is on PATH, not a local venv"
     assert "--bind 0.0.0.0:${PORT" in entries["web"]

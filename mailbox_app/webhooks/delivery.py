@@ -2,16 +2,21 @@
 
 One attempt: a fenced claim of the row (pending, due, not held by another attempt: `attempts + 1` and
 an in-flight lease), the target re-checked after DNS resolution and the request sent to the checked
-address (urllib3, no redirects, short timeouts), then the outcome written only while the row is still
-this attempt's. A 2xx delivers it; anything else is retried after `min(base × 2^(n−1), max)` until
-`AWAKEN_WEBHOOK_MAX_ATTEMPTS`, then the row is `failed` (visible, with a retry action, in the admin);
-a target that resolves to a non-public address is failed at once. Delivery is at least once: a worker
-that dies after the receiver answered but before the outcome is written delivers again (same
-`Idempotency-Key`), so receivers deduplicate on it.
+address under one total deadline (`transport.py`: DNS, connect, TLS, send, headers and the body read,
+AWAKEN_WEBHOOK_TIMEOUT_MS in all), then the outcome written only while the row is still this attempt's.
+The lease is the deadline plus `LEASE_MARGIN_MS`, so the beat's re-drive never rings a row an attempt
+still holds. A 2xx delivers it; anything else (a deadline that passed too) is retried after
+`min(base × 2^(n−1), max)` until `AWAKEN_WEBHOOK_MAX_ATTEMPTS`, then the row is `failed` (visible, with
+a retry action, in the admin); a target that resolves to a non-public address is failed at once.
+Delivery is at least once: a worker that dies after the receiver answered but before the outcome is
+written delivers again (same `Idempotency-Key` / `webhook-id`), so receivers deduplicate on it.
 
-urllib3 (not httpx): the maintained HTTP core requests is built on, already installed, and it lets the
-request go to the address we checked while TLS still verifies the host name (`server_hostname`), which
-is what defeats DNS rebinding.
+Signing (`signing.py`): a row of a subscription is signed with its owner's secret (`secret_store.py`),
+looked up at each attempt; the project's AWAKEN_WEBHOOK_SECRET signs only rows to AWAKEN_WEBHOOK_URL.
+A row with no secret to sign it is sent unsigned, saying so in `X-Awaken-Unsigned`.
+
+The Celery task runs on a queue of its own (`outbox.QUEUE`, routed by the project's CELERY_TASK_ROUTES
+and consumed by the Procfile's `webhooks` worker), so slow receivers hold webhook slots, not dispatch ones.
 """
 
 from __future__ import annotations
@@ -22,19 +27,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-import urllib3
 from django.db import connection, transaction
 
 from mailbox_app.conf import awaken_settings
 from mailbox_app.contract.ids import now_ms
-from mailbox_app.webhooks import outbox
-from mailbox_app.webhooks.targets import (
-    Target,
-    TargetRefused,
-    WebhookTargetError,
-    parse_target,
-    resolve,
-)
+from mailbox_app.webhooks import outbox, secret_store, signing, transport
+from mailbox_app.webhooks.targets import TargetRefused, WebhookTargetError, parse_target, resolve
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +42,9 @@ PURGE_MAX_BATCHES = 10  # at most PURGE_BATCH × PURGE_MAX_BATCHES rows per GC t
 ERROR_CHARS = 500
 BACKOFF_MAX_EXPONENT = 20
 USER_AGENT = "awaken-mailbox-webhooks/1"
+UNSIGNED_HEADER = "X-Awaken-Unsigned"
+# An attempt holds its row for its deadline plus this: the outcome's write, a paused process.
+LEASE_MARGIN_MS = 10_000
 # A delayed retry's task may arrive a little before its due time (another host's clock): still taken.
 CLOCK_SKEW_MS = 1_000
 
@@ -63,6 +64,7 @@ class ClaimedDelivery:
     payload: dict[str, Any]
     attempt: int
     created_at: int
+    owner_id: int | None = None  # the subscription's owner, whose secret signs it (None: the default URL)
 
 
 CLAIM = """
@@ -70,7 +72,7 @@ UPDATE mailbox_webhook_outbox
    SET attempts = attempts + 1, locked_until = %(until)s, updated_at = %(now)s
  WHERE delivery_id = %(delivery_id)s AND status = 'pending' AND next_attempt_at <= %(now)s + %(skew)s
    AND (locked_until IS NULL OR locked_until <= %(now)s)
-RETURNING url, event, payload, attempts, created_at
+RETURNING url, event, payload, attempts, created_at, owner_id
 """
 
 # Every outcome is fenced by the attempt number the claim returned: a stale attempt writes nothing.
@@ -139,9 +141,9 @@ def backoff_ms(attempt: int) -> int:
     return int(min(delay, awaken_settings.WEBHOOK_MAX_RETRY_DELAY_MS))
 
 
-def _lease_ms() -> int:
-    """How long an attempt holds its row: its connect and read timeouts, with room to spare."""
-    return 2 * awaken_settings.WEBHOOK_TIMEOUT_MS + 10_000
+def lease_ms() -> int:
+    """How long an attempt holds its row: its whole deadline, and a margin for writing the outcome."""
+    return awaken_settings.WEBHOOK_TIMEOUT_MS + LEASE_MARGIN_MS
 
 
 def _execute(statement: str, params: dict[str, Any]) -> int:
@@ -155,20 +157,35 @@ def claim(delivery_id: str, *, now: int) -> ClaimedDelivery | None:
         params: dict[str, Any] = {
             "delivery_id": delivery_id,
             "now": now,
-            "until": now + _lease_ms(),
+            "until": now + lease_ms(),
             "skew": CLOCK_SKEW_MS,
         }
         cursor.execute(CLAIM, params)
         row = cursor.fetchone()
     if row is None:
         return None
-    url, event, payload, attempt, created_at = row
+    url, event, payload, attempt, created_at, owner_id = row
     if isinstance(payload, str):  # Django's psycopg setup hands jsonb over as text
         payload = json.loads(payload)
-    return ClaimedDelivery(delivery_id, url, event, payload, int(attempt), int(created_at))
+    owner = None if owner_id is None else int(owner_id)
+    return ClaimedDelivery(delivery_id, url, event, payload, int(attempt), int(created_at), owner)
 
 
-def headers_for(claimed: ClaimedDelivery, body: bytes) -> dict[str, str]:
+def signers(claimed: ClaimedDelivery, *, now: int) -> tuple[list[str], bool]:
+    """(the secrets that sign this attempt, whether it goes to the project's own AWAKEN_WEBHOOK_URL).
+
+    A subscription's row: its owner's secrets, never the project's. A row without an owner: the project
+    secret, but only when its URL is AWAKEN_WEBHOOK_URL — a user's URL is never signed with it."""
+    if claimed.owner_id is not None:
+        return secret_store.signing_secrets(claimed.owner_id, now=now), False
+    default_url = awaken_settings.WEBHOOK_URL
+    if default_url and claimed.url == default_url:
+        project = awaken_settings.WEBHOOK_SECRET
+        return ([project] if project else []), True
+    return [], False
+
+
+def headers_for(claimed: ClaimedDelivery, body: bytes, *, now: int) -> dict[str, str]:
     headers = {
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
@@ -176,71 +193,40 @@ def headers_for(claimed: ClaimedDelivery, body: bytes) -> dict[str, str]:
         outbox.IDEMPOTENCY_HEADER: claimed.delivery_id,
         "X-Awaken-Attempt": str(claimed.attempt),
     }
-    secret = awaken_settings.WEBHOOK_SECRET
-    if secret:
-        headers[outbox.SIGNATURE_HEADER] = outbox.signature(body, secret)
+    secrets, to_default_url = signers(claimed, now=now)
+    headers |= signing.headers(secrets, claimed.delivery_id, now // 1000, body)
+    if not secrets:
+        headers[UNSIGNED_HEADER] = "no-secret"
+    elif to_default_url:  # the project's own receiver may still check the legacy header
+        headers[outbox.SIGNATURE_HEADER] = outbox.signature(body, secrets[0])
     return headers
 
 
-def post(target: Target, address: str, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
-    """POST to `address` (a checked address of the target's host); returns (status, a bit of the body)."""
-    seconds = awaken_settings.WEBHOOK_TIMEOUT_MS / 1000
-    timeout = urllib3.Timeout(connect=seconds, read=seconds)
-    pool: urllib3.HTTPConnectionPool
-    if target.scheme == "https":
-        pool = urllib3.HTTPSConnectionPool(
-            address,
-            target.port,
-            timeout=timeout,
-            retries=False,
-            maxsize=1,
-            server_hostname=target.host,
-            assert_hostname=target.host,
-            cert_reqs="CERT_REQUIRED",
-        )
-    else:
-        pool = urllib3.HTTPConnectionPool(address, target.port, timeout=timeout, retries=False, maxsize=1)
-    with pool:
-        response = pool.urlopen(
-            "POST",
-            target.path,
-            body=body,
-            headers={**headers, "Host": target.host_header},
-            redirect=False,
-            retries=False,
-            assert_same_host=False,
-            preload_content=False,
-        )
-        try:
-            detail = response.read(ERROR_CHARS, decode_content=False).decode(errors="replace")
-        finally:
-            response.release_conn()
-    return response.status, detail
-
-
-def _send(claimed: ClaimedDelivery) -> tuple[int | None, str | None, bool]:
-    """(status code, error, give up now) of one request."""
+def _send(claimed: ClaimedDelivery, deadline: transport.Deadline) -> tuple[int | None, str | None, bool]:
+    """(status code, error, give up now) of one request, all of it by `deadline`."""
     body = outbox.body_of(claimed.delivery_id, claimed.event, claimed.created_at, claimed.payload)
     try:
         target = parse_target(claimed.url)
-        addresses = resolve(target, allow_private=awaken_settings.WEBHOOK_ALLOW_PRIVATE)
+        addresses = resolve(
+            target, allow_private=awaken_settings.WEBHOOK_ALLOW_PRIVATE, timeout_s=deadline.remaining()
+        )
     except TargetRefused as exc:
         return None, f"refused: {exc}", True
-    except WebhookTargetError as exc:
+    except (WebhookTargetError, transport.DeadlineExceeded) as exc:
         return None, str(exc), False
-    headers = headers_for(claimed, body)
+    headers = headers_for(claimed, body, now=now_ms())
     error = "no address"
     for address in addresses:
         try:
-            code, detail = post(target, address, body, headers)
-        except urllib3.exceptions.NewConnectionError as exc:
-            error = f"connect to {address} failed: {exc}"
-            continue  # the next address of the host, if any
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            return None, f"{type(exc).__name__}: {exc}", False
-        if 200 <= code < 300:
-            return code, None, False
-        return code, f"HTTP {code}: {detail}".strip(), False
+            answer = transport.post(target, address, body, headers, deadline)
+        except transport.SendFailed as exc:
+            error = str(exc)
+            if exc.unreachable:
+                continue  # the next address of the host, if any (the same deadline)
+            return None, error, False
+        if 200 <= answer.status < 300:
+            return answer.status, None, False
+        return answer.status, f"HTTP {answer.status}: {answer.detail}".strip(), False
     return None, error, False
 
 
@@ -249,7 +235,8 @@ def deliver(delivery_id: str) -> DeliveryOutcome:
     claimed = claim(delivery_id, now=now_ms())
     if claimed is None:
         return DeliveryOutcome.SKIPPED
-    code, error, give_up = _send(claimed)
+    deadline = transport.Deadline.after_ms(awaken_settings.WEBHOOK_TIMEOUT_MS)  # inside the lease
+    code, error, give_up = _send(claimed, deadline)
     now = now_ms()
     params: dict[str, Any] = {
         "delivery_id": delivery_id,

@@ -1,11 +1,13 @@
 """Webhooks, the write side of a transactional outbox.
 
-A submit that names a `webhook` URL writes a subscription (run → URL) in its own transaction. The
+A submit that names a `webhook` URL writes a subscription (run → URL, and the submitter whose secret
+signs its deliveries) in its own transaction. The
 transaction that ends a run (done, cancelled, superseded, dead-lettered) or suspends it (waiting for a
 decision) writes one outbox row per event by joining that subscription — or `AWAKEN_WEBHOOK_URL` when
 the run has none — in a single statement, so an attempt that lost its fence (its transaction rolled
 back) leaves no row, and a run that ended always has one. When that transaction commits the delivery
-task is rung (best effort: the beat re-drives rows nobody delivered). Delivery: `webhook_delivery.py`.
+task is rung (best effort: the beat re-drives rows nobody delivered). Delivery: `delivery.py`. The row
+keeps the subscription's owner (NULL for a row to AWAKEN_WEBHOOK_URL): it says whose secret signs it.
 
 The body is `{"id", "event", "created_at", "run"}` with the run in the shape `GET runs/{id}` returns,
 as the ending transaction wrote it; `id` is the idempotency id every attempt repeats.
@@ -34,6 +36,10 @@ log = logging.getLogger(__name__)
 
 DELIVER_TASK = "mailbox.deliver_webhook"
 REDRIVE_TASK = "mailbox.redrive_webhooks"
+# The Celery queue the project routes both tasks to (CELERY_TASK_ROUTES) and its `webhooks` worker
+# consumes: slow receivers then hold webhook slots only, never a dispatch's. A host project without the
+# route runs them on its default queue.
+QUEUE = "webhooks"
 EVENT_FINISHED = "run.finished"
 EVENT_WAITING = "run.waiting"
 EVENTS = {RunStatus.DONE: EVENT_FINISHED, RunStatus.WAITING: EVENT_WAITING}
@@ -44,21 +50,23 @@ EVENT_HEADER = "X-Awaken-Event"
 FAULT_BEFORE_DELIVERY = "before_webhook_delivery"
 
 SUBSCRIBE = """
-INSERT INTO mailbox_webhook_subscription (run_id, url, created_at)
-VALUES (%(run_id)s, %(url)s, %(now)s)
-ON CONFLICT (run_id) DO UPDATE SET url = EXCLUDED.url, created_at = EXCLUDED.created_at
+INSERT INTO mailbox_webhook_subscription (run_id, url, owner_id, created_at)
+VALUES (%(run_id)s, %(url)s, %(owner_id)s, %(now)s)
+ON CONFLICT (run_id) DO UPDATE
+   SET url = EXCLUDED.url, owner_id = EXCLUDED.owner_id, created_at = EXCLUDED.created_at
 """
 
-# The run's own subscription, else the default; no row at all when neither names a URL.
+# The run's own subscription (with its owner), else the default URL (no owner); no row at all when
+# neither names a URL.
 RECORD_EVENT = """
 INSERT INTO mailbox_webhook_outbox
-       (delivery_id, run_id, thread_id, event, url, payload, status, attempts, next_attempt_at,
+       (delivery_id, run_id, thread_id, event, url, owner_id, payload, status, attempts, next_attempt_at,
         created_at, updated_at)
-SELECT %(delivery_id)s, %(run_id)s, %(thread_id)s, %(event)s, target.url, %(payload)s::jsonb, 'pending', 0,
-       %(now)s, %(now)s, %(now)s
-  FROM (SELECT COALESCE(
-               (SELECT s.url FROM mailbox_webhook_subscription s WHERE s.run_id = %(run_id)s),
-               NULLIF(%(default_url)s, '')) AS url) AS target
+SELECT %(delivery_id)s, %(run_id)s, %(thread_id)s, %(event)s, target.url, target.owner_id,
+       %(payload)s::jsonb, 'pending', 0, %(now)s, %(now)s, %(now)s
+  FROM (SELECT COALESCE(s.url, NULLIF(%(default_url)s, '')) AS url, s.owner_id
+          FROM (SELECT 1) AS one
+          LEFT JOIN mailbox_webhook_subscription s ON s.run_id = %(run_id)s) AS target
  WHERE target.url IS NOT NULL
 RETURNING delivery_id
 """
@@ -72,10 +80,12 @@ SUBSCRIPTION_URL_OF_R = "(SELECT s.url FROM mailbox_webhook_subscription s WHERE
 RUN_TIME_FIELDS = tuple(name for name in RunRecord.model_fields if name.endswith("_at"))
 
 
-def subscribe(run_id: str, url: str, *, now: int | None = None) -> None:
-    """Call the (already checked) `url` for `run_id`'s events; inside the submit's transaction."""
+def subscribe(run_id: str, url: str, *, owner_id: int | None = None, now: int | None = None) -> None:
+    """Call the (already checked) `url` for `run_id`'s events, signed with `owner_id`'s secret (None:
+    unsigned); inside the submit's transaction."""
+    params = {"run_id": run_id, "url": url, "owner_id": owner_id, "now": now_ms() if now is None else now}
     with connection.cursor() as cursor:
-        cursor.execute(SUBSCRIBE, {"run_id": run_id, "url": url, "now": now_ms() if now is None else now})
+        cursor.execute(SUBSCRIBE, params)
 
 
 _noted = threading.local()
@@ -174,7 +184,8 @@ def body_of(delivery_id: str, event: str, created_at: int, payload: dict[str, An
 
 
 def signature(body: bytes, secret: str) -> str:
-    """`sha256=<hex HMAC-SHA256 of the body>` keyed with AWAKEN_WEBHOOK_SECRET."""
+    """The legacy `X-Awaken-Signature`: `sha256=<hex HMAC-SHA256 of the body>` keyed with
+    AWAKEN_WEBHOOK_SECRET, sent only to AWAKEN_WEBHOOK_URL (beside the Standard Webhooks headers)."""
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 

@@ -3,7 +3,7 @@
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from runs_app.api import run_wait, thread_views, views
+from runs_app.api import run_wait, thread_views, views, webhook_views
 
 urlpatterns = [
     path("runs", views.RunsView.as_view(), name="runs"),
@@ -36,6 +36,7 @@ urlpatterns = [
     path("threads/<str:thread_id>/decision", views.ThreadDecisionView.as_view(), name="thread-decision"),
     path("dispatches/<str:dispatch_id>", views.DispatchDetailView.as_view(), name="dispatch-detail"),
     path("dispatches/<str:dispatch_id>/cancel", views.DispatchCancelView.as_view(), name="dispatch-cancel"),
+    path("webhooks/secret", webhook_views.WebhookSecretView.as_view(), name="webhook-secret"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
 ]

@@ -45,6 +45,7 @@ from runs_app.api.protocols.selection import NATIVE, PROTOCOLS, requested_protoc
 from runs_app.api.run_options import metadata_filter, request_options, strategy
 from runs_app.api.run_serializers import RunOut, RunPageOut
 from runs_app.api.sse import EventStreamRenderer, stream_response
+from runs_app.api.webhook_views import require_signing_secret
 from runs_app.services import control, selectors
 
 SUBMIT_RESPONSES: dict[int | tuple[int, str], Any] = {
@@ -90,6 +91,8 @@ def submit_once(
     key = idempotency_key(request, data)
     run_request = _submit_request(thread_id, data)
     chosen, webhook, owner = strategy(data, default), data.get("webhook"), user_id(request)
+    if webhook:
+        require_signing_secret(owner)  # before anything is written (a foreground interrupt commits first)
 
     def action(record: Recorder) -> Outcome:
         def in_transaction(result: SubmitResult) -> None:

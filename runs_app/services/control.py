@@ -136,7 +136,7 @@ def submit(
 
     def committing(result: SubmitResult) -> None:
         if webhook:
-            outbox.subscribe(result.run_id, webhook)
+            outbox.subscribe(result.run_id, webhook, owner_id=owner_id)
         if in_transaction is not None:
             in_transaction(result)
 

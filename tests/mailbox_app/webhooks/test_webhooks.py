@@ -1,24 +1,23 @@
 """Durable webhooks: the outbox row is written by the transaction that ends or suspends the run, a
-Celery task delivers it (signed, with an idempotency id, retried with backoff, given up after a bound),
-the beat re-drives what nobody delivered, and non-public targets are refused at submit and delivery.
+Celery task delivers it (signed with the subscriber's secret, with an idempotency id, retried with
+backoff, given up after a bound), the beat re-drives what nobody delivered, and non-public targets are
+refused at submit and delivery.
 
 A real receiver (`ThreadingHTTPServer` on loopback, hence AWAKEN_WEBHOOK_ALLOW_PRIVATE on), a real
-in-process Celery worker, real PostgreSQL and Redis; the crash case uses `celery worker` subprocesses.
+in-process Celery worker consuming both queues, real PostgreSQL and Redis; the crash case runs the
+Procfile's webhooks worker as a subprocess.
 """
 
 from __future__ import annotations
 
-import json
-import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 from django.db import connection, transaction
 from django.test import Client
 from django.urls import reverse
+from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from mailbox_app import store
@@ -31,100 +30,45 @@ from mailbox_app.contract.message import ChatMessage
 from mailbox_app.contract.requests import RunRequest
 from mailbox_app.models import WebhookDelivery, WebhookDeliveryStatus, WebhookSubscription
 from mailbox_app.services import mailbox, maintenance
-from mailbox_app.webhooks import delivery, outbox
+from mailbox_app.webhooks import delivery, outbox, secret_store, signing
 from mailbox_app.webhooks.targets import TargetRefused, check_submitted, parse_target, resolve
 from mailbox_app.worker import attempt
 from runs_app import store as run_store
-from tests.support.api import post_json, user_client
+from tests.mailbox_app.webhooks.receivers import PROJECT_SECRET, Received, Receiver, start_procfile_worker
+from tests.support.api import new_user, post_json, user_client
 from tests.support.dispatches import FAST
 from tests.support.waiting import wait_until
 from tests.support.worker_farm import WorkerFarm
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-SECRET = "test-webhook-secret"
+
+class HookedClient(APIClient):
+    """An API client of a user who made a webhook signing secret (`secret`, shown once)."""
+
+    secret: str
+    user_id: int
 
 
-@dataclass(frozen=True)
-class Received:
-    path: str
-    headers: dict[str, str]
-    body: bytes
-    answered: int
-
-    @property
-    def document(self) -> dict[str, Any]:
-        return dict(json.loads(self.body))
-
-
-class Receiver:
-    """A webhook receiver on loopback: answers the scripted codes first, then 200; records everything."""
-
-    def __init__(self) -> None:
-        self.received: list[Received] = []
-        self.script: list[int] = []
-        self.lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                with receiver.lock:
-                    code = receiver.script.pop(0) if receiver.script else 200
-                    receiver.received.append(Received(self.path, dict(self.headers.items()), body, code))
-                self.send_response(code)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def url(self, path: str = "/hook") -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
-
-    def fail_next(self, *codes: int) -> None:
-        with self.lock:
-            self.script.extend(codes)
-
-    def requests(self) -> list[Received]:
-        with self.lock:
-            return list(self.received)
-
-    def accepted(self) -> list[Received]:
-        return [r for r in self.requests() if 200 <= r.answered < 300]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+def hooked_client(username: str) -> HookedClient:
+    """A new user, a client authenticated as them, and their secret made through the API."""
+    user = new_user(username)
+    client = HookedClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    answer = post_json(client, "/api/v1/webhooks/secret", {})
+    assert answer.status_code == 201, answer.json()
+    client.secret = answer.json()["secret"]
+    client.user_id = int(user.pk)
+    return client
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    yield server
-    server.close()
+def api(hook_worker: Any, hook_settings: Any) -> HookedClient:
+    return hooked_client("hooked")
 
 
-@pytest.fixture
-def hook_settings(engine_settings: Any) -> Any:
-    engine_settings.AWAKEN_WEBHOOK_ALLOW_PRIVATE = True
-    engine_settings.AWAKEN_WEBHOOK_SECRET = SECRET
-    engine_settings.AWAKEN_WEBHOOK_URL = ""
-    engine_settings.AWAKEN_WEBHOOK_RETRY_DELAY_MS = 50
-    engine_settings.AWAKEN_WEBHOOK_MAX_RETRY_DELAY_MS = 200
-    engine_settings.AWAKEN_WEBHOOK_MAX_ATTEMPTS = 5
-    engine_settings.AWAKEN_WEBHOOK_TIMEOUT_MS = 2_000
-    return engine_settings
-
-
-@pytest.fixture
-def api(mailbox_worker: Any, hook_settings: Any) -> APIClient:
-    return user_client("hooked")
+def _verifies(request: Received, secret: str) -> bool:
+    return signing.verify(secret, request.headers, request.body, now_s=now_ms() // 1000)
 
 
 def _rows(run_id: str) -> list[WebhookDelivery]:
@@ -156,13 +100,15 @@ def _mailbox_submit(api: APIClient, thread_id: str, text: str, webhook: str | No
     return dict(response.json())
 
 
-def _subscribed_submit(thread_id: str, text: str, url: str) -> mailbox.SubmitResult:
+def _subscribed_submit(
+    thread_id: str, text: str, url: str, owner_id: int | None = None
+) -> mailbox.SubmitResult:
     """A background submit and its webhook in one transaction, as the API writes them."""
     with transaction.atomic():
         submitted = mailbox.submit_background(
             RunRequest(thread_id=thread_id, messages=[ChatMessage.user(text)])
         )
-        outbox.subscribe(submitted.run_id, url)
+        outbox.subscribe(submitted.run_id, url, owner_id=owner_id)
     return submitted
 
 
@@ -170,7 +116,7 @@ def _subscribed_submit(thread_id: str, text: str, url: str) -> mailbox.SubmitRes
 
 
 def test_a_finished_run_is_delivered_exactly_once_when_the_first_attempt_gets_a_500(
-    api: APIClient, receiver: Receiver
+    api: HookedClient, receiver: Receiver
 ) -> None:
     receiver.fail_next(500)
     submitted = _mailbox_submit(api, "t-hook-500", "hello", receiver.url())
@@ -179,14 +125,18 @@ def test_a_finished_run_is_delivered_exactly_once_when_the_first_attempt_gets_a_
     assert [r.answered for r in requests] == [500, 200] and row.attempts == 2
     assert row.event == outbox.EVENT_FINISHED and row.last_status_code == 200
     first, second = requests
-    # the same body and idempotency id on every attempt; the signature verifies
+    # the same body and idempotency id on every attempt; signed with the submitter's own secret
     assert first.body == second.body
     assert first.headers["Idempotency-Key"] == second.headers["Idempotency-Key"] == row.delivery_id
+    assert first.headers["webhook-id"] == second.headers["webhook-id"] == row.delivery_id
     for request in requests:
-        assert outbox.verify(request.body, request.headers["X-Awaken-Signature"], SECRET)
-        assert request.headers["X-Awaken-Signature"].startswith("sha256=")
+        assert _verifies(request, api.secret)
+        assert not _verifies(request, PROJECT_SECRET)
+        assert "X-Awaken-Signature" not in request.headers  # the project's key signs no user URL
+        assert "X-Awaken-Unsigned" not in request.headers
         assert request.headers["X-Awaken-Event"] == "run.finished" and request.path == "/hook"
-    assert not outbox.verify(second.body + b" ", second.headers["X-Awaken-Signature"], SECRET)
+    tampered = Received(second.path, second.headers, second.body + b" ", second.answered)
+    assert not _verifies(tampered, api.secret)
     document = second.document
     detail = api.get(f"/api/v1/runs/{submitted['run_id']}").json()
     assert document["id"] == row.delivery_id and document["event"] == "run.finished"
@@ -230,7 +180,7 @@ def test_a_suspended_run_delivers_waiting_then_the_decisions_finish(
 
 
 def test_the_default_url_is_called_for_a_run_cancelled_while_queued(
-    api: APIClient, receiver: Receiver, hook_settings: Any
+    api: HookedClient, receiver: Receiver, hook_settings: Any
 ) -> None:
     hook_settings.AWAKEN_WEBHOOK_URL = receiver.url("/default")
     running = _mailbox_submit(api, "t-hook-default", "sleep 10", None)
@@ -240,6 +190,9 @@ def test_the_default_url_is_called_for_a_run_cancelled_while_queued(
     (row,) = _delivered(queued["run_id"], 1)
     (request,) = [r for r in receiver.requests() if r.headers["Idempotency-Key"] == row.delivery_id]
     assert request.path == "/default"
+    # the project's own URL: the project secret signs it, in both schemes
+    assert _verifies(request, PROJECT_SECRET) and not _verifies(request, api.secret)
+    assert outbox.verify(request.body, request.headers["X-Awaken-Signature"], PROJECT_SECRET)
     assert request.document["run"]["termination_reason"] == {"type": "cancelled", "value": None}
     assert post_json(api, f"/api/v1/runs/{running['run_id']}/cancel", {}).status_code == 202
     _delivered(running["run_id"], 1)
@@ -518,24 +471,28 @@ def test_a_worker_killed_after_the_run_ended_before_delivery_still_delivers(
     farm: WorkerFarm,
     mp_settings: Any,
     receiver: Receiver,
+    tmp_path: Path,
 ) -> None:
     """The worker exits (os._exit, like kill -9) right after the finish transaction committed, before
-    the delivery task was rung; the beat's re-drive makes another worker deliver it, once."""
+    the delivery task was rung; the beat's re-drive makes the Procfile's webhooks worker deliver it,
+    once, signed with the subscriber's secret."""
     mp_settings.AWAKEN_WEBHOOK_ALLOW_PRIVATE = True
-    mp_settings.AWAKEN_WEBHOOK_SECRET = SECRET
-    farm.env |= {"AWAKEN_WEBHOOK_ALLOW_PRIVATE": "1", "AWAKEN_WEBHOOK_SECRET": SECRET}
+    mp_settings.AWAKEN_WEBHOOK_SECRET = PROJECT_SECRET
+    farm.env |= {"AWAKEN_WEBHOOK_ALLOW_PRIVATE": "1", "AWAKEN_WEBHOOK_SECRET": PROJECT_SECRET}
+    owner = new_user("killed-hook")
+    secret = secret_store.issue(owner.pk).secret
     doomed = farm.start("w-doomed", pool="solo", fault=outbox.FAULT_BEFORE_DELIVERY)
-    submitted = _subscribed_submit("t-hook-kill", "hi", receiver.url())
+    submitted = _subscribed_submit("t-hook-kill", "hi", receiver.url(), owner_id=owner.pk)
     wait_until(lambda: not doomed.alive(), timeout=30, what="the worker died after the finish")
     run = run_store.load_run(run_id=submitted.run_id)
     assert run is not None and run.status is RunStatus.DONE and run.final_output == "echo: hi"
     (row,) = _rows(submitted.run_id)
     assert row.status == WebhookDeliveryStatus.PENDING and row.attempts == 0
     assert receiver.requests() == []
-    farm.start("w-healthy")
+    start_procfile_worker(farm, "webhooks", "webhooks", tmp_path / "metrics")
     assert delivery.redrive() == 1  # what the beat does
     (delivered,) = _delivered(submitted.run_id, 1)
     (request,) = receiver.requests()
     assert request.headers["Idempotency-Key"] == delivered.delivery_id
-    assert outbox.verify(request.body, request.headers["X-Awaken-Signature"], SECRET)
+    assert _verifies(request, secret) and not _verifies(request, PROJECT_SECRET)
     assert delivery.redrive() == 0
