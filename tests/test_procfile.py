@@ -30,7 +30,13 @@ def test_the_procfile_declares_release_web_worker_beat_without_local_paths() -> 
     assert set(entries) == {"release", "web", "worker", "beat"}
     assert "migrate" in entries["release"]
     assert ".venv" not in "".join(entries.values()), "a platform's python is on PATH, not a local venv"
-    assert "--bind 0.0.0.0:${PORT" in entries["web"]
+    assert "--bind ${WEB_HOST:-0.0.0.0}:${PORT:-8000}" in entries["web"]
+    # a process manager's SIGTERM reaches the service's main process (gunicorn's master, Celery's main
+    # process: a warm shutdown), not a shell that would die and leave it running
+    for name in ("web", "worker", "beat"):
+        assert entries[name].split("&& ")[-1].startswith("exec "), name
+    # one log format (awaken_project/logconfig.py): gunicorn takes it from its config module
+    assert "-c python:awaken_project.gunicorn_conf" in entries["web"]
 
 
 @pytest.mark.django_db(transaction=True)
