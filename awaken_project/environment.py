@@ -231,6 +231,15 @@ class Environment(BaseSettings):
             _check_redis_url(url)
         return url
 
+    @field_validator("AWAKEN_METRICS_ALLOWED_NETWORKS")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        try:
+            parse_networks("AWAKEN_METRICS_ALLOWED_NETWORKS", value)
+        except ConfigError as exc:
+            raise ValueError(str(exc).split(": ", 1)[-1]) from None
+        return value
+
     @field_validator("AWAKEN_WEBHOOK_URL")
     @classmethod
     def _webhook(cls, url: str) -> str:
@@ -300,7 +309,6 @@ def load(environ: Mapping[str, str]) -> Parsed:
     except ValidationError as exc:
         lines += [_line(error, environ) for error in exc.errors()]
     mailbox, policy = MailboxConfig(), ClaimPolicy()
-    networks: tuple[Network, ...] = ()
     try:
         mailbox = MailboxConfig.from_env(environ)
     except ConfigError as exc:
@@ -309,13 +317,9 @@ def load(environ: Mapping[str, str]) -> Parsed:
         policy = ClaimPolicy.from_env(environ)
     except ConfigError as exc:
         lines.append(str(exc))
-    if env is not None:
-        try:
-            networks = parse_networks("AWAKEN_METRICS_ALLOWED_NETWORKS", env.AWAKEN_METRICS_ALLOWED_NETWORKS)
-        except ConfigError as exc:
-            lines.append(str(exc))
     if lines or env is None:
         raise ConfigurationErrors(lines)
+    networks = parse_networks("AWAKEN_METRICS_ALLOWED_NETWORKS", env.AWAKEN_METRICS_ALLOWED_NETWORKS)
     return Parsed(env, mailbox, policy, networks)
 
 

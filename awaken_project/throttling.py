@@ -15,6 +15,7 @@ valid credentials (AWAKEN_API_ANON_THROTTLE_RATE), which the API's views check b
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING
 
 from django.core.cache import BaseCache, caches
@@ -28,8 +29,21 @@ if TYPE_CHECKING:  # (rest_framework.views imports this module while it defines 
 CACHE_ALIAS = "throttle"
 
 
+_shared: BaseCache | None = None
+_shared_lock = threading.Lock()
+
+
 def throttle_cache() -> BaseCache:
-    return caches[CACHE_ALIAS]
+    """The process's one instance of the `throttle` cache. Not `caches[...]`: that is one instance per
+    thread and per async context, each RedisCache instance has its own connection pool, so under ASGI
+    every request would open a new Redis connection (left open until garbage-collected). redis-py's
+    pool is thread-safe."""
+    global _shared
+    if _shared is None:
+        with _shared_lock:
+            if _shared is None:
+                _shared = caches.create_connection(CACHE_ALIAS)
+    return _shared
 
 
 def count_in_window(cache: BaseCache, key: str, timeout: int) -> int:

@@ -19,7 +19,13 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 APP_SERVICES = {"migrate": "release", "web": "web", "worker": "worker", "beat": "beat"}
-IMAGE_NEEDS = ["manage.py", "requirements/base.txt", "scripts/metrics-dir.sh", "awaken_project/asgi.py"]
+IMAGE_NEEDS = [
+    "manage.py",
+    "requirements/base.txt",
+    "scripts/metrics-dir.sh",
+    "awaken_project/asgi.py",
+    "awaken_project/gunicorn_conf.py",
+]
 
 
 def procfile() -> dict[str, str]:

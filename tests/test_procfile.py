@@ -39,6 +39,15 @@ def test_the_procfile_declares_release_web_worker_beat_without_local_paths() -> 
     assert "-c python:awaken_project.gunicorn_conf" in entries["web"]
 
 
+def test_make_run_runs_the_procfiles_lines() -> None:
+    """One process story: `make run` (awaken_project/devrun.py) runs the release line, then these."""
+    from awaken_project.devrun import SERVICES  # noqa: PLC0415 - honcho is a `make run` dependency
+
+    assert set(SERVICES) | {"release"} == set(_entries())
+    makefile = (ROOT / "Makefile").read_text()
+    assert "awaken_project.devrun run" in makefile.split("\nrun:", 1)[1].split("\n\n", 1)[0]
+
+
 @pytest.mark.django_db(transaction=True)
 def test_the_procfiles_web_line_serves_on_port(tmp_path: Path) -> None:
     port = free_port()
