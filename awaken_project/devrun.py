@@ -130,11 +130,13 @@ def ready(url: str) -> bool:
         return False
 
 
-def secret_key(data_dir: Path) -> str:
+def secret_key(data_dir: Path, *, create: bool = True) -> str:
     """SECRET_KEY if set, else this data directory's own (generated once, kept so sessions survive)."""
     if os.environ.get("SECRET_KEY", "").strip():
         return os.environ["SECRET_KEY"]
     path = data_dir / "secret_key"
+    if not create:
+        return path.read_text().strip() if path.exists() else ""
     if not path.exists() or not path.read_text().strip():
         import secrets  # noqa: PLC0415 - only when a key is made
 
@@ -146,10 +148,10 @@ def secret_key(data_dir: Path) -> str:
     return path.read_text().strip()
 
 
-def base_env(data_dir: Path) -> dict[str, str]:
+def base_env(data_dir: Path, *, create_key: bool = True) -> dict[str, str]:
     """What every process of this data directory shares (the servers' URLs come on top)."""
     return dict(os.environ) | {
-        "SECRET_KEY": secret_key(data_dir),
+        "SECRET_KEY": secret_key(data_dir, create=create_key),
         "AWAKEN_METRICS_DIR": os.environ.get("AWAKEN_METRICS_DIR") or str(data_dir / "metrics"),
         "STATIC_ROOT": os.environ.get("STATIC_ROOT") or str(data_dir / "static"),
         # the Procfile says `python`: this interpreter's
@@ -285,7 +287,7 @@ def up_lines(base: str, data_dir: Path, dev_user: str) -> list[str]:
 
 
 def exec_command(data_dir: Path, command: list[str]) -> int:
-    env = base_env(data_dir)
+    env = base_env(data_dir, create_key=False)  # (an empty SECRET_KEY counts as unset)
     missing = []
     for name, url in (
         ("DATABASE_URL", os.environ.get("DATABASE_URL") or postgres_url_if_running(data_dir)),

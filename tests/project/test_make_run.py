@@ -207,3 +207,28 @@ def test_embedded_env_prints_the_running_servers(data_root: Path) -> None:
         assert embedded_cli("status", str(data)).returncode == 3
     finally:
         embedded.stop_services(data.resolve())
+
+
+def test_make_run_with_a_bad_setting_says_so_and_starts_nothing(data_root: Path) -> None:
+    data = data_root / "data"
+    done = subprocess.run(
+        devrun("run", "--data", str(data), "--port", str(free_port())), cwd=ROOT,
+        env=run_env() | {"LOG_LEVEL": "LOUD"}, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "awaken-mailbox: configuration error: LOG_LEVEL='LOUD': expected one of DEBUG, INFO, WARNING, "
+        "ERROR, CRITICAL"
+    ]
+    assert not data.exists()
+
+
+def test_an_admin_command_without_running_servers_says_what_to_start(data_root: Path) -> None:
+    data = data_root / "data"
+    done = subprocess.run(
+        devrun("exec", "--data", str(data), "--", sys.executable, "manage.py", "mailbox_status"), cwd=ROOT,
+        env=run_env(), capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "not running" in done.stderr and "make run" in done.stderr
+    assert not (data / "pg").exists()

@@ -158,3 +158,19 @@ def test_a_concurrent_login_burst_tries_no_more_passwords_than_the_limit(setting
     address = an_address()
     answers = concurrently(8, lambda: login(Client(REMOTE_ADDR=address), name, "wrong"))
     assert sorted(answers) == [200, 200, 200, 429, 429, 429, 429, 429]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "form",
+    [
+        {},
+        {"username": "x" * 10_000, "password": "p"},
+        {"username": "\x00", "password": ""},
+        {"password": "p"},
+    ],
+)
+def test_a_malformed_login_form_is_a_form_error_not_a_500(form: dict[str, str]) -> None:
+    client = Client(REMOTE_ADDR=an_address())
+    assert client.post("/admin/login/", form).status_code == 200  # the login page, with its errors
+    assert client.get("/admin/login/").status_code == 200
