@@ -31,4 +31,4 @@ EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8000'), timeout=4)"]
 # the Procfile's web line
-CMD ["bash", "-c", "python manage.py collectstatic --noinput && exec bash scripts/metrics-dir.sh web python -m gunicorn awaken_project.asgi:application --worker-class uvicorn_worker.UvicornWorker --bind 0.0.0.0:${PORT:-8000} --workers ${WEB_CONCURRENCY:-2} --timeout 0 --graceful-timeout 3"]
+CMD ["bash", "-c", "python manage.py collectstatic --noinput && exec bash scripts/metrics-dir.sh web python -m gunicorn awaken_project.asgi:application -c python:awaken_project.gunicorn_conf --worker-class uvicorn_worker.UvicornWorker --bind ${WEB_HOST:-0.0.0.0}:${PORT:-8000} --workers ${WEB_CONCURRENCY:-2} --timeout 0 --graceful-timeout 3"]

@@ -1,4 +1,5 @@
-"""What a browser meets: `/` (links to the docs, admin, health) and the API docs behind the admin login."""
+"""What a browser meets: `/` (links to the docs, admin, demo, metrics, health) and the API docs behind
+the admin login."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ LINKS = (
     ("api-docs", "API docs (Swagger UI; log in to the admin first)"),
     ("schema", "OpenAPI schema"),
     ("admin:index", "Admin"),
+    ("demo", "Demo chat with the echo agent (log in to the admin first)"),
+    ("metrics", "Metrics (/metrics: Prometheus; from this machine or with the metrics token)"),
     ("readyz", "Readiness (/readyz)"),
     ("healthz", "Liveness (/healthz)"),
 )

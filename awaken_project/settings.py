@@ -2,68 +2,34 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
 
-from django.core.exceptions import ImproperlyConfigured
-
+from awaken_project.environment import ConfigurationErrors, load
 from awaken_project.envurls import database_from_url
-from mailbox_app.contract.config import DEFAULT_ALLOWED_NETWORKS as DEFAULT_METRICS_NETWORKS
-from mailbox_app.contract.config import ClaimPolicy, ConfigError, MailboxConfig
-from mailbox_app.contract.config import parse_networks as parse_metrics_networks
-from mailbox_app.webhooks.targets import WebhookTargetError
-from mailbox_app.webhooks.targets import parse_target as parse_webhook_target
+from awaken_project.logconfig import logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-ENV = os.environ
 
-
-def _env_bool(name: str, default: bool) -> bool:
-    value = ENV.get(name)
-    if value is None:
-        return default
-    if value.lower() in {"1", "true", "yes", "on"}:
-        return True
-    if value.lower() in {"0", "false", "no", "off", ""}:
-        return False
-    raise ConfigError(f"{name}={value!r}: expected a boolean (1/0, true/false)")
-
-
-def _env_int(name: str, default: int, *, minimum: int = 0) -> int:
-    raw = ENV.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r}: expected an integer") from None
-    if value < minimum:
-        raise ConfigError(f"{name}={raw!r}: must be >= {minimum}")
-    return value
-
+# Every variable parsed and checked at once (awaken_project/environment.py): a bad one stops start-up
+# here with one line naming it and the form it accepts — `manage.py check`, the web server and the
+# workers alike — instead of a traceback, or a 500 on every request later.
+try:
+    _PARSED = load(os.environ)
+except ConfigurationErrors as exc:
+    for _line in exc.lines:
+        sys.stderr.write(f"awaken-mailbox configuration error: {_line}\n")
+    raise SystemExit(2) from None
+_ENV = _PARSED.env
 
 # --- core -------------------------------------------------------------------------------------
-DEBUG = _env_bool("DEBUG", False)
-# Published keys (this file's development key, .env.example's placeholder) are refused with DEBUG off.
-# One exception: an environment that configures none of DEBUG / ALLOWED_HOSTS / SECRET_KEY is a local
-# checkout's tooling (pytest, mypy's Django plugin, `manage.py check`, the benchmarks), which then only
-# answers local host names (ALLOWED_HOSTS below). Saying DEBUG=0 or naming hosts means a deployment.
-DEV_SECRET_KEY = "dev-insecure-awaken-mailbox-secret-key-change-me"
-_PUBLISHED_SECRET_KEYS = {DEV_SECRET_KEY, "change-me"}
-SECRET_KEY = ENV.get("SECRET_KEY", "").strip() or DEV_SECRET_KEY
-_LOCAL_TOOLING = not any(name in ENV for name in ("DEBUG", "ALLOWED_HOSTS", "SECRET_KEY"))
-if not DEBUG and SECRET_KEY in _PUBLISHED_SECRET_KEYS and not _LOCAL_TOOLING:
-    raise ImproperlyConfigured(
-        "SECRET_KEY is unset or a published development value while DEBUG is off: set SECRET_KEY to a "
-        "long random string (python -c 'import secrets; print(secrets.token_urlsafe(50))'), or DEBUG=1 "
-        "for local development. `make run` generates one under its data directory."
-    )
+DEBUG = _ENV.DEBUG
+# Published keys (environment.py's development key, .env.example's placeholder) are refused with DEBUG
+# off, unless the environment configures none of DEBUG / ALLOWED_HOSTS / SECRET_KEY (a checkout's tools).
+SECRET_KEY = _ENV.secret_key
 # Comma-separated; unset means this machine only (a deployment must name its hosts; never `*` by default).
-ALLOWED_HOSTS = [
-    h.strip() for h in ENV.get("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",") if h.strip()
-]
+ALLOWED_HOSTS = list(_ENV.ALLOWED_HOSTS)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -83,7 +49,9 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",  # /static/ from the web process (gzip/brotli)
+    # /static/ from the web process (whitenoise: gzip, cache headers), served without a thread hop or a
+    # warning under ASGI (awaken_project/staticfiles.py)
+    "awaken_project.staticfiles.StaticFilesMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -116,8 +84,8 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
-# Filled by `manage.py collectstatic` (scripts/run.sh runs it before the server starts); .data/ is ignored.
-STATIC_ROOT = Path(ENV.get("STATIC_ROOT") or BASE_DIR / ".data" / "static")
+# Filled by `manage.py collectstatic` (the Procfile's web line runs it before the server starts).
+STATIC_ROOT = Path(_ENV.STATIC_ROOT or BASE_DIR / ".data" / "static")
 try:  # whitenoise warns for a missing STATIC_ROOT (an error under pytest) before the first collectstatic
     STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 except OSError:  # a read-only image: collectstatic ran at build time, or it will say what is wrong
@@ -131,36 +99,50 @@ STORAGES = {
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+
 # --- database ---------------------------------------------------------------------------------
-# DATABASE_URL is required: `make run` / the test harness export the embedded server's URL when unset.
-_database_url = ENV.get("DATABASE_URL", "postgresql://postgres@localhost:5432/awaken")
-DATABASES = {"default": database_from_url(_database_url)}
-DATABASES["default"]["CONN_MAX_AGE"] = _env_int("DB_CONN_MAX_AGE", 60)
+# `make run` / the test harness export the embedded server's URL when DATABASE_URL is unset.
+DATABASES = {"default": database_from_url(_ENV.DATABASE_URL)}
+DATABASES["default"]["CONN_MAX_AGE"] = _ENV.DB_CONN_MAX_AGE
 # The web process under ASGI runs each request's sync view in a thread of its own: a connection pool
 # (psycopg_pool, through Django's `pool` option) lets those threads share warm connections instead of
 # opening one per request. asgi.py turns it on; Celery workers keep their persistent connections.
-_DB_POOL_MAX = _env_int("DB_POOL_MAX_SIZE", 0)
-if _DB_POOL_MAX > 0:
+if _ENV.DB_POOL_MAX_SIZE > 0:
     DATABASES["default"]["CONN_MAX_AGE"] = 0  # Django requires it with a pool
-    _pool_min = min(2, _DB_POOL_MAX)  # (a one-view process: min_size may not exceed max_size)
-    DATABASES["default"]["OPTIONS"]["pool"] = {"min_size": _pool_min, "max_size": _DB_POOL_MAX, "timeout": 10}
+    _pool_min = min(2, _ENV.DB_POOL_MAX_SIZE)  # (a one-view process: min_size may not exceed max_size)
+    DATABASES["default"]["OPTIONS"]["pool"] = {
+        "min_size": _pool_min,
+        "max_size": _ENV.DB_POOL_MAX_SIZE,
+        "timeout": 10,
+    }
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 # Server-side binding lets psycopg prepare the statements a connection repeats (after
 # `prepare_threshold` runs): the hot path's CTE statements are then parsed and planned once per
 # connection instead of on every transition (bench/store_bench.py, before/after in the commit).
-if _env_bool("DB_SERVER_SIDE_BINDING", True):
+if _ENV.DB_SERVER_SIDE_BINDING:
     DATABASES["default"]["OPTIONS"].setdefault("server_side_binding", True)
     DATABASES["default"]["OPTIONS"].setdefault("prepare_threshold", 2)
 # Long transactions pin the xmin horizon and bloat queue tables (docs/pitfalls.md §3): cap idle ones.
 DATABASES["default"]["OPTIONS"].setdefault(
-    "options", f"-c idle_in_transaction_session_timeout={_env_int('DB_IDLE_TX_TIMEOUT_MS', 60_000)}"
+    "options", f"-c idle_in_transaction_session_timeout={_ENV.DB_IDLE_TX_TIMEOUT_MS}"
 )
 
 # --- redis / celery ---------------------------------------------------------------------------
-REDIS_URL = ENV.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+REDIS_URL = _ENV.REDIS_URL
 # the apps' Redis (locks, live commands, event streams): the apps read AWAKEN_* settings only
 AWAKEN_REDIS_URL = REDIS_URL
-CELERY_BROKER_URL = ENV.get("CELERY_BROKER_URL", REDIS_URL)
+# The API's throttle counts and the admin login's failure counts live in Redis, so that every web
+# process (and every host) shares them (awaken_project/throttling.py, awaken_project/admin_login.py).
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "throttle": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "awaken",
+        "OPTIONS": {"socket_timeout": 2, "socket_connect_timeout": 2},
+    },
+}
+CELERY_BROKER_URL = _ENV.broker_url
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
@@ -168,13 +150,13 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": _env_int("CELERY_VISIBILITY_TIMEOUT_S", 3600)}
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": _ENV.CELERY_VISIBILITY_TIMEOUT_S}
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
 # Celery's Django fixup closes DB connections around every task unless told to reuse them; a reconnect
 # cost ~5.6 ms per dispatch (bench/breakdown.py). Health checks (CONN_HEALTH_CHECKS) catch dead ones.
-CELERY_DB_REUSE_MAX = _env_int("CELERY_DB_REUSE_MAX", 1000)
+CELERY_DB_REUSE_MAX = _ENV.CELERY_DB_REUSE_MAX
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 # Webhook deliveries on a queue of their own (mailbox_app.webhooks.outbox.QUEUE), consumed by the
 # Procfile's `webhooks` worker: slow receivers never hold a dispatch worker's slots (docs/webhooks.md).
@@ -182,92 +164,65 @@ CELERY_TASK_ROUTES = {
     "mailbox.deliver_webhook": {"queue": "webhooks"},
     "mailbox.redrive_webhooks": {"queue": "webhooks"},
 }
+# Celery logs through LOGGING below (awaken_project/celery.py answers its setup_logging signal): the
+# same format as the web's, and print() output left alone instead of turned into WARNING records.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_WORKER_REDIRECT_STDOUTS = False
 
 # --- mailbox ----------------------------------------------------------------------------------
 # The environment parsed into the apps' AWAKEN_* settings. The apps read them through
 # mailbox_app.conf.awaken_settings, whose defaults equal the ones here (tests/mailbox_app/test_conf.py).
-try:
-    AWAKEN_MAILBOX = MailboxConfig.from_env(ENV)
-except ConfigError as exc:  # stop start-up with the variable's name, not a traceback
-    sys.stderr.write(f"awaken-mailbox configuration error: {exc}\n")
-    raise SystemExit(2) from None
-
+AWAKEN_MAILBOX = _PARSED.mailbox
 # fairness across owners and concurrency limits (mailbox_app/conf.py)
-try:
-    AWAKEN_CLAIM_POLICY = ClaimPolicy.from_env(ENV)
-except ConfigError as exc:
-    sys.stderr.write(f"awaken-mailbox configuration error: {exc}\n")
-    raise SystemExit(2) from None
-
-AWAKEN_RUN_STORE = ENV.get("AWAKEN_RUN_STORE", "runs_app.store")
+AWAKEN_CLAIM_POLICY = _PARSED.claim_policy
+AWAKEN_RUN_STORE = _ENV.AWAKEN_RUN_STORE
 # Extra agents: a JSON object {"agent_id": "dotted.path.to.ExecutorClass"}; `echo` is built in.
-try:
-    AWAKEN_AGENTS: dict[str, str] = json.loads(ENV.get("AWAKEN_AGENTS", "{}"))
-except json.JSONDecodeError as exc:
-    sys.stderr.write(f"awaken-mailbox configuration error: AWAKEN_AGENTS is not JSON: {exc}\n")
-    raise SystemExit(2) from None
-AWAKEN_LIVE_ACK_TIMEOUT_MS = _env_int("AWAKEN_LIVE_ACK_TIMEOUT_MS", 500, minimum=1)
+AWAKEN_AGENTS: dict[str, str] = dict(_ENV.AWAKEN_AGENTS)
+AWAKEN_LIVE_ACK_TIMEOUT_MS = _ENV.AWAKEN_LIVE_ACK_TIMEOUT_MS
 # How long a suspended run holds its claim waiting for a live decision before ending `waiting`.
-AWAKEN_LIVE_SUSPEND_HOLD_MS = _env_int("AWAKEN_LIVE_SUSPEND_HOLD_MS", 15_000)
-AWAKEN_REMOTE_CANCEL_WAIT_MS = _env_int("AWAKEN_REMOTE_CANCEL_WAIT_MS", 5_000)
+AWAKEN_LIVE_SUSPEND_HOLD_MS = _ENV.AWAKEN_LIVE_SUSPEND_HOLD_MS
+AWAKEN_REMOTE_CANCEL_WAIT_MS = _ENV.AWAKEN_REMOTE_CANCEL_WAIT_MS
 # An idle SSE stream sends a keep-alive comment this often (runs_app/api/sse.py).
-AWAKEN_SSE_KEEPALIVE_MS = _env_int("AWAKEN_SSE_KEEPALIVE_MS", 15_000, minimum=100)
+AWAKEN_SSE_KEEPALIVE_MS = _ENV.AWAKEN_SSE_KEEPALIVE_MS
 # Requests of one web process inside their (sync, one thread and DB connection each) view at once.
-AWAKEN_WEB_MAX_CONCURRENT_VIEWS = _env_int("AWAKEN_WEB_MAX_CONCURRENT_VIEWS", 16, minimum=1)
+AWAKEN_WEB_MAX_CONCURRENT_VIEWS = _ENV.AWAKEN_WEB_MAX_CONCURRENT_VIEWS
 # How long an Idempotency-Key replays its first answer; older keys are purged by the mailbox GC.
-AWAKEN_IDEMPOTENCY_TTL_MS = _env_int("AWAKEN_IDEMPOTENCY_TTL_MS", 86_400_000, minimum=1)
+AWAKEN_IDEMPOTENCY_TTL_MS = _ENV.AWAKEN_IDEMPOTENCY_TTL_MS
 # Threads idle longer than this are deleted by the mailbox GC (runs_app/store/threads.py); 0: never.
-AWAKEN_THREAD_TTL_MS = _env_int("AWAKEN_THREAD_TTL_MS", 0)
+AWAKEN_THREAD_TTL_MS = _ENV.AWAKEN_THREAD_TTL_MS
 # At most this many rows (orphaned epoch rows; expired threads) each GC purge removes per tick.
-AWAKEN_GC_MAX_PER_TICK = _env_int("AWAKEN_GC_MAX_PER_TICK", 10_000, minimum=1)
+AWAKEN_GC_MAX_PER_TICK = _ENV.AWAKEN_GC_MAX_PER_TICK
 # Each run activation's time budget unless a submit's `timeout_s` says otherwise
 # (mailbox_app/services/timeouts.py).
-AWAKEN_RUN_TIMEOUT_MS = _env_int("AWAKEN_RUN_TIMEOUT_MS", 3_600_000, minimum=1)
-AWAKEN_DISPATCH_SIGNAL_NACK_BASE_DELAY_MS = _env_int(
-    "AWAKEN_DISPATCH_SIGNAL_NACK_BASE_DELAY_MS", 500, minimum=1
-)
-AWAKEN_DISPATCH_SIGNAL_NACK_MAX_DELAY_MS = _env_int(
-    "AWAKEN_DISPATCH_SIGNAL_NACK_MAX_DELAY_MS", 30_000, minimum=1
-)
-AWAKEN_STARTUP_RECOVERY_MAX_ATTEMPTS = _env_int("AWAKEN_STARTUP_RECOVERY_MAX_ATTEMPTS", 3, minimum=1)
-AWAKEN_STARTUP_RECOVERY_RETRY_DELAY_MS = _env_int("AWAKEN_STARTUP_RECOVERY_RETRY_DELAY_MS", 250)
+AWAKEN_RUN_TIMEOUT_MS = _ENV.AWAKEN_RUN_TIMEOUT_MS
+AWAKEN_DISPATCH_SIGNAL_NACK_BASE_DELAY_MS = _ENV.AWAKEN_DISPATCH_SIGNAL_NACK_BASE_DELAY_MS
+AWAKEN_DISPATCH_SIGNAL_NACK_MAX_DELAY_MS = _ENV.AWAKEN_DISPATCH_SIGNAL_NACK_MAX_DELAY_MS
+AWAKEN_STARTUP_RECOVERY_MAX_ATTEMPTS = _ENV.AWAKEN_STARTUP_RECOVERY_MAX_ATTEMPTS
+AWAKEN_STARTUP_RECOVERY_RETRY_DELAY_MS = _ENV.AWAKEN_STARTUP_RECOVERY_RETRY_DELAY_MS
 # Test hook: make a worker os._exit at a named step (after_claim, mid_run, after_result).
-AWAKEN_FAULT_POINT = ENV.get("AWAKEN_FAULT_POINT", "")
+AWAKEN_FAULT_POINT = _ENV.AWAKEN_FAULT_POINT
 
 # --- webhooks (mailbox_app/webhooks/outbox.py) --------------------------------------------------------------
 # Called for every run without a per-submit `webhook`; empty: none.
-AWAKEN_WEBHOOK_URL = ENV.get("AWAKEN_WEBHOOK_URL", "").strip()
-if AWAKEN_WEBHOOK_URL:
-    try:
-        parse_webhook_target(AWAKEN_WEBHOOK_URL)
-    except WebhookTargetError as exc:
-        sys.stderr.write(f"awaken-mailbox configuration error: AWAKEN_WEBHOOK_URL {exc}\n")
-        raise SystemExit(2) from None
+AWAKEN_WEBHOOK_URL = _ENV.AWAKEN_WEBHOOK_URL
 # Signs deliveries to AWAKEN_WEBHOOK_URL only (a user's URL: that user's secret; docs/webhooks.md).
-AWAKEN_WEBHOOK_SECRET = ENV.get("AWAKEN_WEBHOOK_SECRET", "")
+AWAKEN_WEBHOOK_SECRET = _ENV.AWAKEN_WEBHOOK_SECRET
 # Loopback, link-local and private-range targets are refused unless this is on.
-AWAKEN_WEBHOOK_ALLOW_PRIVATE = _env_bool("AWAKEN_WEBHOOK_ALLOW_PRIVATE", False)
-AWAKEN_WEBHOOK_MAX_ATTEMPTS = _env_int("AWAKEN_WEBHOOK_MAX_ATTEMPTS", 10, minimum=1)
-AWAKEN_WEBHOOK_RETRY_DELAY_MS = _env_int("AWAKEN_WEBHOOK_RETRY_DELAY_MS", 1_000, minimum=1)
-AWAKEN_WEBHOOK_MAX_RETRY_DELAY_MS = _env_int("AWAKEN_WEBHOOK_MAX_RETRY_DELAY_MS", 600_000, minimum=1)
+AWAKEN_WEBHOOK_ALLOW_PRIVATE = _ENV.AWAKEN_WEBHOOK_ALLOW_PRIVATE
+AWAKEN_WEBHOOK_MAX_ATTEMPTS = _ENV.AWAKEN_WEBHOOK_MAX_ATTEMPTS
+AWAKEN_WEBHOOK_RETRY_DELAY_MS = _ENV.AWAKEN_WEBHOOK_RETRY_DELAY_MS
+AWAKEN_WEBHOOK_MAX_RETRY_DELAY_MS = _ENV.AWAKEN_WEBHOOK_MAX_RETRY_DELAY_MS
 # The whole of one attempt (DNS, connect, TLS, send, the answer), not a per-read timeout.
-AWAKEN_WEBHOOK_TIMEOUT_MS = _env_int("AWAKEN_WEBHOOK_TIMEOUT_MS", 5_000, minimum=100)
+AWAKEN_WEBHOOK_TIMEOUT_MS = _ENV.AWAKEN_WEBHOOK_TIMEOUT_MS
 
 # --- metrics (mailbox_app/observability/metrics.py, GET /metrics) -------------------------------------------
 # A scrape is allowed with `Authorization: Bearer <AWAKEN_METRICS_TOKEN>` (unset: no token works) or from
 # an address in AWAKEN_METRICS_ALLOWED_NETWORKS (comma-separated CIDRs; default loopback; empty: none).
-AWAKEN_METRICS_TOKEN = ENV.get("AWAKEN_METRICS_TOKEN", "").strip()
-try:
-    AWAKEN_METRICS_ALLOWED_NETWORKS = parse_metrics_networks(
-        "AWAKEN_METRICS_ALLOWED_NETWORKS",
-        ENV.get("AWAKEN_METRICS_ALLOWED_NETWORKS", DEFAULT_METRICS_NETWORKS),
-    )
-except ConfigError as exc:
-    sys.stderr.write(f"awaken-mailbox configuration error: {exc}\n")
-    raise SystemExit(2) from None
+AWAKEN_METRICS_TOKEN = _ENV.AWAKEN_METRICS_TOKEN.strip()
+AWAKEN_METRICS_ALLOWED_NETWORKS = _PARSED.metrics_networks
 # One directory per host whose subdirectories are the services' PROMETHEUS_MULTIPROC_DIRs
 # (scripts/metrics-dir.sh); a scrape merges them all. Unset: PROMETHEUS_MULTIPROC_DIR alone.
-AWAKEN_METRICS_DIR = ENV.get("AWAKEN_METRICS_DIR", "").strip()
+AWAKEN_METRICS_DIR = _ENV.AWAKEN_METRICS_DIR.strip()
 
 # --- api --------------------------------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -281,12 +236,23 @@ REST_FRAMEWORK = {
     # JSON with depth, NUL and lone-surrogate checks (runs_app/api/inputs.py)
     "DEFAULT_PARSER_CLASSES": ["runs_app.api.inputs.StrictJSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.UserRateThrottle"],
-    "DEFAULT_THROTTLE_RATES": {"user": ENV.get("AWAKEN_API_THROTTLE_RATE", "6000/minute")},
+    # Counted in Redis (the `throttle` cache), atomically: every web process shares one count per
+    # user (or, for a request without valid credentials, per client address).
+    "DEFAULT_THROTTLE_CLASSES": [
+        "awaken_project.throttling.SharedUserRateThrottle",
+        "awaken_project.throttling.SharedAnonRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        "user": _ENV.AWAKEN_API_THROTTLE_RATE,
+        "anon": _ENV.AWAKEN_API_ANON_THROTTLE_RATE,
+    },
+    # The client address is REMOTE_ADDR unless this many proxies in front append to X-Forwarded-For
+    # (DRF's default, None, would trust any X-Forwarded-For a client sends).
+    "NUM_PROXIES": _ENV.AWAKEN_API_NUM_PROXIES,
     "EXCEPTION_HANDLER": "runs_app.api.errors.exception_handler",
 }
 # Request bodies larger than this answer 413.
-DATA_UPLOAD_MAX_MEMORY_SIZE = _env_int("AWAKEN_API_MAX_BODY_BYTES", 1_048_576, minimum=1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = _ENV.AWAKEN_API_MAX_BODY_BYTES
 SPECTACULAR_SETTINGS = {
     "TITLE": "awaken-mailbox API",
     "VERSION": "1.0.0",
@@ -309,10 +275,23 @@ SPECTACULAR_SETTINGS = {
     ],
 }
 LOGIN_URL = "admin:login"  # the API docs send a browser without a session there
+# Failed admin logins per client address and username before the login refuses (429) for the lockout
+# (awaken_project/admin_login.py; counted in the `throttle` cache).
+ADMIN_LOGIN_MAX_FAILURES = _ENV.AWAKEN_ADMIN_LOGIN_MAX_FAILURES
+ADMIN_LOGIN_LOCKOUT_S = _ENV.AWAKEN_ADMIN_LOGIN_LOCKOUT_S
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "root": {"handlers": ["console"], "level": ENV.get("LOG_LEVEL", "INFO")},
-}
+# --- HTTPS (behind a TLS-terminating proxy; `manage.py check --deploy`, docs/operations.md) -------
+SESSION_COOKIE_SECURE = _ENV.SESSION_COOKIE_SECURE
+CSRF_COOKIE_SECURE = _ENV.CSRF_COOKIE_SECURE
+SECURE_SSL_REDIRECT = _ENV.SECURE_SSL_REDIRECT
+# the container HEALTHCHECK, readiness probes and Prometheus speak plain HTTP to the process itself
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+SECURE_HSTS_SECONDS = _ENV.SECURE_HSTS_SECONDS
+SECURE_HSTS_INCLUDE_SUBDOMAINS = _ENV.SECURE_HSTS_INCLUDE_SUBDOMAINS
+SECURE_HSTS_PRELOAD = _ENV.SECURE_HSTS_PRELOAD
+if _ENV.SECURE_PROXY_SSL_HEADER:
+    SECURE_PROXY_SSL_HEADER = (_ENV.SECURE_PROXY_SSL_HEADER[0], _ENV.SECURE_PROXY_SSL_HEADER[1])
+CSRF_TRUSTED_ORIGINS = list(_ENV.CSRF_TRUSTED_ORIGINS)
+
+# --- logging (awaken_project/logconfig.py): one format for every process, JSON with LOG_FORMAT=json --
+LOGGING = logging_config(level=_ENV.LOG_LEVEL, fmt=_ENV.LOG_FORMAT)

@@ -25,7 +25,13 @@ APP_SERVICES = {
     "webhooks": "webhooks",
     "beat": "beat",
 }
-IMAGE_NEEDS = ["manage.py", "requirements/base.txt", "scripts/metrics-dir.sh", "awaken_project/asgi.py"]
+IMAGE_NEEDS = [
+    "manage.py",
+    "requirements/base.txt",
+    "scripts/metrics-dir.sh",
+    "awaken_project/asgi.py",
+    "awaken_project/gunicorn_conf.py",
+]
 
 
 def procfile() -> dict[str, str]:

@@ -30,7 +30,22 @@ def test_the_procfile_declares_release_web_worker_webhooks_beat_without_local_pa
     assert set(entries) == {"release", "web", "worker", "webhooks", "beat"}
     assert "migrate" in entries["release"]
     assert ".venv" not in "".join(entries.values()), "a platform's python is on PATH, not a local venv"
-    assert "--bind 0.0.0.0:${PORT" in entries["web"]
+    assert "--bind ${WEB_HOST:-0.0.0.0}:${PORT:-8000}" in entries["web"]
+    # a process manager's SIGTERM reaches the service's main process (gunicorn's master, Celery's main
+    # process: a warm shutdown), not a shell that would die and leave it running
+    for name in ("web", "worker", "beat"):
+        assert entries[name].split("&& ")[-1].startswith("exec "), name
+    # one log format (awaken_project/logconfig.py): gunicorn takes it from its config module
+    assert "-c python:awaken_project.gunicorn_conf" in entries["web"]
+
+
+def test_make_run_runs_the_procfiles_lines() -> None:
+    """One process story: `make run` (awaken_project/devrun.py) runs the release line, then these."""
+    from awaken_project.devrun import SERVICES  # noqa: PLC0415 - honcho is a `make run` dependency
+
+    assert set(SERVICES) | {"release"} == set(_entries())
+    makefile = (ROOT / "Makefile").read_text()
+    assert "awaken_project.devrun run" in makefile.split("\nrun:", 1)[1].split("\n\n", 1)[0]
 
 
 @pytest.mark.django_db(transaction=True)

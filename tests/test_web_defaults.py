@@ -72,11 +72,11 @@ def test_static_files_through_finders_without_collectstatic(settings: Any, tmp_p
     assert b"body" in b"".join(response.streaming_content)  # type: ignore[attr-defined]
 
 
-def test_landing_page_links_docs_admin_and_health(db: None) -> None:
+def test_landing_page_links_docs_admin_demo_metrics_and_health(db: None) -> None:
     response = Client().get("/")
     assert response.status_code == 200 and response["Content-Type"].startswith("text/html")
     html = response.content.decode()
-    for href in ("/api/v1/docs/", "/api/v1/schema/", "/admin/", "/readyz", "/healthz"):
+    for href in ("/api/v1/docs/", "/api/v1/schema/", "/admin/", "/demo/", "/metrics", "/readyz", "/healthz"):
         assert f'href="{href}"' in html, href
 
 
@@ -125,8 +125,9 @@ def _setup_django(**env: str) -> subprocess.CompletedProcess[str]:
 )
 def test_settings_refuse_a_published_secret_key_with_debug_off(env: dict[str, str]) -> None:
     result = _setup_django(**env)
-    assert result.returncode != 0
-    assert "ImproperlyConfigured" in result.stderr and "SECRET_KEY" in result.stderr
+    assert result.returncode == 2
+    assert result.stderr.startswith("awaken-mailbox configuration error: SECRET_KEY is unset or a published")
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
 
 
 def test_settings_allowed_hosts_from_the_environment() -> None:
