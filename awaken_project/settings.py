@@ -206,6 +206,9 @@ AWAKEN_LIVE_SUSPEND_HOLD_MS = _env_int("AWAKEN_LIVE_SUSPEND_HOLD_MS", 15_000)
 AWAKEN_REMOTE_CANCEL_WAIT_MS = _env_int("AWAKEN_REMOTE_CANCEL_WAIT_MS", 5_000)
 # An idle SSE stream sends a keep-alive comment this often (runs_app/api/sse.py).
 AWAKEN_SSE_KEEPALIVE_MS = _env_int("AWAKEN_SSE_KEEPALIVE_MS", 15_000, minimum=100)
+# A run's event stream keeps at least this many events, this long after its last (docs/streams.md).
+AWAKEN_EVENTS_MAX_PER_RUN = _env_int("AWAKEN_EVENTS_MAX_PER_RUN", 100_000, minimum=1)
+AWAKEN_EVENTS_TTL_MS = _env_int("AWAKEN_EVENTS_TTL_MS", 86_400_000, minimum=1_000)
 # Requests of one web process inside their (sync, one thread and DB connection each) view at once.
 AWAKEN_WEB_MAX_CONCURRENT_VIEWS = _env_int("AWAKEN_WEB_MAX_CONCURRENT_VIEWS", 16, minimum=1)
 # How long an Idempotency-Key replays its first answer; older keys are purged by the mailbox GC.
