@@ -6,6 +6,7 @@ all 150 answer when the run ends, woken by its run_finish."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from collections.abc import Iterator
@@ -20,9 +21,10 @@ from rest_framework.authtoken.models import Token
 from mailbox_app.contract.lifecycle import RunStatus
 from mailbox_app.realtime import events
 from runs_app import store as run_store
+from runs_app.api import run_wait
 from runs_app.api.run_wait import BACKSTOP_S
 from tests.support.http_sse import HttpConnection, Response
-from tests.support.servers import WebServer, asgi_server
+from tests.support.servers import WebServer, asgi_server, free_port
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -160,3 +162,23 @@ async def _until(predicate: Any, timeout: float = 10.0) -> None:
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {predicate}")
         await asyncio.sleep(0.02)
+
+
+def test_a_wait_whose_feed_cannot_start_keeps_to_the_postgresql_backstop(
+    settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis down: the wait neither fails nor hangs; it reads the run every BACKSTOP_S until it is over."""
+    settings.AWAKEN_REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    monkeypatch.setattr(run_wait, "BACKSTOP_S", 0.2)
+    probes: list[float] = []
+
+    def probe() -> tuple[bool, None]:
+        probes.append(time.monotonic())
+        return len(probes) >= 4, None
+
+    began = time.monotonic()
+    over, _ = asyncio.run(run_wait.wait_until_over("run-without-redis", probe, timeout_s=30))
+    assert over and len(probes) == 4
+    assert time.monotonic() - began < 10
+    gaps = [b - a for a, b in itertools.pairwise(probes)]
+    assert all(gap >= 0.15 for gap in gaps), gaps  # on the backstop's clock, not a busy loop
