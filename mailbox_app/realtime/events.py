@@ -120,12 +120,11 @@ class EventsNotRetained(Exception):
         self.after = after
         self.first_retained_id = first_retained.id
         self.last_trimmed_id = first_retained.prev or NO_EVENT
-        since = "the run's first event" if after == NO_EVENT else f"event {after}"
+        lost = "the run's first events are" if after == NO_EVENT else f"the events after {after} are"
         super().__init__(
-            f"the events after {since} are no longer retained: the stream keeps at most "
-            f"{awaken_settings.EVENTS_MAX_PER_RUN} events per run and its first retained event is "
-            f"{self.first_retained_id}; to read from there, accepting the gap, resume after "
-            f"{self.last_trimmed_id} (Last-Event-ID)"
+            f"{lost} no longer retained: the stream keeps at most {awaken_settings.EVENTS_MAX_PER_RUN} "
+            f"events per run and its first retained event is {self.first_retained_id}; to read from "
+            f"there, accepting the gap, resume after {self.last_trimmed_id} (Last-Event-ID)"
         )
 
 

@@ -10,6 +10,11 @@ response task: the cancellation reaches the stream's wait on its queue, the gene
 unsubscribes it, and the last stream to leave cancels the feed's pending `XREAD` (redis-py disconnects
 that connection: a cancelled command leaves it in an unknown state).
 
+What answers at once instead of a stream (`stream_response`): a resume at or after a done run's finish
+(204, or the finish again for AG-UI), and a read whose start the run's stream no longer keeps (410). A
+stream that falls behind what is kept ends with an error event instead of skipping: every event must
+follow the one before it (`events.follows`). docs/streams.md says what each client gets and why.
+
 Under WSGI (or Django's sync test client) Django consumes an async iterator by running it to the end
 in `async_to_sync` with a warning: it still works for streams that finish, it just does not stream.
 """

@@ -312,7 +312,19 @@ def _append_in_one_transaction(client: redis.Redis, run_id: str, count: int) -> 
     key = events.stream_key(run_id)
     for i in range(count):
         data = json.dumps({"delta": f" burst{i}"})
-        args = ["text_delta", data, MAX_EVENTS, 60_000, run_id, "", "", "", "open", 30_000, 300_000]
+        args: list[str | int] = [
+            "text_delta",
+            data,
+            MAX_EVENTS,
+            60_000,
+            run_id,
+            "",
+            "",
+            "",
+            "open",
+            30_000,
+            300_000,
+        ]
         script(keys=[key, events.OPEN_RUNS_KEY, events.finishes_key(run_id), key], args=args, client=pipe)
     pipe.execute()
 
