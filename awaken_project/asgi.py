@@ -1,4 +1,4 @@
-"""ASGI entry point (the web server: gunicorn with uvicorn workers, see scripts/run.sh)."""
+"""ASGI entry point (the web server: gunicorn with uvicorn workers, the Procfile's `web` line)."""
 
 from __future__ import annotations
 

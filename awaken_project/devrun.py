@@ -3,8 +3,8 @@
     python -m awaken_project.devrun run  [--data DIR] [--port N]   # what `make run` runs
     python -m awaken_project.devrun exec [--data DIR] -- COMMAND…  # `make manage`, `make shell`, …
 
-`run` runs the Procfile: its `release` line once, then `web`, `worker` and `beat` under honcho (the
-Procfile's own runner, used as a library), each output line labelled with its process. Before anything
+`run` runs the Procfile: its `release` line once, then `web`, `worker`, `webhooks` and `beat` under honcho
+(the Procfile's own runner, used as a library), each output line labelled with its process. Before anything
 it takes the data directory (a lock, awaken_project/embedded.py) and checks the port, so a second
 `make run` on either says which is in use and touches nothing; it starts the embedded PostgreSQL and
 Redis only when DATABASE_URL / REDIS_URL are unset and the servers are not already running, and on the
@@ -52,7 +52,7 @@ from awaken_project.embedded import (
 )
 from awaken_project.environment import ConfigurationErrors, load
 
-SERVICES = ("web", "worker", "beat")
+SERVICES = ("web", "worker", "webhooks", "beat")
 DEFAULT_DATA = Path(".data/dev")
 READY_TIMEOUT_S = 180.0
 PROGRAM = "awaken-mailbox"

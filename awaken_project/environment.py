@@ -137,6 +137,8 @@ class Environment(BaseSettings):
     AWAKEN_LIVE_SUSPEND_HOLD_MS: int = _ms(0, 15_000)
     AWAKEN_REMOTE_CANCEL_WAIT_MS: int = _ms(0, 5_000)
     AWAKEN_SSE_KEEPALIVE_MS: int = _ms(100, 15_000)
+    AWAKEN_EVENTS_MAX_PER_RUN: int = _ms(1, 100_000, "events")
+    AWAKEN_EVENTS_TTL_MS: int = _ms(1_000, 86_400_000)
     AWAKEN_WEB_MAX_CONCURRENT_VIEWS: int = _ms(1, 16, "requests")
     AWAKEN_IDEMPOTENCY_TTL_MS: int = _ms(1, 86_400_000)
     AWAKEN_THREAD_TTL_MS: int = _ms(0, 0, "milliseconds; 0: never")

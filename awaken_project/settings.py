@@ -184,6 +184,9 @@ AWAKEN_LIVE_SUSPEND_HOLD_MS = _ENV.AWAKEN_LIVE_SUSPEND_HOLD_MS
 AWAKEN_REMOTE_CANCEL_WAIT_MS = _ENV.AWAKEN_REMOTE_CANCEL_WAIT_MS
 # An idle SSE stream sends a keep-alive comment this often (runs_app/api/sse.py).
 AWAKEN_SSE_KEEPALIVE_MS = _ENV.AWAKEN_SSE_KEEPALIVE_MS
+# A run's event stream keeps at least this many events, this long after its last (docs/streams.md).
+AWAKEN_EVENTS_MAX_PER_RUN = _ENV.AWAKEN_EVENTS_MAX_PER_RUN
+AWAKEN_EVENTS_TTL_MS = _ENV.AWAKEN_EVENTS_TTL_MS
 # Requests of one web process inside their (sync, one thread and DB connection each) view at once.
 AWAKEN_WEB_MAX_CONCURRENT_VIEWS = _ENV.AWAKEN_WEB_MAX_CONCURRENT_VIEWS
 # How long an Idempotency-Key replays its first answer; older keys are purged by the mailbox GC.

@@ -52,7 +52,7 @@ def free_port() -> int:
 
 
 def web_command(port: int, workers: int = 2) -> list[str]:
-    """The web server as scripts/run.sh (`make run`) starts it: gunicorn with uvicorn (ASGI) workers."""
+    """The web server as the Procfile (`make run`) starts it: gunicorn with uvicorn (ASGI) workers."""
     return [
         sys.executable, "-m", "gunicorn", "awaken_project.asgi:application",
         "--worker-class", "uvicorn_worker.UvicornWorker", "--bind", f"127.0.0.1:{port}",

@@ -90,6 +90,10 @@ class AwakenSettings:
     REMOTE_CANCEL_WAIT_MS: Setting[int] = Setting(5_000)
     # an idle SSE stream sends a keep-alive comment this often
     SSE_KEEPALIVE_MS: Setting[int] = Setting(15_000)
+    # a run's event stream keeps at least this many events (the oldest are trimmed; docs/streams.md)
+    EVENTS_MAX_PER_RUN: Setting[int] = Setting(100_000)
+    # and lives this long after its last event
+    EVENTS_TTL_MS: Setting[int] = Setting(86_400_000)
     # how long an Idempotency-Key replays its first answer
     IDEMPOTENCY_TTL_MS: Setting[int] = Setting(86_400_000)
     # threads idle longer than this are deleted by the mailbox GC; 0: never

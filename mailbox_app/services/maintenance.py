@@ -19,7 +19,7 @@ from mailbox_app.observability import metrics
 from mailbox_app.realtime import doorbells
 from mailbox_app.realtime.locks import ThreadLock
 from mailbox_app.services import mailbox, timeouts
-from mailbox_app.services.reconcile import terminalize_run_for_dispatch
+from mailbox_app.services.reconcile import reemit_lost_finishes, terminalize_run_for_dispatch
 from mailbox_app.store import steps
 from mailbox_app.store.ports import run_store
 
@@ -98,6 +98,10 @@ def reconcile_terminal(*, now: int | None = None) -> int:
     fixed = 0
     for dispatch_id in run_store().terminal_dispatches_with_open_runs(limit=RECONCILE_BATCH):
         fixed += terminalize_run_for_dispatch(store.load_dispatch(dispatch_id), now=stamp) is not None
+    try:
+        reemit_lost_finishes(now=stamp)  # a stopped run's stream that lacks its run_finish gets it
+    except RedisError:
+        log.warning("could not re-emit lost run_finish events", exc_info=True)
     return fixed
 
 

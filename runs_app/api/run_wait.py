@@ -4,16 +4,19 @@ The views are DRF views for everything they share with the others (authenticatio
 validation, the submit, the error shape, the schema); when the answer has to wait they return a
 `PendingWait` (the 202 answer), and `awaiting` — the async Django view the route calls — does the wait on
 the event loop: no thread, no DB connection (given back first) and no view permit (awaken_project/asgi.py)
-is held meanwhile. The wait blocks in `XREAD` on the run's event stream (runs_app/api/sse.py) and reads
-PostgreSQL only when a `run_finish` arrives, every BACKSTOP_S (an event lost to a Redis outage) and at the
-end, so it is woken by the run, not by polling. The stream position is read before the first check:
-whatever ends the run after that check appends its event after that position.
+is held meanwhile. The wait subscribes to the run's feed (`RunFeed` in runs_app/api/sse.py: one reader
+blocked in `XREAD` per run per process, shared with the run's SSE streams), so 150 waits on one run add
+one Redis connection, not 150. It reads PostgreSQL only when a `run_finish` arrives, every BACKSTOP_S (an
+event lost to a Redis outage; while the feed is down the wait keeps to that) and at the end, so it is
+woken by the run, not by polling. The feed has taken its start position before the first check: whatever
+ends the run after that check appends its event after that position, and the feed hands it over.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
@@ -29,7 +32,6 @@ from rest_framework.response import Response
 from mailbox_app.contract.lifecycle import RunStatus
 from mailbox_app.contract.mailbox import DispatchStatus
 from mailbox_app.contract.storage import RunRecord
-from mailbox_app.realtime import events
 from mailbox_app.services import mailbox
 from runs_app import store
 from runs_app.api import serializers as s
@@ -38,8 +40,9 @@ from runs_app.api.edge import EdgeCheckedView, not_taken_or_404, run_or_404, val
 from runs_app.api.errors import ApiError
 from runs_app.api.responses import JSON, errors
 from runs_app.api.run_serializers import DEFAULT_WAIT_S, MAX_WAIT_S, RunOut, RunPendingOut, RunWaitIn
-from runs_app.api.sse import TERMINAL_EVENTS, async_redis, read_after
+from runs_app.api.sse import TERMINAL_EVENTS, Batch, RunFeed, run_feed
 
+log = logging.getLogger(__name__)
 BACKSTOP_S = 10.0
 PERMIT_SCOPE_KEY = "awaken.view_permit"  # set by awaken_project/asgi.py's BoundedViews
 STOPPED = frozenset({RunStatus.DONE, RunStatus.WAITING})  # a run that finished or suspended
@@ -121,22 +124,70 @@ async def wait_until_over(run_id: str, probe: Probe, timeout_s: float) -> tuple[
     """Block until `probe` says the run is over or `timeout_s` passed; the last probe's answer."""
     loop_time = asyncio.get_running_loop().time
     deadline = loop_time() + timeout_s
-    cursor = await _stream_position(run_id)
-    over, run = await _probe(probe)
-    while not over and (left := deadline - loop_time()) > 0:
-        batch = await read_after(run_id, cursor, block_ms=int(min(left, BACKSTOP_S) * 1000))
-        cursor = batch[-1].id if batch else cursor
-        if not batch or any(e.type in TERMINAL_EVENTS for e in batch) or deadline <= loop_time():
-            over, run = await _probe(probe)
-    return over, run
+    subscription = await _subscribed(run_id)
+    try:
+        over, run = await _probe(probe)
+        next_probe = loop_time() + BACKSTOP_S
+        while not over and (now := loop_time()) < deadline:
+            if subscription is None:  # the feed failed: a new one, tried once per backstop interval
+                subscription = await _subscribed(run_id)
+            until = min(deadline, next_probe)
+            arrived = await _finish_arrives(subscription, until - now)
+            if arrived is None:  # the feed failed meanwhile: the backstop alone until the next probe
+                _unsubscribe(subscription)
+                subscription = None
+                await asyncio.sleep(max(until - loop_time(), 0))
+            if arrived or loop_time() >= until:
+                over, run = await _probe(probe)
+                next_probe = loop_time() + BACKSTOP_S
+        return over, run
+    finally:
+        _unsubscribe(subscription)
 
 
-async def _stream_position(run_id: str) -> str:
-    last: Any = await async_redis().xrevrange(events.stream_key(run_id), count=1)
-    if not last:
-        return "0-0"
-    event_id = last[0][0]
-    return event_id.decode() if isinstance(event_id, bytes) else str(event_id)
+Subscription = tuple[RunFeed, "asyncio.Queue[Batch]"]
+
+
+async def _subscribed(run_id: str) -> Subscription | None:
+    """A queue on the run's feed once the feed has its start position; None when Redis fails."""
+    feed = run_feed(run_id)
+    queue = feed.subscribe()
+    try:
+        await feed.wait_ready()
+    except Exception:  # noqa: BLE001 - the wait goes on, on the backstop alone
+        feed.unsubscribe(queue)
+        log.warning("run %s: no event feed, the wait reads PostgreSQL every %g s", run_id, BACKSTOP_S)
+        return None
+    except BaseException:
+        feed.unsubscribe(queue)
+        raise
+    return feed, queue
+
+
+def _unsubscribe(subscription: Subscription | None) -> None:
+    if subscription is not None:
+        feed, queue = subscription
+        feed.unsubscribe(queue)
+
+
+async def _finish_arrives(subscription: Subscription | None, timeout_s: float) -> bool | None:
+    """Whether the feed hands over a `run_finish` within `timeout_s` (without a feed: False after
+    sleeping that long); None when the feed fails."""
+    loop_time = asyncio.get_running_loop().time
+    deadline = loop_time() + timeout_s
+    if subscription is None:
+        await asyncio.sleep(max(timeout_s, 0))
+        return False
+    while (left := deadline - loop_time()) > 0:
+        try:
+            batch = await asyncio.wait_for(subscription[1].get(), timeout=left)
+        except TimeoutError:
+            return False
+        if isinstance(batch, BaseException):
+            return None
+        if any(event.type in TERMINAL_EVENTS for event in batch):
+            return True
+    return False
 
 
 async def _probe(probe: Probe) -> tuple[bool, RunRecord | None]:

@@ -10,6 +10,11 @@ response task: the cancellation reaches the stream's wait on its queue, the gene
 unsubscribes it, and the last stream to leave cancels the feed's pending `XREAD` (redis-py disconnects
 that connection: a cancelled command leaves it in an unknown state).
 
+What answers at once instead of a stream (`stream_response`): a resume at or after a done run's finish
+(204, or the finish again for AG-UI), and a read whose start the run's stream no longer keeps (410). A
+stream that falls behind what is kept ends with an error event instead of skipping: every event must
+follow the one before it (`events.follows`). docs/streams.md says what each client gets and why.
+
 Under WSGI (or Django's sync test client) Django consumes an async iterator by running it to the end
 in `async_to_sync` with a warning: it still works for streams that finish, it just does not stream.
 """
@@ -24,13 +29,15 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from django import db
-from django.http import StreamingHttpResponse
+from django.http import HttpResponse, StreamingHttpResponse
 from rest_framework.renderers import BaseRenderer
 
 from mailbox_app.conf import awaken_settings
 from mailbox_app.realtime import events
+from runs_app.api.errors import ApiError
+from runs_app.api.protocols import ag_ui
 from runs_app.api.protocols import selection as protocols
-from runs_app.api.protocols.framing import KEEPALIVE, stream_position
+from runs_app.api.protocols.framing import KEEPALIVE, finish_kind, stream_position
 
 MAX_STREAM_S = 3600.0
 READ_COUNT = 1000
@@ -38,6 +45,8 @@ MAX_REDIS_CONNECTIONS = 20_000  # one per open stream (redis-py's default pool s
 SOCKET_TIMEOUT_MARGIN_S = 10.0
 STOP_RETRY_S = 0.05
 T = TypeVar("T")
+NOT_RETAINED = "events_not_retained"  # the code of the 410 answer and of a stream's `stream_error` event
+STREAM_ERROR = "stream_error"  # the native event that ends a stream which cannot go on without a gap
 CLIENT_NAME = "awaken-sse"  # CLIENT LIST shows the stream readers by this name
 TERMINAL_EVENTS = frozenset({events.RUN_FINISH})  # run_finish: the run is done (any outcome) or waiting
 
@@ -85,7 +94,7 @@ async def read_after(run_id: str, after: str, *, block_ms: int | None) -> list[e
     block = None if block_ms is None else max(block_ms, 1)
     result: Any = await async_redis().xread({events.stream_key(run_id): after}, count=READ_COUNT, block=block)
     entries = result[0][1] if result else []
-    return [_decode(event_id, fields) for event_id, fields in entries]
+    return [events.decode(event_id, fields) for event_id, fields in entries]
 
 
 class RunFeed:
@@ -188,13 +197,14 @@ async def run_events(
     run_id: str, *, after: str = "0-0", end_after: str | None = None
 ) -> AsyncIterator[events.RunEvent | None]:
     """The run's events after `after` (exclusive) until a terminal event past `end_after` (default
-    `after`); None whenever a keep-alive is due.
+    `after`); None whenever a keep-alive is due. Raises `events.EventsNotRetained` instead of skipping:
+    each event must follow the one before it (`events.follows`), else what came between was trimmed.
 
     Subscribes to the run's feed first, then reads the events already in the stream after `after`
     (non-blocking `XREAD`s) until it has caught up, then takes the feed's batches, skipping what it
     already has: the feed starts after an entry that existed before this catch-up read, so nothing
     falls between the two. Idle, it sleeps on its queue until the feed says a keep-alive is due."""
-    cursor = stream_position(after)
+    last = after
     end = stream_position(end_after or after)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + MAX_STREAM_S
@@ -205,9 +215,10 @@ async def run_events(
         read_from = after
         while batch := await _cancellable(read_after(run_id, read_from, block_ms=None)):
             for event in batch:
-                cursor = stream_position(event.id)
+                _check_follows(event, last)
+                last = event.id
                 yield event
-                if event.type in TERMINAL_EVENTS and cursor > end:
+                if event.type in TERMINAL_EVENTS and stream_position(event.id) > end:
                     return
             if len(batch) < READ_COUNT:
                 break
@@ -220,9 +231,10 @@ async def run_events(
                 yield None
             for event in item:
                 position = stream_position(event.id)
-                if position <= cursor:
+                if position <= stream_position(last):
                     continue
-                cursor = position
+                _check_follows(event, last)
+                last = event.id
                 yield event
                 if event.type in TERMINAL_EVENTS and position > end:
                     return
@@ -230,11 +242,29 @@ async def run_events(
         feed.unsubscribe(queue)
 
 
+def _check_follows(event: events.RunEvent, last: str) -> None:
+    if not events.follows(event, last):
+        raise events.EventsNotRetained(last, event)
+
+
 async def follow(run_id: str, *, after: str = "0-0") -> AsyncIterator[str]:
     """Frames in this project's own event names after `after` (exclusive) until a terminal event;
-    keep-alive comments while idle."""
-    async for event in run_events(run_id, after=after):
-        yield KEEPALIVE if event is None else frame(event)
+    keep-alive comments while idle. A gap ends the stream with a `stream_error` event (no id)."""
+    try:
+        async for event in run_events(run_id, after=after):
+            yield KEEPALIVE if event is None else frame(event)
+    except events.EventsNotRetained as exc:
+        yield stream_error_frame(exc)
+
+
+def stream_error_frame(exc: events.EventsNotRetained) -> str:
+    data = {
+        "error": str(exc),
+        "code": NOT_RETAINED,
+        "first_retained_id": exc.first_retained_id,
+        "last_trimmed_id": exc.last_trimmed_id,
+    }
+    return f"event: {STREAM_ERROR}\ndata: {json.dumps(data)}\n\n"
 
 
 def _body(run_id: str, after: str, protocol: str, thread_id: str) -> AsyncIterator[str]:
@@ -245,6 +275,22 @@ def _body(run_id: str, after: str, protocol: str, thread_id: str) -> AsyncIterat
     return protocols.encode(protocol, replay, run_id=run_id, thread_id=thread_id, resume_after=after)
 
 
+async def _once(event: events.RunEvent) -> AsyncIterator[events.RunEvent | None]:
+    yield event
+
+
+def ended_by(newest: events.RunEvent | None, after: str) -> bool:
+    """Whether a resume after `after` has nothing left to wait for: the stream's newest event is a
+    finish that is not a waiting one (the run is done: a waiting run goes on after a decision, and a
+    resume at its finish waits for the continuation) and `after` is at or past it."""
+    return (
+        newest is not None
+        and newest.type in TERMINAL_EVENTS
+        and finish_kind(newest.data) != "suspended"
+        and stream_position(after) >= stream_position(newest.id)
+    )
+
+
 def stream_response(
     run_id: str,
     *,
@@ -252,14 +298,34 @@ def stream_response(
     headers: dict[str, str] | None = None,
     protocol: str = protocols.NATIVE,
     thread_id: str = "",
-) -> StreamingHttpResponse:
+) -> HttpResponse | StreamingHttpResponse:
+    """The run's event stream after `after` in `protocol`, or what answers at once instead.
+
+    A resume at or after the finish of a run that is done has nothing to stream: 204 (which stops an
+    `EventSource` from reconnecting and is the AI SDK's `reconnectToStream` "no active stream"), or for
+    AG-UI the finish again as a run of its own (`RUN_STARTED` + `RUN_FINISHED`/`RUN_ERROR`: what
+    `@ag-ui/client` accepts; it fails on a body-less 204). A read whose start is no longer retained is
+    410 `events_not_retained`: a native resume needs the events after `after`, a front-end protocol the
+    whole run (its adapter rebuilds from the first event what is open at the resume point)."""
     # The view's work is done (its transactions committed): give back this request's DB connection now
     # rather than when the stream ends. Under ASGI each request's sync code has a thread (and so a
     # connection) of its own, and 1,000 open streams would otherwise hold 1,000 idle connections.
     for conn in db.connections.all(initialized_only=True):
         if not conn.in_atomic_block:  # (a test's wrapping transaction stays)
             conn.close()
-    body = _body(run_id, after, protocol, thread_id)
+    needed_from = after if protocol == protocols.NATIVE else events.NO_EVENT
+    newest, first = events.stream_ends(run_id, needed_from)
+    if ended_by(newest, after):
+        assert newest is not None
+        if protocol != ag_ui.NAME:
+            return HttpResponse(status=204)
+        body = protocols.encode(protocol, _once(newest), run_id=run_id, thread_id=thread_id)
+    elif first is not None and not events.follows(first, needed_from):
+        field = "Last-Event-ID" if needed_from != events.NO_EVENT else None
+        not_retained = events.EventsNotRetained(needed_from, first)
+        raise ApiError(str(not_retained), code=NOT_RETAINED, status_code=410, field=field)
+    else:
+        body = _body(run_id, after, protocol, thread_id)
     response = StreamingHttpResponse(body, content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
@@ -270,10 +336,3 @@ def stream_response(
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _decode(event_id: Any, fields: dict[Any, Any]) -> events.RunEvent:
-    raw = {_text(k): _text(v) for k, v in fields.items()}
-    return events.RunEvent(
-        id=_text(event_id), type=raw.get("type", ""), data=json.loads(raw.get("data", "{}"))
-    )

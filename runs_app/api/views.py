@@ -132,7 +132,7 @@ def _inject_once(
     return Response(body, status=status_code)
 
 
-def _answered(request: Request, thread_id: str | None) -> StreamingHttpResponse | None:
+def _answered(request: Request, thread_id: str | None) -> HttpResponse | StreamingHttpResponse | None:
     """A front end answering the waiting run's tool calls (decisions, not a new run): the stream of the
     run's continuation; None for an ordinary submit."""
     protocol = requested_protocol(request)
@@ -267,7 +267,7 @@ class RunEventsView(EdgeCheckedView):
         responses={
             (200, out.EVENT_STREAM): out.event_stream("the run's events after `Last-Event-ID`"),
             204: None,
-            **out.errors(400, 404),
+            **out.errors(400, 404, 410),
         },
     )
     def get(self, request: Request, run_id: str) -> HttpResponse | StreamingHttpResponse:

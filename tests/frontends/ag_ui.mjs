@@ -84,6 +84,15 @@ await main({
     assert.equal(got.result, "echo: hello world");
   },
 
+  async "a reconnect at the finish of a done run gets that finish again, as a run of its own"() {
+    const agent = new EventsAgent({ runId: state.runId, lastEventId: lastId(state.body), threadId: state.thread });
+    const got = await run(agent); // @ag-ui/client fails on a body-less 204; this ends at once
+    assert.deepEqual(got.types, [EventType.RUN_STARTED, EventType.RUN_FINISHED]);
+    assert.equal(got.result, "echo: hello world");
+    assert.equal(got.finished[0].outcome, "success");
+    assert.equal(got.newMessages.length, 0);
+  },
+
   async "a tool call suspends as an interrupt; the decision's continuation answers it"() {
     const log = [];
     const thread = `fe-agui-ask-${TAG}`;

@@ -95,6 +95,12 @@ await main({
     await assert.rejects(transport(state.thread, []).reconnectToStream({ chatId: "no-such-run" }), /not found/);
   },
 
+  async "a reconnect at the finish of a done run is a 204: reconnectToStream answers no active stream"() {
+    const lastEventId = lastId(state.body);
+    const stream = await transport(state.thread, []).reconnectToStream({ chatId: state.runId, metadata: { lastEventId } });
+    assert.equal(stream, null);
+  },
+
   async "a tool call suspends for a decision; the decision continues the same message"() {
     const log = [];
     const thread = `fe-ai-ask-${TAG}`;

@@ -49,7 +49,7 @@ def free_port() -> int:
 
 
 def web_command(port: int, workers: int = 1) -> list[str]:
-    """scripts/run.sh's web server (gunicorn + uvicorn ASGI workers), with `workers` processes."""
+    """The Procfile's web server (gunicorn + uvicorn ASGI workers), with `workers` processes."""
     return [
         sys.executable, "-m", "gunicorn", "awaken_project.asgi:application",
         "--worker-class", "uvicorn_worker.UvicornWorker", "--bind", f"127.0.0.1:{port}",

@@ -38,12 +38,16 @@ from runs_app.api.protocols.framing import (
 NAME = "ag-ui"
 HEADERS: dict[str, str] = {}
 SOURCE = "awaken-mailbox"
+NOT_RETAINED = "events_not_retained"
 
 
 class AgUiEncoder(EventEncoder):
     def encode(self, event: RunEvent, *, live: bool) -> list[Chunk]:
         stamp = stream_position(event.id)[0]
         return [chunk | {"timestamp": stamp} for chunk in super().encode(event, live=live)]
+
+    def stream_error(self, message: str) -> list[Chunk]:
+        return [{"type": "RUN_ERROR", "message": message, "code": NOT_RETAINED}]
 
     def resync(self) -> list[Chunk]:
         out = [self._run_started()] if self.is_open else []

@@ -50,6 +50,9 @@ class AiSdkEncoder(EventEncoder):
     def trailer(self) -> list[str]:
         return [DONE]
 
+    def stream_error(self, message: str) -> list[Chunk]:
+        return [{"type": "error", "errorText": message}]
+
     def resync(self) -> list[Chunk]:
         out = self._start() if self.is_open else []
         if self.text_id is not None:

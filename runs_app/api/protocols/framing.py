@@ -15,7 +15,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
-from mailbox_app.realtime.events import RunEvent
+from mailbox_app.realtime.events import EventsNotRetained, RunEvent
 
 Chunk = dict[str, Any]
 KEEPALIVE = ": keep-alive\n\n"
@@ -29,6 +29,10 @@ class Encoder(Protocol):
 
     def trailer(self) -> list[str]:
         """Raw text sent after the last event (e.g. the AI SDK's `data: [DONE]`)."""
+        ...
+
+    def stream_error(self, message: str) -> list[Chunk]:
+        """The chunks that end a stream which cannot go on without a gap (events no longer retained)."""
         ...
 
 
@@ -76,6 +80,9 @@ class EventEncoder:
         return out if live else []
 
     def trailer(self) -> list[str]:
+        return []
+
+    def stream_error(self, message: str) -> list[Chunk]:
         return []
 
     def resync(self) -> list[Chunk]:
@@ -152,13 +159,17 @@ async def encode_stream(
 ) -> AsyncIterator[str]:
     """`events` (None: a keep-alive is due) as one protocol's frames, sent after `resume_after`."""
     cursor = stream_position(resume_after)
-    async for event in events:
-        if event is None:
-            yield KEEPALIVE
-            continue
-        live = stream_position(event.id) > cursor
-        chunks = encoder.encode(event, live=live)
-        if live and chunks:
-            yield frames(chunks, event.id)
+    try:
+        async for event in events:
+            if event is None:
+                yield KEEPALIVE
+                continue
+            live = stream_position(event.id) > cursor
+            chunks = encoder.encode(event, live=live)
+            if live and chunks:
+                yield frames(chunks, event.id)
+    except EventsNotRetained as exc:  # no id: a client resuming goes on from the last event it had
+        for chunk in encoder.stream_error(str(exc)):
+            yield f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n"
     for text in encoder.trailer():
         yield text

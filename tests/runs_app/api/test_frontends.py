@@ -70,9 +70,9 @@ def _run_script(name: str, server: WebServer, token: str) -> str:
 
 def test_ai_sdk_client_rebuilds_the_runs_messages(mailbox_worker: Any, server: WebServer, token: str) -> None:
     out = _run_script("ai_sdk.mjs", server, token)
-    assert out.count("ok ") == 8, out
+    assert out.count("ok ") == 9, out
 
 
 def test_ag_ui_client_rebuilds_the_runs_messages(mailbox_worker: Any, server: WebServer, token: str) -> None:
     out = _run_script("ag_ui.mjs", server, token)
-    assert out.count("ok ") == 8, out
+    assert out.count("ok ") == 9, out

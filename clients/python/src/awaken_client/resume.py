@@ -1,9 +1,12 @@
 """What a run's event stream remembers to resume after a dropped connection (shared by both clients).
 
-The server keeps a run's events in a Redis stream (24 h) and `GET runs/{id}/events` with `Last-Event-ID`
-replays what came after that id, then follows live, and ends after the next `run_finish`. So a client
-that lost its connection reconnects with the id of the last event it handed out and gets each event
-exactly once, in order. A frame cut off mid-way is never handed out (the replay sends it again).
+The server keeps a run's events in a Redis stream (24 h, at least 100,000 events per run) and
+`GET runs/{id}/events` with `Last-Event-ID` replays what came after that id, then follows live, and ends
+after the next `run_finish`. So a client that lost its connection reconnects with the id of the last
+event it handed out and gets each event exactly once, in order. A frame cut off mid-way is never handed
+out (the replay sends it again). When the events after that id are no longer kept, the server refuses
+(410 `events_not_retained`, or a `stream_error` event on a stream that fell behind): that raises
+`ApiError` rather than handing out a stream with a hole in it.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from awaken_client.sse import SseDecoder
 DROPS: tuple[type[Exception], ...] = (httpx.TransportError,)
 CAUGHT: tuple[type[Exception], ...] = (httpx.TransportError, ApiError)  # `is_drop` tells which to cure
 SERVER_ERROR = 500
+STREAM_ERROR = "stream_error"  # the server's last event on a stream that cannot go on without a gap
+GONE = 410
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +52,9 @@ class StreamState:
         self._failures = 0  # drops since the last event
 
     def on_event(self, event: Event) -> None:
+        """Remember `event`; a `stream_error` raises what a reconnect would answer (410)."""
+        if event.type == STREAM_ERROR:
+            raise stream_error(event)
         if event.id:
             self.last_event_id = event.id
         self._failures = 0
@@ -66,6 +74,12 @@ class StreamState:
     def resume_call(self) -> calls.Call[httpx.Response]:
         assert self.run_id is not None
         return calls.run_events(self.run_id, self.last_event_id)
+
+
+def stream_error(event: Event) -> ApiError:
+    data = event.data if isinstance(event.data, dict) else {}
+    message = str(data.get("error") or "the event stream cannot go on")
+    return ApiError(GONE, message, code=data.get("code"), body=data)
 
 
 def is_drop(exc: Exception) -> bool:
