@@ -309,3 +309,16 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": ENV.get("LOG_LEVEL", "INFO")},
 }
+
+# --- api: the web edge (awaken_project/intake.py, runs_app/api/auth.py) -------------------------------
+# A request body must arrive whole within this long (from its headers) or the request answers 408.
+AWAKEN_BODY_READ_TIMEOUT_MS = _env_int("AWAKEN_BODY_READ_TIMEOUT_MS", 5_000, minimum=1)
+# A token is trusted this long without a query (0: no cache); revocation is immediate regardless.
+AWAKEN_AUTH_CACHE_TTL_MS = _env_int("AWAKEN_AUTH_CACHE_TTL_MS", 60_000)
+AWAKEN_AUTH_CACHE_MAX_ENTRIES = _env_int("AWAKEN_AUTH_CACHE_MAX_ENTRIES", 10_000, minimum=1)
+# The longest doorbell countdown (delayed starts, retries); later rings are the sweep's. At most half the
+# broker's visibility timeout: a longer countdown is redelivered every visibility timeout (pitfalls §1).
+AWAKEN_DOORBELL_MAX_COUNTDOWN_MS = min(
+    _env_int("AWAKEN_DOORBELL_MAX_COUNTDOWN_MS", 300_000, minimum=1),
+    CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"] * 500,
+)
