@@ -712,6 +712,14 @@ def claimable_thread_ids(now: int, limit: int = 1000) -> list[str]:
         return [row[0] for row in cursor.fetchall()]
 
 
+def threads_coming_due(now: int, until: int, limit: int = 1000) -> list[tuple[str, str, int]]:
+    """(thread, dispatch, available_at) of each unclaimed thread's earliest queued dispatch that becomes
+    available after `now` and by `until`: the delayed starts the sweep rings ahead of their time."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql.THREADS_COMING_DUE, {"now": now, "until": until, "limit": limit})
+        return [(str(t), str(d), int(at)) for t, d, at in cursor.fetchall()]
+
+
 # --- reads ------------------------------------------------------------------------------------
 
 

@@ -425,6 +425,16 @@ DELETE FROM {DISPATCH}
  WHERE status IN ('acked', 'cancelled', 'superseded', 'dead_letter') AND updated_at < %(older_than)s
 """
 
+# Threads with no claim whose earliest queued dispatch becomes available in (now, until]: the delayed
+# starts the sweep rings ahead of time, each with a countdown to its own time (realtime/doorbells.py).
+THREADS_COMING_DUE = f"""
+SELECT DISTINCT ON (q.thread_id) q.thread_id, q.dispatch_id, q.available_at FROM {DISPATCH} q
+ WHERE q.status = 'queued' AND q.available_at > %(now)s AND q.available_at <= %(until)s
+   AND NOT EXISTS (SELECT 1 FROM {DISPATCH} c WHERE c.thread_id = q.thread_id AND c.status = 'claimed')
+ ORDER BY q.thread_id, q.available_at
+ LIMIT %(limit)s
+"""
+
 # Threads with claimable queued work and no claim: the sweep's re-drive set (fixes spec §7.3).
 CLAIMABLE_THREADS = f"""
 SELECT DISTINCT q.thread_id FROM {DISPATCH} q
