@@ -130,12 +130,14 @@ def test_a_parked_start_runs_on_time_when_the_beat_sweeps(
             interval=0.01,
         )
     done = store.load_dispatch(dispatch_id)
+    assert done is not None and done.completed_at is not None
     lateness_ms = done.completed_at - available_at
     rings = doorbells_for(sent, dispatch_id)
     assert rings and all(r.eta_ms is not None for r in rings), rings
     assert 0 <= lateness_ms < 1_000, f"finished {lateness_ms} ms after its time"
     run = run_store.load_run(run_id=done.run_id)
-    assert run.status is RunStatus.DONE and run.started_at * 1000 >= available_at - 999
+    assert run is not None and run.started_at is not None and run.status is RunStatus.DONE
+    assert run.started_at * 1000 >= available_at - 999  # (seconds)
 
 
 def _settled(dispatch_id: str) -> bool:
