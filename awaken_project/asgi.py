@@ -122,6 +122,7 @@ application = intake.Intake(
     intake.IntakePolicy(
         max_body_bytes=settings.DATA_UPLOAD_MAX_MEMORY_SIZE,  # AWAKEN_API_MAX_BODY_BYTES
         body_timeout_s=getattr(settings, "AWAKEN_BODY_READ_TIMEOUT_MS", 5_000) / 1000,
+        max_buffered_bytes=getattr(settings, "AWAKEN_BODY_BUFFER_MAX_BYTES", 64 << 20),
         session_cookie=settings.SESSION_COOKIE_NAME,
     ),
     probes.Probes(

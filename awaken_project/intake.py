@@ -11,7 +11,10 @@ In order, on the event loop (no thread, no permit):
    (`lookup_threads` threads, at most MAX_PENDING_LOOKUPS waiting, else 503). A session cookie is let
    through: Django decides, but its body is still read under 4.
 4. The body is read whole under a deadline (AWAKEN_BODY_READ_TIMEOUT_MS from the headers): a client that
-   stalls gets 408; a chunked body that grows past the limit is cut there with 413.
+   stalls gets 408; a chunked body that grows past the limit is cut there with 413. The bodies the
+   process holds at once (read, or handed to Django and not answered yet) are bounded by
+   AWAKEN_BODY_BUFFER_MAX_BYTES: past it a request gets 503 with `Retry-After` instead of memory (the
+   body is read here, outside the view permits, so many connections could otherwise each hold one).
 
 Every refusal has the API's error shape `{"error", "code", "field"?}` and, when a body was announced
 that will not be read, closes the connection (`Connection: close`). Django then gets the body as one
@@ -49,6 +52,7 @@ NO_CREDENTIALS = "Authentication credentials were not provided."
 class IntakePolicy:
     max_body_bytes: int | None  # None: no limit (Django's DATA_UPLOAD_MAX_MEMORY_SIZE = None)
     body_timeout_s: float
+    max_buffered_bytes: int | None = None  # the bodies the whole process holds at once (None: no limit)
     session_cookie: str = "sessionid"
     api_prefix: str = "/api/"
     open_paths: frozenset[str] = frozenset({"/api/v1/docs/"})  # sends a browser to the login page
@@ -77,6 +81,9 @@ TOO_LARGE = Refusal(413, "request body too large", "body_too_large")
 TIMED_OUT = Refusal(408, "the request body did not arrive in time", "body_timeout")
 BAD_LENGTH = Refusal(400, "Content-Length is not a number", "invalid", "Content-Length")
 BUSY = Refusal(503, "too many credentials to check at once; retry", "busy", headers=((b"retry-after", b"1"),))
+BUFFERS_FULL = Refusal(
+    503, "too many request bodies in flight; retry", "busy", headers=((b"retry-after", b"1"),)
+)
 
 
 class Headers:
@@ -107,6 +114,51 @@ def body_announced(headers: Headers, length: int | None) -> bool:
     return bool(length) or headers.get(b"transfer-encoding") is not None
 
 
+class BufferBudget:
+    """The bytes of request bodies this process holds (read, or handed to Django and not answered)."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit, self.used = limit, 0
+
+    def take(self, size: int) -> bool:
+        if self.limit is not None and self.used + size > self.limit:
+            return False
+        self.used += size
+        return True
+
+    def give_back(self, size: int) -> None:
+        self.used -= size
+
+
+class BodyBytes:
+    """One request's share of the budget, given back whole when the request is done."""
+
+    def __init__(self, budget: BufferBudget) -> None:
+        self.budget, self.held = budget, 0
+
+    def take(self, size: int) -> bool:
+        if not self.budget.take(size):
+            return False
+        self.held += size
+        return True
+
+    def give_back(self) -> None:
+        self.budget.give_back(self.held)
+        self.held = 0
+
+    def give_back_on_start(self, send: Send) -> Send:
+        """`send` that gives the bytes back when the response starts: the view is done with the body
+        then (a stream that follows holds no more of it), and a client that got its answer finds the
+        room free for its next upload."""
+
+        async def sending(message: Mapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                self.give_back()
+            await send(message)
+
+        return sending
+
+
 class Intake:
     """The ASGI middleware of this module's docstring, in front of awaken_project/asgi.py's BoundedViews."""
 
@@ -114,6 +166,7 @@ class Intake:
         self.app, self.policy, self.probes = app, policy, probes
         self._lookups = ThreadPoolExecutor(lookup_threads, thread_name_prefix="awaken-auth")
         self._pending = 0
+        self.buffers = BufferBudget(policy.max_buffered_bytes)
 
     async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -138,13 +191,17 @@ class Intake:
             if refusal is not None:
                 await respond(send, refusal, close=unread)
                 return
-        body = await read_body(receive, limit, self.policy.body_timeout_s)
-        if isinstance(body, Refusal):
-            await respond(send, body, close=True)
-            return
-        if body is None:  # the client left
-            return
-        await self.app(scope, replay(body, receive), send)
+        held = BodyBytes(self.buffers)
+        try:
+            body = await read_body(receive, limit, self.policy.body_timeout_s, held.take)
+            if isinstance(body, Refusal):
+                await respond(send, body, close=True)
+                return
+            if body is None:  # the client left
+                return
+            await self.app(scope, replay(body, receive), held.give_back_on_start(send))
+        finally:
+            held.give_back()
 
     def _guarded(self, path: str) -> bool:
         return path.startswith(self.policy.api_prefix) and path not in self.policy.open_paths
@@ -203,8 +260,11 @@ def _check_key(key: str) -> str | None:
     return None
 
 
-async def read_body(receive: Receive, limit: int | None, timeout_s: float) -> bytes | Refusal | None:
-    """The whole body, or the refusal (408, 413); None when the client disconnected."""
+async def read_body(
+    receive: Receive, limit: int | None, timeout_s: float, take: Callable[[int], bool] = lambda _: True
+) -> bytes | Refusal | None:
+    """The whole body, or the refusal (408, 413, 503 when `take` refuses to hold another chunk); None
+    when the client disconnected."""
     chunks: list[bytes] = []
     size = 0
     try:
@@ -217,6 +277,8 @@ async def read_body(receive: Receive, limit: int | None, timeout_s: float) -> by
                 size += len(chunk)
                 if limit is not None and size > limit:
                     return TOO_LARGE
+                if not take(len(chunk)):
+                    return BUFFERS_FULL
                 if chunk:
                     chunks.append(chunk)
                 if not message.get("more_body", False):

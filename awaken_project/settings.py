@@ -313,6 +313,8 @@ LOGGING = {
 # --- api: the web edge (awaken_project/intake.py, runs_app/api/auth.py) -------------------------------
 # A request body must arrive whole within this long (from its headers) or the request answers 408.
 AWAKEN_BODY_READ_TIMEOUT_MS = _env_int("AWAKEN_BODY_READ_TIMEOUT_MS", 5_000, minimum=1)
+# Request bodies one web process holds at once (read before the view permits); past it: 503, Retry-After.
+AWAKEN_BODY_BUFFER_MAX_BYTES = _env_int("AWAKEN_BODY_BUFFER_MAX_BYTES", 67_108_864, minimum=1024)
 # A token is trusted this long without a query (0: no cache); revocation is immediate regardless.
 AWAKEN_AUTH_CACHE_TTL_MS = _env_int("AWAKEN_AUTH_CACHE_TTL_MS", 60_000)
 AWAKEN_AUTH_CACHE_MAX_ENTRIES = _env_int("AWAKEN_AUTH_CACHE_MAX_ENTRIES", 10_000, minimum=1)

@@ -225,6 +225,38 @@ def test_a_stalled_or_dripping_body_gets_408_at_the_deadline_and_is_closed(
         assert not Thread.objects.filter(id="t-408").exists()
 
 
+def test_bodies_in_flight_are_bounded_per_process_with_503(tmp_path: Path, token: str) -> None:
+    # given a process that may hold 4096 bytes of bodies at once
+    with server(tmp_path, AWAKEN_BODY_BUFFER_MAX_BYTES="4096", AWAKEN_BODY_READ_TIMEOUT_MS="30000") as web:
+        body = submit_body("x" * (1000 - len(submit_body(""))))
+        headers = auth(token) | {"Content-Type": "application/json", "Content-Length": "1000"}
+        uploads = [connect(web.port) for _ in range(7)]
+        try:
+            # when seven uploads each send 600 of their 1000 bytes (the seventh would make 4200)
+            for i, sock in enumerate(uploads):
+                sock.sendall(head("POST", f"/api/v1/threads/t-budget-{i}/mailbox", headers) + body[:600])
+                if i < 6:
+                    assert unanswered_for(sock, 0.2), f"upload {i} answered within the budget"
+            # then the seventh is refused at once, and told when to come back
+            refused = read_answer(uploads[6])
+            assert (refused.status, refused.json()["code"], refused.headers["retry-after"]) == (
+                503,
+                "busy",
+                "1",
+            )
+            assert closed_by_server(uploads[6])
+            # and the first, completing within the budget (4000 bytes), is served with its body
+            uploads[0].sendall(body[600:])
+            assert read_answer(uploads[0]).status == 201
+            # whose bytes are given back when it is done: a new whole upload fits again
+            assert (
+                request(web.port, "POST", "/api/v1/threads/t-budget-new/mailbox", headers, body).status == 201
+            )
+        finally:
+            for sock in uploads:
+                sock.close()
+
+
 # --- huge bodies ---------------------------------------------------------------------------------------
 
 
