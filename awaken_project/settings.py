@@ -319,7 +319,7 @@ AWAKEN_BODY_BUFFER_MAX_BYTES = _env_int("AWAKEN_BODY_BUFFER_MAX_BYTES", 67_108_8
 AWAKEN_AUTH_CACHE_TTL_MS = _env_int("AWAKEN_AUTH_CACHE_TTL_MS", 60_000)
 AWAKEN_AUTH_CACHE_MAX_ENTRIES = _env_int("AWAKEN_AUTH_CACHE_MAX_ENTRIES", 10_000, minimum=1)
 # The longest doorbell countdown (delayed starts, retries); later rings are the sweep's. At most half the
-# broker's visibility timeout: a longer countdown is redelivered every visibility timeout (pitfalls §1).
+# visibility timeout: a longer countdown is redelivered every visibility timeout (docs/pitfalls.md §1).
 AWAKEN_DOORBELL_MAX_COUNTDOWN_MS = min(
     _env_int("AWAKEN_DOORBELL_MAX_COUNTDOWN_MS", 300_000, minimum=1),
     CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"] * 500,
