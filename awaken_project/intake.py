@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ Receive = Callable[[], Awaitable[Mapping[str, Any]]]
 Send = Callable[[Mapping[str, Any]], Awaitable[None]]
 App = Callable[[Message, Receive, Send], Awaitable[None]]
 
+log = logging.getLogger(__name__)
 MAX_PENDING_LOOKUPS = 256
 NO_CREDENTIALS = "Authentication credentials were not provided."
 
@@ -81,6 +83,9 @@ TOO_LARGE = Refusal(413, "request body too large", "body_too_large")
 TIMED_OUT = Refusal(408, "the request body did not arrive in time", "body_timeout")
 BAD_LENGTH = Refusal(400, "Content-Length is not a number", "invalid", "Content-Length")
 BUSY = Refusal(503, "too many credentials to check at once; retry", "busy", headers=((b"retry-after", b"1"),))
+CANNOT_CHECK = Refusal(
+    503, "credentials cannot be checked now; retry", "unavailable", headers=((b"retry-after", b"1"),)
+)
 BUFFERS_FULL = Refusal(
     503, "too many request bodies in flight; retry", "busy", headers=((b"retry-after", b"1"),)
 )
@@ -243,6 +248,9 @@ class Intake:
         try:
             loop = asyncio.get_running_loop()
             message = await loop.run_in_executor(self._lookups, _check_key, key)
+        except Exception:  # PostgreSQL unreachable: not the client's fault, and not a 500
+            log.warning("could not check a token", exc_info=True)
+            return CANNOT_CHECK
         finally:
             self._pending -= 1
         return None if message is None else unauthorized(message, "authentication_failed")

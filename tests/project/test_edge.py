@@ -97,9 +97,18 @@ def closed_by_server(sock: socket.socket, within_s: float = 2.0) -> bool:
         return True
 
 
-def request(port: int, method: str, path: str, headers: dict[str, str], body: bytes = b"") -> Answer:
+def request(
+    port: int,
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    body: bytes = b"",
+    *,
+    timeout: float = SOCKET_TIMEOUT_S,
+) -> Answer:
     began = time.monotonic()
     with connect(port) as sock:
+        sock.settimeout(timeout)
         sock.sendall(head(method, path, headers | {"Content-Length": str(len(body))}) + body)
         answer = read_answer(sock)
     answer.seconds = time.monotonic() - began
@@ -381,6 +390,18 @@ def unanswered_for(sock: socket.socket, seconds: float) -> bool:
     """Nothing (neither an answer nor a close) arrives on `sock` within `seconds`."""
     readable, _, _ = select.select([sock], [], [], seconds)
     return not readable
+
+
+def test_with_postgresql_unreachable_a_token_check_is_503_not_500(tmp_path: Path) -> None:
+    unreachable = "postgresql://postgres@127.0.0.1:1/nowhere"
+    with asgi_server(tmp_path, env={"DATABASE_URL": unreachable}) as web:
+        # (the lookup waits for a pooled connection up to the pool's timeout, 10 s, then gives up)
+        answer = request(web.port, "GET", "/api/v1/threads", auth("0" * 40), timeout=30)
+        ready = request(web.port, "GET", "/readyz", {})
+        health = request(web.port, "GET", "/healthz", {})
+    assert (answer.status, answer.json()["code"], answer.headers["retry-after"]) == (503, "unavailable", "1")
+    assert (ready.status, ready.json()["down"]) == (503, ["postgresql: OperationalError"])
+    assert health.status == 200
 
 
 def test_readyz_reports_a_redis_outage_without_waiting_on_it(tmp_path: Path) -> None:
