@@ -284,6 +284,14 @@ def test_a_1_gib_announced_upload_is_refused_413_at_the_headers(tmp_path: Path, 
         with connect(web.port) as sock:
             sock.sendall(head("POST", "/admin/login/", {"Content-Length": str(GIB)}))
             assert read_answer(sock).status == 413
+        # a Content-Length that is not a length is a 400 (the HTTP parser's or the intake's), never a 500
+        for bad in ("abc", "-1", "1, 2", "0x10", "1e3", "\xb2"):
+            with connect(web.port) as sock:
+                sock.sendall(
+                    head("POST", "/api/v1/threads/t-huge/mailbox", auth(token) | {"Content-Length": bad})
+                )
+                answer = read_answer(sock)
+                assert answer.status == 400, (bad, answer)
 
 
 def test_a_chunked_body_past_the_limit_is_cut_with_413(tmp_path: Path, token: str) -> None:
