@@ -13,14 +13,18 @@ from asgiref.sync import ThreadSensitiveContext
 from django.core.asgi import get_asgi_application
 from django.urls import get_resolver
 
+AUTH_LOOKUP_THREADS = 2  # threads checking unknown tokens for the intake, each with a pooled connection
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "awaken_project.settings")
 # Django runs each ASGI request's sync code (every DRF view here) in a thread of its own, so a
 # persistent connection would never be reused by a later request: it would only linger until its
 # thread is collected. Close each request's connection when it finishes instead (set DB_CONN_MAX_AGE to
 # override, e.g. behind a pooler).
 os.environ.setdefault("DB_CONN_MAX_AGE", "0")
-# ... and share a pool of warm connections between those threads (sized to the bounded view phase).
-os.environ.setdefault("DB_POOL_MAX_SIZE", os.environ.get("AWAKEN_WEB_MAX_CONCURRENT_VIEWS", "16"))
+# ... and share a pool of warm connections between those threads: one per view permit, and one per thread
+# that checks an unknown token before a request is admitted (awaken_project/intake.py).
+_POOL_SIZE = int(os.environ.get("AWAKEN_WEB_MAX_CONCURRENT_VIEWS") or "16") + AUTH_LOOKUP_THREADS
+os.environ.setdefault("DB_POOL_MAX_SIZE", str(_POOL_SIZE))
 
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Mapping[str, Any]]]
@@ -107,8 +111,26 @@ class BoundedViews:
 
 django_application = get_asgi_application()
 from django.conf import settings  # noqa: E402  (configured by get_asgi_application)
+from django.db import connections  # noqa: E402
 
-application = BoundedViews(django_application, settings.AWAKEN_WEB_MAX_CONCURRENT_VIEWS)
+from awaken_project import intake, probes  # noqa: E402  (imports the API's token cache: after setup)
+
+# Every request passes the intake first (awaken_project/intake.py): probes answered, oversized and
+# anonymous API requests refused, the body read under a deadline, all before a view permit is taken.
+application = intake.Intake(
+    BoundedViews(django_application, settings.AWAKEN_WEB_MAX_CONCURRENT_VIEWS),
+    intake.IntakePolicy(
+        max_body_bytes=settings.DATA_UPLOAD_MAX_MEMORY_SIZE,  # AWAKEN_API_MAX_BODY_BYTES
+        body_timeout_s=getattr(settings, "AWAKEN_BODY_READ_TIMEOUT_MS", 5_000) / 1000,
+        max_buffered_bytes=getattr(settings, "AWAKEN_BODY_BUFFER_MAX_BYTES", 64 << 20),
+        session_cookie=settings.SESSION_COOKIE_NAME,
+    ),
+    probes.Probes(
+        probes.libpq_params(connections["default"].get_connection_params()),
+        getattr(settings, "REDIS_URL", "redis://127.0.0.1:6379/0"),
+    ),
+    lookup_threads=AUTH_LOOKUP_THREADS,
+)
 
 # Garbage collection pauses the event loop. Load the URLconf (and so every view module) now, then move
 # everything start-up created into the collector's permanent generation, so that a full collection

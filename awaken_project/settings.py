@@ -298,3 +298,17 @@ CSRF_TRUSTED_ORIGINS = list(_ENV.CSRF_TRUSTED_ORIGINS)
 
 # --- logging (awaken_project/logconfig.py): one format for every process, JSON with LOG_FORMAT=json --
 LOGGING = logging_config(level=_ENV.LOG_LEVEL, fmt=_ENV.LOG_FORMAT)
+
+# --- api: the web edge (awaken_project/intake.py, runs_app/api/auth.py) -------------------------------
+# A request body must arrive whole within this long (from its headers) or the request answers 408.
+AWAKEN_BODY_READ_TIMEOUT_MS = _ENV.AWAKEN_BODY_READ_TIMEOUT_MS
+# Request bodies one web process holds at once (read before the view permits); past it: 503, Retry-After.
+AWAKEN_BODY_BUFFER_MAX_BYTES = _ENV.AWAKEN_BODY_BUFFER_MAX_BYTES
+# A token is trusted this long without a query (0: no cache); revocation is immediate regardless.
+AWAKEN_AUTH_CACHE_TTL_MS = _ENV.AWAKEN_AUTH_CACHE_TTL_MS
+AWAKEN_AUTH_CACHE_MAX_ENTRIES = _ENV.AWAKEN_AUTH_CACHE_MAX_ENTRIES
+# The longest doorbell countdown (delayed starts, retries); later rings are the sweep's. At most half the
+# visibility timeout: a longer countdown is redelivered every visibility timeout (docs/pitfalls.md §1).
+AWAKEN_DOORBELL_MAX_COUNTDOWN_MS = min(
+    _ENV.AWAKEN_DOORBELL_MAX_COUNTDOWN_MS, CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"] * 500
+)

@@ -123,6 +123,13 @@ class AwakenSettings:
         parse_networks("AWAKEN_METRICS_ALLOWED_NETWORKS", DEFAULT_ALLOWED_NETWORKS)
     )
     METRICS_DIR: Setting[str] = Setting("")
+    # the API's token cache (runs_app/api/auth.py): how long a token is trusted without a query (0: no
+    # cache), and how many tokens one process keeps
+    AUTH_CACHE_TTL_MS: Setting[int] = Setting(60_000)
+    AUTH_CACHE_MAX_ENTRIES: Setting[int] = Setting(10_000)
+    # the longest Celery countdown a doorbell is sent with; a later ring is left to the sweep
+    # (mailbox_app/realtime/doorbells.py); keep it under half the broker's visibility timeout
+    DOORBELL_MAX_COUNTDOWN_MS: Setting[int] = Setting(300_000)
 
     @classmethod
     def declared(cls) -> dict[str, Setting[Any]]:

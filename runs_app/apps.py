@@ -14,8 +14,10 @@ class RunsAppConfig(AppConfig):
 
     def ready(self) -> None:
         from mailbox_app.services.maintenance import gc_ran
+        from runs_app.api.auth import connect_revocation
         from runs_app.api.idempotency import purge_on_gc
         from runs_app.store.threads import expire_on_gc
 
         gc_ran.connect(purge_on_gc, weak=False, dispatch_uid="runs_purge_idempotency_keys")
         gc_ran.connect(expire_on_gc, weak=False, dispatch_uid="runs_expire_threads")
+        connect_revocation()  # a token deleted anywhere (admin, shell, command) leaves every token cache

@@ -11,9 +11,26 @@ from mailbox_app.contract.config import Network
 
 
 def bearer_matches(authorization: str, token: str) -> bool:
-    """`Authorization: Bearer <token>`, compared in constant time; never true without a token set."""
+    """`Authorization: Bearer <token>`, compared in constant time; never true without a token set.
+
+    Compared as bytes, never as `str`: `hmac.compare_digest` raises `TypeError` for a `str` with a
+    non-ASCII character, and a header holds whatever the client sent. Django hands a header over as the
+    latin-1 decoding of its bytes (PEP 3333; the ASGI handler does the same), so encoding it back as
+    latin-1 gives the bytes on the wire, which must equal the token's UTF-8 bytes. A `str` beyond
+    latin-1 (only an in-process caller can pass one) is taken as UTF-8, a lone surrogate included."""
+    if not token:
+        return False
     scheme, _, given = authorization.partition(" ")
-    return bool(token) and scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), token)
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(_wire_bytes(given.strip()), token.encode("utf-8", "surrogatepass"))
+
+
+def _wire_bytes(header_text: str) -> bytes:
+    try:
+        return header_text.encode("latin-1")
+    except UnicodeEncodeError:
+        return header_text.encode("utf-8", "surrogatepass")
 
 
 def address_allowed(remote_addr: str, networks: Sequence[Network]) -> bool:

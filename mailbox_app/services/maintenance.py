@@ -40,6 +40,7 @@ class SweepReport:
     reconciled: int = 0
     redriven: int = 0
     timed_out: int = 0
+    rung_ahead: int = 0  # delayed dispatches coming due before the next sweep, rung with a countdown
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -63,6 +64,7 @@ def sweep(*, now: int | None = None) -> SweepReport:
     threads = store.claimable_thread_ids(stamp, REDRIVE_LIMIT)
     for thread_id in threads:
         doorbells.ring_on_commit(thread_id, None)
+    coming_due = ring_coming_due(stamp)
     metrics.refresh_dispatch_depth(store.count_by_status)  # the depth gauges: per sweep, not per request
     return SweepReport(
         reclaimed=reclaimed,
@@ -70,7 +72,21 @@ def sweep(*, now: int | None = None) -> SweepReport:
         reconciled=reconciled,
         redriven=len(threads),
         timed_out=timed_out,
+        rung_ahead=coming_due,
     )
+
+
+def ring_coming_due(now: int) -> int:
+    """Ring every unclaimed thread whose next delayed dispatch comes due before the sweep after next,
+    with a countdown to its time: a delayed start too far off for a Celery countdown (`ring_at` parks it)
+    still starts on time, not up to a sweep interval late. The horizon is two sweep intervals (a late
+    beat tick still finds it), at most the longest countdown; a dispatch may so be rung twice, which a
+    doorbell tolerates (it only claims what is due). Returns how many were rung."""
+    horizon = min(2 * awaken_settings.MAILBOX.sweep_interval_ms, doorbells.max_countdown_ms())
+    due = store.threads_coming_due(now, now + horizon, REDRIVE_LIMIT)
+    for thread_id, dispatch_id, available_at in due:
+        doorbells.ring_at(thread_id, dispatch_id, available_at)
+    return len(due)
 
 
 def _release_stale_lock(thread_id: str) -> None:

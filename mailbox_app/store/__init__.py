@@ -11,7 +11,8 @@ with the statement it runs written out beside it, in the module named for what i
     queue.py       enqueue, cancel, interrupt_detailed, thread_busy, make_available
     claims.py      claim, claim_dispatch, claim_next_fair, blocking_limit
     fenced.py      try_start, try_settle, nack, extend_lease, explain_lost, supersede
-    upkeep.py      reclaim_expired_leases, requeue_dead_letters, purge_terminal, purge_orphaned_epochs
+    upkeep.py      reclaim_expired_leases, requeue_dead_letters, purge_terminal, purge_orphaned_epochs,
+                   claimable_thread_ids and threads_coming_due (what the sweep rings)
     reads.py       load_dispatch, list_dispatches, counts
     conformance.py the reference's surface the system does not call (tests and benchmarks use it)
 
@@ -65,6 +66,7 @@ from mailbox_app.store.upkeep import (
     purge_terminal,
     reclaim_expired_leases,
     requeue_dead_letters,
+    threads_coming_due,
 )
 
 __all__ = [
@@ -108,6 +110,7 @@ __all__ = [
     "supersede",
     "thread_busy",
     "thread_owner_key",
+    "threads_coming_due",
     "try_settle",
     "try_start",
 ]

@@ -175,3 +175,22 @@ def claimable_thread_ids(now: int, limit: int = 1000) -> list[str]:
     with connection.cursor() as cursor:
         cursor.execute(CLAIMABLE_THREADS, {"now": now, "limit": limit})
         return [row[0] for row in cursor.fetchall()]
+
+
+# Threads with no claim whose earliest queued dispatch becomes available in (now, until]: the delayed
+# starts the sweep rings ahead of time, each with a countdown to its own time (realtime/doorbells.py).
+THREADS_COMING_DUE = """
+SELECT DISTINCT ON (q.thread_id) q.thread_id, q.dispatch_id, q.available_at FROM mailbox_dispatch q
+ WHERE q.status = 'queued' AND q.available_at > %(now)s AND q.available_at <= %(until)s
+   AND NOT EXISTS (SELECT 1 FROM mailbox_dispatch c WHERE c.thread_id = q.thread_id AND c.status = 'claimed')
+ ORDER BY q.thread_id, q.available_at
+ LIMIT %(limit)s
+"""
+
+
+def threads_coming_due(now: int, until: int, limit: int = 1000) -> list[tuple[str, str, int]]:
+    """(thread, dispatch, available_at) of each unclaimed thread's earliest queued dispatch that becomes
+    available after `now` and by `until`: the delayed starts the sweep rings ahead of their time."""
+    with connection.cursor() as cursor:
+        cursor.execute(THREADS_COMING_DUE, {"now": now, "until": until, "limit": limit})
+        return [(str(t), str(d), int(at)) for t, d, at in cursor.fetchall()]

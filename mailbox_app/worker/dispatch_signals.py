@@ -16,6 +16,7 @@ from mailbox_app.conf import awaken_settings, claim_policy
 from mailbox_app.contract.ids import now_ms
 from mailbox_app.contract.mailbox import DispatchStatus
 from mailbox_app.contract.retry import blocked_signal_delay_ms
+from mailbox_app.realtime import doorbells
 from mailbox_app.worker.execution import DispatchAttempt, drain_fair, drain_thread
 
 
@@ -58,4 +59,6 @@ def handle_dispatch_signal(
         # transaction (and the sweep rings again), so this doorbell does not poll
         return SignalDecision(SignalAction.ACK, attempt)
     not_before = pending.available_at - now_ms()
+    if not_before > doorbells.max_countdown_ms():  # too far off for a countdown: the sweep rings it
+        return SignalDecision(SignalAction.ACK, attempt)
     return SignalDecision(SignalAction.RETRY, attempt, max(delay, not_before))

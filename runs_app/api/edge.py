@@ -8,7 +8,7 @@ from typing import Any
 
 from drf_spectacular.openapi import AutoSchema
 from rest_framework import serializers as drf
-from rest_framework.authentication import SessionAuthentication, TokenAuthentication
+from rest_framework.authentication import SessionAuthentication
 from rest_framework.exceptions import AuthenticationFailed, NotAuthenticated
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.renderers import JSONRenderer
@@ -17,6 +17,7 @@ from rest_framework.views import APIView
 
 from mailbox_app.contract.lifecycle import RunStatus
 from mailbox_app.contract.storage import RunRecord, ThreadRecord
+from runs_app.api.auth import CachedTokenAuthentication
 from runs_app.api.errors import ApiError, exception_handler, not_found
 from runs_app.api.inputs import (
     IDEMPOTENCY_KEY_MAX,
@@ -36,7 +37,8 @@ class EdgeCheckedView(APIView):
     # The API's own policy, not the host's REST_FRAMEWORK defaults (a host project sets nothing for it):
     # a token (or a session) and an authenticated user, strict JSON in, JSON out, this API's error body,
     # drf-spectacular's schema. Throttling stays the host's (REST_FRAMEWORK's DEFAULT_THROTTLE_*).
-    authentication_classes = [TokenAuthentication, SessionAuthentication]
+    # The token is looked up in a per-process cache with immediate revocation (runs_app/api/auth.py).
+    authentication_classes = [CachedTokenAuthentication, SessionAuthentication]
     permission_classes = [IsAuthenticated]
     parser_classes = [StrictJSONParser]
     renderer_classes = [JSONRenderer]

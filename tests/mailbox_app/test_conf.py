@@ -16,7 +16,11 @@ from mailbox_app.contract.config import ClaimPolicy, MailboxConfig
 
 REPO = Path(__file__).resolve().parents[2]
 # AWAKEN_* settings the project reads itself (awaken_project/asgi.py), not the apps
-PROJECT_ONLY = {"AWAKEN_WEB_MAX_CONCURRENT_VIEWS"}
+PROJECT_ONLY = {
+    "AWAKEN_WEB_MAX_CONCURRENT_VIEWS",
+    "AWAKEN_BODY_READ_TIMEOUT_MS",
+    "AWAKEN_BODY_BUFFER_MAX_BYTES",
+}
 
 
 def _project_settings_without_environment(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:

@@ -37,6 +37,7 @@ def test_sweep_reclaims_an_expired_lease() -> None:
         "reconciled": 0,
         "redriven": 1,
         "timed_out": 0,
+        "rung_ahead": 0,
     }
     assert store.load_dispatch("d1").status is DispatchStatus.QUEUED
 
