@@ -5,7 +5,8 @@ variable, what it was (secrets hidden) and the form it accepts. awaken_project/s
 lines and exits 2, so `manage.py check`, a worker or the web server stops at start-up with one line per
 mistake instead of a traceback, or instead of answering 500 later. docs/operations.md lists them all.
 
-An empty variable counts as unset (its default applies). Booleans accept 1/0, true/false, yes/no,
+An empty variable counts as unset (its default applies), except `AWAKEN_METRICS_ALLOWED_NETWORKS`,
+where empty means no network (the bearer token only). Booleans accept 1/0, true/false, yes/no,
 on/off (any case). The mailbox and claim-policy variables (`AWAKEN_MAILBOX_*`, `AWAKEN_FAIRNESS`, …)
 are parsed by the apps' own models (mailbox_app/contract/config.py); their errors join the others here.
 """
@@ -326,7 +327,11 @@ def load(environ: Mapping[str, str]) -> Parsed:
         lines.append(str(exc))
     if lines or env is None:
         raise ConfigurationErrors(lines)
-    networks = parse_networks("AWAKEN_METRICS_ALLOWED_NETWORKS", env.AWAKEN_METRICS_ALLOWED_NETWORKS)
+    # the one variable whose empty value means something: no network, the bearer token only
+    raw_networks = environ.get("AWAKEN_METRICS_ALLOWED_NETWORKS")
+    if raw_networks is None or raw_networks.strip():
+        raw_networks = env.AWAKEN_METRICS_ALLOWED_NETWORKS
+    networks = parse_networks("AWAKEN_METRICS_ALLOWED_NETWORKS", raw_networks)
     return Parsed(env, mailbox, policy, networks)
 
 

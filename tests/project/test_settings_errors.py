@@ -189,3 +189,11 @@ def test_manage_py_check_stops_with_one_line_for_each_observed_mistake() -> None
         assert "Traceback" not in err, err
         lines = err.splitlines()
         assert len(lines) == 1 and lines[0].startswith(PREFIX + name), (env, err)
+
+
+def test_an_empty_metrics_networks_means_the_bearer_token_only(clean_environ: pytest.MonkeyPatch) -> None:
+    """The one variable whose empty value is not "unset": no network may scrape without the token."""
+    clean_environ.setenv("AWAKEN_METRICS_ALLOWED_NETWORKS", "")
+    assert load(os.environ).metrics_networks == ()
+    clean_environ.delenv("AWAKEN_METRICS_ALLOWED_NETWORKS")
+    assert len(load(os.environ).metrics_networks) == 2  # the default: loopback, IPv4 and IPv6
