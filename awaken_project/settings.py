@@ -139,7 +139,15 @@ CACHES = {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "awaken",
-        "OPTIONS": {"socket_timeout": 2, "socket_connect_timeout": 2},
+        "OPTIONS": {
+            "socket_timeout": 2,
+            "socket_connect_timeout": 2,
+            # a request's throttle count is one round trip: a few connections serve a process's
+            # concurrent requests (awaken_project/throttling.py), not one each
+            "pool_class": "redis.BlockingConnectionPool",
+            "max_connections": 4,
+            "timeout": 2,
+        },
     },
 }
 CELERY_BROKER_URL = _ENV.broker_url

@@ -47,15 +47,18 @@ def throttle_cache() -> BaseCache:
 
 
 def count_in_window(cache: BaseCache, key: str, timeout: int) -> int:
-    """Add one to `key` (created at 0 with `timeout` seconds to live) and return the new count; atomic
-    on Redis, so concurrent callers in any process each see a different count."""
-    for _ in range(3):
-        cache.add(key, 0, timeout=timeout)
-        try:
-            return int(cache.incr(key))
-        except ValueError:  # expired between add and incr: create it again
-            continue
-    raise RuntimeError(f"throttle counter {key!r} keeps expiring")
+    """Add one to `key` (given `timeout` seconds to live when this creates it) and return the new count,
+    in one round trip (a script: Redis 6 has no EXPIRE NX); atomic on Redis, so concurrent callers in any
+    process each see a different count."""
+    client = cache._cache.get_client(key, write=True)  # type: ignore[attr-defined]  # django's RedisCache
+    return int(client.eval(_COUNT, 1, cache.make_and_validate_key(key), timeout))
+
+
+_COUNT = """
+local count = redis.call('INCR', KEYS[1])
+if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return count
+"""
 
 
 class SharedWindowThrottle(SimpleRateThrottle):

@@ -42,3 +42,16 @@ class NapAgent:
         get_redis().rpush(NAP_START_KEY, f"{context.run_id} {request.agent_id} {time.time():.6f}")
         time.sleep(float(os.environ.get("BENCH_NAP_S", "0.2")))
         return RunResult()
+
+
+# How many dispatches the counting agent ran: the throughput benches wait on it (a Redis counter, as the
+# durable floor's jobs count themselves: the same cost on both sides, and no polling of PostgreSQL).
+MAILBOX_DONE_KEY = "bench:mailbox:done"
+
+
+class CountingAgent:
+    """A no-op that counts itself (one INCR)."""
+
+    def run(self, request: RunRequest, context: RunContext) -> RunResult:
+        get_redis().incr(MAILBOX_DONE_KEY)
+        return RunResult()

@@ -44,7 +44,7 @@ from mailbox_app.realtime.locks import ThreadLock
 from mailbox_app.realtime.redis_client import get_redis
 from mailbox_app.services import mailbox, preparation
 from mailbox_app.store.ports import run_store
-from mailbox_app.worker import attempt, execution, runtime
+from mailbox_app.worker import attempt, execution, lease, runtime
 
 
 @dataclass
@@ -166,8 +166,8 @@ def instrument() -> None:
     wrap(ThreadLock, "release", "redis lock release")
     wrap(live.LiveSubscription, "__init__", "LiveSubscription open")
     wrap(live.LiveSubscription, "close", "LiveSubscription close")
-    wrap(execution.LeaseRenewer, "start", "LeaseRenewer start")
-    wrap(execution.LeaseRenewer, "stop", "LeaseRenewer stop")
+    wrap(lease.Renewer, "hold", "lease renewer hold")
+    wrap(lease.Renewer, "release", "lease renewer release")
 
 
 def report(title: str, n: int, elapsed: float, cpu: float) -> None:

@@ -56,7 +56,11 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-AGENTS = {"noop": "bench.agents.NoopAgent", "stamp": "bench.agents.StampAgent"}
+AGENTS = {
+    "noop": "bench.agents.NoopAgent",
+    "count": "bench.agents.CountingAgent",
+    "stamp": "bench.agents.StampAgent",
+}
 os.environ["AWAKEN_AGENTS"] = json.dumps({**json.loads(os.environ.get("AWAKEN_AGENTS") or "{}"), **AGENTS})
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "awaken_project.settings")
 
@@ -68,8 +72,18 @@ from django.core.management import call_command
 from django.db import connection, transaction
 
 from awaken_project.celery import app
-from bench.agents import MAILBOX_START_KEY
-from bench.e2e_tasks import NOOP_TASK, RAW_DONE_KEY, RAW_START_KEY, STAMP_TASK
+from bench.agents import MAILBOX_DONE_KEY, MAILBOX_START_KEY
+from bench.e2e_tasks import (
+    FLOOR_DONE_KEY,
+    FLOOR_INDEX,
+    FLOOR_SUBMIT,
+    FLOOR_TABLE,
+    FLOOR_TASK,
+    NOOP_TASK,
+    RAW_DONE_KEY,
+    RAW_START_KEY,
+    STAMP_TASK,
+)
 from mailbox_app import store
 from mailbox_app.contract.ids import uuid7
 from mailbox_app.contract.mailbox import DispatchStatus
@@ -84,6 +98,7 @@ from mailbox_app.store import conformance
 THREADS = 100
 CELERY_QUEUE = "celery"
 TARGET_B_OVER_A = 0.65
+TARGET_B_OVER_FLOOR = 0.8
 TARGET_DRAIN = 300.0
 TARGET_P50_RATIO = 2.0
 TARGET_P99_RATIO = 3.0
@@ -96,15 +111,14 @@ TARGET_MAX_MS = 100.0
 class Workers:
     """Celery worker subprocesses, each the leader of its own process group (prefork children too)."""
 
-    def __init__(self, count: int, pool: str, concurrency: int, log_dir: Path, variants: str = "") -> None:
+    def __init__(self, count: int, pool: str, concurrency: int, log_dir: Path) -> None:
         self.count, self.pool, self.concurrency, self.log_dir = count, pool, concurrency, log_dir
-        self.variants = variants
         self.procs: list[subprocess.Popen[bytes]] = []
         self.names = [f"bench{i}-{os.getpid()}@localhost" for i in range(count)]
 
     def start(self) -> None:
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_VARIANTS": self.variants}
-        app_module = "bench.variants" if self.variants else "awaken_project"
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        app_module = "awaken_project"
         for i, name in enumerate(self.names):
             command = [
                 sys.executable, "-m", "celery", "-A", app_module, "worker",
@@ -174,6 +188,9 @@ def reset_state() -> None:
         )
         tables = [row[0] for row in cursor.fetchall()]
         cursor.execute(f"TRUNCATE {', '.join(tables)} CASCADE")
+        cursor.execute(FLOOR_TABLE)
+        cursor.execute(FLOOR_INDEX)
+        cursor.execute("TRUNCATE bench_floor_job")
     get_redis().flushdb()
 
 
@@ -313,7 +330,8 @@ def cpu_snapshot(workers: Workers) -> dict[str, float]:
 def mailbox_throughput(workers: Workers, per_thread: int, senders: int, tag: str) -> MailboxRate:
     thread_ids = [f"bench-{tag}-{i:03d}-{uuid7()}" for i in range(THREADS)]
     n = per_thread * THREADS
-    base = conformance.count_dispatches_by_status(DispatchStatus.ACKED)
+    redis = get_redis()
+    redis.set(MAILBOX_DONE_KEY, 0)
     submitted_at: list[float] = []
 
     def submit(k: int, stop: threading.Event) -> None:
@@ -322,20 +340,58 @@ def mailbox_throughput(workers: Workers, per_thread: int, senders: int, tag: str
             for thread_id in mine:
                 if stop.is_set():
                     return
-                mailbox.submit_background(request(thread_id, "noop"))
+                mailbox.submit_background(request(thread_id, "count"))
         submitted_at.append(time.perf_counter())
 
     cpu0 = cpu_snapshot(workers)
     started = time.perf_counter()
     with in_threads(senders, submit) as errors:
 
-        def all_acked() -> bool:
+        def all_done() -> bool:
             if errors:
                 raise RuntimeError(f"submit failed: {errors[0]!r}")
             workers.check_alive()
-            return conformance.count_dispatches_by_status(DispatchStatus.ACKED) - base >= n
+            return int(redis.get(MAILBOX_DONE_KEY) or 0) >= n
 
-        wait_until(all_acked, 180, f"{n} dispatches to be acked", 0.02)
+        wait_until(all_done, 180, f"{n} dispatches to run", 0.003)
+        elapsed = time.perf_counter() - started
+    cpu1 = cpu_snapshot(workers)
+    cpu_ms = {kind: (cpu1[kind] - cpu0[kind]) * 1000 / n for kind in cpu0}
+    return MailboxRate(n / elapsed, n / (max(submitted_at) - started), cpu_ms)
+
+
+def floor_throughput(workers: Workers, per_thread: int, senders: int) -> MailboxRate:
+    """The durable floor (bench/e2e_tasks.py), the same shape as (b): jobs over THREADS threads."""
+    thread_ids = [f"floor-{i:03d}-{uuid7()}" for i in range(THREADS)]
+    n = per_thread * THREADS
+    redis = get_redis()
+    redis.set(FLOOR_DONE_KEY, 0)
+    submitted_at: list[float] = []
+    payload = json.dumps({"messages": [{"role": "user", "content": "count"}]})
+
+    def submit(k: int, stop: threading.Event) -> None:
+        mine = thread_ids[k::senders]
+        with connection.cursor() as cursor:
+            for _ in range(per_thread):
+                for thread_id in mine:
+                    if stop.is_set():
+                        return
+                    cursor.execute(FLOOR_SUBMIT, [thread_id, payload, time.time_ns()])
+                    app.send_task(FLOOR_TASK, args=[thread_id])
+        connection.close()
+        submitted_at.append(time.perf_counter())
+
+    cpu0 = cpu_snapshot(workers)
+    started = time.perf_counter()
+    with in_threads(senders, submit) as errors:
+
+        def all_done() -> bool:
+            if errors:
+                raise RuntimeError(f"floor submit failed: {errors[0]!r}")
+            workers.check_alive()
+            return int(redis.get(FLOOR_DONE_KEY) or 0) >= n
+
+        wait_until(all_done, 180, f"{n} floor jobs to run", 0.003)
         elapsed = time.perf_counter() - started
     cpu1 = cpu_snapshot(workers)
     cpu_ms = {kind: (cpu1[kind] - cpu0[kind]) * 1000 / n for kind in cpu0}
@@ -444,11 +500,6 @@ def main() -> int:
     parser.add_argument(
         "--latency-budget", type=float, default=120, help="(d) stop sampling after this many seconds"
     )
-    parser.add_argument(
-        "--variants",
-        default="",
-        help="worker-side experiments of bench/variants.py, e.g. db_reuse,live_nojoin",
-    )
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument("--only", default="abcd", help="subset of the measurements to run, e.g. 'ab'")
     args = parser.parse_args()
@@ -458,7 +509,7 @@ def main() -> int:
     began = time.monotonic()
     reset_state()
     log_dir = Path(tempfile.mkdtemp(prefix="awaken-e2e-bench-"))
-    workers = Workers(args.workers, args.pool, args.concurrency, log_dir, args.variants)
+    workers = Workers(args.workers, args.pool, args.concurrency, log_dir)
     ok = True
     try:
         workers.start()
@@ -466,7 +517,6 @@ def main() -> int:
         print(
             f"e2e bench: {args.workers} workers × --pool {args.pool} --concurrency {args.concurrency}; "
             f"{os.cpu_count()} CPUs; load average at start {os.getloadavg()[0]:.2f}"
-            + (f"; EXPERIMENT variants: {args.variants}" if args.variants else "")
         )
         # warm-up: imports, connections, first-query plans in every worker thread
         raw_throughput(workers, 400, args.submitters)
@@ -485,6 +535,7 @@ def run_measurements(workers: Workers, args: argparse.Namespace) -> bool:
     if "a" in args.only or "b" in args.only:
         raws: list[float] = []
         mailboxes: list[MailboxRate] = []
+        floors: list[MailboxRate] = []
         n_b = args.per_thread * THREADS
         for rep in range(args.reps):
             if "a" in args.only:
@@ -494,32 +545,13 @@ def run_measurements(workers: Workers, args: argparse.Namespace) -> bool:
                 )
                 quiesce(workers)
             if "b" in args.only:
-                mailboxes.append(mailbox_throughput(workers, args.per_thread, args.submitters, f"b{rep}"))
-                cpu = mailboxes[-1].cpu_ms
-                print(
-                    f"  rep {rep + 1} (b) mailbox no-op:    {mailboxes[-1].rate:7.0f} dispatches/s "
-                    f"({n_b} over {THREADS} threads; submission alone {mailboxes[-1].submit_rate:.0f}/s); "
-                    f"CPU ms per dispatch {sum(cpu.values()):.2f}: "
-                    + ", ".join(f"{kind} {ms:.2f}" for kind, ms in cpu.items())
-                )
+                floors.append(floor_throughput(workers, args.per_thread, args.submitters))
+                _print_rate(rep, "durable floor:  ", floors[-1], n_b, "jobs")
                 quiesce(workers)
-        raw = statistics.median(raws) if raws else float("nan")
-        if raws:
-            print(f"(a) raw Celery no-op tasks/s (median of {len(raws)}):         {raw:8.0f}")
-        if mailboxes:
-            rate = statistics.median(m.rate for m in mailboxes)
-            submit_rate = statistics.median(m.submit_rate for m in mailboxes)
-            print(
-                f"(b) mailbox no-op dispatches/s, 100 threads (median):  {rate:8.0f}"
-                f"   (submission alone {submit_rate:.0f}/s, {args.submitters} submitting threads)"
-            )
-            if raws:
-                ratio = rate / raw
-                ok &= ratio >= TARGET_B_OVER_A
-                print(
-                    f"    (b) / (a) = {ratio:.3f}   "
-                    f"target ≥ {TARGET_B_OVER_A}: {verdict(ratio >= TARGET_B_OVER_A)}"
-                )
+                mailboxes.append(mailbox_throughput(workers, args.per_thread, args.submitters, f"b{rep}"))
+                _print_rate(rep, "(b) mailbox no-op:", mailboxes[-1], n_b, "dispatches")
+                quiesce(workers)
+        ok &= _report_throughput(raws, mailboxes, floors, args.submitters)
     if "c" in args.only:
         rate, enqueue_s = drain_rate(workers, args.drain)
         ok &= rate >= TARGET_DRAIN
@@ -532,6 +564,41 @@ def run_measurements(workers: Workers, args: argparse.Namespace) -> bool:
     if "d" in args.only:
         lat = latency(workers, args.samples, args.latency_budget)
         ok &= report_latency(lat)
+    return ok
+
+
+def _print_rate(rep: int, label: str, rate: MailboxRate, n: int, unit: str) -> None:
+    cpu = rate.cpu_ms
+    print(
+        f"  rep {rep + 1} {label} {rate.rate:7.0f} {unit}/s ({n} over {THREADS} threads; submission alone "
+        f"{rate.submit_rate:.0f}/s); CPU ms per {unit[:-1]} {sum(cpu.values()):.2f}: "
+        + ", ".join(f"{kind} {ms:.2f}" for kind, ms in cpu.items())
+    )
+
+
+def _report_throughput(
+    raws: list[float], mailboxes: list[MailboxRate], floors: list[MailboxRate], submitters: int
+) -> bool:
+    ok = True
+    raw = statistics.median(raws) if raws else float("nan")
+    if raws:
+        print(f"(a) raw Celery no-op tasks/s (median of {len(raws)}):         {raw:8.0f}")
+    if not mailboxes:
+        return ok
+    rate = statistics.median(m.rate for m in mailboxes)
+    floor = statistics.median(f.rate for f in floors)
+    submit_rate = statistics.median(m.submit_rate for m in mailboxes)
+    print(f"    durable floor jobs/s, 100 threads (median):          {floor:8.0f}")
+    print(
+        f"(b) mailbox no-op dispatches/s, 100 threads (median):  {rate:8.0f}"
+        f"   (submission alone {submit_rate:.0f}/s, {submitters} submitting threads)"
+    )
+    ratio = rate / floor
+    ok &= ratio >= TARGET_B_OVER_FLOOR
+    verdict_text = verdict(ratio >= TARGET_B_OVER_FLOOR)
+    print(f"    (b) / floor = {ratio:.3f}   target ≥ {TARGET_B_OVER_FLOOR}: {verdict_text}")
+    if raws:
+        print(f"    (b) / (a) = {rate / raw:.3f}   floor / (a) = {floor / raw:.3f}")
     return ok
 
 

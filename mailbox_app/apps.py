@@ -29,18 +29,20 @@ class MailboxAppConfig(AppConfig):
         from mailbox_app.realtime import live
         from mailbox_app.services.maintenance import gc_ran, recover_with_retry
         from mailbox_app.services.schedule import sync_periodic_tasks
-        from mailbox_app.store import ports
+        from mailbox_app.store import install, ports
         from mailbox_app.webhooks.delivery import purge_on_gc
         from mailbox_app.worker import registry
 
         def _sync(sender: AppConfig, **kwargs: Any) -> None:
             if sender.name == self.name:
+                install.install(kwargs.get("using", "default"))
                 sync_periodic_tasks()
 
         def _recover_on_worker_ready(**_: Any) -> None:
             log.info("mailbox startup recovery: %s", recover_with_retry())
 
         checks.register(ports.check_run_store)
+        checks.register(install.check_installed, checks.Tags.database)
         live.use_local_runs(registry.find_local_run)
         post_migrate.connect(_sync, weak=False, dispatch_uid="mailbox_sync_periodic_tasks")
         worker_ready.connect(_recover_on_worker_ready, weak=False, dispatch_uid="mailbox_recover")

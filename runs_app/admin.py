@@ -100,7 +100,8 @@ class ReadOnlyAdmin:
 
 
 class RunStepInline(ReadOnlyAdmin, RunStepInlineBase):
-    """The run's step journal (mailbox_app/store/steps.py), in the order the steps were recorded."""
+    """The run's step journal (mailbox_app/store/runs_tables/steps.py), in the order the steps were
+    recorded."""
 
     model = RunStep
     verbose_name = "journaled step"

@@ -156,8 +156,9 @@ class IdempotencyRecord(models.Model):
 
 
 class RunStep(models.Model):
-    """One completed step of a run's journal (mailbox_app/store/steps.py), written once per (run, key) by the
-    attempt that completed it, fenced by its claim token; later attempts replay it instead of re-running."""
+    """One completed step of a run's journal (mailbox_app/store/runs_tables/steps.py), written once per
+    (run, key) by the attempt that completed it, fenced by its claim token; later attempts replay it
+    instead of re-running."""
 
     # The database constraint (ON DELETE CASCADE) is added by migration 0004: a run deleted by any path,
     # ORM or SQL, takes its journal with it.

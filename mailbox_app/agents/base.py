@@ -184,7 +184,7 @@ class RunContext(Protocol):
 
     def step(self, key: str, fn: Callable[Concatenate[str, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run `fn(idempotency_key, *args, **kwargs)` at most once per run and `key`
-        (mailbox_app/store/steps.py).
+        (mailbox_app/store/runs_tables/steps.py).
 
         The first attempt that completes the step records its result (JSON, or a `StepOutput`) in one
         transaction fenced by its claim token; any later call with this key in this run — a re-run

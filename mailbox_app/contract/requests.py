@@ -9,8 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mailbox_app.contract.ids import uuid7
 from mailbox_app.contract.message import ChatMessage
-from mailbox_app.contract.storage import InvalidInput
-from mailbox_app.contract.suspension import ToolCallResume
+from mailbox_app.contract.storage import InvalidInput, RunRequestSnapshot
+from mailbox_app.contract.suspension import RunResumeDecision, ToolCallResume
 
 
 class RunMode(StrEnum):
@@ -160,3 +160,18 @@ def normalize_mailbox_run_mode(request: RunRequest, *, background: bool) -> RunR
     else:
         mode = RunMode.FOREGROUND
     return request.with_(run_mode=mode)
+
+
+def request_snapshot(request: RunRequest, messages: list[ChatMessage]) -> RunRequestSnapshot:
+    """What a run and its dispatch keep of the request that created them (spec §4.9), `messages` being the
+    request's messages with their ids."""
+    return RunRequestSnapshot(
+        origin=request.origin.value,
+        input_message_ids=[m.id for m in messages if m.id],
+        input_message_count=len(messages),
+        request_extras=RunRequestExtras.from_request(request).to_value(),
+        decisions=[RunResumeDecision(call_id=c, resume=r) for c, r in request.decisions],
+        frontend_tools=list(request.frontend_tools),
+        parent_thread_id=request.parent_thread_id,
+        transport_request_id=request.transport_request_id,
+    )

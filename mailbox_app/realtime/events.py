@@ -44,12 +44,15 @@ WAITING_CHECK_AFTER_MS = 300_000  # a waiting run is looked at again this often 
 _OPEN, _CLOSE, _WAIT = "open", "close", "wait"
 
 # KEYS: stream, open runs, finishes, lock. ARGV: type, data, maxlen, ttl ms, run id, claim token ("": not
-# fenced), fingerprint ("": not a finish), expected top id ("": any), mark, open ms, waiting ms.
+# fenced), fingerprint ("": not a finish), expected top id ("": any), mark, open ms, waiting ms, release
+# token ("": none; else the lock is deleted first while it holds that token: a finishing attempt gives its
+# thread back in the same call that appends its run_finish).
 # redis-py has no conditional XADD, and a WATCH/MULTI round would cost three round trips per event on the
 # hot path; this is one.
 _APPEND = """
 local stream, open_runs, finishes, lock = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local token, fingerprint, expected, mark = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+if ARGV[12] ~= '' and redis.call('GET', lock) == ARGV[12] then redis.call('DEL', lock) end
 if token ~= '' and redis.call('GET', lock) ~= token then return false end
 local top = nil
 if redis.call('EXISTS', stream) == 1 then
@@ -154,12 +157,27 @@ def append_fenced(
 
 
 def append_finish(
-    run_id: str, data: dict[str, Any], *, fingerprint: str, expected_top: str | None = None
+    run_id: str,
+    data: dict[str, Any],
+    *,
+    fingerprint: str,
+    expected_top: str | None = None,
+    release: tuple[str, str] | None = None,
 ) -> str | None:
     """Append the run's `run_finish` unless one with `fingerprint` was appended already (then None).
     With `expected_top`, only while the stream's last generated id is still that one ("0-0": no
-    stream): a re-emission must not land after events of a run that went on meanwhile."""
-    return _append(run_id, RUN_FINISH, data, fingerprint=fingerprint, expected_top=expected_top or "")
+    stream): a re-emission must not land after events of a run that went on meanwhile. With `release`
+    (the thread lock's key and the attempt's token), the same call first deletes the lock while that
+    token holds it."""
+    return _append(
+        run_id,
+        RUN_FINISH,
+        data,
+        lock_key=None if release is None else release[0],
+        fingerprint=fingerprint,
+        expected_top=expected_top or "",
+        release_token="" if release is None else release[1],
+    )
 
 
 def _append(
@@ -171,6 +189,7 @@ def _append(
     claim_token: str = "",
     fingerprint: str = "",
     expected_top: str = "",
+    release_token: str = "",
 ) -> str | None:
     key = stream_key(run_id)
     event_id = _script()(
@@ -187,6 +206,7 @@ def _append(
             _mark(event_type, data),
             OPEN_CHECK_AFTER_MS,
             WAITING_CHECK_AFTER_MS,
+            release_token,
         ],
     )
     if event_id is None:

@@ -1,14 +1,18 @@
-"""Live control over Redis: commands (cancel, messages, decision) to the worker executing a run.
+"""Live control over Redis: commands (cancel, messages, decision) to the worker executing a run (the
+reference's `try_deliver_live_messages` and its live receivers).
 
-Addressed to the exact `(thread, run, dispatch)` target so a stale subscriber never accepts a command
-meant for a newer run. `Delivered` only after the subscriber acknowledged on a reply key within the
-timeout; otherwise `NoSubscriber`, and the caller falls back to the durable path. At-least-once.
+Addressed to the exact `(thread, run, dispatch)` target so a stale receiver never accepts a command
+meant for a newer run. `Delivered` only after the receiver acknowledged on a reply key within the
+timeout; otherwise `NoSubscriber`, and the caller falls back to the durable path. At-least-once. Each
+worker process has one listener (`LISTENER`), subscribed to every run's channel; a run's subscription
+is an entry in its routing table.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +26,11 @@ from mailbox_app.realtime.redis_client import get_redis
 
 log = logging.getLogger(__name__)
 ACK_KEY_TTL_S = 30
+PATTERN = "mailbox:live:*"  # every LiveRunTarget.channel (the ack keys are lists, not channels)
+SUBSCRIBE_TIMEOUT_S = 2.0
+POLL_S = 1.0
+RECONNECT_S = 0.5
+Handler = Callable[[dict[str, Any]], bool]
 
 
 LocalRunFinder = Callable[[str], LocalRun | None]
@@ -75,69 +84,100 @@ def _ack_key(command_id: str) -> str:
     return f"mailbox:live:ack:{command_id}"
 
 
-class LiveSubscription:
-    """Listens on a target's channel in a daemon thread; `handler(command) -> accepted` decides the ack."""
+class Listener:
+    """The process's one live-command listener (the reference keeps a receiver per execution): a pubsub
+    connection subscribed to every run's channel (`PATTERN`) in a daemon thread, which hands each command
+    to the handler routed for its channel, in memory, and acknowledges what the handler accepted. A run
+    that starts or ends costs no Redis call: routing is a dict entry. Every worker process receives every
+    command and only the one running the target acts on it; commands are rare (cancel, steering,
+    decisions). While the connection is down, commands go unacknowledged and their senders take the
+    durable path; the listener reconnects and subscribes again."""
 
-    def __init__(self, target: LiveRunTarget, handler: Callable[[dict[str, Any]], bool]) -> None:
-        self.target = target
-        self._handler = handler
-        self._pubsub = get_redis().pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-        self._pubsub.subscribe(target.channel)
-        self._await_subscribed()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"live-{target.run_id}", daemon=True)
+    def __init__(self) -> None:
+        self._routes: dict[str, Handler] = {}
+        self._guard = threading.Lock()
+        self._subscribed = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def route(self, channel: str, handler: Handler) -> None:
+        """Hand the commands published on `channel` to `handler` (replacing any handler it had)."""
+        with self._guard:
+            self._routes[channel] = handler
+            self._ensure_running()
+        if not self._subscribed.wait(SUBSCRIBE_TIMEOUT_S):
+            log.warning("the live-command listener is not subscribed yet; %s waits for it", channel)
+
+    def unroute(self, channel: str, handler: Handler) -> None:
+        with self._guard:
+            if self._routes.get(channel) is handler:
+                del self._routes[channel]
+
+    def _ensure_running(self) -> None:
+        if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        self._subscribed.clear()
+        self._thread = threading.Thread(target=self._loop, name="mailbox-live-listener", daemon=True)
         self._thread.start()
 
-    def _await_subscribed(self) -> None:
-        """Return once Redis counts this subscriber, so a publish right after open is never missed."""
-        client = get_redis()
-        deadline = time.monotonic() + 2
-        while time.monotonic() < deadline:
-            self._pubsub.get_message(timeout=0.01)
-            counts = dict(client.pubsub_numsub(self.target.channel))
-            if any(int(n) > 0 for n in counts.values()):
-                return
-        log.warning("live subscription on %s not confirmed", self.target.channel)
-
     def _loop(self) -> None:
-        try:
-            self._listen()
-        finally:
-            self._shutdown()
+        while True:
+            try:
+                self._listen()
+            except Exception:
+                log.warning("live-command listener lost its connection; subscribing again", exc_info=True)
+            self._subscribed.clear()
+            time.sleep(RECONNECT_S)
 
     def _listen(self) -> None:
-        client = get_redis()
-        while not self._stop.is_set():
-            try:
-                message = self._pubsub.get_message(timeout=0.05)
-            except Exception:
-                log.exception("live subscription error on %s", self.target.channel)
-                self._stop.wait(0.1)
-                continue
-            if not message or message.get("type") != "message" or self._stop.is_set():
-                continue
-            try:
-                envelope = json.loads(message["data"])
-                accepted = bool(self._handler(envelope["command"]))
-            except Exception:
-                log.exception("bad live command on %s", self.target.channel)
-                continue
-            if accepted:
-                key = _ack_key(envelope["id"])
-                pipe = client.pipeline(transaction=False)
-                pipe.rpush(key, "1")
-                pipe.expire(key, ACK_KEY_TTL_S)
-                pipe.execute()
+        pubsub = get_redis().pubsub(ignore_subscribe_messages=False)  # type: ignore[no-untyped-call]
+        try:
+            pubsub.psubscribe(PATTERN)
+            while True:
+                message = pubsub.get_message(timeout=POLL_S)
+                if message is None:
+                    continue
+                if message.get("type") == "psubscribe":
+                    self._subscribed.set()
+                elif message.get("type") == "pmessage":
+                    self._deliver(message)
+        finally:
+            pubsub.close()
+
+    def _deliver(self, message: dict[str, Any]) -> None:
+        channel = message["channel"]
+        channel = channel.decode() if isinstance(channel, bytes) else str(channel)
+        with self._guard:
+            handler = self._routes.get(channel)
+        if handler is None:  # a run of another process
+            return
+        try:
+            envelope = json.loads(message["data"])
+            accepted = bool(handler(envelope["command"]))
+        except Exception:
+            log.exception("bad live command on %s", channel)
+            return
+        if accepted:
+            key = _ack_key(envelope["id"])
+            pipe = get_redis().pipeline(transaction=False)
+            pipe.rpush(key, "1")
+            pipe.expire(key, ACK_KEY_TTL_S)
+            pipe.execute()
+
+
+LISTENER = Listener()
+
+
+class LiveSubscription:
+    """A target's commands to `handler(command) -> accepted` (which decides the acknowledgement), through
+    the process's listener: opening and closing it are dict operations, no Redis call."""
+
+    def __init__(self, target: LiveRunTarget, handler: Handler) -> None:
+        self.target = target
+        self._handler = handler
+        LISTENER.route(target.channel, handler)
 
     def close(self) -> None:
-        """Stop accepting commands now; the listener unsubscribes and closes within one poll (50 ms).
-
-        Not joined: waiting for the poll to end cost ~18 ms per dispatch (bench/breakdown.py)."""
-        self._stop.set()
-
-    def _shutdown(self) -> None:
-        try:
-            self._pubsub.unsubscribe()
-            self._pubsub.close()
-        except Exception:  # noqa: BLE001
-            pass
+        """Stop accepting commands now (a command for this target is then unacknowledged)."""
+        LISTENER.unroute(self.target.channel, self._handler)

@@ -52,6 +52,10 @@ class ThreadLock:
         except LockError:
             pass  # expired or taken over: compare-and-delete found another token
 
+    def mark_released(self) -> None:
+        """The lock was given back by another call (events.append_finish's `release`)."""
+        self._released = True
+
     @staticmethod
     def release_stale(thread_id: str, token: str) -> bool:
         """Compare-and-delete: drop the lock only while `token` (a revoked claim's) still holds it."""
@@ -69,3 +73,15 @@ class ThreadLock:
         ttl = int(client.pttl(_name(thread_id)))
         token = value.decode() if isinstance(value, bytes) else None
         return token, max(ttl, 0)
+
+
+def extend_all(locks: list[tuple[ThreadLock, int]]) -> list[bool]:
+    """Extend each (lock, ttl ms) to that TTL (replacing the remaining one), in one pipeline: the lease
+    renewer's one round trip for every attempt of its process (mailbox_app/worker/lease.py). False for a
+    lock that is no longer its token's; a Redis error propagates."""
+    client = get_redis()
+    script = client.register_script(Lock.LUA_EXTEND_SCRIPT)
+    pipe = client.pipeline(transaction=False)
+    for lock, ttl_ms in locks:
+        script(keys=[_name(lock.thread_id)], args=[lock.token, ttl_ms, "1"], client=pipe)
+    return [bool(answer) for answer in pipe.execute()]

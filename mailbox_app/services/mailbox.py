@@ -7,18 +7,19 @@ claim to go, else 409 with nothing new written.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from django.db import transaction
+from django.db import connection, transaction
 
 from mailbox_app import store
 from mailbox_app.conf import awaken_settings
 from mailbox_app.contract import history
-from mailbox_app.contract.ids import consumer_id, now_ms
+from mailbox_app.contract.ids import consumer_id, now_ms, uuid7
 from mailbox_app.contract.lifecycle import RunStatus
 from mailbox_app.contract.mailbox import DispatchRecord, DispatchStatus, LiveRunTarget, MailboxInterrupt
 from mailbox_app.contract.message import ChatMessage
@@ -32,12 +33,23 @@ from mailbox_app.contract.requests import (
 )
 from mailbox_app.contract.storage import InvalidInput, RunRecord, StoreError
 from mailbox_app.contract.suspension import ToolCallResume
+from mailbox_app.observability import metrics
 from mailbox_app.realtime import doorbells
 from mailbox_app.realtime.live import LiveDeliveryOutcome, deliver_live_to, find_local_run
-from mailbox_app.services.preparation import build_dispatch, prepare_run_for_dispatch
+from mailbox_app.services.preparation import DEFAULT_PRIORITY, build_dispatch, prepare_run_for_dispatch
 from mailbox_app.services.reconcile import emit_finish_on_commit, terminalize_run_for_dispatch
+from mailbox_app.store import runs_tables
 from mailbox_app.store.ports import run_store
+from mailbox_app.store.runs_tables.submit import (
+    IdempotencyKey,
+    InlineClaim,
+    Replayed,
+    SubmitParams,
+    SubmitRefused,
+    Submitted,
+)
 
+log = logging.getLogger(__name__)
 INLINE_CLAIM_GUARD_MS = 60_000
 REMOTE_CANCEL_POLL_S = 0.025
 ACTIVE_RUN_CONFLICT_MESSAGE = "thread has an active run; cannot claim inline"
@@ -164,7 +176,20 @@ def submit_background(
     """Durable queue, never interrupts (spec §4.3): messages, run, dispatch and — when the thread is idle —
     the inline claim of its next dispatch (possibly an older one), in one transaction; a worker takes
     over the claim when it commits. With `reject_if_busy`, a thread with a claim or queued work raises
-    `ThreadBusy` (checked under the thread's row lock the prepare took) and nothing is written."""
+    `ThreadBusy` (checked under the thread's row lock the prepare took) and nothing is written.
+
+    Called outside a transaction with the built-in run store and no concurrency limit, it is one round
+    trip (`submit_fused`); otherwise the same writes go through the run-store port."""
+    if runs_tables.fused() and not connection.in_atomic_block:
+        submitted = submit_fused(request, owner_id=owner_id, reject_if_busy=reject_if_busy)
+        assert isinstance(submitted, SubmitResult)  # no idempotency key: never a replay
+        return submitted
+    return _submit_background_through_port(request, owner_id=owner_id, reject_if_busy=reject_if_busy)
+
+
+def _submit_background_through_port(
+    request: RunRequest, *, owner_id: int | None, reject_if_busy: bool
+) -> SubmitResult:
     request = normalize_mailbox_run_mode(request, background=True)
     thread_id, messages = validate_run_inputs(
         request.thread_id, request.messages, allow_empty=bool(request.decisions)
@@ -184,6 +209,85 @@ def submit_background(
             doorbells.ring_on_commit(thread_id, dispatch.dispatch_id)
     status = SubmitStatus.RUNNING if claimed and request.start_after_ms == 0 else SubmitStatus.QUEUED
     return SubmitResult(dispatch.dispatch_id, run_id, thread_id, status)
+
+
+def fusable() -> bool:
+    """Whether a background submit can be one statement here (`submit_fused`): the built-in run store, no
+    concurrency limit, no transaction of the caller's to join."""
+    return runs_tables.fused() and not connection.in_atomic_block
+
+
+def submit_fused(
+    request: RunRequest,
+    *,
+    owner_id: int | None = None,
+    reject_if_busy: bool = False,
+    webhook: str | None = None,
+    idempotency: IdempotencyKey | None = None,
+) -> SubmitResult | Replayed:
+    """`submit_background` in one round trip (mailbox_app/store/runs_tables/submit.sql): the webhook
+    subscription and the idempotency key's answer are written by the same statement; a key answered
+    before is `Replayed` with nothing written. The doorbell rings once it returned (it has committed)."""
+    request = normalize_mailbox_run_mode(request, background=True)
+    thread_id, messages = validate_run_inputs(
+        request.thread_id, request.messages, allow_empty=bool(request.decisions)
+    )
+    messages = normalize_message_ids(messages)
+    request = request.with_(thread_id=thread_id, messages=messages)
+    now = now_ms()
+    delayed = request.start_after_ms > 0
+    config = awaken_settings.MAILBOX
+    params = SubmitParams(
+        request=request,
+        thread_id=thread_id,
+        messages=messages,
+        owner_id=owner_id,
+        dispatch_id=request.dispatch_id_hint or uuid7(),
+        new_run_id=uuid7(),
+        reuse_waiting=request.continue_run_id is None and request.run_id_hint is None,
+        priority=DEFAULT_PRIORITY if request.priority is None else request.priority,
+        available_at=now + request.start_after_ms,
+        max_attempts=config.default_max_attempts,
+        timeout_ms=request.timeout_ms or awaken_settings.RUN_TIMEOUT_MS,
+        claim=InlineClaim.NONE if delayed else InlineClaim.THREAD,
+        reject_if_busy=reject_if_busy,
+        token=uuid7(),
+        consumer_id=consumer_id(),
+        lease_until=now + config.lease_ms,
+        now=now,
+        webhook=webhook,
+        idempotency=idempotency,
+    )
+    with metrics.ENQUEUE.timed() as timer:
+        try:
+            submitted = runs_tables.submit.submit(params)
+        except SubmitRefused as refused:
+            if refused.reason == "busy":
+                raise ThreadBusy(thread_id) from None
+            raise
+    if isinstance(submitted, Replayed):
+        return submitted
+    claimed = submitted.claimed
+    if params.claim is not InlineClaim.NONE:  # the statement's claim, timed as the statement
+        metrics.CLAIM.record("ok" if claimed is not None else "empty", time.perf_counter() - timer.start)
+    try:  # committed: the rings are best effort (the row is the queue; the sweep rings again)
+        _ring_submitted(submitted, delayed)
+    except Exception:
+        log.warning("doorbell for dispatch %s not rung; the sweep will", submitted.dispatch_id, exc_info=True)
+    status = SubmitStatus.RUNNING if submitted.status == "running" else SubmitStatus.QUEUED
+    return SubmitResult(submitted.dispatch_id, submitted.run_id, thread_id, status)
+
+
+def _ring_submitted(submitted: Submitted, delayed: bool) -> None:
+    claimed = submitted.claimed
+    if claimed is not None:
+        doorbells.hand_over_claimed_on_commit(
+            submitted.thread_id, claimed.dispatch_id, claimed.claim_token or ""
+        )
+    if delayed:
+        doorbells.ring_at(submitted.thread_id, submitted.dispatch_id, submitted.available_at)
+    elif claimed is None:
+        doorbells.ring_on_commit(submitted.thread_id, submitted.dispatch_id)
 
 
 def enqueue_in_transaction(request: RunRequest, *, owner_id: int | None = None) -> DispatchRecord:
@@ -450,15 +554,19 @@ def queued_thread_ids() -> list[str]:
 __all__ = [
     "ACTIVE_RUN_CONFLICT_MESSAGE",
     "ActiveRunConflict",
+    "IdempotencyKey",
     "InvalidInput",
     "MailboxError",
     "MultitaskStrategy",
+    "Replayed",
     "StoreError",
+    "SubmitRefused",
     "SubmitResult",
     "SubmitStatus",
     "ThreadBusy",
     "cancel",
     "count_dispatches",
+    "fusable",
     "interrupt",
     "interrupt_detailed",
     "list_dispatches",
@@ -469,6 +577,7 @@ __all__ = [
     "submit",
     "submit_as",
     "submit_background",
+    "submit_fused",
     "submit_live_then_queue",
     "wake_run",
 ]

@@ -20,8 +20,8 @@ from mailbox_app.realtime import doorbells
 from mailbox_app.realtime.locks import ThreadLock
 from mailbox_app.services import mailbox, timeouts
 from mailbox_app.services.reconcile import reemit_lost_finishes, terminalize_run_for_dispatch
-from mailbox_app.store import steps
 from mailbox_app.store.ports import run_store
+from mailbox_app.store.runs_tables import steps
 
 log = logging.getLogger(__name__)
 RECLAIM_BATCH = 100

@@ -7,16 +7,16 @@ from mailbox_app.conf import awaken_settings
 from mailbox_app.contract.ids import now_ms, uuid7
 from mailbox_app.contract.lifecycle import RunStatus
 from mailbox_app.contract.mailbox import DispatchRecord
-from mailbox_app.contract.message import ChatMessage
+from mailbox_app.contract.message import ChatMessage, MessageRecord
 from mailbox_app.contract.requests import (
     AdapterKind,
     RunMode,
     RunRequest,
     RunRequestExtras,
     normalize_message_ids,
+    request_snapshot,
 )
 from mailbox_app.contract.storage import InvalidInput, RunRecord, RunRequestSnapshot, ThreadRecord
-from mailbox_app.contract.suspension import RunResumeDecision
 from mailbox_app.store.ports import run_store
 
 DEFAULT_PRIORITY = 128
@@ -89,7 +89,7 @@ def prepare_run_for_dispatch(
             metadata=request.metadata or {},
             timeout_ms=request.timeout_ms or awaken_settings.RUN_TIMEOUT_MS,
         )
-    prepared = record.model_copy(update={"request": _snapshot(request, normalized), "updated_at": now})
+    prepared = record.model_copy(update={"request": request_snapshot(request, normalized), "updated_at": now})
     # the store sets `input` (range 1..last seq, trigger ids) under the thread lock it appends with
     store.prepare_run(
         run=prepared,
@@ -102,25 +102,12 @@ def prepare_run_for_dispatch(
     return request.with_(agent_id=prepared.agent_id), run_id
 
 
-def _snapshot(request: RunRequest, messages: list[ChatMessage]) -> RunRequestSnapshot:
-    return RunRequestSnapshot(
-        origin=request.origin.value,
-        input_message_ids=[m.id for m in messages if m.id],
-        input_message_count=len(messages),
-        request_extras=RunRequestExtras.from_request(request).to_value(),
-        decisions=[RunResumeDecision(call_id=c, resume=r) for c, r in request.decisions],
-        frontend_tools=list(request.frontend_tools),
-        parent_thread_id=request.parent_thread_id,
-        transport_request_id=request.transport_request_id,
-    )
-
-
 def build_dispatch(request: RunRequest, thread_id: str, *, now: int | None = None) -> DispatchRecord:
     run_id = request.continue_run_id or request.run_id_hint
     if not run_id:
         raise InvalidInput("run_id missing after preparation")
     stamp = now_ms() if now is None else now
-    snapshot = _snapshot(request, normalize_message_ids(list(request.messages)))
+    snapshot = request_snapshot(request, normalize_message_ids(list(request.messages)))
     return DispatchRecord(
         dispatch_id=request.dispatch_id_hint or uuid7(),
         thread_id=thread_id,
@@ -145,8 +132,11 @@ def reconstruct_run_request(dispatch: DispatchRecord) -> RunRequest:
     return reconstruct_from(dispatch, run)
 
 
-def reconstruct_from(dispatch: DispatchRecord, run: RunRecord) -> RunRequest:
-    """`reconstruct_run_request` for a run already loaded (the fenced start passes it)."""
+def reconstruct_from(
+    dispatch: DispatchRecord, run: RunRecord, messages: list[MessageRecord] | None = None
+) -> RunRequest:
+    """`reconstruct_run_request` for a run already loaded (the fenced start passes it), and with the
+    activation's messages when the start read them too (the fused start: `messages`)."""
     if run.thread_id != dispatch.thread_id:
         raise InvalidInput(
             f"run '{run.run_id}' belongs to thread '{run.thread_id}', "
@@ -159,7 +149,7 @@ def reconstruct_from(dispatch: DispatchRecord, run: RunRecord) -> RunRequest:
         raise InvalidInput(f"run '{run.run_id}' has no request snapshot")
     request = RunRequest(
         thread_id=run.thread_id,
-        messages=_activation_messages(run, snapshot),
+        messages=_activation_messages(run, snapshot, messages),
         messages_already_persisted=True,
         origin=snapshot.origin,  # type: ignore[arg-type]
         run_mode=RunMode.RESUME,
@@ -182,22 +172,24 @@ def reconstruct_from(dispatch: DispatchRecord, run: RunRecord) -> RunRequest:
     return request.with_(dispatch_id=dispatch.dispatch_id)
 
 
-def _activation_messages(run: RunRecord, snapshot: RunRequestSnapshot) -> list[ChatMessage]:
+def _activation_messages(
+    run: RunRecord, snapshot: RunRequestSnapshot, read: list[MessageRecord] | None
+) -> list[ChatMessage]:
+    """The dispatch's own input messages (by id, in their order), else the run's input range; `read`:
+    what the fused start already read (the same rows), else they are loaded here."""
     store = run_store()
     if snapshot.input_message_ids:
-        found = {
-            r.message_id: r.message
-            for r in store.load_message_records(
-                thread_id=run.thread_id, message_ids=snapshot.input_message_ids
-            )
-        }
+        if read is None:
+            read = store.load_message_records(thread_id=run.thread_id, message_ids=snapshot.input_message_ids)
+        found = {r.message_id: r.message for r in read}
         missing = next((i for i in snapshot.input_message_ids if i not in found), None)
         if missing is not None:
             raise InvalidInput(f"message '{missing}' not found for run '{run.run_id}'")
         return [found[i] for i in snapshot.input_message_ids]
     if run.input is None or run.input.range is None:
         return []
-    records = store.load_message_records_range(
-        thread_id=run.thread_id, from_seq=run.input.range.from_seq, to_seq=run.input.range.to_seq
-    )
-    return [r.message for r in records]
+    if read is None:
+        read = store.load_message_records_range(
+            thread_id=run.thread_id, from_seq=run.input.range.from_seq, to_seq=run.input.range.to_seq
+        )
+    return [r.message for r in read]

@@ -22,6 +22,7 @@ from mailbox_app.contract.mailbox import DispatchRecord, DispatchStatus
 from mailbox_app.contract.storage import RunRecord, TerminationReason
 from mailbox_app.observability import metrics
 from mailbox_app.realtime import events
+from mailbox_app.realtime.locks import ThreadLock, lock_key
 from mailbox_app.store.ports import run_store
 from mailbox_app.webhooks import outbox
 
@@ -79,6 +80,25 @@ def emit_finish_on_commit(run: RunRecord, dispatch_id: str) -> None:
     outbox.record_run_event(run)  # its delivery is rung after the event above is appended
 
 
+def emit_finish_written(
+    run: RunRecord, dispatch_id: str, delivery_id: str | None, *, release: ThreadLock | None = None
+) -> None:
+    """`emit_finish_on_commit` after a fused finish (mailbox_app/store/runs_tables/attempt.sql), which
+    has committed and wrote the webhook outbox row itself (`delivery_id`, None when no URL applies):
+    the terminal event now — and, with `release`, the attempt's thread lock given back in the same Redis
+    call — then the delivery's ring."""
+    released = _append_finish(
+        run.run_id,
+        _finish_payload(run, dispatch_id),
+        finish_fingerprint(run),
+        release=None if release is None else (lock_key(release.thread_id), release.token),
+    )
+    if released and release is not None:
+        release.mark_released()
+    if delivery_id is not None:
+        outbox.after_commit(delivery_id)
+
+
 def emit_on_commit(run_id: str, event_type: str, payload: dict[str, object]) -> None:
     transaction.on_commit(lambda: _append(run_id, event_type, payload), robust=True)
 
@@ -129,12 +149,17 @@ def _finish_payload(run: RunRecord, dispatch_id: str) -> dict[str, object]:
     )
 
 
-def _append_finish(run_id: str, payload: dict[str, object], fingerprint: str) -> None:
+def _append_finish(
+    run_id: str, payload: dict[str, object], fingerprint: str, *, release: tuple[str, str] | None = None
+) -> bool:
+    """Whether the call went through (the finish appended, or already there)."""
     try:
-        events.append_finish(run_id, payload, fingerprint=fingerprint)
+        events.append_finish(run_id, payload, fingerprint=fingerprint, release=release)
     except Exception:
         # The run's state is durable; the reconcile pass re-emits the finish (reemit_lost_finishes).
         log.warning("could not append run_finish for run %s", run_id, exc_info=True)
+        return False
+    return True
 
 
 def _append(run_id: str, event_type: str, payload: dict[str, object]) -> None:

@@ -5,8 +5,10 @@ fairest head across threads, what a finishing attempt drains to). Who may be cla
 `conf.claim_policy()`: fairness between owners and concurrency limits, counted in the claim's own
 condition under transaction-scoped advisory locks, so two workers can never exceed a limit.
 
-Lock order everywhere: the thread's epoch row, then the limit scopes' advisory locks in a fixed order.
-PostgreSQL enforces one claimed dispatch per thread (a partial unique index): a claim that loses a
+Without limits a claim is a function in the database (claims.sql, beside this module: one definition,
+which the fused submit and finish call too); with limits, the statements below. Lock order everywhere:
+the thread's epoch row, then the limit scopes' advisory locks in a fixed order. PostgreSQL enforces one
+claimed dispatch per thread (a partial unique index, the backstop): a claim under limits that loses a
 race surfaces as a unique violation, answered here as "nothing claimed".
 """
 
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import json
 import random
-from contextlib import nullcontext
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
@@ -27,73 +28,16 @@ from mailbox_app.observability import metrics
 from mailbox_app.store.fenced import supersede
 from mailbox_app.store.rows import fetch_one, scalar
 
-# The claim of a thread's next dispatch in one statement: the epoch row locked (claims and interrupts of
-# a thread serialize on it), stale queued rows superseded (skipped on never-interrupted threads, so the
-# cost does not grow with the backlog), the next eligible row picked and claimed. The epoch is read under
-# its lock (the newest version) while rows are scanned in the statement's snapshot: a row queued at an
-# older epoch is never picked, and a concurrent claim committed after the snapshot surfaces as the
-# one-claimed-per-thread unique violation. The claimed row's owner is marked served by the attempt's
-# start (fenced.START), not here.
-CLAIM = """
-WITH e AS (
-    SELECT current_epoch FROM mailbox_thread_epoch WHERE thread_id = %(thread_id)s FOR UPDATE
-), stale AS (
-    UPDATE mailbox_dispatch
-       SET status = 'superseded', dispatch_epoch = (SELECT current_epoch FROM e), completed_at = %(now)s,
-           updated_at = %(now)s, last_error = 'queued dispatch superseded by newer dispatch epoch'
-     WHERE (SELECT current_epoch FROM e) > 0 AND thread_id = %(thread_id)s AND status = 'queued'
-       AND dispatch_epoch < (SELECT current_epoch FROM e)
-), pick AS (
-    SELECT dispatch_id FROM mailbox_dispatch
-     WHERE thread_id = %(thread_id)s AND status = 'queued'
-       AND dispatch_epoch >= (SELECT current_epoch FROM e) AND available_at <= %(now)s
-       AND NOT EXISTS (SELECT 1 FROM mailbox_dispatch c
-                        WHERE c.thread_id = %(thread_id)s AND c.status = 'claimed')
-     ORDER BY priority, created_at, dispatch_id
-     LIMIT 1
-     FOR UPDATE SKIP LOCKED
-)
-UPDATE mailbox_dispatch d
-   SET status = 'claimed', claim_token = %(token)s, claimed_by = %(consumer_id)s,
-       lease_until = %(lease_until)s, updated_at = %(now)s
-  FROM pick
- WHERE d.dispatch_id = pick.dispatch_id
-RETURNING d.*
+# The reference's `claim` of a thread's next dispatch, without limits (claims.sql)
+CLAIM_THREAD = """
+SELECT * FROM mailbox_claim_thread(%(thread_id)s, %(token)s, %(consumer_id)s, %(lease_until)s, %(now)s)
 """
 
-# CLAIM for the fair path: it never waits for another thread's epoch row (an interrupt or a submit
-# holds it) and tries the next candidate instead.
-CLAIM_SKIP_LOCKED = """
-WITH e AS (
-    SELECT current_epoch FROM mailbox_thread_epoch WHERE thread_id = %(thread_id)s FOR UPDATE SKIP LOCKED
-), stale AS (
-    UPDATE mailbox_dispatch
-       SET status = 'superseded', dispatch_epoch = (SELECT current_epoch FROM e), completed_at = %(now)s,
-           updated_at = %(now)s, last_error = 'queued dispatch superseded by newer dispatch epoch'
-     WHERE (SELECT current_epoch FROM e) > 0 AND thread_id = %(thread_id)s AND status = 'queued'
-       AND dispatch_epoch < (SELECT current_epoch FROM e)
-), pick AS (
-    SELECT dispatch_id FROM mailbox_dispatch
-     WHERE thread_id = %(thread_id)s AND status = 'queued'
-       AND dispatch_epoch >= (SELECT current_epoch FROM e) AND available_at <= %(now)s
-       AND NOT EXISTS (SELECT 1 FROM mailbox_dispatch c
-                        WHERE c.thread_id = %(thread_id)s AND c.status = 'claimed')
-     ORDER BY priority, created_at, dispatch_id
-     LIMIT 1
-     FOR UPDATE SKIP LOCKED
-)
-UPDATE mailbox_dispatch d
-   SET status = 'claimed', claim_token = %(token)s, claimed_by = %(consumer_id)s,
-       lease_until = %(lease_until)s, updated_at = %(now)s
-  FROM pick
- WHERE d.dispatch_id = pick.dispatch_id
-RETURNING d.*
-"""
-
-# CLAIM under concurrency limits: the caller holds the thread's epoch row (LOCK_THREAD_HEAD) and the
-# advisory lock of each limited scope (LOCK_LIMIT_SCOPES, taken in the statement before, so this
-# statement's snapshot sees every claim committed before the lock was granted); the counts are part of
-# the claim's condition. Only a head of the agent the scopes were locked for is claimed.
+# A thread's claim under concurrency limits (mailbox_claim_thread's, plus the limits): the caller holds
+# the thread's epoch row (LOCK_THREAD_HEAD) and the advisory lock of each limited scope
+# (LOCK_LIMIT_SCOPES, taken in the statement before, so this statement's snapshot sees every claim
+# committed before the lock was granted); the counts are part of the claim's condition. Only a head of
+# the agent the scopes were locked for is claimed.
 CLAIM_WITHIN_LIMITS = """
 WITH e AS (
     SELECT current_epoch FROM mailbox_thread_epoch WHERE thread_id = %(thread_id)s FOR UPDATE
@@ -148,11 +92,10 @@ def claim(thread_id: str, consumer_id: str, lease_ms: int, now: int, limit: int 
             with transaction.atomic():
                 claimed, _ = _claim_limited(params, policy, skip_locked=False)
             return [claimed] if claimed is not None else []
-        # one statement: in autocommit it is its own transaction; inside the caller's transaction a
-        # savepoint keeps a lost race (unique violation) from aborting it
-        with transaction.atomic() if connection.in_atomic_block else nullcontext():
-            claimed = fetch_one(CLAIM, params)
-            return [claimed] if claimed is not None else []
+        # one statement; claims of a thread serialize on its epoch row, so it loses no race by a unique
+        # violation and needs no savepoint inside the caller's transaction
+        claimed = fetch_one(CLAIM_THREAD, params)
+        return [claimed] if claimed is not None else []
     except IntegrityError:
         return []
 
@@ -246,34 +189,16 @@ def _claim_limited(
 
 FAIR_CANDIDATES = 16
 
-# Each thread's head (its next eligible queued row, or a claim a submit took inline that no worker
-# started within the grace), ordered by when its owner was last served, then priority and age. Threads
-# executing a dispatch are skipped.
-FAIR_HEADS = """
-WITH heads AS (
-    SELECT DISTINCT ON (u.thread_id) u.* FROM (
-        SELECT q.thread_id, q.dispatch_id, q.agent_key, q.priority, q.created_at, q.claim_token
-          FROM mailbox_dispatch q WHERE q.status = 'queued' AND q.available_at <= %(now)s
-        UNION ALL
-        SELECT q.thread_id, q.dispatch_id, q.agent_key, q.priority, q.created_at, q.claim_token
-          FROM mailbox_dispatch q
-         WHERE q.status = 'claimed' AND q.dispatch_instance_id IS NULL
-           AND q.updated_at <= %(unstarted_before)s
-    ) u
-     ORDER BY u.thread_id, u.claim_token NULLS LAST, u.priority, u.created_at, u.dispatch_id
-)
-SELECT h.thread_id, h.dispatch_id, h.claim_token, h.agent_key, COALESCE(e.owner_key, '')
-  FROM heads h
-  LEFT JOIN mailbox_thread_epoch e ON e.thread_id = h.thread_id
-  LEFT JOIN mailbox_fair_group g ON g.owner_key = COALESCE(e.owner_key, '')
- WHERE h.claim_token IS NOT NULL
-    OR NOT EXISTS (SELECT 1 FROM mailbox_dispatch c WHERE c.thread_id = h.thread_id AND c.status = 'claimed')
- ORDER BY COALESCE(g.served_at, 0), h.priority, h.created_at, h.dispatch_id
- LIMIT %(limit)s
+# The fair claim across threads, without limits (claims.sql)
+CLAIM_FAIR = """
+SELECT * FROM mailbox_claim_fair(
+    %(token)s, %(consumer_id)s, %(lease_until)s, %(now)s, %(unstarted_before)s, %(limit)s)
 """
 
-# FAIR_HEADS with limits: heads whose agent or owner is at its limit are skipped too (re-checked under
-# the scope locks when claimed).
+# The fair heads under limits: each thread's head (its next eligible queued row, or a claim a submit took
+# inline that no worker started within the grace), ordered by when its owner was last served, then
+# priority and age; threads executing a dispatch, and heads whose agent or owner is at its limit, are
+# skipped (re-checked under the scope locks when claimed).
 FAIR_HEADS_WITHIN_LIMITS = """
 WITH heads AS (
     SELECT DISTINCT ON (u.thread_id) u.* FROM (
@@ -345,16 +270,15 @@ def claim_next_fair(consumer_id: str, lease_ms: int, now: int) -> DispatchRecord
         "unstarted_before": now - policy.unstarted_claim_grace_ms,
         "limit": FAIR_CANDIDATES,
     }
-    query = FAIR_HEADS
-    if policy.has_limits:
-        query = FAIR_HEADS_WITHIN_LIMITS
-        params |= {
-            "global_limit": policy.max_active_runs,
-            "agent_limits": json.dumps(policy.agent_limits),
-            "owner_limit": policy.owner_max_active_runs,
-        }
+    if not policy.has_limits:
+        return fetch_one(CLAIM_FAIR, params | _claim_params("", consumer_id, lease_ms, now))
+    params |= {
+        "global_limit": policy.max_active_runs,
+        "agent_limits": json.dumps(policy.agent_limits),
+        "owner_limit": policy.owner_max_active_runs,
+    }
     with connection.cursor() as cursor:
-        cursor.execute(query, params)
+        cursor.execute(FAIR_HEADS_WITHIN_LIMITS, params)
         candidates = _spread(cursor.fetchall())
     # Scope locks are transaction-scoped: inside a finish transaction they outlive the savepoint below.
     # Once some are held, only heads needing no other scope are tried (a limited head whose agent is at
@@ -367,14 +291,12 @@ def claim_next_fair(consumer_id: str, lease_ms: int, now: int) -> DispatchRecord
                 if old_token is not None:
                     steal = {"dispatch_id": dispatch_id, "old_token": old_token}
                     claimed = fetch_one(STEAL_UNSTARTED, claim_params | steal)
-                elif policy.has_limits:
+                else:
                     claimed, scopes = _claim_limited(
                         claim_params, policy, skip_locked=True, within=held or None
                     )
                     if held is not None:
                         held |= scopes
-                else:
-                    claimed = fetch_one(CLAIM_SKIP_LOCKED, claim_params)
         except IntegrityError:  # a concurrent claim of that thread won
             continue
         if claimed is not None:

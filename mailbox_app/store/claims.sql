@@ -93,11 +93,13 @@ BEGIN
              ORDER BY COALESCE(g.served_at, 0), h.priority, h.created_at, h.dispatch_id
              LIMIT p_limit
         )
-        SELECT c.*, c.owner_key = first_value(c.owner_key) OVER (
-                   ORDER BY c.served_at, c.priority, c.created_at, c.dispatch_id) AS first_owner
-          FROM candidates c
-         ORDER BY first_owner DESC, CASE WHEN first_owner THEN random() END,
-                  c.served_at, c.priority, c.created_at, c.dispatch_id
+        SELECT * FROM (
+            SELECT c.*, c.owner_key = first_value(c.owner_key) OVER (
+                       ORDER BY c.served_at, c.priority, c.created_at, c.dispatch_id) AS first_owner
+              FROM candidates c
+        ) s
+         ORDER BY s.first_owner DESC, CASE WHEN s.first_owner THEN random() END,
+                  s.served_at, s.priority, s.created_at, s.dispatch_id
     LOOP
         IF v_head.claim_token IS NOT NULL THEN
             UPDATE mailbox_dispatch d

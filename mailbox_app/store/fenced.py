@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from django.db import transaction
+from django.db import connection, transaction
 
 from mailbox_app.contract.mailbox import DispatchRecord, DispatchStatus, RunDispatchResult
 from mailbox_app.contract.storage import NotFound, VersionConflict
@@ -199,6 +199,35 @@ def extend_lease(dispatch_id: str, claim_token: str, extension_ms: int, now: int
     except (NotFound, VersionConflict):
         return False
     return True
+
+
+# Many leases at once (the worker's one renewer, mailbox_app/worker/lease.py), each fenced like every
+# attempt write: the ids that come back were renewed; an id that does not lost its claim.
+EXTEND_LEASES = """
+UPDATE mailbox_dispatch d SET lease_until = x.lease_until, updated_at = %(now)s
+  FROM unnest(%(ids)s::varchar[], %(tokens)s::varchar[], %(lease_untils)s::bigint[])
+       AS x(dispatch_id, claim_token, lease_until),
+       mailbox_thread_epoch e
+ WHERE d.dispatch_id = x.dispatch_id AND d.status = 'claimed' AND d.claim_token = x.claim_token
+   AND e.thread_id = d.thread_id AND d.dispatch_epoch >= e.current_epoch
+RETURNING d.dispatch_id
+"""
+
+
+def extend_leases(leases: list[tuple[str, str, int]], now: int) -> set[str]:
+    """Renew each (dispatch id, claim token, lease until) in one statement (spec §3.10 for many); the
+    ids renewed. An id not returned lost its claim (or its epoch)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            EXTEND_LEASES,
+            {
+                "now": now,
+                "ids": [d for d, _, _ in leases],
+                "tokens": [t for _, t, _ in leases],
+                "lease_untils": [u for _, _, u in leases],
+            },
+        )
+        return {row[0] for row in cursor.fetchall()}
 
 
 # --- when a fence fails ------------------------------------------------------------------------------

@@ -20,7 +20,6 @@ import hmac
 import json
 import logging
 import os
-import threading
 from datetime import UTC, datetime
 from typing import Any
 
@@ -71,11 +70,6 @@ SELECT %(delivery_id)s, %(run_id)s, %(thread_id)s, %(event)s, target.url, target
 RETURNING delivery_id
 """
 
-# The subscription URL (NULL without one) of the run a run-ending statement wrote as its CTE `r`: the run
-# store's finish statement selects it beside the run and hands it to `note_subscription`, so the hot path
-# knows without a statement of its own whether any URL applies.
-SUBSCRIPTION_URL_OF_R = "(SELECT s.url FROM mailbox_webhook_subscription s WHERE s.run_id = r.run_id)"
-
 # Every `*_at` field of a run record is a Unix-ms time, rendered as ISO-8601 like the API's.
 RUN_TIME_FIELDS = tuple(name for name in RunRecord.model_fields if name.endswith("_at"))
 
@@ -88,36 +82,13 @@ def subscribe(run_id: str, url: str, *, owner_id: int | None = None, now: int | 
         cursor.execute(SUBSCRIBE, params)
 
 
-_noted = threading.local()
-
-
-def note_subscription(run: RunRecord, url: str | None) -> None:
-    """The statement that just wrote `run` read its subscription too (`url`; None without one), in the
-    transaction that ends or suspends it — so a subscription committed before that statement, however
-    long after the submit, is seen. `record_run_event` of this very record (the same object, next, in
-    this thread) then writes no outbox statement when neither it nor AWAKEN_WEBHOOK_URL names a URL."""
-    _noted.last = (run, url)
-
-
-def _noted_url(run: RunRecord) -> tuple[bool, str | None]:
-    """(known, url) from `note_subscription` for this record object; the note is used once."""
-    noted: tuple[RunRecord, str | None] | None = getattr(_noted, "last", None)
-    _noted.last = None
-    if noted is None or noted[0] is not run:
-        return False, None
-    return True, noted[1]
-
-
 def record_run_event(run: RunRecord) -> str | None:
     """Inside the transaction that ended or suspended `run`: its outbox row (None when no URL applies,
-    or the run neither ended nor waits). The delivery task is rung once that transaction commits.
-    When the statement that wrote `run` already read its subscription (`note_subscription`) and no URL
-    applies, no statement is sent; otherwise one INSERT … SELECT looks the subscription up itself."""
-    known, subscribed = _noted_url(run)
+    or the run neither ended nor waits), by one INSERT … SELECT that looks the run's subscription up
+    itself. The delivery task is rung once that transaction commits. (With the built-in run store an
+    attempt's finish writes the row in its own statement: mailbox_app/store/runs_tables/attempt.sql.)"""
     event = EVENTS.get(run.status)
     if event is None:
-        return None
-    if known and not subscribed and not awaken_settings.WEBHOOK_URL:
         return None
     params: dict[str, Any] = {
         "delivery_id": uuid7(),
@@ -134,11 +105,12 @@ def record_run_event(run: RunRecord) -> str | None:
     if row is None:
         return None
     delivery_id = str(row[0])
-    transaction.on_commit(lambda: _after_commit(delivery_id), robust=True)
+    transaction.on_commit(lambda: after_commit(delivery_id), robust=True)
     return delivery_id
 
 
-def _after_commit(delivery_id: str) -> None:
+def after_commit(delivery_id: str) -> None:
+    """Once the transaction that wrote the outbox row has committed: ring its delivery."""
     if awaken_settings.FAULT_POINT == FAULT_BEFORE_DELIVERY:
         os._exit(137)
     ring(delivery_id)

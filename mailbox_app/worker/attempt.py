@@ -12,6 +12,7 @@ claim, as the reference's lazy supersession does) and the run is reconciled with
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from django.db import transaction
@@ -21,20 +22,29 @@ from mailbox_app.agents.base import MailboxRunOutcome, OutcomeKind, RunResult
 from mailbox_app.conf import awaken_settings, claim_policy
 from mailbox_app.contract import history
 from mailbox_app.contract.history import RunTranscript
-from mailbox_app.contract.ids import now_ms
+from mailbox_app.contract.ids import now_ms, uuid7
 from mailbox_app.contract.lifecycle import RunStatus
 from mailbox_app.contract.mailbox import DispatchRecord, DispatchStatus, RunDispatchResult
-from mailbox_app.contract.message import ChatMessage
-from mailbox_app.contract.requests import RunRequest
+from mailbox_app.contract.message import ChatMessage, MessageRecord
+from mailbox_app.contract.requests import RunRequest, normalize_message_ids
 from mailbox_app.contract.retry import nack_backoff_ms
 from mailbox_app.contract.storage import RunRecord, StoreError, TerminationReason
 from mailbox_app.contract.suspension import RunResumeDecision, ToolCallResume
 from mailbox_app.observability import metrics
 from mailbox_app.realtime import doorbells, events
+from mailbox_app.realtime.locks import ThreadLock
 from mailbox_app.services import mailbox
 from mailbox_app.services.preparation import reconstruct_from
-from mailbox_app.services.reconcile import emit_finish_on_commit, emit_on_commit, terminalize_run_for_dispatch
+from mailbox_app.services.reconcile import (
+    emit_finish_on_commit,
+    emit_finish_written,
+    emit_on_commit,
+    terminalize_run_for_dispatch,
+)
+from mailbox_app.store import runs_tables
+from mailbox_app.store.claims import FAIR_CANDIDATES
 from mailbox_app.store.ports import run_store
+from mailbox_app.store.runs_tables import attempt as fused
 from mailbox_app.worker.runtime import FinalRun, dispatch_result, final_run, finished_run_result
 
 log = logging.getLogger(__name__)
@@ -78,25 +88,14 @@ StartOutcome = Started | AlreadyDone | Unrunnable | Lost
 
 
 def start(dispatch: DispatchRecord, instance_id: str, consumer_id: str) -> StartOutcome:
-    """Fenced start (spec §4.12): record the start naming this worker, move the run to Running, and read
-    what the agent needs (the run and the dispatch's own input) — one transaction."""
-    token = dispatch.claim_token or ""
+    """Fenced start (spec §4.12; the reference's `record_dispatch_start` with the run's start): record the
+    start naming this worker, move the run to Running, and read what the agent needs (the run and the
+    dispatch's own input) — one transaction; one statement with the built-in run store."""
     now = now_ms()
-    try:
-        with transaction.atomic():
-            started = store.try_start(
-                dispatch.dispatch_id,
-                token,
-                instance_id,
-                consumer_id,
-                now,
-                lease_ms=awaken_settings.MAILBOX.lease_ms,
-            )
-            if started is None:
-                raise _FenceLost
-            outcome = _start_run(started, instance_id, now)
-    except _FenceLost:
-        return _explain(dispatch, "claimed dispatch superseded before runtime start")
+    if runs_tables.builtin_store():
+        outcome = _start_fused(dispatch, instance_id, consumer_id, now)
+    else:
+        outcome = _start_through_port(dispatch, instance_id, consumer_id, now)
     if isinstance(outcome, Started):
         metrics.record_dispatch_start(outcome.dispatch, now)
         events.append_event(
@@ -104,34 +103,73 @@ def start(dispatch: DispatchRecord, instance_id: str, consumer_id: str) -> Start
             events.RUN_START,
             {
                 "run_id": outcome.run.run_id,
-                "thread_id": started.thread_id,
-                "dispatch_id": started.dispatch_id,
+                "thread_id": outcome.dispatch.thread_id,
+                "dispatch_id": outcome.dispatch.dispatch_id,
             },
         )
     return outcome
 
 
-def _start_run(started: DispatchRecord, instance_id: str, now: int) -> Started | AlreadyDone | Unrunnable:
-    runs = run_store()
-    running = runs.start_run(
-        run_id=started.run_id,
-        thread_id=started.thread_id,
-        dispatch_id=started.dispatch_id,
-        session_id=instance_id,
-        now=now,
+def _start_fused(dispatch: DispatchRecord, instance_id: str, consumer_id: str, now: int) -> StartOutcome:
+    started = fused.start(
+        dispatch.dispatch_id,
+        dispatch.claim_token or "",
+        instance_id,
+        consumer_id,
+        now,
+        lease_ms=awaken_settings.MAILBOX.lease_ms,
     )
-    if running is None:
-        existing = runs.load_run(run_id=started.run_id)
-        if (
-            existing is not None
-            and existing.thread_id == started.thread_id
-            and existing.status is RunStatus.DONE
-        ):
-            return AlreadyDone(started, existing)
-        where = "not found" if existing is None else f"on thread '{existing.thread_id}' ({existing.status})"
-        return Unrunnable(started, f"run '{started.run_id}' {where}")
+    if isinstance(started, fused.Lost):
+        return _explain(dispatch, "claimed dispatch superseded before runtime start")
+    if isinstance(started, fused.NotStartable):
+        return _not_startable(started.dispatch, started.run)
+    return _activated(started.dispatch, started.run, instance_id, started.messages)
+
+
+def _start_through_port(
+    dispatch: DispatchRecord, instance_id: str, consumer_id: str, now: int
+) -> StartOutcome:
     try:
-        request = reconstruct_from(started, running)
+        with transaction.atomic():
+            started = store.try_start(
+                dispatch.dispatch_id,
+                dispatch.claim_token or "",
+                instance_id,
+                consumer_id,
+                now,
+                lease_ms=awaken_settings.MAILBOX.lease_ms,
+            )
+            if started is None:
+                raise _FenceLost
+            runs = run_store()
+            running = runs.start_run(
+                run_id=started.run_id,
+                thread_id=started.thread_id,
+                dispatch_id=started.dispatch_id,
+                session_id=instance_id,
+                now=now,
+            )
+            if running is None:
+                return _not_startable(started, runs.load_run(run_id=started.run_id))
+            return _activated(started, running, instance_id)
+    except _FenceLost:
+        return _explain(dispatch, "claimed dispatch superseded before runtime start")
+
+
+def _not_startable(started: DispatchRecord, existing: RunRecord | None) -> AlreadyDone | Unrunnable:
+    """A started dispatch whose run did not start: done by another dispatch (settle it from the run's
+    record), or missing / on another thread (dead-letter it)."""
+    if existing is not None and existing.thread_id == started.thread_id and existing.status is RunStatus.DONE:
+        return AlreadyDone(started, existing)
+    where = "not found" if existing is None else f"on thread '{existing.thread_id}' ({existing.status})"
+    return Unrunnable(started, f"run '{started.run_id}' {where}")
+
+
+def _activated(
+    started: DispatchRecord, running: RunRecord, instance_id: str, messages: list[MessageRecord] | None = None
+) -> Started | Unrunnable:
+    try:
+        request = reconstruct_from(started, running, messages)
     except StoreError as exc:
         return Unrunnable(started, f"reconstruct failed: {exc}")
     return Started(started, running, request.with_(session_id=instance_id))
@@ -171,6 +209,7 @@ def finish(
     leftovers: Leftovers = NO_LEFTOVERS,
     claim_next_as: str | None = None,
     transcript: RunTranscript | None = None,
+    lock: ThreadLock | None = None,
 ) -> FinishOutcome:
     """Fenced finish (spec §4.12): the result recorded, the dispatch settled (ack / nack with backoff /
     dead letter), the run and the messages it produced written, leftover live input queued durably and,
@@ -188,6 +227,10 @@ def finish(
         failed = TerminationReason(type="error", value=outcome.message)
         trace = dispatch_result(
             dispatch, instance_id, RunStatus.DONE.value, error=outcome.message, termination=failed
+        )
+    if runs_tables.fused() and _fuses(dispatch, outcome, final, leftovers):
+        return _finish_fused(
+            started, outcome, final, trace, now, claim_next_as=claim_next_as, transcript=transcript, lock=lock
         )
     try:
         with transaction.atomic():
@@ -208,6 +251,110 @@ def finish(
         return lost
     metrics.record_dispatch_completion(settled, dispatch.updated_at, now, outcome.kind.value)
     return Finished(settled, written, next_dispatch)
+
+
+def _fuses(
+    dispatch: DispatchRecord, outcome: MailboxRunOutcome, final: FinalRun | None, leftovers: Leftovers
+) -> bool:
+    """The finishes one statement covers: a completed attempt, or a transient failure that requeues; no
+    live input left over (its durable path is a submit of its own). A dead letter ends its run through
+    the port (`terminalize_run_for_dispatch`, which closes what the run left open)."""
+    if leftovers.steering or leftovers.decisions:
+        return False
+    if final is not None:
+        return True
+    transient = outcome.kind is OutcomeKind.TRANSIENT_ERROR
+    return transient and dispatch.attempt_count + 1 < dispatch.max_attempts
+
+
+def _finish_fused(
+    started: Started,
+    outcome: MailboxRunOutcome,
+    final: FinalRun | None,
+    trace: RunDispatchResult,
+    now: int,
+    *,
+    claim_next_as: str | None,
+    transcript: RunTranscript | None,
+    lock: ThreadLock | None,
+) -> FinishOutcome:
+    """`finish` in one statement (mailbox_app/store/runs_tables/attempt.sql): the settle, the run's
+    final record with its messages and webhook outbox row, and the next claim; then, committed, the run's
+    terminal event (or its retry) and the rings."""
+    dispatch, instance_id = started.dispatch, started.request.session_id or ""
+    config = awaken_settings.MAILBOX
+    requeue = final is None
+    settle = store.Settle.NACK if requeue else store.Settle.ACK
+    retry_at = None
+    if requeue:
+        backoff = nack_backoff_ms(
+            dispatch.attempt_count, base_ms=config.default_retry_delay_ms, max_ms=config.max_retry_delay_ms
+        )
+        retry_at = now + backoff
+    finishing = fused.Finish(
+        dispatch_id=dispatch.dispatch_id,
+        claim_token=dispatch.claim_token or "",
+        instance_id=instance_id,
+        outcome=settle.value,
+        trace=trace,
+        now=now,
+        retry_at=retry_at,
+        error=(outcome.message or "transient error") if requeue else None,
+        run=None if final is None else final.run,
+        messages=None if final is None else normalize_message_ids(final.messages),
+        delivery_id=uuid7(),
+        default_webhook_url=awaken_settings.WEBHOOK_URL,
+        claim_next=_next_claim(claim_next_as, now),
+    )
+    with metrics.OPERATIONS[settle.value].timed() as timer:
+        answer = fused.finish(finishing)
+        timer.result = "lost" if isinstance(answer, fused.Lost) else "ok"
+    elapsed = time.perf_counter() - timer.start
+    if isinstance(answer, fused.Lost):
+        stale = "claimed dispatch superseded before run result"
+        return _explain(dispatch, stale, transcript, instance_id=instance_id)
+    settled = answer.dispatch
+    if answer.run is not None:
+        emit_finish_written(answer.run, settled.dispatch_id, answer.delivery_id, release=lock)
+    else:
+        _announce_retry(started.run, settled)
+    if claim_next_as is not None:  # the statement's claim, timed as the statement
+        metrics.CLAIM.record("ok" if answer.next_dispatch is not None else "empty", elapsed)
+    metrics.record_dispatch_completion(settled, dispatch.updated_at, now, outcome.kind.value)
+    return Finished(settled, answer.run, answer.next_dispatch)
+
+
+def _next_claim(consumer_id: str | None, now: int) -> fused.NextClaim | None:
+    """The worker's next claim, made by the finish: the fairest head across threads, or — with fairness
+    off — the same thread's next, as the reference drains."""
+    if consumer_id is None:
+        return None
+    policy = claim_policy()
+    return fused.NextClaim(
+        mode="fair" if policy.fair else "thread",
+        token=uuid7(),
+        consumer_id=consumer_id,
+        lease_until=now + awaken_settings.MAILBOX.lease_ms,
+        unstarted_before=now - policy.unstarted_claim_grace_ms,
+        limit=FAIR_CANDIDATES,
+    )
+
+
+def _announce_retry(running: RunRecord, settled: DispatchRecord) -> None:
+    """A requeued attempt: the run stays Running under this dispatch until the next attempt starts it; its
+    stream says a retry is coming, and the doorbell rings at the retry's time."""
+    emit_on_commit(
+        running.run_id,
+        events.RUN_RETRY,
+        {
+            "run_id": running.run_id,
+            "dispatch_id": settled.dispatch_id,
+            "attempt": settled.attempt_count,
+            "retry_at": settled.available_at,
+            "error": settled.last_error,
+        },
+    )
+    doorbells.ring_at(settled.thread_id, settled.dispatch_id, settled.available_at)
 
 
 def queue_leftovers_alone(dispatch: DispatchRecord, leftovers: Leftovers) -> None:
@@ -339,19 +486,7 @@ def _write_run(
         return written
     if settled.status is DispatchStatus.DEAD_LETTER:
         return terminalize_run_for_dispatch(settled, now=now, transcript=transcript)
-    # requeued for a retry: the run stays Running under this dispatch until the next attempt starts it
-    emit_on_commit(
-        running.run_id,
-        events.RUN_RETRY,
-        {
-            "run_id": running.run_id,
-            "dispatch_id": settled.dispatch_id,
-            "attempt": settled.attempt_count,
-            "retry_at": settled.available_at,
-            "error": settled.last_error,
-        },
-    )
-    doorbells.ring_at(settled.thread_id, settled.dispatch_id, settled.available_at)
+    _announce_retry(running, settled)  # requeued for a retry
     return None
 
 

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from dataclasses import dataclass
 from enum import StrEnum
 
-from django.db import close_old_connections, connection
+from django.db import close_old_connections
 
 from mailbox_app import store
 from mailbox_app.conf import awaken_settings
@@ -27,7 +26,7 @@ from mailbox_app.observability import metrics
 from mailbox_app.realtime import doorbells
 from mailbox_app.realtime.live import LiveSubscription
 from mailbox_app.realtime.locks import ThreadLock
-from mailbox_app.worker import attempt
+from mailbox_app.worker import attempt, lease
 from mailbox_app.worker.registry import register, unregister
 from mailbox_app.worker.runtime import ActiveRun, call_agent
 
@@ -59,83 +58,6 @@ def _at(point: str, active: ActiveRun) -> None:
     hook = step_hook.get(point)
     if callable(hook):
         hook(active)
-
-
-# --- lease renewal ---------------------------------------------------------------------------------
-
-
-class LeaseRenewer:
-    """Renews the dispatch lease (one fenced statement) and the Redis lock every
-    `lease_renewal_interval_ms` on its own thread, with its own DB connection.
-
-    Errors from PostgreSQL or Redis are counted and retried within the lease (sooner than the interval);
-    the run is cancelled only when the lease is really gone: the fenced renewal matched no row, or the
-    last successful renewal's lease has run out. It never dies silently: an unexpected error is logged
-    and treated as a lost lease."""
-
-    def __init__(self, dispatch: DispatchRecord, lock: ThreadLock, active: ActiveRun) -> None:
-        self._dispatch = dispatch
-        self._lock = lock
-        self._active = active
-        self._stop = threading.Event()
-        self.failures = 0
-        self._thread = threading.Thread(target=self._loop, name=f"lease-{dispatch.dispatch_id}", daemon=True)
-
-    def start(self) -> LeaseRenewer:
-        self._thread.start()
-        return self
-
-    def _loop(self) -> None:
-        try:
-            self.renew_until_stopped()
-        except BaseException:
-            log.exception("lease renewer for %s died; treating the lease as lost", self._dispatch.dispatch_id)
-            self._lose()
-        finally:
-            connection.close()
-
-    def renew_until_stopped(self) -> None:
-        config = awaken_settings.MAILBOX
-        interval_s = config.lease_renewal_interval_ms / 1000
-        lease_until = self._dispatch.lease_until or now_ms() + config.lease_ms
-        wait_s = interval_s
-        while not self._stop.wait(wait_s):
-            lease = config.suspended_lease_ms if self._active.suspended.is_set() else config.lease_ms
-            now = now_ms()
-            try:
-                renewed = store.extend_lease(
-                    self._dispatch.dispatch_id, self._dispatch.claim_token or "", lease, now
-                )
-            except Exception:
-                self.failures += 1
-                log.warning("lease renewal of %s failed", self._dispatch.dispatch_id, exc_info=True)
-                connection.close()  # a broken connection is re-opened by the next attempt
-                if now_ms() >= lease_until:
-                    self._lose()
-                    return
-                wait_s = min(interval_s, max((lease_until - now_ms()) / 4000, 0.05))
-                continue
-            if not renewed:
-                self._lose()
-                return
-            lease_until, wait_s = now + lease, interval_s
-            self._extend_lock(lease)
-
-    def _extend_lock(self, lease_ms: int) -> None:
-        try:
-            self._lock.extend(lease_ms)
-        except Exception:  # the lock only saves work; PostgreSQL's fence decides
-            self.failures += 1
-            log.warning("thread lock renewal of %s failed", self._dispatch.dispatch_id, exc_info=True)
-
-    def _lose(self) -> None:
-        log.warning("lease lost for dispatch %s; cancelling its run", self._dispatch.dispatch_id)
-        self._active.lease_lost.set()
-        self._active.cancel_event.set()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
 
 
 # --- one claimed dispatch --------------------------------------------------------------------------
@@ -239,13 +161,13 @@ def _run_with_lease(started: attempt.Started, lock: ThreadLock, claim_next: bool
         deadline_at=started.run.deadline_at,
     )
     subscription: LiveSubscription | None = None
-    renewer: LeaseRenewer | None = None
+    held: lease.Held | None = None
     try:
         register(active)
         subscription = LiveSubscription(
             LiveRunTarget(dispatch.thread_id, dispatch.run_id, dispatch.dispatch_id), active.on_live_command
         )
-        renewer = LeaseRenewer(dispatch, lock, active).start()
+        held = lease.RENEWER.hold(dispatch, lock, active)
         fault("mid_run")
         with metrics.ACTIVE_RUNS.track_inprogress():
             outcome, result, error = call_agent(started.run, started.request, active)
@@ -255,8 +177,8 @@ def _run_with_lease(started: attempt.Started, lock: ThreadLock, claim_next: bool
         steering, decisions = active.close_inbox()
         if subscription is not None:
             subscription.close()
-        if renewer is not None:
-            renewer.stop()
+        if held is not None:
+            lease.RENEWER.release(held)
         unregister(dispatch.dispatch_id)
     _at("before_finish", active)
     if active.lease_lost.is_set():
@@ -266,10 +188,10 @@ def _run_with_lease(started: attempt.Started, lock: ThreadLock, claim_next: bool
         attempt.reconcile_lost(dispatch)
         attempt.queue_leftovers_alone(dispatch, attempt.Leftovers(steering, decisions))
         return ExecutionReport(dispatch.dispatch_id, "lease_lost")
-    # The agent has returned: free the thread now. The finish is fenced by the claim token in
-    # PostgreSQL; holding the lock across it made a successor claimed by another process right after
-    # the commit find it taken, get nacked (an attempt charged) and wait out the lock's whole TTL.
-    lock.release()
+    # The agent has returned; the finish is fenced by the claim token in PostgreSQL. The thread's lock is
+    # released with the run's terminal event, in one Redis call after the finish committed (a successor
+    # claimed by another process meanwhile waits for it briefly: `_acquire_soon`), or by
+    # `execute_claimed` when the finish took another path.
     fault("before_finish")
     finished = attempt.finish(
         started,
@@ -280,6 +202,7 @@ def _run_with_lease(started: attempt.Started, lock: ThreadLock, claim_next: bool
         leftovers=attempt.Leftovers(steering, decisions),
         claim_next_as=consumer_id() if claim_next else None,
         transcript=active.transcript,
+        lock=lock,
     )
     return _report(dispatch, finished)
 

@@ -26,8 +26,8 @@ from mailbox_app.realtime import events
 from mailbox_app.realtime.locks import lock_key
 from mailbox_app.services import mailbox
 from mailbox_app.services.timeouts import TIMED_OUT
-from mailbox_app.store import steps
 from mailbox_app.store.ports import run_store
+from mailbox_app.store.runs_tables import steps
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")

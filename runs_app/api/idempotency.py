@@ -29,6 +29,7 @@ from django.db import connection, transaction
 
 from mailbox_app.conf import awaken_settings
 from mailbox_app.contract.ids import now_ms
+from mailbox_app.services.mailbox import IdempotencyKey, Replayed
 from runs_app.api.errors import ApiError
 from runs_app.models import IdempotencyRecord
 
@@ -181,6 +182,31 @@ def _key_lock(user_id: int, key: str) -> Iterator[None]:
             log.warning("could not release the idempotency lock; closing the connection", exc_info=True)
             if not connection.in_atomic_block:
                 connection.close()
+
+
+def key_of(user_id: int, key: str, fingerprint: str, status_code: int) -> IdempotencyKey:
+    """The key a submit the mailbox makes in one statement records (and replays) itself, under the same
+    advisory lock id a request holds here (`key_lock_id`)."""
+    return IdempotencyKey(
+        user_id=user_id,
+        key=key,
+        fingerprint=fingerprint,
+        status_code=status_code,
+        not_before=_cutoff(now_ms()),
+        lock_id=key_lock_id(user_id, key),
+    )
+
+
+def replayed(answer: Replayed) -> Outcome:
+    """A key the one-statement submit found answered: its stored answer, or 409 for another request."""
+    if not answer.same_request:
+        raise ApiError(
+            "idempotency key was already used with a different request",
+            code="idempotency_key_reused",
+            status_code=409,
+            field="idempotency_key",
+        )
+    return answer.status_code, answer.response
 
 
 def purge_expired(*, now: int | None = None) -> int:

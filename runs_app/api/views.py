@@ -18,9 +18,10 @@ from mailbox_app.contract.lifecycle import RunStatus
 from mailbox_app.contract.mailbox import DispatchRecord
 from mailbox_app.contract.message import ChatMessage
 from mailbox_app.contract.requests import RunRequest
+from mailbox_app.contract.storage import NotFound
 from mailbox_app.realtime import events
 from mailbox_app.services import mailbox
-from mailbox_app.services.mailbox import MultitaskStrategy, SubmitResult
+from mailbox_app.services.mailbox import MultitaskStrategy, SubmitRefused, SubmitResult
 from runs_app import store
 from runs_app.api import responses as out
 from runs_app.api import serializers as s
@@ -35,7 +36,7 @@ from runs_app.api.edge import (
     validated,
 )
 from runs_app.api.errors import ApiError, not_found
-from runs_app.api.idempotency import Outcome, Recorder, request_hash, run_once
+from runs_app.api.idempotency import Outcome, Recorder, key_of, replayed, request_hash, run_once
 from runs_app.api.inputs import THREAD_ID_MAX, optional_id
 from runs_app.api.pagination import PARAMETERS as PAGE_PARAMETERS
 from runs_app.api.pagination import Window
@@ -87,12 +88,18 @@ def submit_once(
     request: Request, data: dict[str, Any], thread_id: str, default: MultitaskStrategy, *, status_code: int
 ) -> Outcome:
     """`control.submit` under the body's `multitask_strategy` (else `default`), at most once per key:
-    the key's answer is written in the submit's transaction (a foreground interrupt commits first)."""
+    the key's answer is written in the submit's transaction (a foreground interrupt commits first). A
+    background submit the mailbox can make in one statement writes the key there too
+    (`control.submit_fused`), and checks the thread's owner there."""
     key = idempotency_key(request, data)
     run_request = _submit_request(thread_id, data)
     chosen, webhook, owner = strategy(data, default), data.get("webhook"), user_id(request)
     if webhook:
         require_signing_secret(owner)  # before anything is written (a foreground interrupt commits first)
+    fingerprint = request_hash(request.path, data)
+    if chosen is not MultitaskStrategy.INTERRUPT and mailbox.fusable():
+        return _submit_fused(run_request, chosen, owner, webhook, key, fingerprint, thread_id, status_code)
+    not_taken_or_404(request, thread_id)
 
     def action(record: Recorder) -> Outcome:
         def in_transaction(result: SubmitResult) -> None:
@@ -103,7 +110,39 @@ def submit_once(
         )
         return status_code, submit_json(result)
 
-    return run_once(user_id=owner, key=key, fingerprint=request_hash(request.path, data), action=action)
+    return run_once(user_id=owner, key=key, fingerprint=fingerprint, action=action)
+
+
+def _submit_fused(  # noqa: PLR0917 - the submit's parts, named where they are passed
+    run_request: RunRequest,
+    chosen: MultitaskStrategy,
+    owner: int,
+    webhook: str | None,
+    key: str | None,
+    fingerprint: str,
+    thread_id: str,
+    status_code: int,
+) -> Outcome:
+    try:
+        answer = control.submit_fused(
+            run_request,
+            chosen,
+            owner_id=owner,
+            webhook=webhook,
+            idempotency=None if key is None else key_of(owner, key, fingerprint, status_code),
+        )
+    except NotFound:  # the thread is another user's (checked under its row lock): as if it did not exist
+        raise not_found("thread", thread_id) from None
+    except SubmitRefused as refused:
+        if refused.reason != "in_progress":
+            raise
+        raise ApiError(
+            "a request with this idempotency key is still in progress; retry shortly",
+            code="idempotency_in_progress",
+            status_code=409,
+            field="idempotency_key",
+        ) from None
+    return (status_code, submit_json(answer)) if isinstance(answer, SubmitResult) else replayed(answer)
 
 
 Inject = Callable[[list[ChatMessage], control.InputMode, int, control.InTransaction], SubmitResult]
@@ -389,7 +428,6 @@ class ThreadMailboxView(EdgeCheckedView):
 
     @extend_schema(request=s.MailboxSubmitIn, responses={201: out.SubmitOut, **out.errors(400, 404, 409)})
     def post(self, request: Request, thread_id: str) -> Response:
-        not_taken_or_404(request, thread_id)
         data = validated(s.MailboxSubmitIn, request)
         # the mailbox queues unless told otherwise
         status_code, body = submit_once(request, data, thread_id, MultitaskStrategy.ENQUEUE, status_code=201)

@@ -1,4 +1,4 @@
-"""The durable step journal (mailbox_app/store/steps.py): one row per (run, key), deleted with its run."""
+"""The durable step journal (mailbox_app/store/runs_tables/steps.py): one row per (run, key), deleted with its run."""
 
 import django.db.models.deletion
 from django.db import migrations, models

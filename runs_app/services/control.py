@@ -25,7 +25,7 @@ from mailbox_app.contract.storage import RunRecord
 from mailbox_app.contract.suspension import ToolCallResume
 from mailbox_app.realtime import events
 from mailbox_app.services import mailbox
-from mailbox_app.services.mailbox import MultitaskStrategy, SubmitResult
+from mailbox_app.services.mailbox import IdempotencyKey, MultitaskStrategy, Replayed, SubmitResult
 from mailbox_app.webhooks import outbox
 from runs_app import store
 from runs_app.services import selectors
@@ -141,6 +141,26 @@ def submit(
             in_transaction(result)
 
     return mailbox.submit_as(request, strategy, owner_id=owner_id, in_transaction=committing)
+
+
+def submit_fused(
+    request: RunRequest,
+    strategy: MultitaskStrategy,
+    *,
+    owner_id: int,
+    webhook: str | None = None,
+    idempotency: IdempotencyKey | None = None,
+) -> SubmitResult | Replayed:
+    """A background submit (`enqueue` or `reject`) the mailbox makes in one statement (when
+    `mailbox.fusable()`): the thread's owner checked, the webhook subscription and the idempotency key's
+    answer written by that statement; a key answered before is `Replayed`, nothing written."""
+    return mailbox.submit_fused(
+        request,
+        owner_id=owner_id,
+        reject_if_busy=strategy is MultitaskStrategy.REJECT,
+        webhook=webhook,
+        idempotency=idempotency,
+    )
 
 
 # --- inject ----------------------------------------------------------------------------------------

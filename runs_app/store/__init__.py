@@ -6,21 +6,15 @@ what it does:
     threads.py         thread reads, the row lock, and the lifecycle (create, update, delete, search, TTL)
     messages.py        the append-only message log
     runs.py            run reads, create_run, checkpoint
-    attempts.py        the run side of an attempt: prepare (submit), start, cancel of a waiting run
-    mailbox_tables.py  every statement that names a mailbox table: finish_run (it reads the run's webhook
-                       subscription), terminalize_run, the reconcile's candidates, reopen_run, a thread
-                       delete's dispatch rows
+    attempts.py        the run side of an attempt: prepare (submit), start, finish, cancel of a waiting run
+    mailbox_tables.py  every statement that names a mailbox table: terminalize_run, the reconcile's
+                       candidates, reopen_run, a thread delete's dispatch rows
     endings.py         ending a run with the messages that close what it left open
     records.py         rows to records
 """
 
-from runs_app.store.attempts import cancel_waiting_run, prepare_run, start_run
-from runs_app.store.mailbox_tables import (
-    finish_run,
-    reopen_run,
-    terminal_dispatches_with_open_runs,
-    terminalize_run,
-)
+from runs_app.store.attempts import cancel_waiting_run, finish_run, prepare_run, start_run
+from runs_app.store.mailbox_tables import reopen_run, terminal_dispatches_with_open_runs, terminalize_run
 from runs_app.store.messages import (
     append_messages,
     list_message_records,

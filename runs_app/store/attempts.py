@@ -178,6 +178,61 @@ def start_run(
     )
 
 
+# --- the fenced finish ------------------------------------------------------------------------------
+
+# The attempt's result lands only on the run it started (same dispatch and session, still running); the
+# messages it produced are appended after the thread's count, which the same statement bumps.
+FINISH_RUN = """
+WITH r AS (
+    UPDATE runs_run
+       SET status = %(status)s, termination_reason = %(termination_reason)s::jsonb,
+           final_output = %(final_output)s, error_payload = %(error_payload)s::jsonb,
+           waiting = %(waiting)s::jsonb, outcome = %(outcome)s::jsonb, output = %(output)s::jsonb,
+           finished_at = %(finished_at)s, updated_at = %(updated_at)s, steps = %(steps)s,
+           input_tokens = %(input_tokens)s, output_tokens = %(output_tokens)s, state = %(state)s::jsonb
+     WHERE run_id = %(run_id)s AND thread_id = %(thread_id)s AND status = 'running'
+       AND dispatch_id = %(dispatch_id)s AND session_id = %(session_id)s
+    RETURNING *
+), t AS (
+    UPDATE runs_thread th
+       SET latest_run_id = r.run_id,
+           active_run_id = CASE WHEN r.status = 'running' THEN r.run_id
+                                WHEN th.active_run_id = r.run_id THEN NULL ELSE th.active_run_id END,
+           open_run_id = CASE WHEN r.status IN ('running', 'waiting', 'created') THEN r.run_id
+                              WHEN th.open_run_id = r.run_id THEN NULL ELSE th.open_run_id END,
+           updated_at = %(now)s, message_count = th.message_count + %(count)s
+      FROM r WHERE th.id = r.thread_id
+    RETURNING th.message_count
+), m AS (
+    INSERT INTO runs_message (thread_id, seq, message_id, role, content, tool_calls, tool_call_id, visibility,
+                              run_id, step_index, metadata, created_at)
+    SELECT %(thread_id)s, t.message_count - %(count)s + x.ord, x.msg ->> 'message_id', x.msg ->> 'role',
+           x.msg -> 'content', NULLIF(x.msg -> 'tool_calls', 'null'::jsonb), x.msg ->> 'tool_call_id',
+           x.msg ->> 'visibility', x.msg ->> 'run_id', (x.msg ->> 'step_index')::integer,
+           NULLIF(x.msg -> 'metadata', 'null'::jsonb), %(now)s
+      FROM t, jsonb_array_elements(%(messages)s::jsonb) WITH ORDINALITY AS x(msg, ord)
+)
+SELECT * FROM r
+"""
+
+
+def finish_run(
+    *, run: RunRecord, messages: Sequence[ChatMessage], dispatch_id: str, session_id: str, now: int
+) -> RunRecord | None:
+    """Write the attempt's result: the run's final fields, the thread pointers, and `messages` appended
+    to the log — only while the run is Running under `(dispatch_id, session_id)`; None otherwise, and
+    then nothing is written. Messages whose id is already in the log are skipped (append-only)."""
+    rows = message_rows(existing_message_ids(run.thread_id, messages), messages, uuid7)
+    params = run_params(run) | {
+        "dispatch_id": dispatch_id,
+        "session_id": session_id,
+        "now": now,
+        "count": len(rows),
+        "messages": json.dumps(rows),
+    }
+    return fetch_run(FINISH_RUN, params)
+
+
 # --- a durably waiting run cancelled by its owner ----------------------------------------------------
 
 # Only while it is still waiting; its closing messages (the suspended calls answered as cancelled)

@@ -1,28 +1,23 @@
 """Every statement of runs_app that reads or writes one of the mailbox's tables (`mailbox_dispatch`,
-`mailbox_thread_epoch`, `mailbox_webhook_subscription`): the attempt's finish (it reads the run's webhook
-subscription), the end of a run by its dispatch's end, the reconcile's candidates, an operator's reopen
-of a dead-lettered run, and the mailbox rows a thread's delete removes. (The thread
+`mailbox_thread_epoch`): the end of a run by its dispatch's end, the reconcile's candidates, an
+operator's reopen of a dead-lettered run, and the mailbox rows a thread's delete removes. (The thread
 status view, runs_app/migrations/0008_thread_status_view.py, reads the dispatch table too.) Nothing else
-in runs_app names a mailbox table; mailbox_app/store/steps.py (the step journal, in runs_app's `runs_step`
-table) is the mirror on the other side."""
+in runs_app names a mailbox table; mailbox_app/store/runs_tables/ is the mirror on the other side (the
+step journal in runs_app's `runs_step`, the fused transitions)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from typing import Any
 
 from django.db import connection, transaction
 
 from mailbox_app.contract.history import Closer
-from mailbox_app.contract.ids import uuid7
 from mailbox_app.contract.lifecycle import OPERATOR_RUN_TRANSITIONS, RunEdge, RunReopen
-from mailbox_app.contract.message import ChatMessage
 from mailbox_app.contract.storage import RunRecord, TerminationReason
-from mailbox_app.webhooks import outbox
 from runs_app.models import Run, Thread
 from runs_app.store.endings import end_run
-from runs_app.store.records import existing_message_ids, message_rows, run_from_values, run_params, to_json
+from runs_app.store.records import to_json
 
 # A terminal dispatch ends its run (spec §2.3) — only while the run is not done, is not running under
 # another dispatch, no other live (queued / claimed) dispatch will still activate it, and the run has not
@@ -178,69 +173,3 @@ def delete_unlinked(*, thread_id: str, owner_id: int | None) -> tuple[int, int, 
         cursor.execute(DELETE_UNLINKED, {"thread_id": thread_id, "owner_id": owner_id})
         dispatches, epochs, keys = cursor.fetchone()  # type: ignore[misc]
     return int(dispatches), int(epochs), int(keys)
-
-
-# --- the fenced finish (it reads the run's webhook subscription, a mailbox table) ---------------------
-
-# The attempt's result lands only on the run it started (same dispatch and session, still running); the
-# messages it produced are appended after the thread's count, which the same statement bumps.
-FINISH_RUN = """
-WITH r AS (
-    UPDATE runs_run
-       SET status = %(status)s, termination_reason = %(termination_reason)s::jsonb,
-           final_output = %(final_output)s, error_payload = %(error_payload)s::jsonb,
-           waiting = %(waiting)s::jsonb, outcome = %(outcome)s::jsonb, output = %(output)s::jsonb,
-           finished_at = %(finished_at)s, updated_at = %(updated_at)s, steps = %(steps)s,
-           input_tokens = %(input_tokens)s, output_tokens = %(output_tokens)s, state = %(state)s::jsonb
-     WHERE run_id = %(run_id)s AND thread_id = %(thread_id)s AND status = 'running'
-       AND dispatch_id = %(dispatch_id)s AND session_id = %(session_id)s
-    RETURNING *
-), t AS (
-    UPDATE runs_thread th
-       SET latest_run_id = r.run_id,
-           active_run_id = CASE WHEN r.status = 'running' THEN r.run_id
-                                WHEN th.active_run_id = r.run_id THEN NULL ELSE th.active_run_id END,
-           open_run_id = CASE WHEN r.status IN ('running', 'waiting', 'created') THEN r.run_id
-                              WHEN th.open_run_id = r.run_id THEN NULL ELSE th.open_run_id END,
-           updated_at = %(now)s, message_count = th.message_count + %(count)s
-      FROM r WHERE th.id = r.thread_id
-    RETURNING th.message_count
-), m AS (
-    INSERT INTO runs_message (thread_id, seq, message_id, role, content, tool_calls, tool_call_id, visibility,
-                              run_id, step_index, metadata, created_at)
-    SELECT %(thread_id)s, t.message_count - %(count)s + x.ord, x.msg ->> 'message_id', x.msg ->> 'role',
-           x.msg -> 'content', NULLIF(x.msg -> 'tool_calls', 'null'::jsonb), x.msg ->> 'tool_call_id',
-           x.msg ->> 'visibility', x.msg ->> 'run_id', (x.msg ->> 'step_index')::integer,
-           NULLIF(x.msg -> 'metadata', 'null'::jsonb), %(now)s
-      FROM t, jsonb_array_elements(%(messages)s::jsonb) WITH ORDINALITY AS x(msg, ord)
-)
-SELECT r.*, (SELECT s.url FROM mailbox_webhook_subscription s WHERE s.run_id = r.run_id) AS subscription_url
-  FROM r
-"""
-
-
-def finish_run(
-    *, run: RunRecord, messages: Sequence[ChatMessage], dispatch_id: str, session_id: str, now: int
-) -> RunRecord | None:
-    """Write the attempt's result: the run's final fields, the thread pointers, and `messages` appended
-    to the log — only while the run is Running under `(dispatch_id, session_id)`; None otherwise, and
-    then nothing is written. Messages whose id is already in the log are skipped (append-only)."""
-    rows = message_rows(existing_message_ids(run.thread_id, messages), messages, uuid7)
-    params = run_params(run) | {
-        "dispatch_id": dispatch_id,
-        "session_id": session_id,
-        "now": now,
-        "count": len(rows),
-        "messages": json.dumps(rows),
-    }
-    with connection.cursor() as cursor:
-        cursor.execute(FINISH_RUN, params)
-        row = cursor.fetchone()
-        names = [column.name for column in cursor.description or ()]
-    if row is None:
-        return None
-    values = dict(zip(names, row, strict=True))
-    written = run_from_values(values)
-    # the statement read the run's webhook subscription too: the outbox needs no lookup of its own
-    outbox.note_subscription(written, values["subscription_url"])
-    return written

@@ -108,12 +108,14 @@ def test_three_runs_on_a_prefork_worker_move_every_figure_by_three(worker_farm: 
     )
     after = scrape(scraper)
 
-    # the web side (this process): the durable enqueue and the inline claim of each idle thread
+    # the web side (this process): the durable enqueue and the inline claim of each idle thread; the
+    # worker's pool children: each finish acked and made its next claim. A finish may take over another
+    # thread's inline claim that its hand-over had not started yet (claim_next_fair's grace): then that
+    # claim is an `ok` one and the hand-over finds nothing to do, so only the sum is fixed.
     assert op(before, after, "enqueue") == 3
-    assert op(before, after, "claim") == 3
-    # the worker's pool children: each finish acked and found nothing else to claim on its thread
     assert op(before, after, "ack") == 3
-    assert op(before, after, "claim", "empty") == 3
+    assert op(before, after, "claim") >= 3
+    assert op(before, after, "claim") + op(before, after, "claim", "empty") == 6
     for operation in ("nack", "dead_letter", "cancel", "mark_run_dead_letter"):
         assert op(before, after, operation) == 0, operation
     assert op(before, after, "ack", "lost") == 0

@@ -28,7 +28,7 @@ from mailbox_app.contract.suspension import ToolCallResume
 from mailbox_app.realtime import doorbells, events
 from mailbox_app.realtime.locks import ThreadLock
 from mailbox_app.services import mailbox, maintenance
-from mailbox_app.worker import attempt, execution
+from mailbox_app.worker import attempt, execution, lease
 from runs_app import store as run_store
 from tests.support.dispatches import FAST
 from tests.support.waiting import wait_until
@@ -160,8 +160,8 @@ def test_a_paused_attempt_resumed_after_reclaim_writes_nothing_anywhere(
     """A worker paused past its lease (here: its renewer held off, as SIGSTOP does) resumes after the
     sweep reclaimed its claim and another attempt re-ran and acked it: the run record, the thread, the
     message log and the event stream are byte-for-byte what the live attempt left."""
-    # a paused process renews nothing: hold every renewer until its attempt stops
-    monkeypatch.setattr(execution.LeaseRenewer, "renew_until_stopped", lambda self: self._stop.wait())
+    # a paused process renews nothing: its renewer holds every lease and renews none
+    monkeypatch.setattr(lease.Renewer, "renew_due", lambda self, now: None)
     thread_id = f"t-zombie-{round_}"
     submitted = mailbox.submit_background(_request(thread_id, "hello", agent="zombie"))
     zombie, zombie_out = _in_thread(execution.execute_claimed, _claimed(thread_id, submitted.dispatch_id))
@@ -188,18 +188,19 @@ def test_a_renewer_whose_redis_calls_fail_keeps_the_lease_and_the_run_completes(
 ) -> None:
     """Every Redis lock renewal raises; the renewer counts the failures, keeps renewing the PostgreSQL
     lease, and the run outlives several lease lengths while sweeps run, acked on its first attempt."""
-    renewers: list[execution.LeaseRenewer] = []
-    original_start = execution.LeaseRenewer.start
+    helds: list[lease.Held] = []
+    original_hold = lease.Renewer.hold
 
-    def failing_extend(self: ThreadLock, ttl_ms: int) -> bool:
+    def failing_extend_all(locks: list[tuple[ThreadLock, int]]) -> list[bool]:
         raise RedisConnectionError("scripted: redis unreachable")
 
-    def recording_start(self: execution.LeaseRenewer) -> execution.LeaseRenewer:
-        renewers.append(self)
-        return original_start(self)
+    def recording_hold(self: lease.Renewer, dispatch: Any, lock: ThreadLock, active: Any) -> lease.Held:
+        held = original_hold(self, dispatch, lock, active)
+        helds.append(held)
+        return held
 
-    monkeypatch.setattr(ThreadLock, "extend", failing_extend)
-    monkeypatch.setattr(execution.LeaseRenewer, "start", recording_start)
+    monkeypatch.setattr(lease, "extend_all", failing_extend_all)
+    monkeypatch.setattr(lease.Renewer, "hold", recording_hold)
     thread_id = "t-renewer-redis"
     submitted = mailbox.submit_background(_request(thread_id, "go", agent="slow"))
     worker, out = _in_thread(execution.execute_claimed, _claimed(thread_id, submitted.dispatch_id))
@@ -212,7 +213,7 @@ def test_a_renewer_whose_redis_calls_fail_keeps_the_lease_and_the_run_completes(
     assert dispatch is not None and dispatch.attempt_count == 0
     run = run_store.load_run(run_id=submitted.run_id)
     assert run is not None and run.final_output == "outlived the lease"
-    assert renewers and renewers[0].failures >= 3
+    assert helds and helds[0].failures >= 3 and helds[0].renewals >= 3
 
 
 def test_a_renewer_that_finds_the_lease_gone_cancels_the_run_and_settles_nothing(fenced: Any) -> None:

@@ -1,7 +1,7 @@
-"""The attempt's finish on the hot path: a statement that cannot apply is not sent, and what it guarded
-still holds. The webhook outbox: the run store's finish statement reads the run's subscription beside
-the run, so a finish with no subscription and no AWAKEN_WEBHOOK_URL sends no outbox statement, while a
-subscription added after the submit (the run already executing) or a default URL still gets its row.
+"""The attempt's finish on the hot path: with the built-in run store it is one statement
+(mailbox_app/store/runs_tables/attempt.sql's awaken_finish), which writes the run's webhook outbox row
+itself — none when there is no subscription and no AWAKEN_WEBHOOK_URL, one for a subscription added after
+the submit (the run already executing: the finish's own read sees it), one for the default URL.
 
 Real PostgreSQL and Redis; the attempt is started and finished in this process (no worker runs it).
 """
@@ -58,16 +58,18 @@ def _outbox(run_id: str) -> list[WebhookDelivery]:
     return list(WebhookDelivery.objects.filter(run_id=run_id))
 
 
-def _outbox_statements(statements: list[str]) -> list[str]:
-    return [s for s in statements if "mailbox_webhook_outbox" in s]
+def _finish_statements(statements: list[str]) -> list[str]:
+    return [s for s in statements if "awaken_finish" in s]
 
 
-def test_a_finish_without_subscription_or_default_url_sends_no_outbox_statement(hook_settings: Any) -> None:
+def test_a_finish_without_subscription_or_default_url_writes_no_outbox_row_in_one_statement(
+    hook_settings: Any,
+) -> None:
     started = _started("t-hot-none")
     finished, statements = _finish(started)
     assert isinstance(finished, attempt.Finished)
     assert finished.run is not None and finished.run.status is RunStatus.DONE
-    assert _outbox_statements(statements) == []
+    assert len(statements) == 1 and len(_finish_statements(statements)) == 1, statements
     assert _outbox(started.run.run_id) == []
 
 
@@ -79,7 +81,7 @@ def test_a_subscription_added_after_the_submit_while_the_run_executes_still_gets
     outbox.subscribe(started.run.run_id, URL)
     finished, statements = _finish(started)
     assert isinstance(finished, attempt.Finished)
-    assert len(_outbox_statements(statements)) == 1
+    assert len(statements) == 1 and len(_finish_statements(statements)) == 1, statements
     rows = _outbox(started.run.run_id)
     assert [(r.event, r.url) for r in rows] == [(outbox.EVENT_FINISHED, URL)]
     assert rows[0].payload["status"] == RunStatus.DONE.value
@@ -94,15 +96,11 @@ def test_the_default_url_gets_a_row_for_a_run_without_subscription(hook_settings
     assert [(r.event, r.url) for r in _outbox(started.run.run_id)] == [(outbox.EVENT_FINISHED, DEFAULT_URL)]
 
 
-def test_a_note_applies_only_to_the_record_it_was_taken_with(hook_settings: Any) -> None:
-    """A record the finish statement did not return (another object, even an equal one) is looked up
-    by the outbox statement itself, so no stale note can drop a row."""
-    started = _started("t-hot-note")
+def test_the_port_paths_outbox_statement_finds_a_late_subscription_too(hook_settings: Any) -> None:
+    """The run store's port path (a host's own store, or limits) records the event with its own
+    statement, which looks the subscription up itself."""
+    started = _started("t-hot-port")
     outbox.subscribe(started.run.run_id, URL)
     done = started.run.model_copy(update={"status": RunStatus.DONE})
-    outbox.note_subscription(done.model_copy(), None)  # an equal record, not this one
     assert outbox.record_run_event(done) is not None
-    outbox.note_subscription(done, None)
-    assert outbox.record_run_event(done) is None  # trusted for that very object: nothing sent
-    assert outbox.record_run_event(done) is not None  # the note is used once
-    assert len(_outbox(started.run.run_id)) == 2
+    assert [(r.event, r.url) for r in _outbox(started.run.run_id)] == [(outbox.EVENT_FINISHED, URL)]

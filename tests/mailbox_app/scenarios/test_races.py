@@ -21,7 +21,7 @@ from mailbox_app.contract.mailbox import DispatchRecord, DispatchStatus, Mailbox
 from mailbox_app.contract.message import ChatMessage
 from mailbox_app.contract.storage import AlreadyExists, VersionConflict
 from mailbox_app.models import Dispatch
-from mailbox_app.store import claims, conformance, upkeep
+from mailbox_app.store import conformance, install, upkeep
 from runs_app import store as run_store
 from runs_app.models import Thread
 from tests.support.dispatches import make_dispatch
@@ -490,6 +490,19 @@ SELECT 'bulk-' || g, 'bulk-t-' || (g % 1000), 'bulk-r-' || g, 128, NULL, 0,
        END AS status) AS s
 """
 
+
+def _claim_pick() -> str:
+    """The statement mailbox_claim_thread picks the thread's head with (claims.sql), its PL/pgSQL
+    variables as named parameters: the text PostgreSQL plans inside the function."""
+    source = (install.HERE / "claims.sql").read_text()
+    start = source.index("SELECT q.dispatch_id FROM mailbox_dispatch q")
+    end = source.index("FOR UPDATE SKIP LOCKED", start) + len("FOR UPDATE SKIP LOCKED")
+    statement = source[start:end]
+    for variable, parameter in (("p_thread_id", "thread_id"), ("v_epoch", "epoch"), ("p_now", "now")):
+        statement = statement.replace(variable, f"%({parameter})s")
+    return statement
+
+
 _SCAN_NODES_OK = {"Index Scan", "Index Only Scan", "Bitmap Heap Scan", "Bitmap Index Scan"}
 
 
@@ -548,15 +561,10 @@ def test_claim_and_lease_sweep_plans_use_indexes_at_scale() -> None:
     assert Dispatch.objects.filter(status="claimed").count() == 500
     assert Dispatch.objects.filter(status="queued").count() == 8000
 
+    # the claim's pick, as mailbox_claim_thread (claims.sql) runs it, its parameters given values
     claim_plan = _explain(
-        claims.CLAIM,
-        {
-            "thread_id": "bulk-t-421",
-            "now": 10**12,
-            "token": "explain-token",
-            "consumer_id": "explain-consumer",
-            "lease_until": 10**12 + LEASE_MS,
-        },
+        _claim_pick(),
+        {"thread_id": "bulk-t-421", "epoch": 0, "now": 10**12},
     )
     _assert_index_only_access(claim_plan)
 

@@ -37,7 +37,7 @@ from mailbox_app.contract.suspension import ToolCallResume
 from mailbox_app.realtime import events
 from mailbox_app.realtime.redis_client import get_redis
 from mailbox_app.services import mailbox, maintenance
-from mailbox_app.store.steps import STEP_RECORDED, STEP_REPLAYED, StepJournal
+from mailbox_app.store.runs_tables.steps import STEP_RECORDED, STEP_REPLAYED, StepJournal
 from runs_app import store as run_store
 from runs_app.models import RunStep
 from tests.support.agents import TEST_AGENTS

@@ -34,22 +34,27 @@ D = DispatchStatus.DEAD_LETTER
 
 TABLE_EDGES = {(src, dst) for src, targets in ALLOWED_TRANSITIONS.items() for dst in targets}
 
+# The database functions (mailbox_app/store/*.sql) the claims, the fused submit and finish run
+CLAIM_FUNCTIONS = (PROJECT_ROOT / "mailbox_app/store/claims.sql").read_text()
+SUBMIT_FUNCTION = (PROJECT_ROOT / "mailbox_app/store/runs_tables/submit.sql").read_text()
+ATTEMPT_FUNCTIONS = (PROJECT_ROOT / "mailbox_app/store/runs_tables/attempt.sql").read_text()
+
 # The statements each declared transition runs: each must name every target status it declares.
 STATEMENTS: dict[Transition, tuple[str, ...]] = {
     store.CLAIMING: (
-        claims.CLAIM,
-        claims.CLAIM_SKIP_LOCKED,
+        CLAIM_FUNCTIONS,
         claims.CLAIM_WITHIN_LIMITS,
         claims.CLAIM_BY_ID,
         claims.CLAIM_BY_ID_WITHIN_LIMITS,
+        SUBMIT_FUNCTION,
     ),
-    store.SUPERSEDING_STALE_QUEUED: (claims.CLAIM, claims.CLAIM_SKIP_LOCKED, claims.CLAIM_WITHIN_LIMITS),
+    store.SUPERSEDING_STALE_QUEUED: (CLAIM_FUNCTIONS, claims.CLAIM_WITHIN_LIMITS),
     store.INTERRUPTING: (queue.SUPERSEDE_QUEUED_BY_INTERRUPT,),
     store.CANCELLING: (queue.CANCEL,),
     store.ACKING: (conformance.ACK,),
     store.NACKING: (fenced.NACK,),
     store.DEAD_LETTERING: (conformance.DEAD_LETTER,),
-    store.SETTLING: (fenced.SETTLE,),
+    store.SETTLING: (fenced.SETTLE, ATTEMPT_FUNCTIONS),
     store.RECLAIMING: (upkeep.LOCK_EXPIRED + upkeep.RECLAIM,),  # the rows LOCK_EXPIRED locked
     store.SUPERSEDING_CLAIMED: (fenced.SUPERSEDE,),
     store.SUPERSEDING: (fenced.SUPERSEDE,),
