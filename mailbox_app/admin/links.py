@@ -1,6 +1,6 @@
 """What the two apps' admin pages share: links between them (by URL name, so neither imports the other's
-admin) and the display of counts; times and durations are mailbox_app/contract/timefmt.py's. Django and the
-standard library only."""
+admin), ids shortened for tables, their stylesheet and script, and the display of counts; times and
+durations are mailbox_app/contract/timefmt.py's. Django and the standard library only."""
 
 from __future__ import annotations
 
@@ -38,6 +38,40 @@ def thread_url(thread_id: str) -> str:
 
 def link(url: str, text: object) -> SafeString:
     return format_html('<a href="{}">{}</a>', url, text)
+
+
+# A UUIDv7 is 36 characters: four of them in a row wrap a 1280 px table. Tables show the first 8 and the
+# last 6 characters of an id longer than ID_WHOLE_MAX (the head is the time, the tail the random part: two
+# ids of one minute differ there), with the whole id in the tooltip and a button that copies it.
+ID_HEAD, ID_TAIL, ID_WHOLE_MAX = 8, 6, 24
+ADMIN_CSS = "mailbox_admin/admin.css"
+ADMIN_JS = "mailbox_admin/admin.js"
+
+
+def short_id(value: str) -> str:
+    return value if len(value) <= ID_WHOLE_MAX else f"{value[:ID_HEAD]}…{value[-ID_TAIL:]}"
+
+
+def id_cell(value: str | None, url: str | None = None) -> SafeString:
+    """An id for a table cell: shortened, the whole id in its `title`, a link when `url` is given, and a
+    copy button (mailbox_app/static/mailbox_admin/admin.js) when it was shortened. "—" for no id."""
+    if not value:
+        return format_html("{}", "—")
+    shown = short_id(value)
+    body = (
+        format_html('<a href="{}" title="{}">{}</a>', url, value, shown)
+        if url
+        else format_html('<span title="{}">{}</span>', value, shown)
+    )
+    if shown == value:
+        return format_html('<span class="mb-id">{}</span>', body)
+    return format_html(
+        '<span class="mb-id">{}<button type="button" class="mb-copy" data-copy="{}" title="copy {}" '
+        'aria-label="copy the whole id">⧉</button></span>',
+        body,
+        value,
+        value,
+    )
 
 
 def counted(n: int, singular: str, plural: str | None = None) -> str:
