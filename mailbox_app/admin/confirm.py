@@ -19,8 +19,6 @@ from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.utils.safestring import SafeString
 
-from mailbox_app.admin.links import counted
-
 ACTION_ROW_LIMIT = 500
 TEMPLATE = "admin/mailbox_app/action_confirmation.html"
 
@@ -43,13 +41,14 @@ def confirmed(request: HttpRequest) -> bool:
     return request.POST.get("post") == "yes"
 
 
-def bounded(model_admin: Any, request: HttpRequest, queryset: QuerySet[Any], noun: str) -> list[Any] | None:
+def bounded(model_admin: Any, request: HttpRequest, queryset: QuerySet[Any]) -> list[Any] | None:
     """The selected rows, or None (with an error message) when there are more than an action moves."""
     rows = list(queryset.order_by("pk")[: ACTION_ROW_LIMIT + 1])
     if len(rows) > ACTION_ROW_LIMIT:
+        noun = model_admin.model._meta.verbose_name_plural
         model_admin.message_user(
             request,
-            f"More than {counted(ACTION_ROW_LIMIT, noun)} selected: an admin action moves at most "
+            f"More than {ACTION_ROW_LIMIT} {noun} selected: an admin action moves at most "
             f"{ACTION_ROW_LIMIT}. Narrow the selection, or use the management command (docs/admin.md). "
             "Nothing was changed.",
             messages.ERROR,

@@ -104,7 +104,7 @@ class DispatchActions(DispatchAdminBase):
 
     @admin.action(description="Cancel selected queued dispatches…", permissions=["operate"])
     def cancel_queued(self, request: HttpRequest, queryset: QuerySet[Dispatch]) -> HttpResponse | None:
-        rows = bounded(self, request, queryset, "dispatch")
+        rows = bounded(self, request, queryset)
         if rows is None or not confirmed(request):
             plan = [_dispatch_row(d, _cancel_change(d)) for d in rows or []]
             return None if rows is None else confirmation_page(self, request, rows, CANCEL, plan)
@@ -125,7 +125,7 @@ class DispatchActions(DispatchAdminBase):
 
     @admin.action(description="Requeue selected dead-lettered dispatches…", permissions=["operate"])
     def requeue_dead_letter(self, request: HttpRequest, queryset: QuerySet[Dispatch]) -> HttpResponse | None:
-        rows = bounded(self, request, queryset, "dispatch")
+        rows = bounded(self, request, queryset)
         if rows is None or not confirmed(request):
             plan = [_dispatch_row(d, _requeue_change(d)) for d in rows or []]
             return None if rows is None else confirmation_page(self, request, rows, REQUEUE, plan)
@@ -147,7 +147,7 @@ class DispatchActions(DispatchAdminBase):
 
     @admin.action(description="Interrupt the threads of selected dispatches…", permissions=["operate"])
     def interrupt_thread(self, request: HttpRequest, queryset: QuerySet[Dispatch]) -> HttpResponse | None:
-        rows = bounded(self, request, queryset, "dispatch")
+        rows = bounded(self, request, queryset)
         threads = sorted({d.thread_id for d in rows or []})
         if rows is None or not confirmed(request):
             plan = _interrupt_plan(threads)

@@ -110,7 +110,7 @@ class WebhookDeliveryAdmin(WebhookDeliveryAdminBase):
     def retry_delivery(
         self, request: HttpRequest, queryset: QuerySet[WebhookDelivery]
     ) -> HttpResponse | None:
-        rows = bounded(self, request, queryset, "delivery")
+        rows = bounded(self, request, queryset)
         if rows is None or not confirmed(request):
             plan = [_plan(row) for row in rows or []]
             return None if rows is None else confirmation_page(self, request, rows, RETRY, plan)

@@ -190,8 +190,9 @@ def _verdict(chromium: Chromium, live_server: Any, thread_id: str) -> tuple[str,
 
 def _assert_fits(chromium: Chromium) -> None:
     wide = chromium.evaluate("document.documentElement.scrollWidth")
-    if wide > WIDTH:
-        chromium.screenshot(Path("/tmp/admin-shots/debug.png"))
+    keep = os.environ.get("AWAKEN_SCREENSHOT_DIR")
+    if wide > WIDTH and keep:  # the page as it overflowed, to look at
+        chromium.screenshot(Path(keep) / "overflowing.png")
     assert wide <= WIDTH, f"{chromium.evaluate('location.href')} is {wide} px wide at {WIDTH} px"
 
 
