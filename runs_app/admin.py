@@ -26,6 +26,7 @@ from mailbox_app.admin.links import (
     dispatch_url,
     id_cell,
     link,
+    moment,
     overview_url,
     run_url,
     thread_url,
@@ -108,6 +109,15 @@ class ReadOnlyAdmin:
         css = {"all": (ADMIN_CSS,)}
         js = (ADMIN_JS,)
 
+    # list columns: how long ago, the exact UTC time in the tooltip (the pages show the exact times)
+    @admin.display(description="created", ordering="created_at")
+    def created_when(self, obj: Any) -> SafeString:
+        return moment(obj.created_at)
+
+    @admin.display(description="updated", ordering="updated_at")
+    def updated_when(self, obj: Any) -> SafeString:
+        return moment(obj.updated_at)
+
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
@@ -160,8 +170,8 @@ class RunAdmin(ReadOnlyAdmin, RunAdminBase):
         "termination",
         "waiting_tickets",
         "dispatches",
-        "created",
-        "updated",
+        "created_when",
+        "updated_when",
     )
     list_filter = ("status", "agent_id")
     list_display_links = None  # the run column links its page (with a copy button beside)
@@ -207,7 +217,7 @@ class RunAdmin(ReadOnlyAdmin, RunAdminBase):
 
     @admin.display(description="dispatches")
     def dispatches(self, obj: Run) -> SafeString:
-        return link(dispatch_list_url(run_id=obj.run_id), "dispatches of this run")
+        return link(dispatch_list_url(run_id=obj.run_id), "dispatches")
 
     @admin.display(description="dispatch")
     def dispatch_link(self, obj: Run) -> SafeString | str:
@@ -266,7 +276,7 @@ class ThreadAdmin(ReadOnlyAdmin, ThreadAdminBase):
         "open_run",
         "active_run",
         "message_count",
-        "updated",
+        "updated_when",
     )
     list_display_links = None  # the thread column links its page (with a copy button beside)
     search_fields = ("id__startswith", "title__icontains")
@@ -348,7 +358,7 @@ class ThreadAdmin(ReadOnlyAdmin, ThreadAdminBase):
 class MessageAdmin(ReadOnlyAdmin, MessageAdminBase):
     """The append-only log, one row per message."""
 
-    list_display = ("thread_link", "seq", "role", "visibility", "content_preview", "run_cell", "created")
+    list_display = ("thread_link", "seq", "role", "visibility", "content_preview", "run_cell", "created_when")
     list_display_links = ("seq",)  # the thread column is a link of its own
     list_filter = ("role", "visibility")
     search_fields = ("thread__id__startswith", "message_id__startswith", "run_id__startswith")

@@ -1,5 +1,6 @@
-"""How the mailbox admin's pages show times, waits, attempts and errors: short in a table cell, the exact
-value in its tooltip, so a row stays on one line at 1280 px and nothing is lost."""
+"""How the mailbox admin's pages show waits, attempts and errors: short in a table cell, the exact value
+in its tooltip, so a row stays on one line at 1280 px and nothing is lost (ids and times are links.py's,
+shared with runs_app)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Sequence
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
+from mailbox_app.admin.links import relative
 from mailbox_app.contract.ids import now_ms
 from mailbox_app.contract.mailbox import DispatchStatus
 from mailbox_app.contract.timefmt import format_duration_ms, format_utc_ms
@@ -25,11 +27,6 @@ def when(ms: int | None, now: int | None = None) -> str:
     return f"{format_utc_ms(ms)} ({relative(ms, now)})"
 
 
-def relative(ms: int, now: int | None = None) -> str:
-    delta = ms - (now_ms() if now is None else now)
-    return f"in {format_duration_ms(delta)}" if delta > 0 else f"{format_duration_ms(-delta)} ago"
-
-
 def lease_left(lease_until: int | None, now: int | None = None) -> str:
     if lease_until is None:
         return "—"
@@ -41,13 +38,6 @@ def listing(items: Sequence[str]) -> str:
     shown = ", ".join(items[:SKIPPED_SHOWN])
     more = len(items) - SKIPPED_SHOWN
     return f"{shown} and {more} more" if more > 0 else shown
-
-
-def moment(ms: int | None, now: int | None = None) -> SafeString:
-    """A table cell's time: how far from now, the exact UTC time in the tooltip."""
-    if ms is None:
-        return format_html("{}", "—")
-    return format_html('<span title="{}">{}</span>', format_utc_ms(ms), relative(ms, now))
 
 
 def wait_kind(dispatch: Dispatch, now: int) -> str:

@@ -15,13 +15,14 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from mailbox_app.admin.activity import pictures
-from mailbox_app.admin.display import lease_left, moment
+from mailbox_app.admin.display import lease_left
 from mailbox_app.admin.links import (
     ADMIN_CSS,
     ADMIN_JS,
     dispatch_list_url,
     dispatch_url,
     id_cell,
+    moment,
     overview_url,
     run_url,
     thread_url,

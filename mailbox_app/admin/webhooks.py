@@ -15,7 +15,7 @@ from django.utils.safestring import SafeString
 
 from mailbox_app.admin import display
 from mailbox_app.admin.confirm import Confirmation, Planned, bounded, confirmation_page, confirmed
-from mailbox_app.admin.links import ADMIN_CSS, ADMIN_JS, counted, id_cell, run_url
+from mailbox_app.admin.links import ADMIN_CSS, ADMIN_JS, counted, id_cell, moment, run_url
 from mailbox_app.contract.timefmt import format_utc_ms
 from mailbox_app.models import WebhookDelivery, WebhookDeliveryStatus
 from mailbox_app.webhooks.delivery import retry_failed
@@ -88,7 +88,7 @@ class WebhookDeliveryAdmin(WebhookDeliveryAdminBase):
 
     @admin.display(description="next attempt", ordering="next_attempt_at")
     def next_attempt(self, obj: WebhookDelivery) -> SafeString | str:
-        return display.moment(obj.next_attempt_at) if obj.status == WebhookDeliveryStatus.PENDING else "—"
+        return moment(obj.next_attempt_at) if obj.status == WebhookDeliveryStatus.PENDING else "—"
 
     @admin.display(description="HTTP", ordering="last_status_code")
     def code(self, obj: WebhookDelivery) -> str:

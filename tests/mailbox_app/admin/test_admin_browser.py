@@ -26,10 +26,11 @@ from mailbox_app import store
 from mailbox_app.admin.links import overview_url
 from mailbox_app.contract.ids import now_ms, uuid7
 from mailbox_app.contract.lifecycle import RunStatus
+from mailbox_app.contract.mailbox import DispatchStatus
 from mailbox_app.contract.message import ChatMessage
-from mailbox_app.contract.storage import RunRecord
+from mailbox_app.contract.storage import RunRecord, TerminationReason
 from mailbox_app.contract.suspension import RunWaitingState, WaitingTicket
-from mailbox_app.models import WebhookDelivery, WebhookDeliveryStatus
+from mailbox_app.models import Dispatch, WebhookDelivery, WebhookDeliveryStatus
 from runs_app import store as run_store
 from tests.mailbox_app.admin.history import an_hour
 from tests.support.chromium import Chromium, headless_chromium, requires_chromium
@@ -154,6 +155,13 @@ def _seed_verdicts(now: int) -> tuple[str, str]:
         created_at=now, updated_at=now,
     )  # fmt: skip
     run_store.checkpoint(thread_id=DECIDING, messages=[ChatMessage.user("delete it?")], run=run, now=now)
+    talk = uuid7()  # a conversation named by a UUID, its run done, for the runs, threads and messages lists
+    done = RunRecord(
+        run_id=uuid7(), thread_id=talk, status=RunStatus.DONE, final_output="fine",
+        termination_reason=TerminationReason(type="natural_end"), created_at=now, updated_at=now,
+    )  # fmt: skip
+    said = [ChatMessage.user("a question that goes on " * 12), ChatMessage.assistant("an answer")]
+    run_store.checkpoint(thread_id=talk, messages=said, run=done, now=now)
     delayed = uuid7()
     store.enqueue(make_dispatch(delayed, DELAYED, uuid7(), created_at=now, available_at=now + 600_000))
     busy, retrying = uuid7(), uuid7()
@@ -173,7 +181,7 @@ def _seed_verdicts(now: int) -> tuple[str, str]:
 def _seed_failed_webhook(now: int) -> None:
     """An outbox row that gave up two minutes ago (the outbox's own columns; nothing is sent)."""
     WebhookDelivery.objects.create(
-        delivery_id=uuid7(), run_id="r-decide", thread_id=DECIDING, event="run.finished",
+        delivery_id=uuid7(), run_id=uuid7(), thread_id=DECIDING, event="run.finished",
         url="https://hooks.example/x", payload={}, status=WebhookDeliveryStatus.FAILED, attempts=8,
         next_attempt_at=now - 120_000, created_at=now - 600_000, updated_at=now - 120_000,
         last_error="HTTP 500",
@@ -246,18 +254,63 @@ def test_the_overview_draws_the_hour_and_names_what_each_thread_waits_for_at_128
     text, css = _verdict(chromium, live_server, busy)
     assert text == "State: blocked" and "blocked" in css
 
-    chromium.navigate(f"{live_server.url}{reverse('admin:mailbox_app_dispatch_changelist')}")
-    listed = chromium.text()
+    listed = _assert_list_readable(chromium, live_server, "admin:mailbox_app_dispatch_changelist", ids=100)
     assert "delayed · 9 min" in listed or "delayed · 10 min" in listed  # the delayed start, not "backoff"
-    assert "backoff · 1 min" in listed and "lease 1 min" in listed
-    cells = json.loads(chromium.evaluate(MEASURE_ID_CELLS))
-    assert len(cells) >= 2 * 50 and any(delayed[:8] in c["text"] for c in cells)  # dispatch, thread
-    wrapped = [c for c in cells if c["lines"] >= 1.5]
-    assert wrapped == [], wrapped[:5]
+    assert "backoff · 1 min" in listed and "lease 1 min" in listed and delayed[:8] in listed
     keep_screenshot(chromium, tmp_path / "mailbox_dispatch_list.png")
+    _cancel_through_the_confirmation_page(chromium, delayed, tmp_path)
+    for name in OTHER_LISTS:
+        _assert_list_readable(chromium, live_server, name, ids=1)
+
+
+def _cancel_through_the_confirmation_page(chromium: Chromium, delayed: str, tmp_path: Path) -> None:
+    """Tick the delayed dispatch and an acked one, choose the cancel action: the confirmation page lists
+    both (one to cancel, one left as it is) and nothing has changed; confirming cancels the queued one."""
+    newest_acked = Dispatch.objects.filter(status=DispatchStatus.ACKED).order_by("-created_at")  # on page 1
+    acked = str(newest_acked.values_list("pk", flat=True).first())
+    chromium.evaluate(
+        f"for (const id of {json.dumps([delayed, acked])}) "
+        "{ document.querySelector(`input.action-select[value='${id}']`).click(); }"
+        "document.querySelector('select[name=action]').value = 'cancel_queued';"
+        "document.querySelector('button[name=index], #changelist-form button[type=submit]').click();"
+    )
+    wait_until(lambda: chromium.evaluate("!!document.getElementById('action-plan')"), what="the confirmation")
+    _assert_fits(chromium)
+    plan = str(chromium.evaluate("document.getElementById('action-plan').innerText"))
+    assert "queued → cancelled" in plan and "left as it is" in plan
+    assert Dispatch.objects.get(pk=delayed).status == DispatchStatus.QUEUED  # nothing moved yet
+    keep_screenshot(chromium, tmp_path / "mailbox_confirm_cancel.png")
+    chromium.evaluate("document.getElementById('confirm-action').click()")
+    wait_until(
+        lambda: "Cancelled 1 queued dispatch" in str(chromium.evaluate("document.body?.innerText")),
+        what="the action's result on the list",
+    )
+    assert Dispatch.objects.get(pk=delayed).status == DispatchStatus.CANCELLED
+    assert Dispatch.objects.get(pk=acked).status == DispatchStatus.ACKED
+
+
+OTHER_LISTS = (
+    "admin:runs_app_run_changelist",
+    "admin:runs_app_thread_changelist",
+    "admin:runs_app_message_changelist",
+    "admin:mailbox_app_webhookdelivery_changelist",
+    "admin:mailbox_app_threadepoch_changelist",
+)
+
+
+def _assert_list_readable(chromium: Chromium, live_server: Any, name: str, *, ids: int) -> str:
+    """A change list at WIDTH px: no cell holding an id takes more than one line, the table is no wider
+    than the window (nothing hides in a horizontal scroll); the page's text."""
+    chromium.navigate(f"{live_server.url}{reverse(name)}")
+    _assert_fits(chromium)
+    cells = json.loads(chromium.evaluate(MEASURE_ID_CELLS))
+    assert len(cells) >= ids, (name, len(cells))
+    wrapped = [c for c in cells if c["lines"] >= 1.5]
+    assert wrapped == [], (name, wrapped[:5])
     right = chromium.evaluate("document.getElementById('result_list').getBoundingClientRect().right")
     widths = chromium.evaluate(
         "JSON.stringify([...document.querySelectorAll('#result_list thead th')]"
-        ".map(th => [th.className, th.getBoundingClientRect().width]))"
+        ".map(th => [th.className, Math.round(th.getBoundingClientRect().width)]))"
     )
-    assert right <= WIDTH, f"the dispatch table is {right} px wide at {WIDTH} px: {widths}"
+    assert right <= WIDTH, f"{name}: the table is {right} px wide at {WIDTH} px: {widths}"
+    return chromium.text()
