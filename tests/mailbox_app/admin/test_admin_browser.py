@@ -258,9 +258,35 @@ def test_the_overview_draws_the_hour_and_names_what_each_thread_waits_for_at_128
     assert "delayed · 9 min" in listed or "delayed · 10 min" in listed  # the delayed start, not "backoff"
     assert "backoff · 1 min" in listed and "lease 1 min" in listed and delayed[:8] in listed
     keep_screenshot(chromium, tmp_path / "mailbox_dispatch_list.png")
+    _copy_an_id(chromium, live_server, delayed)
     _cancel_through_the_confirmation_page(chromium, delayed, tmp_path)
     for name in OTHER_LISTS:
         _assert_list_readable(chromium, live_server, name, ids=1)
+
+
+def _copy_an_id(chromium: Chromium, live_server: Any, dispatch_id: str) -> None:
+    """The copy button beside a shortened id puts the whole id on the clipboard: a real click (a user
+    gesture, which the clipboard requires), then the clipboard read back."""
+    chromium.call(
+        "Browser.grantPermissions",
+        {"origin": live_server.url, "permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"]},
+    )
+    button = f"document.querySelector('button.mb-copy[data-copy=\"{dispatch_id}\"]')"
+    assert chromium.evaluate(f"{button}.getAttribute('aria-label')") == "copy the whole id"
+    box = chromium.evaluate(
+        f"(r => [r.x + r.width / 2, r.y + r.height / 2])({button}.getBoundingClientRect())"
+    )
+    for kind in ("mousePressed", "mouseReleased"):
+        chromium.call(
+            "Input.dispatchMouseEvent",
+            {"type": kind, "x": box[0], "y": box[1], "button": "left", "clickCount": 1},
+        )
+    wait_until(lambda: chromium.evaluate(f"{button}.classList.contains('mb-copied')"), what="copied")
+    pasted = chromium.call(
+        "Runtime.evaluate",
+        {"expression": "navigator.clipboard.readText()", "awaitPromise": True, "returnByValue": True},
+    )
+    assert pasted["result"]["value"] == dispatch_id
 
 
 def _cancel_through_the_confirmation_page(chromium: Chromium, delayed: str, tmp_path: Path) -> None:
