@@ -19,16 +19,21 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from mailbox_app.admin.links import (
+    ADMIN_CSS,
+    ADMIN_JS,
     counted,
     dispatch_list_url,
     dispatch_url,
+    id_cell,
     link,
+    moment,
     overview_url,
     run_url,
     thread_url,
 )
+from mailbox_app.contract.mailbox import DispatchRecord
 from mailbox_app.contract.timefmt import format_utc_ms
-from mailbox_app.services.selectors import latest_thread_dispatches
+from mailbox_app.services.selectors import attempts_made, latest_thread_dispatches
 from runs_app.models import Message, Run, RunStep, Thread
 
 if TYPE_CHECKING:
@@ -83,8 +88,35 @@ def waiting_text(value: Any) -> str:
     return f"{value.get('reason', '?')}: {counted(count, 'ticket')}{listed}"
 
 
+def _dispatch_cells(dispatch: DispatchRecord) -> tuple[object, ...]:
+    """One row of a thread's dispatch table; attempts as services/selectors.py `attempts_made` counts them."""
+    attempts = attempts_made(dispatch)
+    return (
+        id_cell(dispatch.dispatch_id, dispatch_url(dispatch.dispatch_id)),
+        dispatch.status.value,
+        id_cell(dispatch.run_id, run_url(dispatch.run_id)),
+        attempts.why,
+        attempts.text,
+        dispatch.claimed_by or "",
+        format_utc_ms(dispatch.created_at),
+    )
+
+
 class ReadOnlyAdmin:
     """No add, no change, no delete: the view permission shows every page read-only."""
+
+    class Media:  # ids shortened with a copy button, rows on one line (mailbox_app/admin/links.py)
+        css = {"all": (ADMIN_CSS,)}
+        js = (ADMIN_JS,)
+
+    # list columns: how long ago, the exact UTC time in the tooltip (the pages show the exact times)
+    @admin.display(description="created", ordering="created_at")
+    def created_when(self, obj: Any) -> SafeString:
+        return moment(obj.created_at)
+
+    @admin.display(description="updated", ordering="updated_at")
+    def updated_when(self, obj: Any) -> SafeString:
+        return moment(obj.updated_at)
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -132,17 +164,18 @@ class RunStepInline(ReadOnlyAdmin, RunStepInlineBase):
 @admin.register(Run)
 class RunAdmin(ReadOnlyAdmin, RunAdminBase):
     list_display = (
-        "run_id",
+        "run",
         "thread_link",
         "agent_id",
         "status",
         "termination",
         "waiting_tickets",
         "dispatches",
-        "created",
-        "updated",
+        "created_when",
+        "updated_when",
     )
     list_filter = ("status", "agent_id")
+    list_display_links = None  # the run column links its page (with a copy button beside)
     search_fields = ("run_id__startswith", "thread__id__startswith", "dispatch_id__startswith")
     search_help_text = "Run, thread or dispatch id (or its beginning)."
     ordering = ("-created_at", "run_id")
@@ -167,9 +200,13 @@ class RunAdmin(ReadOnlyAdmin, RunAdminBase):
     readonly_fields = flatten_fieldsets(fieldsets)
     inlines = (RunStepInline,)
 
+    @admin.display(description="run", ordering="run_id")
+    def run(self, obj: Run) -> SafeString:
+        return id_cell(obj.run_id, run_url(obj.run_id))
+
     @admin.display(description="thread", ordering="thread_id")
     def thread_link(self, obj: Run) -> SafeString:
-        return link(thread_url(obj.thread_id), obj.thread_id)
+        return id_cell(obj.thread_id, thread_url(obj.thread_id))
 
     @admin.display(description="termination")
     def termination(self, obj: Run) -> str:
@@ -181,11 +218,11 @@ class RunAdmin(ReadOnlyAdmin, RunAdminBase):
 
     @admin.display(description="dispatches")
     def dispatches(self, obj: Run) -> SafeString:
-        return link(dispatch_list_url(run_id=obj.run_id), "dispatches of this run")
+        return link(dispatch_list_url(run_id=obj.run_id), "dispatches")
 
     @admin.display(description="dispatch")
     def dispatch_link(self, obj: Run) -> SafeString | str:
-        return link(dispatch_url(obj.dispatch_id), obj.dispatch_id) if obj.dispatch_id else "—"
+        return id_cell(obj.dispatch_id, dispatch_url(obj.dispatch_id)) if obj.dispatch_id else "—"
 
     @admin.display(description="tokens in / out")
     def tokens(self, obj: Run) -> str:
@@ -233,15 +270,16 @@ class MessageInline(ReadOnlyAdmin, MessageInlineBase):
 @admin.register(Thread)
 class ThreadAdmin(ReadOnlyAdmin, ThreadAdminBase):
     list_display = (
-        "id",
+        "thread",
         "owner",
         "title",
         "latest_run",
-        "open_run_id",
-        "active_run_id",
+        "open_run",
+        "active_run",
         "message_count",
-        "updated",
+        "updated_when",
     )
+    list_display_links = None  # the thread column links its page (with a copy button beside)
     search_fields = ("id__startswith", "title__icontains")
     search_help_text = "Thread id (or its beginning) or title."
     list_select_related = ("owner",)
@@ -257,7 +295,11 @@ class ThreadAdmin(ReadOnlyAdmin, ThreadAdminBase):
 
     @staticmethod
     def _run_link(run_id: str | None) -> SafeString | str:
-        return link(run_url(run_id), run_id) if run_id else "—"
+        return id_cell(run_id, run_url(run_id)) if run_id else "—"
+
+    @admin.display(description="thread", ordering="id")
+    def thread(self, obj: Thread) -> SafeString:
+        return id_cell(obj.id, thread_url(obj.id))
 
     @admin.display(description="latest run")
     def latest_run(self, obj: Thread) -> SafeString | str:
@@ -288,22 +330,9 @@ class ThreadAdmin(ReadOnlyAdmin, ThreadAdminBase):
             return format_html("none · {}", link(dispatch_list_url(thread_id=obj.id), "dispatch list"))
         body = format_html_join(
             "",
-            '<tr><td><a href="{}">{}</a></td><td>{}</td><td><a href="{}">{}</a></td><td>{} / {}</td>'
+            '<tr><td>{}</td><td>{}</td><td>{}</td><td><span class="mb-attempts" title="{}">{}</span></td>'
             "<td>{}</td><td>{}</td></tr>",
-            (
-                (
-                    dispatch_url(d.dispatch_id),
-                    d.dispatch_id,
-                    d.status.value,
-                    run_url(d.run_id),
-                    d.run_id,
-                    d.attempt_count,
-                    d.max_attempts,
-                    d.claimed_by or "",
-                    format_utc_ms(d.created_at),
-                )
-                for d in rows
-            ),
+            (_dispatch_cells(d) for d in rows),
         )
         return format_html(
             '<table id="thread-dispatches"><thead><tr><th>dispatch</th><th>status</th><th>run</th>'
@@ -330,7 +359,8 @@ class ThreadAdmin(ReadOnlyAdmin, ThreadAdminBase):
 class MessageAdmin(ReadOnlyAdmin, MessageAdminBase):
     """The append-only log, one row per message."""
 
-    list_display = ("thread_link", "seq", "role", "visibility", "content_preview", "run_id", "created")
+    list_display = ("thread_link", "seq", "role", "visibility", "content_preview", "run_cell", "created_when")
+    list_display_links = ("seq",)  # the thread column is a link of its own
     list_filter = ("role", "visibility")
     search_fields = ("thread__id__startswith", "message_id__startswith", "run_id__startswith")
     search_help_text = "Thread, message or run id (or its beginning)."
@@ -354,11 +384,15 @@ class MessageAdmin(ReadOnlyAdmin, MessageAdminBase):
 
     @admin.display(description="thread", ordering="thread_id")
     def thread_link(self, obj: Message) -> SafeString:
-        return link(thread_url(obj.thread_id), obj.thread_id)
+        return id_cell(obj.thread_id, thread_url(obj.thread_id))
 
     @admin.display(description="run")
     def run_link(self, obj: Message) -> SafeString | str:
-        return link(run_url(obj.run_id), obj.run_id) if obj.run_id else "—"
+        return id_cell(obj.run_id, run_url(obj.run_id)) if obj.run_id else "—"
+
+    @admin.display(description="run", ordering="run_id")
+    def run_cell(self, obj: Message) -> SafeString | str:
+        return self.run_link(obj)
 
     @admin.display(description="content")
     def content_preview(self, obj: Message) -> str:

@@ -98,7 +98,8 @@ def test_dockerfile_copies_files_that_exist_and_dockerignore_keeps_them() -> Non
 def test_compose_services_run_the_procfile_lines_from_one_image() -> None:
     lines, spec = procfile(), compose()
     services = spec["services"]
-    assert set(services) == {"postgres", "redis", *APP_SERVICES}
+    # prometheus, grafana: the `monitoring` profile (tests/mailbox_app/admin/test_monitoring_deploy.py)
+    assert set(services) == {"postgres", "redis", *APP_SERVICES, "prometheus", "grafana"}
     for service, entry in APP_SERVICES.items():
         config = services[service]
         assert shell_command(config["command"]) == lines[entry], service

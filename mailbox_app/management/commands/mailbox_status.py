@@ -5,7 +5,10 @@ from mailbox_app.services.selectors import mailbox_overview
 
 
 class Command(MailboxCommand):
-    help = "Counts by status, oldest queued age, current claims with holder and lease left."
+    help = (
+        "Read only: counts by status, the oldest queued dispatch's age, and every claim with its holder "
+        "and lease left (one JSON line each)."
+    )
 
     def handle(self, *args: Any, **options: Any) -> None:
         overview = mailbox_overview()

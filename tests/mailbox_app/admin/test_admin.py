@@ -131,8 +131,11 @@ def seed_runs() -> None:
 
 
 def post_action(client: Client, action: str, ids: list[str]) -> str:
+    """An action as its confirmation page posts it (`post=yes`); the messages it left."""
     response = client.post(
-        reverse(DISPATCHES), {"action": action, "_selected_action": ids, "index": 0}, follow=True
+        reverse(DISPATCHES),
+        {"action": action, "_selected_action": ids, "index": 0, "post": "yes"},
+        follow=True,
     )
     assert response.status_code == 200
     return " ".join(str(m) for m in response.context["messages"])
@@ -149,9 +152,10 @@ def test_dispatch_changelist_shows_the_queue_columns(staff_client: Client) -> No
     for text in ("d-backoff", "d-held", "d-waiting", "t-blocked", HOLDER, "tool failed: timeout"):
         assert text in page
     assert "0 / 5" in page and "1 / 5" in page  # attempts / max
-    assert format_utc_ms(seeded["held"].lease_until) in page  # lease until, as UTC
-    assert "left" in page  # lease time left
-    assert format_utc_ms(seeded["retry_at"]) in page  # available at of the nacked one
+    assert format_utc_ms(seeded["held"].lease_until) in page  # lease until, as UTC (the cell's tooltip)
+    assert "lease 1 min" in page or "lease 59" in page  # lease time left
+    assert format_utc_ms(seeded["retry_at"]) in page  # available at of the nacked one (tooltip)
+    assert "backoff · 2 min" in page or "backoff · 1 min" in page  # a retry after a failed attempt
     assert 'id="mailbox-overview-link"' in page
     for action in ("cancel_queued", "requeue_dead_letter", "interrupt_thread"):
         assert action in page
@@ -356,7 +360,8 @@ def test_actions_need_the_change_permission(django_user_model: Any) -> None:
     assert response.status_code == 200
     assert "cancel_queued" not in response.content.decode()
     client.post(
-        reverse(DISPATCHES), {"action": "cancel_queued", "_selected_action": ["d-waiting"], "index": 0}
+        reverse(DISPATCHES),
+        {"action": "cancel_queued", "_selected_action": ["d-waiting"], "index": 0, "post": "yes"},
     )
     assert Dispatch.objects.get(pk="d-waiting").status == DispatchStatus.QUEUED
 
@@ -446,11 +451,12 @@ def test_overview_flags_an_interrupted_holder(staff_client: Client) -> None:
     assert HOLDER in page
 
 
-def test_overview_for_an_unknown_thread_says_nothing_is_there(staff_client: Client) -> None:
+def test_overview_for_an_unknown_thread_says_there_is_no_such_thread(staff_client: Client) -> None:
     response = staff_client.get(reverse(OVERVIEW), {"thread_id": "t-nobody"})
     assert response.status_code == 200
-    assert "State: idle" in response.content.decode()
-    assert "nothing queued or claimed" in response.content.decode()
+    page = response.content.decode()
+    assert "State: no such thread" in page and "no thread, run or dispatch has this id" in page
+    assert "State: idle" not in page
 
 
 # --- selectors -----------------------------------------------------------------------------------
@@ -458,7 +464,7 @@ def test_overview_for_an_unknown_thread_says_nothing_is_there(staff_client: Clie
 
 def test_block_report_states() -> None:
     now = now_ms()
-    assert thread_block_report("t", now=now).state is ThreadState.IDLE
+    assert thread_block_report("t", now=now).state is ThreadState.NO_SUCH_THREAD
     enqueue("d1", "t", at=now)
     assert thread_block_report("t", now=now).state is ThreadState.CLAIMABLE
     assert thread_block_report("t", now=now).next_claimable is not None

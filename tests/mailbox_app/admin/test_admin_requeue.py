@@ -101,7 +101,12 @@ def test_the_admin_requeue_runs_the_dead_letter_again_on_its_run(
     FailsFirstAgent.BROKEN.clear()
     response = operator_client.post(
         reverse(DISPATCHES),
-        {"action": "requeue_dead_letter", "_selected_action": [submitted.dispatch_id], "index": 0},
+        {
+            "action": "requeue_dead_letter",
+            "_selected_action": [submitted.dispatch_id],
+            "index": 0,
+            "post": "yes",
+        },
         follow=True,
     )
     assert "Requeued 1 dead-lettered dispatch." in response.content.decode()
@@ -167,7 +172,7 @@ def test_a_dead_letter_whose_run_another_dispatch_finished_stays_dead_lettered(
     assert run_store.reopen_run(run_id="r-finished", dispatch_id="d-older", now=now_ms()) is RunReopen.REFUSED
     response = operator_client.post(
         reverse(DISPATCHES),
-        {"action": "requeue_dead_letter", "_selected_action": ["d-older"], "index": 0},
+        {"action": "requeue_dead_letter", "_selected_action": ["d-older"], "index": 0, "post": "yes"},
         follow=True,
     )
     page = response.content.decode()

@@ -453,8 +453,10 @@ def test_the_admin_lists_deliveries_and_retries_failed_ones(
     assert page.status_code == 200 and failing in page.content.decode() and other not in page.content.decode()
     detail = client.get(reverse("admin:mailbox_app_webhookdelivery_change", args=[failing]))
     assert detail.status_code == 200 and "HTTP 500" in detail.content.decode()
-    response = client.post(
-        changelist, {"action": "retry_delivery", "_selected_action": [failing, other]}, follow=True
+    response = client.post(  # as the action's confirmation page posts it (mailbox_app/admin/confirm.py)
+        changelist,
+        {"action": "retry_delivery", "_selected_action": [failing, other], "post": "yes"},
+        follow=True,
     )
     assert response.status_code == 200
     text = response.content.decode()
