@@ -374,7 +374,9 @@ def interrupt(thread_id: str) -> MailboxInterrupt:
 
 def cancel_active_dispatch(active: DispatchRecord, *, wait: bool) -> bool:
     """Cancel the run of a claimed dispatch, locally or in another process; with `wait`, True only once
-    its claim is released (polled up to AWAKEN_REMOTE_CANCEL_WAIT_MS)."""
+    its claim is released (polled up to AWAKEN_REMOTE_CANCEL_WAIT_MS).
+
+    The reference's `deliver_live_cancel`, and with `wait` its `wait_for_dispatch_not_claimed`."""
     target = LiveRunTarget(active.thread_id, active.run_id, active.dispatch_id)
     delivered = deliver_live_command(target, {"kind": "cancel"})
     if not wait:
@@ -509,6 +511,7 @@ def _wait_not_running(run: RunRecord) -> RunRecord:
 
 
 def send_decision_live(target: LiveRunTarget, tool_call_id: str, resume: ToolCallResume) -> bool:
+    """Hand one tool-call decision to the live run (the reference's `deliver_live_decision`)."""
     command = {"kind": "decision", "decisions": [[tool_call_id, resume.model_dump(mode="json")]]}
     return deliver_live_command(target, command)
 

@@ -47,7 +47,9 @@ class SweepReport:
 
 
 def sweep(*, now: int | None = None) -> SweepReport:
-    """Reclaim expired leases, reconcile what was reclaimed, and ring every claimable thread (§7.3 fix)."""
+    """Reclaim expired leases, reconcile what was reclaimed, and ring every claimable thread (§7.3 fix).
+
+    The reference's `run_sweep`."""
     stamp = now_ms() if now is None else now
     reclaimed = dead = reconciled = 0
     while True:
@@ -109,6 +111,8 @@ def reconcile_terminal(*, now: int | None = None) -> int:
     """Terminalize runs whose dispatch ended cancelled / superseded / dead-lettered but are not done.
 
     One indexed query for the candidates (not a scan of every terminal row: fixes spec §7.7).
+
+    The reference's `reconcile_terminal_dispatches` (each: `reconcile_terminal_dispatch`).
     """
     stamp = now_ms() if now is None else now
     fixed = 0
@@ -184,7 +188,9 @@ def wake_orphaned_background_waits() -> int:
 
 
 def recover_with_retry(*, attempts: int | None = None, delay_ms: int | None = None) -> RecoveryReport:
-    """`recover` with the retry policy of `MailboxStartupRecoveryConfig` (values < 1 mean 1)."""
+    """`recover` with the retry policy of `MailboxStartupRecoveryConfig` (values < 1 mean 1).
+
+    The reference's `run_startup_recovery_with_retry`."""
     tries = max(awaken_settings.STARTUP_RECOVERY_MAX_ATTEMPTS if attempts is None else attempts, 1)
     pause = (delay_ms if delay_ms is not None else awaken_settings.STARTUP_RECOVERY_RETRY_DELAY_MS) / 1000
     for attempt in range(1, tries + 1):

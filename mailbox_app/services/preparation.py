@@ -176,7 +176,9 @@ def _activation_messages(
     run: RunRecord, snapshot: RunRequestSnapshot, read: list[MessageRecord] | None
 ) -> list[ChatMessage]:
     """The dispatch's own input messages (by id, in their order), else the run's input range; `read`:
-    what the fused start already read (the same rows), else they are loaded here."""
+    what the fused start already read (the same rows), else they are loaded here.
+
+    The reference's `activation_messages_for_run` and `activation_messages_from_range`."""
     store = run_store()
     if snapshot.input_message_ids:
         if read is None:

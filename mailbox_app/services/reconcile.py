@@ -39,7 +39,12 @@ def terminalize_run_for_dispatch(
 ) -> RunRecord | None:
     """Returns the updated run, or None when nothing had to change. What the run leaves open — the
     `transcript` of the attempt that ran it (only that attempt may pass it), a waiting run's tickets — is
-    closed in the same statement (mailbox_app/contract/history.py)."""
+    closed in the same statement (mailbox_app/contract/history.py).
+
+    The reference's `checkpoint_terminal_dispatch_run`, `mark_dispatch_run_cancelled`
+    (`mark_dispatch_run_cancelled_inner`), `mark_cancelled_dispatch_run_cancelled`,
+    `mark_superseded_dispatch_run_cancelled` and `mark_dead_letter_dispatch_run_error`
+    (`mark_dead_letter_dispatch_run_error_inner`), in one conditional statement."""
     if dispatch is None or dispatch.status not in _ENDS_RUN:
         return None
     stamp = now_ms() if now is None else now

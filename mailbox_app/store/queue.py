@@ -43,6 +43,9 @@ def enqueue(dispatch: DispatchRecord, *, owner_key: str = "") -> DispatchRecord:
     rotate across owners.
 
     Raises `AlreadyExists` for a duplicate dispatch id or an active dispatch with the same dedupe key.
+
+    The reference's `enqueue_dispatch_with_metrics`: the operation is timed and counted
+    by `metrics.timed`.
     """
     _validate_new(dispatch)
     params: dict[str, Any] = {

@@ -215,7 +215,9 @@ def finish(
     dead letter), the run and the messages it produced written, leftover live input queued durably and,
     with `claim_next_as`, the thread's next dispatch claimed for this worker — one transaction. A run that
     ends early (cancelled, superseded, timed out, dead-lettered) closes what its `transcript` shows open:
-    the partial output and a cancelled result per open tool call, written with its end (history.py)."""
+    the partial output and a cancelled result per open tool call, written with its end (history.py).
+
+    The reference's `finish_execution`."""
     dispatch, run = started.dispatch, started.run
     instance_id = started.request.session_id or ""
     now = now_ms()

@@ -36,7 +36,10 @@ def handle_dispatch_signal(
     thread_id: str, dispatch_id: str | None, *, deliveries: int | None
 ) -> SignalDecision:
     """Claimed/Busy -> ack; NoEligible while the signalled dispatch is still queued -> retry with the
-    blocked backoff (at least until it becomes available); claim error -> retry."""
+    blocked backoff (at least until it becomes available); claim error -> retry.
+
+    The reference's `handle_dispatch_signal_entries` (one doorbell at a time here: Celery delivers them) and
+    its `dispatch_signal_still_available` check."""
     attempt = drain_thread(thread_id)
     if attempt is DispatchAttempt.NO_ELIGIBLE and claim_policy().fair:
         attempt = drain_fair()  # nothing here: the worker takes the fairest work elsewhere

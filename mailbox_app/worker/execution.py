@@ -212,7 +212,10 @@ def _run_with_lease(started: attempt.Started, lock: ThreadLock, claim_next: bool
 
 def drain_thread(thread_id: str, *, first: DispatchRecord | None = None) -> DispatchAttempt:
     """Execute `first` (already claimed) and then every eligible dispatch of the thread, one at a time,
-    in this process: each finish claims the next one in its own transaction."""
+    in this process: each finish claims the next one in its own transaction.
+
+    The reference's `try_dispatch_next` (and, claiming the thread's next in each finish, its
+    `dispatch_next_claim`)."""
     attempt_ = DispatchAttempt.NO_ELIGIBLE
     dispatch = first
     if dispatch is None:
