@@ -9,8 +9,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import django
 from asgiref.sync import ThreadSensitiveContext
-from django.core.asgi import get_asgi_application
 from django.urls import get_resolver
 
 AUTH_LOOKUP_THREADS = 2  # threads checking unknown tokens for the intake, each with a pooled connection
@@ -109,8 +109,13 @@ class BoundedViews:
         return ThreadPoolExecutor(max_workers=1, thread_name_prefix="awaken-view")
 
 
-django_application = get_asgi_application()
-from django.conf import settings  # noqa: E402  (configured by get_asgi_application)
+django.setup(set_prefix=False)  # as django.core.asgi.get_asgi_application
+from django.conf import settings  # noqa: E402
+
+from awaken_project.handler import OneHopASGIHandler  # noqa: E402
+
+# Django's handler, but a synchronous view runs with its middleware in one thread hop (handler.py)
+django_application = OneHopASGIHandler()
 from django.db import connections  # noqa: E402
 
 from awaken_project import intake, probes  # noqa: E402  (imports the API's token cache: after setup)

@@ -1,7 +1,7 @@
 """pytest plugin (loaded with `-p tests.harness`): real PostgreSQL and Redis for the suite.
 
 When DATABASE_URL / REDIS_URL are unset it starts the embedded servers under `.data/test` (or
-`$AWAKEN_TEST_DATA_DIR`, so parallel sessions do not share a server) before
+`$AWAKEN_TEST_DATA_DIR`; `-2`, `-3`, … beside it while another session holds it) before
 Django's settings are imported, and stops them when the session ends.
 """
 
@@ -13,10 +13,29 @@ from pathlib import Path
 
 from awaken_project import embedded
 
+
+def _own_data_dir(base: Path) -> Path:
+    """`base`, or `base-2`, `base-3`, … when another session holds it: a second `make test` (or one
+    test file run beside the suite) gets servers of its own instead of stopping the first's at its end.
+    Held (awaken_project/embedded.py's flock) until this process ends."""
+    for n in range(1, 10):
+        candidate = base if n == 1 else base.with_name(f"{base.name}-{n}")
+        hold = embedded.hold_data_dir(candidate)
+        try:
+            hold.__enter__()
+        except embedded.DataDirInUse:
+            continue
+        _held.append(hold)  # never exited: the lock goes with the process
+        return candidate
+    raise RuntimeError(f"{base} and 8 more test data directories are in use")
+
+
+_held: list[object] = []
 _DATA_DIR = Path(os.environ.get("AWAKEN_TEST_DATA_DIR", embedded.PROJECT_ROOT / ".data" / "test"))
 _started = False
 
 if not os.environ.get("DATABASE_URL") or not os.environ.get("REDIS_URL"):
+    _DATA_DIR = _own_data_dir(_DATA_DIR)
     _services = embedded.ensure_services(_DATA_DIR)
     os.environ.setdefault("DATABASE_URL", _services.database_url)
     os.environ.setdefault("REDIS_URL", _services.redis_url)

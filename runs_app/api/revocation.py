@@ -133,11 +133,18 @@ class RevocationListener:
 
     def _run(self) -> None:
         pid = os.getpid()
+        warned = False  # once an outage: a stopped Redis must not fill the log twice a second
         while self._pid == pid:
             try:
                 self._listen(pid)
             except Exception:  # noqa: BLE001 - any failure: untrusted until subscribed again
-                log.warning("token revocation channel lost; the token cache is off until it is back")
+                if not warned:
+                    log.warning("token revocation channel lost; the token cache is off until it is back")
+                warned = True
+            else:
+                warned = False
+            if self._subscribed:
+                warned = False  # it was back in between: the next loss is news
             self._subscribed = False
             self._on_reset()
             time.sleep(RECONNECT_PAUSE_S)
