@@ -44,6 +44,8 @@ from mailbox_app.realtime.locks import ThreadLock
 from mailbox_app.realtime.redis_client import get_redis
 from mailbox_app.services import mailbox, preparation
 from mailbox_app.store.ports import run_store
+from mailbox_app.store.runs_tables import attempt as runs_tables_attempt
+from mailbox_app.store.runs_tables import submit as runs_tables_submit
 from mailbox_app.worker import attempt, execution, lease, runtime
 
 
@@ -151,6 +153,9 @@ def instrument() -> None:
         wrap(runs, name, f"runs.{name}")
     for name in ("enqueue", "claim", "claim_dispatch", "try_start", "try_settle", "load_dispatch"):
         wrap(store, name, f"store.{name}")
+    wrap(runs_tables_submit, "submit", "awaken_submit (one statement)")
+    wrap(runs_tables_attempt, "start", "awaken_start (one statement)")
+    wrap(runs_tables_attempt, "finish", "awaken_finish (one statement)")
     wrap(mailbox, "prepare_run_for_dispatch", "prepare_run_for_dispatch (rest)")
     wrap(preparation, "reusable_waiting_run_id", "reusable_waiting_run_id (rest)")
     wrap(doorbells, "send_doorbell", "celery publish (doorbell)")
