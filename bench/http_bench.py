@@ -228,26 +228,29 @@ def floor_part(args: argparse.Namespace, log_dir: Path) -> bool:
 # --- (p) the Procfile's processes as they ship ------------------------------------------------------------
 
 
+def make_run(log_dir: Path) -> Server:
+    """`make run` as it ships (awaken_project/devrun.py: the Procfile's web, worker, webhooks and beat) on
+    the scratch servers; `start()` returns once /readyz answers, `wait_for_workers` once both Celery
+    workers answer a ping."""
+    port = free_port()
+    devrun = [sys.executable, "-m", "awaken_project.devrun", "run"]
+    command = shlex.join([*devrun, "--data", str(log_dir / "data"), "--port", str(port)])
+    return Server(
+        command, port, log_dir / "make-run.log", {"AWAKEN_API_THROTTLE_RATE": "1000000/minute"}, "/readyz"
+    )
+
+
+def wait_for_workers() -> None:
+    e2e.wait_until(lambda: len(celery_app.control.ping(timeout=0.5) or []) >= 2, 60, "the workers", 0.1)
+
+
 def procfile_part(args: argparse.Namespace, log_dir: Path) -> bool:
     e2e.reset_state()
-    port = free_port()
-    command = shlex.join(
-        [
-            sys.executable,
-            "-m",
-            "awaken_project.devrun",
-            "run",
-            "--data",
-            str(log_dir / "data"),
-            "--port",
-            str(port),
-        ]
-    )
-    env = {"AWAKEN_API_THROTTLE_RATE": "1000000/minute"}
-    stack = Server(command, port, log_dir / "make-run.log", env, "/readyz")
+    stack = make_run(log_dir)
+    port = stack.port
     try:
         stack.start()
-        e2e.wait_until(lambda: len(celery_app.control.ping(timeout=0.5) or []) >= 2, 60, "the workers", 0.1)
+        wait_for_workers()
         token = api_token()
         runs, submits, latencies = [], [], []
         for rep in range(-1, args.reps):

@@ -3,8 +3,8 @@
     bash scripts/with-services.sh .venv/bin/python bench/stream_bench.py [--streams 1000]
 
 Needs DATABASE_URL / REDIS_URL (scratch, as for e2e_bench.py: migrated, mailbox/runs tables
-truncated, Redis flushed). Starts the web server as `make run` does (gunicorn + uvicorn ASGI worker,
-`bench.http_bench.web_command`) with ONE worker process, submits one background run (no Celery worker:
+truncated, Redis flushed). Starts the web server from the Procfile's web line
+(`bench.http_bench.web_server`) with ONE worker process, submits one background run (no Celery worker:
 the run exists and stays queued; the bench appends the run's events to its Redis stream itself, as an
 executing attempt would), then:
 
@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import e2e_bench as e2e
-from bench.http_bench import WebServer, api_token, free_port
+from bench.http_bench import api_token, web_server
 from mailbox_app.realtime import events
 from tests.support.http_sse import Frame, HttpConnection, SseStream, open_stream
 
@@ -183,7 +183,7 @@ def main() -> int:
     fd_limit = raise_fd_limit(2 * args.streams + 200)  # inherited by the server: sockets + Redis
     e2e.reset_state()
     log_dir = Path(tempfile.mkdtemp(prefix="awaken-stream-bench-"))
-    web = WebServer(free_port(), log_dir / "web.log", workers=1)
+    web = web_server("route", "uvicorn", log_dir, workers=1)
     try:
         web.start()
         assert web.proc is not None

@@ -4,11 +4,12 @@ the HTTP view to its row, and which files the worker's claim -> execute -> finis
     bash scripts/with-services.sh .venv/bin/python bench/walk.py [--show]
 
 Traces Python calls (`sys.setprofile`) in the project's apps only (mailbox_app, runs_app): files visited,
-and hops (consecutive traced calls or returns that change file). The submit is `POST threads/{id}/mailbox`
-through Django's test client (in-process, the full middleware and DRF stack); the worker part is the
-hand-over task `mailbox.run_claimed` called in-process with the claim the submit took. The echo agent
-answers "hello". Only the routes and task names are used, so the script runs unchanged on any tree.
-Scratch database (a fresh test database) and Redis db.
+and hops (consecutive traced calls or returns that change file); and the path to the row: the project
+files on the stack when the dispatch row is written (the submit) or acked (the worker). The submit is
+`POST threads/{id}/mailbox` through Django's test client (in-process, the full middleware and DRF stack);
+the worker part is the hand-over task `mailbox.run_claimed` called in-process with the claim the submit
+took. The echo agent answers "hello". Only the routes and task names are used, so the script runs
+unchanged on any tree. Scratch database (a fresh test database) and Redis db.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import argparse
 import json
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -34,6 +36,10 @@ from django.conf import settings
 from django.test.utils import setup_test_environment
 
 APPS = (str(ROOT / "mailbox_app") + os.sep, str(ROOT / "runs_app") + os.sep)
+# the statement that writes the dispatch row (either tree: an INSERT, or the submit function) and the one
+# that acks it
+SUBMIT_WRITES = ("INSERT INTO mailbox_dispatch", "awaken_submit(")
+FINISH_WRITES = ("status = 'acked'", "THEN 'acked'", "awaken_finish(")
 
 
 class Walk:
@@ -58,15 +64,29 @@ class Walk:
             if name not in self.files:
                 self.files.append(name)
 
-    def trace(self, fn: Callable[[], Any]) -> Any:
+    def trace(self, fn: Callable[[], Any], writes: tuple[str, ...] = ()) -> Any:
+        """Run `fn` traced; the first statement containing one of `writes` notes the project files on the
+        stack then (the path from the entry point to the row, outermost first)."""
+        from django.db import connection
+
+        self.path: list[str] = []
+
+        def at_write(execute: Callable[..., Any], sql: str, *args: Any) -> Any:
+            if not self.path and any(w in sql for w in writes):
+                frames = [f.f_code.co_filename for f, _ in traceback.walk_stack(None)]
+                names = [str(Path(f).relative_to(ROOT)) for f in reversed(frames) if f.startswith(APPS)]
+                self.path = list(dict.fromkeys(names))
+            return execute(sql, *args)
+
         sys.setprofile(self)
         try:
-            return fn()
+            with connection.execute_wrapper(at_write):
+                return fn()
         finally:
             sys.setprofile(None)
 
     def summary(self) -> dict[str, Any]:
-        return {"files": len(self.files), "hops": self.hops}
+        return {"files": len(self.files), "hops": self.hops, "path_files": len(self.path)}
 
 
 def main() -> None:
@@ -88,7 +108,10 @@ def main() -> None:
 
 def run(show: bool) -> dict[str, Any]:
     import redis
-    from celery import current_app
+
+    from awaken_project.celery import app as current_app
+
+    current_app.loader.import_default_modules()
     from django.contrib.auth import get_user_model
     from django.db import connection
     from rest_framework.authtoken.models import Token
@@ -103,14 +126,15 @@ def run(show: bool) -> dict[str, Any]:
         body = {"messages": [{"role": "user", "content": "hello"}]}
         submit = Walk()
         url = f"/api/v1/threads/{thread_id}/mailbox"
-        response = submit.trace(lambda: client.post(url, body, format="json"))
+        response = submit.trace(lambda: client.post(url, body, format="json"), SUBMIT_WRITES)
         assert response.status_code == 201, response.content
         dispatch_id = response.json()["dispatch_id"]
         with connection.cursor() as cursor:
             cursor.execute("SELECT claim_token FROM mailbox_dispatch WHERE dispatch_id = %s", [dispatch_id])
             (token,) = cursor.fetchone()
         worker = Walk()
-        worker.trace(lambda: current_app.tasks["mailbox.run_claimed"].run(thread_id, dispatch_id, token))
+        task = current_app.tasks["mailbox.run_claimed"]
+        worker.trace(lambda: task.run(thread_id, dispatch_id, token), FINISH_WRITES)
         with connection.cursor() as cursor:
             cursor.execute("SELECT status FROM mailbox_dispatch WHERE dispatch_id = %s", [dispatch_id])
             (status,) = cursor.fetchone()
@@ -122,7 +146,9 @@ def run(show: bool) -> dict[str, Any]:
     result: dict[str, Any] = {"submit": submit.summary(), "worker": worker.summary()}
     if show:
         result["submit_files"] = submit.files
+        result["submit_path"] = submit.path
         result["worker_files"] = worker.files
+        result["worker_path"] = worker.path
     return result
 
 
