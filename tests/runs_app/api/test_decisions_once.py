@@ -155,6 +155,9 @@ def test_ten_decisions_for_a_durably_waiting_run_resume_it_once(mailbox_worker: 
         late = post_json(client, path, {"tool_call_id": call_id, "action": "cancel"})
         assert late.status_code == 409 and late.json()["code"] == "already_decided", late.content
     assert len(store.list_dispatches(thread_id)) == 2
+    # the decision goes with its run: a thread's delete takes both
+    assert client.delete(f"/api/v1/threads/{thread_id}").status_code == 200
+    assert not RunDecision.objects.filter(run_id=run_id).exists()
 
 
 def test_ten_decisions_for_a_run_suspended_live_are_delivered_once(
