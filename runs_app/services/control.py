@@ -223,6 +223,8 @@ def _inject(
     in_transaction: InTransaction | None,
 ) -> SubmitResult:
     if mode is InputMode.INTERRUPT_THEN_QUEUE:
+        if selectors.owned_thread(owner_id, request.thread_id) is None:  # never another user's thread
+            raise TargetNotFound(TargetKind.THREAD, request.thread_id)
         mailbox.interrupt(request.thread_id)  # commits on its own, before the submission
 
     def submission() -> SubmitResult:
