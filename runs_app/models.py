@@ -187,3 +187,32 @@ class RunStep(models.Model):
 
     def __str__(self) -> str:
         return f"{self.run_id}:{self.key}"
+
+
+class RunDecision(models.Model):
+    """The one decision a run's suspended tool call takes (mailbox_app/store/runs_tables/decisions.py):
+    written before a decision is delivered live, or in the transaction that queues the run's resume.
+    The unique (run, tool call) is what makes a second decision, concurrent or later, `already_decided`."""
+
+    # The database constraint (ON DELETE CASCADE) is added by migration 0009, as for RunStep.
+    run = models.ForeignKey(
+        Run, on_delete=models.CASCADE, related_name="decisions", db_constraint=False, db_index=False
+    )  # indexed by the (run, tool_call_id) unique constraint
+    tool_call_id = models.CharField(max_length=255)
+    decision_id = models.CharField(max_length=64)
+    action = models.CharField(max_length=32)
+    # "live": handed to the worker holding the suspended run; "queued": a resume dispatch carries it
+    via = models.CharField(max_length=8, choices=[("live", "live"), ("queued", "queued")])
+    dispatch_id = models.CharField(max_length=64, null=True, blank=True)  # the resume that carries it
+    decided_at = models.BigIntegerField()
+
+    class Meta:
+        db_table = "runs_decision"
+        ordering = ["run", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "tool_call_id"], name="run_decision_once"),
+            models.CheckConstraint(condition=Q(via__in=["live", "queued"]), name="run_decision_via"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.run_id}:{self.tool_call_id} {self.action}"

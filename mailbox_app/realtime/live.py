@@ -33,10 +33,10 @@ RECONNECT_S = 0.5
 Handler = Callable[[dict[str, Any]], bool]
 
 
-LocalRunFinder = Callable[[str], LocalRun | None]
+LocalRunFinder = Callable[[LiveRunTarget], LocalRun | None]
 
 
-def _no_local_runs(identifier: str) -> LocalRun | None:
+def _no_local_runs(target: LiveRunTarget) -> LocalRun | None:
     return None
 
 
@@ -51,10 +51,10 @@ def use_local_runs(finder: LocalRunFinder) -> None:
     _local_run_finder = finder
 
 
-def find_local_run(identifier: str) -> LocalRun | None:
-    """The run this process executes under that dispatch, run or thread id; None when absent or
-    ambiguous."""
-    return _local_run_finder(identifier)
+def find_local_run(target: LiveRunTarget) -> LocalRun | None:
+    """The run this process executes as exactly this target (its thread, run and dispatch); None when
+    absent. Never by a bare id, which could name another thread's run or another kind of thing."""
+    return _local_run_finder(target)
 
 
 class LiveDeliveryOutcome(StrEnum):

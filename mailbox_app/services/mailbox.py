@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -31,7 +31,7 @@ from mailbox_app.contract.requests import (
     normalize_message_ids,
     validate_run_inputs,
 )
-from mailbox_app.contract.storage import InvalidInput, RunRecord, StoreError
+from mailbox_app.contract.storage import InvalidInput, NotFound, RunRecord, StoreError
 from mailbox_app.contract.suspension import ToolCallResume
 from mailbox_app.observability import metrics
 from mailbox_app.realtime import doorbells
@@ -40,6 +40,7 @@ from mailbox_app.services.preparation import DEFAULT_PRIORITY, build_dispatch, p
 from mailbox_app.services.reconcile import emit_finish_on_commit, terminalize_run_for_dispatch
 from mailbox_app.store import runs_tables
 from mailbox_app.store.ports import run_store
+from mailbox_app.store.runs_tables import decisions as decision_rows
 from mailbox_app.store.runs_tables.submit import (
     IdempotencyKey,
     InlineClaim,
@@ -321,14 +322,18 @@ def submit_live_then_queue(
         request.thread_id, request.messages, allow_empty=bool(request.decisions)
     )
     messages = normalize_message_ids(messages)
-    steered = _steer(thread_id, messages, expected_run_id)
+    steered = _steer(thread_id, messages, expected_run_id, owner_id)
     if steered is not None:
         return steered
     return submit_background(request.with_(thread_id=thread_id, messages=messages), owner_id=owner_id)
 
 
-def _steer(thread_id: str, messages: list[ChatMessage], expected_run_id: str | None) -> SubmitResult | None:
-    if not messages:
+def _steer(
+    thread_id: str, messages: list[ChatMessage], expected_run_id: str | None, owner_id: int | None
+) -> SubmitResult | None:
+    """The messages appended and delivered live to the thread's own running run (the owner's thread
+    only: else the durable submit refuses it under the thread's row lock)."""
+    if not messages or not _owned(thread_id, owner_id):
         return None
     latest = run_store().latest_run(thread_id=thread_id)
     if latest is None or latest.status is not RunStatus.RUNNING or not latest.dispatch_id:
@@ -343,9 +348,10 @@ def _steer(thread_id: str, messages: list[ChatMessage], expected_run_id: str | N
 
 
 def deliver_live_command(target: LiveRunTarget, command: dict[str, Any]) -> bool:
-    """Local run first (same process), else the Redis live channel of the exact target."""
-    local = find_local_run(target.dispatch_id or target.run_id)
-    if local is not None and local.run_id == target.run_id:
+    """Local run first (same process, found by the exact target), else the Redis live channel of the
+    exact target."""
+    local = find_local_run(target)
+    if local is not None:
         return local.on_live_command(command)
     return deliver_live_to(target, command) is LiveDeliveryOutcome.DELIVERED
 
@@ -393,53 +399,137 @@ def cancel_active_dispatch(active: DispatchRecord, *, wait: bool) -> bool:
             delivered = deliver_live_command(target, {"kind": "cancel"})
 
 
-def cancel(identifier: str) -> bool:
-    """Cancel by dispatch id, run id or thread id, queued or running, here or in another process (§7.8)."""
-    with transaction.atomic():
-        queued = store.cancel(identifier, now_ms())
-        if queued is not None:
-            terminalize_run_for_dispatch(queued)
-    if queued is not None:
+# --- what a cancel or a decision addresses -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadTarget:
+    """A thread's own run: its open run, else its latest (`threads/{id}/cancel`, `.../decision`)."""
+
+    thread_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunTarget:
+    """That run only (`runs/{id}/cancel`, `.../decision`)."""
+
+    run_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchTarget:
+    """That dispatch only (`dispatches/{id}/cancel`)."""
+
+    dispatch_id: str
+
+
+ControlTarget = ThreadTarget | RunTarget | DispatchTarget
+RunOrThread = ThreadTarget | RunTarget
+
+
+def _owned(thread_id: str, owner_id: int | None) -> bool:
+    """Whether the thread is the owner's (any thread when no owner is given: operators, tests). Called
+    inside the transaction that acts, so what it acts on is the owner's as it acts."""
+    if owner_id is None:
         return True
-    local = find_local_run(identifier)
-    if local is not None and local.on_live_command({"kind": "cancel"}):
-        return True
-    dispatch = store.load_dispatch(identifier)
-    if dispatch is not None and dispatch.status is DispatchStatus.CLAIMED:
-        return deliver_live_command(
-            LiveRunTarget(dispatch.thread_id, dispatch.run_id, dispatch.dispatch_id), {"kind": "cancel"}
-        )
-    run = _run_for(identifier)
+    thread = run_store().load_thread(thread_id=thread_id)
+    return thread is not None and thread.owner_id == owner_id
+
+
+def _run_for(target: RunOrThread, owner_id: int | None) -> RunRecord | None:
+    """The run `target` names, if its thread is the owner's: a run by its id; a thread's open run (on that
+    thread), else the thread's latest run. Never anything else: an id is read as the kind it is given
+    as, so a thread named after another user's run or dispatch id reaches only its own runs."""
+    runs = run_store()
+    if isinstance(target, RunTarget):
+        run = runs.load_run(run_id=target.run_id)
+        return run if run is not None and _owned(run.thread_id, owner_id) else None
+    thread = runs.load_thread(thread_id=target.thread_id)
+    if thread is None or (owner_id is not None and thread.owner_id != owner_id):
+        return None
+    if thread.open_run_id:
+        open_run = runs.load_run(run_id=thread.open_run_id)
+        if open_run is not None and open_run.thread_id == thread.id:
+            return open_run
+    return runs.latest_run(thread_id=thread.id)
+
+
+def _live_target(run: RunRecord) -> LiveRunTarget | None:
+    """The exact (thread, run, dispatch) a running run's worker listens on."""
+    if run.status is not RunStatus.RUNNING or not run.dispatch_id:
+        return None
+    return LiveRunTarget(run.thread_id, run.run_id, run.dispatch_id)
+
+
+# --- cancel ------------------------------------------------------------------------------------------
+
+
+def cancel(target: ControlTarget, *, owner_id: int | None = None) -> bool:
+    """Cancel what `target` names, queued or running, here or in another process (spec §7.8), if it is
+    the owner's (`owner_id` None: anyone's). A dispatch: that queued dispatch, or the run its claim
+    executes. A run, or a thread's open run: live cancel while it runs, else the end of a durably
+    waiting run. False when there is nothing of the owner's to cancel."""
+    if isinstance(target, DispatchTarget):
+        return _cancel_dispatch(target.dispatch_id, owner_id)
+    run = _run_for(target, owner_id)
     if run is None:
         return False
-    if run.status is RunStatus.RUNNING and run.dispatch_id:
-        if deliver_live_command(
-            LiveRunTarget(run.thread_id, run.run_id, run.dispatch_id), {"kind": "cancel"}
-        ):
+    live = _live_target(run)
+    if live is not None:
+        if deliver_live_command(live, {"kind": "cancel"}):
             return True
-        if _cancel_retrying(run.dispatch_id):
+        if _cancel_retrying(run, owner_id):
             return True
         # not delivered: the run closed its inbox and is ending; if it ends waiting, cancel that
         run = _wait_not_running(run)
     if run.status is RunStatus.WAITING:
-        return _cancel_waiting(run)
+        return _cancel_waiting(run, owner_id)
     return False
 
 
-def _cancel_retrying(dispatch_id: str) -> bool:
-    """A run left Running by an attempt that failed transiently: its dispatch waits queued for the retry
-    (no worker holds it). Cancel that dispatch, which ends the run."""
+def _cancel_dispatch(dispatch_id: str, owner_id: int | None) -> bool:
+    """A queued dispatch cancelled (its run ended with it), or the run a claimed one executes told to
+    stop — only a dispatch of the owner's thread."""
     with transaction.atomic():
+        dispatch = store.load_dispatch(dispatch_id)
+        if dispatch is None or not _owned(dispatch.thread_id, owner_id):
+            return False
         queued = store.cancel(dispatch_id, now_ms())
+        if queued is not None:
+            terminalize_run_for_dispatch(queued)
+            return True
+    current = store.load_dispatch(dispatch_id)
+    if current is None or current.status is not DispatchStatus.CLAIMED:
+        return False
+    return deliver_live_command(
+        LiveRunTarget(current.thread_id, current.run_id, current.dispatch_id), {"kind": "cancel"}
+    )
+
+
+def _cancel_retrying(run: RunRecord, owner_id: int | None) -> bool:
+    """A run left Running by an attempt that failed transiently: its dispatch waits queued for the retry
+    (no worker holds it). Cancel that dispatch — the run's own, on its thread — which ends the run."""
+    with transaction.atomic():
+        dispatch = store.load_dispatch(run.dispatch_id or "")
+        if (
+            dispatch is None
+            or dispatch.run_id != run.run_id
+            or dispatch.thread_id != run.thread_id
+            or not _owned(run.thread_id, owner_id)
+        ):
+            return False
+        queued = store.cancel(dispatch.dispatch_id, now_ms())
         if queued is not None:
             terminalize_run_for_dispatch(queued)
     return queued is not None
 
 
-def _cancel_waiting(run: RunRecord) -> bool:
+def _cancel_waiting(run: RunRecord, owner_id: int | None) -> bool:
     """A durably waiting run holds no worker: cancel its queued resumes and finish it as cancelled, in one
     transaction, only while it is still waiting (a resume that started meanwhile owns it)."""
     with transaction.atomic():
+        if not _owned(run.thread_id, owner_id):
+            return False
         now = now_ms()
         for dispatch in store.list_dispatches(run.thread_id, [DispatchStatus.QUEUED]):
             if dispatch.run_id == run.run_id:
@@ -455,48 +545,108 @@ def _cancel_waiting(run: RunRecord) -> bool:
     return True
 
 
-def _run_for(identifier: str) -> RunRecord | None:
-    """A run by id, else the thread's open run, else its latest run."""
-    store_ = run_store()
-    run = store_.load_run(run_id=identifier)
-    if run is not None:
-        return run
-    thread = store_.load_thread(thread_id=identifier)
-    if thread is not None and thread.open_run_id:
-        open_run = store_.load_run(run_id=thread.open_run_id)
-        if open_run is not None:
-            return open_run
-    return store_.latest_run(thread_id=identifier)
-
-
 # --- decisions (HITL) --------------------------------------------------------------------------------
 
 
+AlreadyDecided = decision_rows.AlreadyDecided
+Decided = decision_rows.Decided
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionSent:
+    """Decisions that reached their run: handed to the worker holding it (`live`), or queued as its
+    resume (`dispatch_id`)."""
+
+    run_id: str
+    thread_id: str
+    live: bool
+    dispatch_id: str | None = None
+
+
+Decisions = Sequence[tuple[str, ToolCallResume]]
+
+
 def send_decision(
-    identifier: str, tool_call_id: str, resume: ToolCallResume, *, owner_id: int | None = None
-) -> bool:
-    """Deliver a decision to the live run holding the tool call, else enqueue a decision-only resume
-    dispatch for the waiting run whose tickets mention it. False when nothing matches."""
-    run = _run_for(identifier)
+    target: RunOrThread, tool_call_id: str, resume: ToolCallResume, *, owner_id: int | None = None
+) -> DecisionSent | None:
+    """`send_decisions` with one decision."""
+    return send_decisions(target, [(tool_call_id, resume)], owner_id=owner_id)
+
+
+def send_decisions(
+    target: RunOrThread, decisions: Decisions, *, owner_id: int | None = None
+) -> DecisionSent | None:
+    """Decide suspended tool calls of the run `target` names (the owner's only), each exactly once.
+
+    A run suspended live in a worker: the decisions are claimed (committed) first, then delivered; one
+    that is not acknowledged (the run closed its inbox) takes the durable path once the run has left
+    Running. A run waiting durably: the claim and the resume dispatch that carries the decisions are
+    one transaction. None when the run is unknown, not the owner's, or not waiting for these calls;
+    `AlreadyDecided` (nothing written) when a call has its decision already."""
+    calls = [call for call, _ in decisions]
+    if not decisions or len(set(calls)) != len(calls):
+        raise InvalidInput("each tool call takes one decision per request")
+    run = _run_for(target, owner_id)
     if run is None:
-        return False
-    if run.status is RunStatus.RUNNING and run.dispatch_id:
-        command = {"kind": "decision", "decisions": [[tool_call_id, resume.model_dump(mode="json")]]}
-        if deliver_live_command(LiveRunTarget(run.thread_id, run.run_id, run.dispatch_id), command):
-            return True
-        # Not delivered: the run closed its inbox and is ending. Once its finish commits it is waiting
-        # (take the durable path below) or done (nothing to decide).
-        run = _wait_not_running(run)
-    if run.status is not RunStatus.WAITING or run.waiting is None:
-        return False
-    tickets = {t.tool_call_id for t in run.waiting.tickets} | set(run.waiting.ticket_ids)
-    if tool_call_id not in tickets:
-        return False
-    submit_background(
-        RunRequest(thread_id=run.thread_id, decisions=[(tool_call_id, resume)], continue_run_id=run.run_id),
-        owner_id=owner_id,
-    )
-    return True
+        return None
+    live = _live_target(run)
+    if live is None:
+        return _queue_resume(run, decisions, owner_id, claimed=False)
+    with transaction.atomic():  # committed before the delivery: a second sender finds the claim
+        if not decision_rows.claim(
+            run.run_id, decisions, owner_id=owner_id, via=decision_rows.LIVE, now=now_ms()
+        ):
+            return None
+    if deliver_live_command(live, _decision_command(decisions)):
+        return DecisionSent(run.run_id, run.thread_id, live=True)
+    # Not delivered: the run closed its inbox and is ending. Once its finish commits it is waiting (take
+    # the durable path) or done (nothing to decide: the claim is given back).
+    sent = _queue_resume(_wait_not_running(run), decisions, owner_id, claimed=True)
+    if sent is None:
+        with transaction.atomic():
+            decision_rows.release(run.run_id, decisions)
+    return sent
+
+
+def decided(run_id: str, tool_call_ids: Sequence[str], *, owner_id: int | None = None) -> list[Decided]:
+    """The decisions taken for these tool calls of the run (the owner's run only, when one is given)."""
+    return decision_rows.decided(run_id, tool_call_ids, owner_id=owner_id)
+
+
+def _queue_resume(
+    run: RunRecord, decisions: Decisions, owner_id: int | None, *, claimed: bool
+) -> DecisionSent | None:
+    """A decision-only resume of a durably waiting run whose tickets mention every call, queued in the
+    transaction that claims the decisions (or names the claim made before a live delivery failed)."""
+    tickets = set()
+    if run.is_resumable_waiting and run.waiting is not None:
+        tickets = {t.tool_call_id for t in run.waiting.tickets} | set(run.waiting.ticket_ids)
+    if not tickets or any(call not in tickets for call, _ in decisions):
+        # not waiting for these calls (any more): a call decided before is told so, not "not found"
+        taken = decision_rows.decided(run.run_id, [call for call, _ in decisions], owner_id=owner_id)
+        if taken and not claimed:
+            raise AlreadyDecided(taken[0])
+        return None
+    try:
+        with transaction.atomic():
+            if not claimed and not decision_rows.claim(
+                run.run_id, decisions, owner_id=owner_id, via=decision_rows.QUEUED, now=now_ms()
+            ):
+                return None
+            # the submit re-checks under the thread's row lock that the run is still open for a resume
+            # and that the thread is the owner's; either refusal rolls the claim back with it
+            submitted = submit_background(
+                RunRequest(thread_id=run.thread_id, decisions=list(decisions), continue_run_id=run.run_id),
+                owner_id=owner_id,
+            )
+            decision_rows.queued(run.run_id, decisions, submitted.dispatch_id)
+    except (InvalidInput, NotFound):
+        return None
+    return DecisionSent(run.run_id, run.thread_id, live=False, dispatch_id=submitted.dispatch_id)
+
+
+def _decision_command(decisions: Decisions) -> dict[str, Any]:
+    return {"kind": "decision", "decisions": [[call, r.model_dump(mode="json")] for call, r in decisions]}
 
 
 def _wait_not_running(run: RunRecord) -> RunRecord:
@@ -510,10 +660,22 @@ def _wait_not_running(run: RunRecord) -> RunRecord:
         time.sleep(REMOTE_CANCEL_POLL_S)
 
 
-def send_decision_live(target: LiveRunTarget, tool_call_id: str, resume: ToolCallResume) -> bool:
-    """Hand one tool-call decision to the live run (the reference's `deliver_live_decision`)."""
-    command = {"kind": "decision", "decisions": [[tool_call_id, resume.model_dump(mode="json")]]}
-    return deliver_live_command(target, command)
+def send_decision_live(
+    target: LiveRunTarget, tool_call_id: str, resume: ToolCallResume, *, owner_id: int | None = None
+) -> bool:
+    """A decision for the run executing as exactly `target`, live only: claimed first (exactly once, like
+    every decision), given back when no worker acknowledged it (the reference's `deliver_live_decision`)."""
+    decisions = [(tool_call_id, resume)]
+    with transaction.atomic():
+        if not decision_rows.claim(
+            target.run_id, decisions, owner_id=owner_id, via=decision_rows.LIVE, now=now_ms()
+        ):
+            return False
+    if deliver_live_command(target, _decision_command(decisions)):
+        return True
+    with transaction.atomic():
+        decision_rows.release(target.run_id, decisions)
+    return False
 
 
 def wake_run(run: RunRecord) -> SubmitResult:
@@ -557,18 +719,26 @@ def queued_thread_ids() -> list[str]:
 __all__ = [
     "ACTIVE_RUN_CONFLICT_MESSAGE",
     "ActiveRunConflict",
+    "AlreadyDecided",
+    "ControlTarget",
+    "Decided",
+    "DecisionSent",
+    "DispatchTarget",
     "IdempotencyKey",
     "InvalidInput",
     "MailboxError",
     "MultitaskStrategy",
     "Replayed",
+    "RunTarget",
     "StoreError",
     "SubmitRefused",
     "SubmitResult",
     "SubmitStatus",
     "ThreadBusy",
+    "ThreadTarget",
     "cancel",
     "count_dispatches",
+    "decided",
     "fusable",
     "interrupt",
     "interrupt_detailed",
@@ -577,6 +747,7 @@ __all__ = [
     "queued_thread_ids",
     "send_decision",
     "send_decision_live",
+    "send_decisions",
     "submit",
     "submit_as",
     "submit_background",

@@ -26,9 +26,9 @@ from mailbox_app.contract.ids import now_ms, uuid7
 from mailbox_app.contract.lifecycle import RunStatus
 from mailbox_app.contract.mailbox import DispatchRecord, DispatchStatus, RunDispatchResult
 from mailbox_app.contract.message import ChatMessage, MessageRecord
-from mailbox_app.contract.requests import RunRequest, normalize_message_ids
+from mailbox_app.contract.requests import RunOrigin, RunRequest, normalize_message_ids
 from mailbox_app.contract.retry import nack_backoff_ms
-from mailbox_app.contract.storage import RunRecord, StoreError, TerminationReason
+from mailbox_app.contract.storage import RunRecord, RunRequestSnapshot, StoreError, TerminationReason
 from mailbox_app.contract.suspension import RunResumeDecision, ToolCallResume
 from mailbox_app.observability import metrics
 from mailbox_app.realtime import doorbells, events
@@ -377,7 +377,10 @@ def reconcile_lost(dispatch: DispatchRecord) -> Lost:
 def settle_already_done(
     done: AlreadyDone, instance_id: str, *, claim_next_as: str | None = None
 ) -> FinishOutcome:
-    """Settle a dispatch whose run was finished without it, from the run's own record."""
+    """Settle a dispatch whose run was finished without it, from the run's own record: the run never
+    runs again (it does not move back to Running). Input messages the dispatch carried (a follow-up
+    queued for a run that was waiting) are delivered as a new run on the thread, in the same
+    transaction; decisions it carried answered a run that is over and are dropped."""
     dispatch = done.dispatch
     trace = finished_run_result(dispatch, instance_id, done.run)
     try:
@@ -387,10 +390,36 @@ def settle_already_done(
             )
             if settled is None:
                 raise _FenceLost
+            _redeliver_input(dispatch, done.run)
             next_dispatch = _claim_next(settled, claim_next_as, now_ms())
     except _FenceLost:
         return _explain(dispatch, "claimed dispatch superseded before ack")
     return Finished(settled, done.run, next_dispatch)
+
+
+def _redeliver_input(dispatch: DispatchRecord, run: RunRecord) -> None:
+    """A user's (or A2A's) input messages of a dispatch whose run finished without it, queued as a new
+    activation on the thread (spec §7.7: each dispatch delivers its own input). Internal wakes and
+    decisions are for the run that is over: nothing to deliver."""
+    snapshot = RunRequestSnapshot.model_validate(dispatch.request) if dispatch.request else None
+    if snapshot is None or not snapshot.input_message_ids or snapshot.origin == RunOrigin.INTERNAL.value:
+        return
+    found = {
+        r.message_id: r.message
+        for r in run_store().load_message_records(
+            thread_id=dispatch.thread_id, message_ids=snapshot.input_message_ids
+        )
+    }
+    messages = [found[i] for i in snapshot.input_message_ids if i in found]
+    if messages:
+        mailbox.enqueue_in_transaction(
+            RunRequest(
+                thread_id=dispatch.thread_id,
+                messages=messages,
+                messages_already_persisted=True,
+                agent_id=run.agent_id if run.agent_id.strip() else None,
+            )
+        )
 
 
 def dead_letter(dispatch: DispatchRecord, reason: str, *, claim_next_as: str | None = None) -> FinishOutcome:

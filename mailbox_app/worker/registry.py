@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING
 
+from mailbox_app.contract.mailbox import LiveRunTarget
+
 if TYPE_CHECKING:  # the registry holds them; it never calls into the runtime
     from mailbox_app.worker.runtime import ActiveRun
 
@@ -27,8 +29,16 @@ def local_runs() -> list[ActiveRun]:
         return list(_runs.values())
 
 
-def find_local_run(identifier: str) -> ActiveRun | None:
-    """By dispatch id, run id or thread id; None when ambiguous or absent."""
+def find_local_run(target: LiveRunTarget) -> ActiveRun | None:
+    """The run executed here as exactly `target`: its thread, run and (when the target names one)
+    dispatch all match; None when absent or, without a dispatch, ambiguous. A bare id is never looked
+    up: a thread may be named after another thread's run or dispatch id."""
     with _lock:
-        hits = [a for a in _runs.values() if identifier in {a.dispatch_id, a.run_id, a.thread_id}]
+        hits = [
+            a
+            for a in _runs.values()
+            if a.thread_id == target.thread_id
+            and a.run_id == target.run_id
+            and (target.dispatch_id is None or a.dispatch_id == target.dispatch_id)
+        ]
     return hits[0] if len(hits) == 1 else None

@@ -18,7 +18,7 @@ from mailbox_app.contract.lifecycle import RunStatus
 from mailbox_app.contract.mailbox import DispatchRecord
 from mailbox_app.contract.message import ChatMessage
 from mailbox_app.contract.requests import RunRequest
-from mailbox_app.contract.storage import NotFound
+from mailbox_app.contract.storage import InvalidInput, NotFound
 from mailbox_app.realtime import events
 from mailbox_app.services import mailbox
 from mailbox_app.services.mailbox import MultitaskStrategy, SubmitRefused, SubmitResult
@@ -185,6 +185,10 @@ def _answered(request: Request, thread_id: str | None) -> HttpResponse | Streami
         raise ApiError(
             str(exc), code=exc.code, status_code=404, field=decisions.answers_field(protocol)
         ) from None
+    except control.AlreadyDecided as exc:
+        raise already_decided(exc, decisions.answers_field(protocol)) from None
+    except InvalidInput as exc:  # one tool call answered twice in the body
+        raise ApiError(str(exc), code="invalid", field=decisions.answers_field(protocol)) from None
     headers = {"X-Run-Id": done.run_id, "X-Thread-Id": done.thread_id}
     after = done.after_event_id or START
     return stream_response(
@@ -334,8 +338,10 @@ def _valid_stream_id(value: str) -> bool:
 # --- control ------------------------------------------------------------------------------------------
 
 
-def _cancelled(kind: control.TargetKind, identifier: str) -> Response:
-    control.cancel(kind, identifier)
+def _cancelled(request: Request, kind: control.TargetKind, identifier: str) -> Response:
+    """The cancel acts on what the id names as the route's kind, and only if it is the caller's (checked
+    again where it acts): another user's, or nothing to cancel, is the 404 of an unknown id."""
+    control.cancel(kind, identifier, owner_id=user_id(request))
     return Response({"status": "cancel_requested", f"{kind.value}_id": identifier}, status=202)
 
 
@@ -343,14 +349,14 @@ class RunCancelView(EdgeCheckedView):
     @extend_schema(request=None, responses={202: out.RunCancelOut, **out.errors(404)})
     def post(self, request: Request, run_id: str) -> Response:
         run_or_404(request, run_id)
-        return _cancelled(control.TargetKind.RUN, run_id)
+        return _cancelled(request, control.TargetKind.RUN, run_id)
 
 
 class ThreadCancelView(EdgeCheckedView):
     @extend_schema(request=None, responses={202: out.ThreadCancelOut, **out.errors(404)})
     def post(self, request: Request, thread_id: str) -> Response:
         thread_or_404(request, thread_id)
-        return _cancelled(control.TargetKind.THREAD, thread_id)
+        return _cancelled(request, control.TargetKind.THREAD, thread_id)
 
 
 def _dispatch_or_404(request: Request, dispatch_id: str) -> DispatchRecord:
@@ -364,7 +370,7 @@ class DispatchCancelView(EdgeCheckedView):
     @extend_schema(request=None, responses={202: out.DispatchCancelOut, **out.errors(404)})
     def post(self, request: Request, dispatch_id: str) -> Response:
         _dispatch_or_404(request, dispatch_id)
-        return _cancelled(control.TargetKind.DISPATCH, dispatch_id)
+        return _cancelled(request, control.TargetKind.DISPATCH, dispatch_id)
 
 
 class ThreadInterruptView(EdgeCheckedView):
@@ -381,10 +387,18 @@ class ThreadInterruptView(EdgeCheckedView):
         return Response(body, status=202)
 
 
+def already_decided(exc: control.AlreadyDecided, field: str) -> ApiError:
+    """409: the tool call took its one decision already (this one was not applied)."""
+    return ApiError(str(exc), code=exc.code, status_code=409, field=field)
+
+
 def _decided(request: Request, kind: control.TargetKind, identifier: str) -> Response:
     data = validated(s.DecisionIn, request)
     decision = control.Decision(data["tool_call_id"], data["action"], data.get("payload"))
-    control.decide(kind, identifier, decision, owner_id=user_id(request))
+    try:
+        control.decide(kind, identifier, decision, owner_id=user_id(request))
+    except control.AlreadyDecided as exc:
+        raise already_decided(exc, "tool_call_id") from None
     body = {
         "status": "decision_submitted",
         f"{kind.value}_id": identifier,
@@ -394,14 +408,14 @@ def _decided(request: Request, kind: control.TargetKind, identifier: str) -> Res
 
 
 class ThreadDecisionView(EdgeCheckedView):
-    @extend_schema(request=s.DecisionIn, responses={202: out.ThreadDecisionOut, **out.errors(400, 404)})
+    @extend_schema(request=s.DecisionIn, responses={202: out.ThreadDecisionOut, **out.errors(400, 404, 409)})
     def post(self, request: Request, thread_id: str) -> Response:
         thread_or_404(request, thread_id)
         return _decided(request, control.TargetKind.THREAD, thread_id)
 
 
 class RunDecisionView(EdgeCheckedView):
-    @extend_schema(request=s.DecisionIn, responses={202: out.RunDecisionOut, **out.errors(400, 404)})
+    @extend_schema(request=s.DecisionIn, responses={202: out.RunDecisionOut, **out.errors(400, 404, 409)})
     def post(self, request: Request, run_id: str) -> Response:
         run_or_404(request, run_id)
         return _decided(request, control.TargetKind.RUN, run_id)

@@ -83,6 +83,19 @@ class DecisionTargetNotFound(ControlError):
         self.tool_call_id = tool_call_id
 
 
+class AlreadyDecided(ControlError):
+    """The tool call has its decision already (one decision per call): nothing of this one was written."""
+
+    code = "already_decided"
+
+    def __init__(self, decided: mailbox.Decided) -> None:
+        super().__init__(
+            f"tool call {decided.tool_call_id} is already decided ({decided.action}); "
+            "a tool call takes one decision"
+        )
+        self.decided = decided
+
+
 class NotWaiting(ControlError):
     """Decisions for a thread whose run is not waiting for one."""
 
@@ -210,6 +223,8 @@ def _inject(
     in_transaction: InTransaction | None,
 ) -> SubmitResult:
     if mode is InputMode.INTERRUPT_THEN_QUEUE:
+        if selectors.owned_thread(owner_id, request.thread_id) is None:  # never another user's thread
+            raise TargetNotFound(TargetKind.THREAD, request.thread_id)
         mailbox.interrupt(request.thread_id)  # commits on its own, before the submission
 
     def submission() -> SubmitResult:
@@ -244,9 +259,20 @@ def _open_waiting_run(thread_id: str) -> RunRecord:
 # --- cancel, interrupt -----------------------------------------------------------------------------
 
 
-def cancel(kind: TargetKind, identifier: str) -> None:
-    """spec §5.3 cancel_run: cancel by id (queued or running, here or elsewhere)."""
-    if not mailbox.cancel(identifier):
+def target(kind: TargetKind, identifier: str) -> mailbox.ControlTarget:
+    """The mailbox's typed target for a route's id: the id is read as the kind the route names, never as
+    another (a thread may be named after someone else's run or dispatch id)."""
+    if kind is TargetKind.RUN:
+        return mailbox.RunTarget(identifier)
+    if kind is TargetKind.THREAD:
+        return mailbox.ThreadTarget(identifier)
+    return mailbox.DispatchTarget(identifier)
+
+
+def cancel(kind: TargetKind, identifier: str, *, owner_id: int) -> None:
+    """spec §5.3 cancel_run: cancel what the id names (queued or running, here or elsewhere), only if it
+    is the owner's; anything else is TargetNotFound, as an id that does not exist."""
+    if not mailbox.cancel(target(kind, identifier), owner_id=owner_id):
         raise TargetNotFound(kind, identifier)
 
 
@@ -271,30 +297,48 @@ def tool_call_resume(decision: Decision) -> ToolCallResume:
 
 
 def decide(kind: TargetKind, identifier: str, decision: Decision, *, owner_id: int) -> None:
-    """spec §5.3 decide: deliver the decision to the run (or the thread's run) holding the tool call."""
-    resume = tool_call_resume(decision)
-    if not mailbox.send_decision(identifier, decision.tool_call_id, resume, owner_id=owner_id):
-        raise DecisionTargetNotFound(decision.tool_call_id, kind, identifier)
+    """spec §5.3 decide: deliver the decision to the run (or the thread's own run) holding the tool call,
+    once: a second decision for the call is AlreadyDecided."""
+    _decide(kind, identifier, [decision], owner_id=owner_id)
+
+
+def _decide(kind: TargetKind, identifier: str, decisions: Sequence[Decision], *, owner_id: int) -> None:
+    answers = [(d.tool_call_id, tool_call_resume(d)) for d in decisions]
+    addressed = target(kind, identifier)
+    assert not isinstance(addressed, mailbox.DispatchTarget)  # a decision names a run or a thread
+    try:
+        sent = mailbox.send_decisions(addressed, answers, owner_id=owner_id)
+    except mailbox.AlreadyDecided as exc:
+        raise AlreadyDecided(exc.decided) from None
+    if sent is None:
+        raise DecisionTargetNotFound(decisions[0].tool_call_id, kind, identifier)
 
 
 def answer_waiting_run(thread_id: str, decisions: Sequence[Decision], *, owner_id: int) -> Answered:
-    """A front end's answers to the thread's waiting run's tool calls, each one a decision for that run.
-    The stream position is read before deciding: the continuation's events come after it."""
+    """A front end's answers to the thread's waiting run's tool calls: one resume of that run carrying
+    them all (each call decided once). The stream position is read before deciding: the continuation's
+    events come after it."""
     if not thread_id or selectors.owned_thread(owner_id, thread_id) is None:
         raise TargetNotFound(TargetKind.THREAD, thread_id or "(none)")
-    run = _waiting_run(thread_id)
+    run = _thread_run(thread_id)
+    if run is None or run.status is not RunStatus.WAITING:
+        # answered before (the run went on with the first answer): say so, rather than "not waiting"
+        calls = [d.tool_call_id for d in decisions]
+        taken = [] if run is None else mailbox.decided(run.run_id, calls, owner_id=owner_id)
+        if taken:
+            raise AlreadyDecided(taken[0])
+        raise NotWaiting(thread_id)
     after = events.last_event_id(run.run_id)
-    for decision in decisions:
-        decide(TargetKind.RUN, run.run_id, decision, owner_id=owner_id)
+    _decide(TargetKind.RUN, run.run_id, decisions, owner_id=owner_id)
     return Answered(run.run_id, thread_id, after)
 
 
-def _waiting_run(thread_id: str) -> RunRecord:
+def _thread_run(thread_id: str) -> RunRecord | None:
+    """The thread's open run (one of its own), else its latest."""
     thread = store.load_thread(thread_id=thread_id)
     run = None
     if thread is not None and thread.open_run_id:
         run = store.load_run(run_id=thread.open_run_id)
-    run = run or store.latest_run(thread_id=thread_id)
-    if run is None or run.status is not RunStatus.WAITING:
-        raise NotWaiting(thread_id)
+    if run is None or run.thread_id != thread_id:
+        run = store.latest_run(thread_id=thread_id)
     return run

@@ -125,10 +125,12 @@ def prepare_run(
 
 # --- the fenced start --------------------------------------------------------------------------------
 
-# Startable: created, waiting, running (a re-run after the previous attempt lost its lease), or done by
-# *another* dispatch with a natural end (a second queued activation of a run that was waiting when both
-# were enqueued, spec §7.7: it delivers its own input). A fresh time budget per activation; a re-run of
-# a running run (a retry) keeps its deadline.
+# Startable: created, waiting, or running (a re-run after the previous attempt lost its lease). Never
+# done: a finished run does not move back to Running. A second queued activation of a run that was
+# waiting when both were enqueued finds it done (spec §7.7): the worker settles it as already done and
+# delivers its own input messages, if it has any, as a new run on the thread (worker/attempt.py
+# settle_already_done); its decisions answered a run that is over. A fresh time budget per activation;
+# a re-run of a running run (a retry) keeps its deadline.
 START_RUN = """
 WITH r AS (
     UPDATE runs_run
@@ -136,16 +138,8 @@ WITH r AS (
            started_at = COALESCE(started_at, %(now)s), waiting = NULL, updated_at = %(now)s,
            finished_at = NULL,
            deadline_at = CASE WHEN status = 'running' AND deadline_at IS NOT NULL THEN deadline_at
-                              ELSE %(now)s + timeout_ms END,
-           termination_reason = CASE WHEN status = 'done' THEN NULL ELSE termination_reason END,
-           final_output = CASE WHEN status = 'done' THEN NULL ELSE final_output END,
-           error_payload = CASE WHEN status = 'done' THEN NULL ELSE error_payload END,
-           outcome = CASE WHEN status = 'done' THEN NULL ELSE outcome END,
-           output = CASE WHEN status = 'done' THEN NULL ELSE output END
-     WHERE run_id = %(run_id)s AND thread_id = %(thread_id)s
-       AND (status IN ('created', 'waiting', 'running')
-            OR (status = 'done' AND dispatch_id IS DISTINCT FROM %(dispatch_id)s
-                AND termination_reason ->> 'type' = 'natural_end'))
+                              ELSE %(now)s + timeout_ms END
+     WHERE run_id = %(run_id)s AND thread_id = %(thread_id)s AND status IN ('created', 'waiting', 'running')
     RETURNING *
 ), t AS (
     UPDATE runs_thread th
@@ -164,8 +158,8 @@ def start_run(
 ) -> RunRecord | None:
     """Move the run to Running for this dispatch attempt and point the thread at it.
 
-    None when the run is missing, on another thread, or not startable (done by this dispatch, or done
-    without a natural end). Call it inside the transaction that fenced the dispatch's start."""
+    None when the run is missing, on another thread, or done (a finished run never runs again). Call it
+    inside the transaction that fenced the dispatch's start."""
     return fetch_run(
         START_RUN,
         {

@@ -1,5 +1,6 @@
 """Every statement of mailbox_app that names a table of runs_app (the built-in run store): the step
-journal of a run (`steps.py`, in `runs_step`) and the fused transitions — a submit (`submit.py`) and an
+journal of a run (`steps.py`, in `runs_step`), the one decision of each suspended tool call
+(`decisions.py`, in `runs_decision`) and the fused transitions — a submit (`submit.py`) and an
 attempt's start and finish (`attempt.py`), each one statement, a PL/pgSQL function in the `.sql` file
 beside its caller (installed by `migrate`, mailbox_app/store/install.py).
 

@@ -38,24 +38,19 @@ BEGIN
     SELECT e.owner_key, v_now FROM mailbox_thread_epoch e WHERE e.thread_id = v_dispatch.thread_id
     ON CONFLICT (owner_key) DO UPDATE SET served_at = GREATEST(g.served_at, EXCLUDED.served_at);
 
-    -- Startable: created, waiting, running (a re-run after the previous attempt lost its lease), or done
-    -- by *another* dispatch with a natural end (a second queued activation of a run that was waiting
-    -- when both were enqueued, spec §7.7: it delivers its own input). A fresh time budget per
-    -- activation; a re-run of a running run (a retry) keeps its deadline.
+    -- Startable: created, waiting, or running (a re-run after the previous attempt lost its lease).
+    -- Never done: a finished run does not move back to Running. A second queued activation of a run
+    -- that was waiting when both were enqueued finds it done (spec §7.7) and is "not_startable": the
+    -- worker settles it as already done and delivers its own input messages as a new run on the thread
+    -- (worker/attempt.py settle_already_done). A fresh time budget per activation; a re-run of a
+    -- running run (a retry) keeps its deadline.
     UPDATE runs_run
        SET status = 'running', dispatch_id = v_dispatch.dispatch_id, session_id = p ->> 'instance_id',
            started_at = COALESCE(started_at, v_now), waiting = NULL, updated_at = v_now, finished_at = NULL,
            deadline_at = CASE WHEN status = 'running' AND deadline_at IS NOT NULL THEN deadline_at
-                              ELSE v_now + timeout_ms END,
-           termination_reason = CASE WHEN status = 'done' THEN NULL ELSE termination_reason END,
-           final_output = CASE WHEN status = 'done' THEN NULL ELSE final_output END,
-           error_payload = CASE WHEN status = 'done' THEN NULL ELSE error_payload END,
-           outcome = CASE WHEN status = 'done' THEN NULL ELSE outcome END,
-           output = CASE WHEN status = 'done' THEN NULL ELSE output END
+                              ELSE v_now + timeout_ms END
      WHERE run_id = v_dispatch.run_id AND thread_id = v_dispatch.thread_id
-       AND (status IN ('created', 'waiting', 'running')
-            OR (status = 'done' AND dispatch_id IS DISTINCT FROM v_dispatch.dispatch_id
-                AND termination_reason ->> 'type' = 'natural_end'))
+       AND status IN ('created', 'waiting', 'running')
     RETURNING * INTO v_run;
     IF v_run.run_id IS NULL THEN
         SELECT * INTO v_run FROM runs_run WHERE run_id = v_dispatch.run_id;

@@ -220,7 +220,9 @@ def test_a_thread_waiting_for_a_decision_says_so_and_is_idle_once_answered(
     page = operator_client.get(reverse(OVERVIEW), {"thread_id": "t-w-ask"}).content.decode()
     assert f"State: {expected}" in page and "State: idle" not in page
     assert mailbox.send_decision(
-        "t-w-ask", call_id, ToolCallResume(decision_id="dec-1", action="resume", result={"ok": True})
+        mailbox.ThreadTarget("t-w-ask"),
+        call_id,
+        ToolCallResume(decision_id="dec-1", action="resume", result={"ok": True}),
     )
     wait_until(
         lambda: (r := run_store.load_run(run_id=submitted.run_id)) and r.status is RunStatus.DONE,

@@ -142,7 +142,9 @@ def test_hitl_durable_wait_then_decision_resumes_same_run(mailbox_worker: Any) -
     )
     call_id = waiting.waiting.tickets[0].tool_call_id
     assert mailbox.send_decision(
-        result.run_id, call_id, ToolCallResume(decision_id="d1", action="resume", result={"ok": True})
+        mailbox.RunTarget(result.run_id),
+        call_id,
+        ToolCallResume(decision_id="d1", action="resume", result={"ok": True}),
     )
     run = wait_until(lambda: _run_done(result.run_id))
     assert run.final_output == 'approved: {"ok": true}'
@@ -158,7 +160,9 @@ def test_hitl_live_decision_while_run_holds_claim(mailbox_worker: Any, engine_se
         lambda: next((e for e in events.read_events(result.run_id) if e.type == "tool_call_start"), None)
     )
     call_id = start.data["tool_call_id"]
-    assert mailbox.send_decision("t-hitl-live", call_id, ToolCallResume(decision_id="d2", action="cancel"))
+    assert mailbox.send_decision(
+        mailbox.ThreadTarget("t-hitl-live"), call_id, ToolCallResume(decision_id="d2", action="cancel")
+    )
     run = wait_until(lambda: _run_done(result.run_id))
     assert run.final_output == "denied"
     assert len(store.list_dispatches("t-hitl-live")) == 1
@@ -167,7 +171,7 @@ def test_hitl_live_decision_while_run_holds_claim(mailbox_worker: Any, engine_se
 def test_cancel_running_run_by_thread_id(mailbox_worker: Any) -> None:
     result = mailbox.submit_background(_request("t-cancel", "sleep 10", agent_id="echo"))
     wait_until(lambda: (r := run_store.load_run(run_id=result.run_id)) and r.status is RunStatus.RUNNING)
-    assert mailbox.cancel("t-cancel")
+    assert mailbox.cancel(mailbox.ThreadTarget("t-cancel"))
     run = wait_until(lambda: _run_done(result.run_id))
     assert run.termination_reason.type == "cancelled"
     wait_until(lambda: _dispatch_status(result.dispatch_id) is DispatchStatus.ACKED)
@@ -178,10 +182,10 @@ def test_cancel_queued_dispatch(mailbox_worker: Any) -> None:
     blocker = mailbox.submit_background(_request("t-cq", "sleep 10", agent_id="echo"))
     wait_until(lambda: (r := run_store.load_run(run_id=blocker.run_id)) and r.status is RunStatus.RUNNING)
     queued = mailbox.submit_background(_request("t-cq", "later", agent_id="echo"))
-    assert mailbox.cancel(queued.dispatch_id)
+    assert mailbox.cancel(mailbox.DispatchTarget(queued.dispatch_id))
     assert _dispatch_status(queued.dispatch_id) is DispatchStatus.CANCELLED
     run = run_store.load_run(run_id=queued.run_id)
     assert run is not None and run.status is RunStatus.DONE and run.termination_reason.type == "cancelled"
     assert run.dispatch_id == queued.dispatch_id
-    assert mailbox.cancel(blocker.run_id)
+    assert mailbox.cancel(mailbox.RunTarget(blocker.run_id))
     wait_until(lambda: _run_done(blocker.run_id))

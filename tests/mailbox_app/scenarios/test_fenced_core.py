@@ -114,6 +114,11 @@ def _claimed(thread_id: str, dispatch_id: str) -> Any:
     return loaded
 
 
+def _decided(target: Any, call_id: str, resume: ToolCallResume) -> bool:
+    """`mailbox.send_decision`, answered as whether the decision reached its run."""
+    return mailbox.send_decision(target, call_id, resume) is not None
+
+
 def _in_thread(target: Any, *args: Any, **kwargs: Any) -> tuple[threading.Thread, list[Any]]:
     out: list[Any] = []
 
@@ -294,7 +299,7 @@ def test_a_decision_in_the_finish_window_takes_the_durable_resume_path(
         )
         resume = ToolCallResume(decision_id="d1", action="resume", result={"ok": True})
         execution.step_hook.clear()
-        senders.append(_in_thread(mailbox.send_decision, active.run_id, call_id, resume))
+        senders.append(_in_thread(_decided, mailbox.RunTarget(active.run_id), call_id, resume))
         wait_until(lambda: deliveries == [False], what="the live delivery refused")
 
     execution.step_hook["before_finish"] = decide_now
@@ -337,7 +342,7 @@ def test_a_decision_then_a_follow_up_on_one_waiting_run_each_deliver_their_own_i
 
     # both are queued before either executes (the decision's dispatch is claimed inline)
     resume = ToolCallResume(decision_id="d1", action="resume", result={"approved": True})
-    assert mailbox.send_decision(asked.run_id, call_id, resume)
+    assert mailbox.send_decision(mailbox.RunTarget(asked.run_id), call_id, resume)
     follow = mailbox.submit_background(_request(thread_id, "and then this"))
     assert follow.run_id == asked.run_id and follow.status is mailbox.SubmitStatus.QUEUED
     (decision_dispatch,) = store.list_dispatches(thread_id, [DispatchStatus.CLAIMED])
@@ -349,9 +354,22 @@ def test_a_decision_then_a_follow_up_on_one_waiting_run_each_deliver_their_own_i
         'approved: {"approved": true}',
         "echo: and then this",
     ]
-    assert [d.status for d in store.list_dispatches(thread_id)] == [DispatchStatus.ACKED] * 3
-    finishes = _finishes(asked.run_id)
-    assert [f["status"] for f in finishes] == ["waiting", "done", "done"]
+    # The decision's resume ended the run. The follow-up, queued for the run while it waited, found it
+    # done: a finished run never moves back to Running (it used to be restarted here, which is how a
+    # second decision ran the agent's turn twice), so the follow-up was settled as already done and its
+    # own input delivered as a new run on the thread.
+    dispatches = store.list_dispatches(thread_id)
+    assert [d.status for d in dispatches] == [DispatchStatus.ACKED] * 4
+    assert [f["status"] for f in _finishes(asked.run_id)] == ["waiting", "done"]
+    (redelivered,) = [d for d in dispatches if d.run_id != asked.run_id]
+    follow_up = store.load_dispatch(follow.dispatch_id)
+    assert follow_up is not None and follow_up.run_id == asked.run_id
+    assert redelivered.request is not None and follow_up.request is not None
+    assert redelivered.request["input_message_ids"] == follow_up.request["input_message_ids"]
+    successor = run_store.load_run(run_id=redelivered.run_id)
+    assert successor is not None and successor.status is RunStatus.DONE
+    assert successor.final_output == "echo: and then this"
+    assert [f["status"] for f in _finishes(successor.run_id)] == ["done"]
 
 
 # --- terminal events ---------------------------------------------------------------------------------
@@ -396,7 +414,7 @@ def test_cancelling_a_waiting_run_ends_its_stream(fenced: Any) -> None:
     thread_id = "t-cancel-waiting"
     asked = mailbox.submit_background(_request(thread_id, "ask really?"))
     execution.drain_thread(thread_id, first=_claimed(thread_id, asked.dispatch_id))
-    assert mailbox.cancel(asked.run_id)
+    assert mailbox.cancel(mailbox.RunTarget(asked.run_id))
     assert [f["status"] for f in _finishes(asked.run_id)] == ["waiting", "done"]
     assert _finishes(asked.run_id)[-1]["termination"]["type"] == "cancelled"
 
@@ -514,7 +532,9 @@ def test_a_prepare_that_read_a_waiting_run_never_moves_a_started_run_back(fenced
     stale = run_store.load_run(run_id=asked.run_id)
     assert stale is not None and stale.status is RunStatus.WAITING and stale.waiting is not None
     resume = ToolCallResume(decision_id="d1", action="resume", result={})
-    assert mailbox.send_decision(asked.run_id, stale.waiting.tickets[0].tool_call_id, resume)
+    assert mailbox.send_decision(
+        mailbox.RunTarget(asked.run_id), stale.waiting.tickets[0].tool_call_id, resume
+    )
     (resumed,) = store.list_dispatches(thread_id, [DispatchStatus.CLAIMED])
     started = attempt.start(resumed, "instance-resume", "worker-1")
     assert isinstance(started, attempt.Started)
@@ -540,7 +560,7 @@ def test_a_run_waiting_out_its_retry_backoff_can_be_cancelled(fenced: Any) -> No
     execution.execute_claimed(_claimed(thread_id, submitted.dispatch_id))
     queued = store.load_dispatch(submitted.dispatch_id)
     assert queued is not None and queued.status is DispatchStatus.QUEUED and queued.attempt_count == 1
-    assert mailbox.cancel(submitted.run_id)
+    assert mailbox.cancel(mailbox.RunTarget(submitted.run_id))
     cancelled = store.load_dispatch(submitted.dispatch_id)
     assert cancelled is not None and cancelled.status is DispatchStatus.CANCELLED
     run = run_store.load_run(run_id=submitted.run_id)
@@ -557,7 +577,7 @@ def test_a_cancel_in_the_finish_window_of_a_run_that_ends_waiting_cancels_it(
 
     def cancel_now(active: Any) -> None:
         execution.step_hook.clear()
-        answers.append(_in_thread(mailbox.cancel, active.run_id))
+        answers.append(_in_thread(mailbox.cancel, mailbox.RunTarget(active.run_id)))
         wait_until(lambda: deliveries == [False], what="the live cancel refused (inbox closed)")
 
     execution.step_hook["before_finish"] = cancel_now

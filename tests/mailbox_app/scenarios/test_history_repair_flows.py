@@ -122,7 +122,7 @@ def test_live_cancel_closes_the_open_tool_call_and_keeps_the_partial_text(agents
     submitted = mailbox.submit_background(_request("t-hr-cancel", "hang", "toolcall"))
     assert TOOL_STARTED.wait(10)
     # when it is cancelled live
-    assert mailbox.cancel(submitted.run_id)
+    assert mailbox.cancel(mailbox.RunTarget(submitted.run_id))
     run = wait_until(lambda: _run_done(submitted.run_id), what="cancelled run done")
     # then the history closes the call, written with the run's end
     assert run.termination_reason is not None and run.termination_reason.type == "cancelled"
@@ -207,7 +207,7 @@ def test_cancel_of_a_waiting_run_answers_its_suspended_call(agents: Any) -> None
     call_id = waiting.waiting.tickets[0].tool_call_id  # type: ignore[union-attr]
     assert open_tool_calls(_log("t-hr-wait")) == []  # suspension writes no dangling call
     # when its owner cancels it
-    assert mailbox.cancel(submitted.run_id)
+    assert mailbox.cancel(mailbox.RunTarget(submitted.run_id))
     # then the suspended call is in the history with a cancelled result, in the same transaction
     done = _run_done(submitted.run_id)
     assert done is not None and done.termination_reason is not None

@@ -24,7 +24,7 @@ from awaken_project.celery import app as celery_app
 from mailbox_app import store
 from mailbox_app.contract.ids import now_ms
 from mailbox_app.contract.lifecycle import RunStatus
-from mailbox_app.contract.mailbox import DispatchRecord, DispatchStatus
+from mailbox_app.contract.mailbox import DispatchRecord, DispatchStatus, LiveRunTarget
 from mailbox_app.contract.message import ChatMessage
 from mailbox_app.contract.requests import RunRequest
 from mailbox_app.contract.suspension import ToolCallResume
@@ -274,7 +274,9 @@ def test_foreground_submit_cancels_a_run_in_another_process_over_redis(farm: Wor
     wait_run_status(first.run_id, RunStatus.RUNNING)
     queued = mailbox.submit_background(echo_request(thread_id, "later"))
     assert queued.status is mailbox.SubmitStatus.QUEUED
-    assert find_local_run(first.dispatch_id) is None  # the active run lives in the worker process
+    assert (
+        find_local_run(LiveRunTarget(thread_id, first.run_id, first.dispatch_id)) is None
+    )  # the active run lives in the worker process
 
     started = time.monotonic()
     fg = mailbox.submit(echo_request(thread_id, "now"))
@@ -351,7 +353,7 @@ def test_steering_a_decision_and_a_cancel_reach_a_run_in_another_process(farm: W
 
     steered = mailbox.submit_background(echo_request("t-mp-steer", "sleep 1.5"))
     wait_run_status(steered.run_id, RunStatus.RUNNING)
-    assert find_local_run(steered.run_id) is None
+    assert find_local_run(LiveRunTarget("t-mp-steer", steered.run_id, steered.dispatch_id)) is None
     answer = mailbox.submit_live_then_queue(
         RunRequest(thread_id="t-mp-steer", messages=[ChatMessage.user("also this")])
     )
@@ -364,7 +366,7 @@ def test_steering_a_decision_and_a_cancel_reach_a_run_in_another_process(farm: W
         what="the tool call",
     )
     resume = ToolCallResume(decision_id="d-mp", action="resume", result={"ok": 1})
-    assert mailbox.send_decision(asked.run_id, start.data["tool_call_id"], resume)
+    assert mailbox.send_decision(mailbox.RunTarget(asked.run_id), start.data["tool_call_id"], resume)
     decided = wait_run_status(asked.run_id, RunStatus.DONE)
     assert decided.final_output == 'approved: {"ok": 1}'
     assert [d.status for d in store.list_dispatches("t-mp-decide")] == [DispatchStatus.ACKED]
@@ -372,7 +374,7 @@ def test_steering_a_decision_and_a_cancel_reach_a_run_in_another_process(farm: W
     cancelled = mailbox.submit_background(echo_request("t-mp-cancel", "sleep 20"))
     wait_run_status(cancelled.run_id, RunStatus.RUNNING)
     began = time.monotonic()
-    assert mailbox.cancel(cancelled.run_id)
+    assert mailbox.cancel(mailbox.RunTarget(cancelled.run_id))
     run = wait_run_status(cancelled.run_id, RunStatus.DONE)
     assert time.monotonic() - began < 10
     assert run.termination_reason is not None and run.termination_reason.type == "cancelled"

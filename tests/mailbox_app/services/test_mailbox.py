@@ -234,12 +234,13 @@ def test_interrupt_marks_superseded_queued_runs_cancelled() -> None:
 @pytest.mark.django_db
 def test_send_decision_to_unknown_id_returns_false() -> None:
     """seed: send_decision_unknown_id_returns_false"""
-    assert mailbox.send_decision("nonexistent", "tc-1", resume_decision()) is False
+    assert mailbox.send_decision(mailbox.RunTarget("nonexistent"), "tc-1", resume_decision()) is None
+    assert mailbox.send_decision(mailbox.ThreadTarget("nonexistent"), "tc-1", resume_decision()) is None
     assert store.list_dispatches("nonexistent") == []
     assert run_store.load_run(run_id="nonexistent") is None
     # a known run that is not waiting on that tool call is not a target either
     seed_run("run-known", "thread-known", RunStatus.DONE)
-    assert mailbox.send_decision("run-known", "tc-1", resume_decision()) is False
+    assert mailbox.send_decision(mailbox.RunTarget("run-known"), "tc-1", resume_decision()) is None
     assert store.list_dispatches("thread-known") == []
 
 

@@ -295,7 +295,7 @@ def test_a_decision_is_recorded_as_the_suspended_calls_step(mailbox_worker: Any,
     [call_id] = waiting.waiting.ticket_ids
     assert call_id == f"call-{asked.dispatch_id}"
     resume = ToolCallResume(decision_id="d-1", action="resume", result={"ok": 1})
-    assert mailbox.send_decision(asked.run_id, call_id, resume)
+    assert mailbox.send_decision(mailbox.RunTarget(asked.run_id), call_id, resume)
     done = wait_run_status(asked.run_id, RunStatus.DONE)
     assert done.final_output == 'approved: {"ok": 1}'
     [row] = _journal_rows(asked.run_id)

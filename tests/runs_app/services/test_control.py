@@ -32,9 +32,9 @@ def _say(text: str) -> list[ChatMessage]:
     return [ChatMessage.user(text)]
 
 
-def test_cancel_of_nothing_is_target_not_found() -> None:
+def test_cancel_of_nothing_is_target_not_found(owner: int) -> None:
     with pytest.raises(control.TargetNotFound) as caught:
-        control.cancel(control.TargetKind.RUN, "no-such-run")
+        control.cancel(control.TargetKind.RUN, "no-such-run", owner_id=owner)
     assert (str(caught.value), caught.value.code) == ("run not found: no-such-run", "run_not_found")
 
 
