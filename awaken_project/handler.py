@@ -9,7 +9,7 @@ server would run. A request whose URL resolves to a synchronous view runs the wh
 middleware and view, in one `sync_to_async` call on the request's thread (awaken_project/asgi.py's
 `BoundedViews` picks that thread); a request for an async view (the run wait) or for no view at all
 (static files, 404s) takes Django's async chain unchanged. Both chains are the same middleware, so a
-response is the same either way (tests/awaken_project/test_handler.py).
+response is the same either way (tests/project/test_handler.py).
 """
 
 from __future__ import annotations
