@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
@@ -85,12 +85,20 @@ class SubmitStatus(StrEnum):
     QUEUED = "queued"
 
 
+class Delivered(StrEnum):
+    """Where live input went (`submit_live_then_queue`): read by the running run, or queued durably."""
+
+    LIVE = "live"
+    QUEUED = "queued"
+
+
 @dataclass(frozen=True, slots=True)
 class SubmitResult:
     dispatch_id: str
     run_id: str
     thread_id: str
     status: SubmitStatus
+    delivered: Delivered | None = None  # set by submit_live_then_queue only
 
 
 # --- submit paths ------------------------------------------------------------------------------------
@@ -316,7 +324,9 @@ def _owner_key(owner_id: int | None) -> str:
 def submit_live_then_queue(
     request: RunRequest, *, expected_run_id: str | None = None, owner_id: int | None = None
 ) -> SubmitResult:
-    """Steer the thread's running run with the messages, else enqueue them durably (spec §4.4)."""
+    """Steer the thread's running run with the messages, else enqueue them durably (spec §4.4). The
+    answer says which (`delivered`): `live` once the running run acknowledged them (it reads them),
+    `queued` when they became a dispatch of their own (no run was running, or it did not answer)."""
     thread_id, messages = validate_run_inputs(
         request.thread_id, request.messages, allow_empty=bool(request.decisions)
     )
@@ -324,7 +334,8 @@ def submit_live_then_queue(
     steered = _steer(thread_id, messages, expected_run_id)
     if steered is not None:
         return steered
-    return submit_background(request.with_(thread_id=thread_id, messages=messages), owner_id=owner_id)
+    queued = submit_background(request.with_(thread_id=thread_id, messages=messages), owner_id=owner_id)
+    return replace(queued, delivered=Delivered.QUEUED)
 
 
 def _steer(thread_id: str, messages: list[ChatMessage], expected_run_id: str | None) -> SubmitResult | None:
@@ -339,7 +350,7 @@ def _steer(thread_id: str, messages: list[ChatMessage], expected_run_id: str | N
     command = {"kind": "messages", "messages": [m.model_dump(mode="json") for m in messages]}
     if not deliver_live_command(LiveRunTarget(thread_id, latest.run_id, latest.dispatch_id), command):
         return None
-    return SubmitResult(latest.dispatch_id, latest.run_id, thread_id, SubmitStatus.RUNNING)
+    return SubmitResult(latest.dispatch_id, latest.run_id, thread_id, SubmitStatus.RUNNING, Delivered.LIVE)
 
 
 def deliver_live_command(target: LiveRunTarget, command: dict[str, Any]) -> bool:
@@ -554,6 +565,7 @@ def queued_thread_ids() -> list[str]:
 __all__ = [
     "ACTIVE_RUN_CONFLICT_MESSAGE",
     "ActiveRunConflict",
+    "Delivered",
     "IdempotencyKey",
     "InvalidInput",
     "MailboxError",
