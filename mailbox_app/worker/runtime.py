@@ -30,6 +30,7 @@ from mailbox_app.store.ports import run_store
 from mailbox_app.store.runs_tables import steps
 
 log = logging.getLogger(__name__)
+DECISION_RECEIVED = "decision_received"  # a live decision reached the run (the agent has yet to take it)
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -81,10 +82,27 @@ class ActiveRun:
                 return True
             if kind == "decision":
                 for call_id, resume in command.get("decisions", []):
-                    self.decisions.put((call_id, ToolCallResume.model_validate(resume)))
+                    decision = ToolCallResume.model_validate(resume)
+                    self.decisions.put((call_id, decision))
+                    self._announce_decision(call_id, decision)
                 return True
         self.cancel_event.set()  # unknown command: fail safe, like the reference
         return False
+
+    def _announce_decision(self, call_id: str, decision: ToolCallResume) -> None:
+        """`decision_received` on the run's stream before the sender hears "delivered": from then on a
+        reader (a join right after the decision, runs_app/api/run_wait.py) sees that the approval
+        request it answered is no longer open, before the agent itself takes the decision."""
+        try:
+            events.append_fenced(
+                self.run_id,
+                lock_key(self.thread_id),
+                self.claim_token,
+                DECISION_RECEIVED,
+                {"tool_call_id": call_id, "action": decision.action},
+            )
+        except Exception:  # the stream is advisory; the decision itself is taken
+            log.warning("run %s: decision_received not appended", self.run_id, exc_info=True)
 
     def close_inbox(self) -> tuple[list[ChatMessage], list[tuple[str, ToolCallResume]]]:
         """Stop accepting commands; returns the steering messages and decisions accepted but not taken."""
