@@ -357,6 +357,35 @@ def _announce_retry(running: RunRecord, settled: DispatchRecord) -> None:
     doorbells.ring_at(settled.thread_id, settled.dispatch_id, settled.available_at)
 
 
+HANDED_BACK = "handed back: the worker was shutting down"
+
+
+def hand_back(started: Started, leftovers: Leftovers, lock: ThreadLock) -> FinishOutcome:
+    """Give the claim back (the worker is shutting down): the dispatch queued again, due now, its attempt
+    not counted, the decisions the run acknowledged carried along and its acknowledged steering queued —
+    one transaction, fenced like the finish (a claim lost meanwhile writes nothing). The run stays
+    Running under the dispatch, as for a retry; its stream says so. Once committed the thread lock goes
+    first and then the doorbell rings, so whichever worker takes it finds the thread free."""
+    dispatch = started.dispatch
+    now = now_ms()
+    carried = [RunResumeDecision(call_id=c, resume=r).model_dump(mode="json") for c, r in leftovers.decisions]
+    try:
+        with transaction.atomic():
+            handed = store.hand_back(
+                dispatch.dispatch_id, dispatch.claim_token or "", now, HANDED_BACK, carry_decisions=carried
+            )
+            if handed is None:
+                raise _FenceLost
+            _queue_leftovers(dispatch, None, Leftovers(leftovers.steering, []))
+            transaction.on_commit(lock.release)
+            _announce_retry(started.run, handed)
+    except _FenceLost:
+        lost = _explain(dispatch, "claimed dispatch superseded before its hand-back")
+        queue_leftovers_alone(dispatch, leftovers)
+        return lost
+    return Finished(handed, None)
+
+
 def queue_leftovers_alone(dispatch: DispatchRecord, leftovers: Leftovers) -> None:
     """Steering the run acknowledged but will not read (its attempt ended without a finish): queued in a
     transaction of its own. It is the sender's input, not the attempt's output, so no fence applies."""

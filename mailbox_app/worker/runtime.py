@@ -54,6 +54,8 @@ class ActiveRun:
     lease_lost: threading.Event = field(default_factory=threading.Event)
     deadline_at: int | None = None  # the activation's deadline (Unix ms, the run's `deadline_at`)
     timed_out: threading.Event = field(default_factory=threading.Event)
+    # the worker is shutting down: the run is cancelled and its claim given back (execution.py)
+    handed_back: threading.Event = field(default_factory=threading.Event)
     # what the run has emitted so far: closes its open tool calls if it ends early (history.py)
     transcript: RunTranscript = field(default_factory=RunTranscript)
     _inbox_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -66,6 +68,12 @@ class ActiveRun:
             self.timed_out.set()
             self.cancel_event.set()
         return self.cancel_event.is_set()
+
+    def hand_back(self) -> None:
+        """Ask the run to stop because this worker is shutting down: the agent sees a cancellation, and
+        the attempt gives its claim back instead of ending the run (`execution._run_with_lease`)."""
+        self.handed_back.set()
+        self.cancel_event.set()
 
     def on_live_command(self, command: dict[str, Any]) -> bool:
         """Accept a live command; returning True acknowledges it to the sender (the run will read it)."""
