@@ -17,8 +17,10 @@ import threading
 from typing import Any
 
 from celery import Celery
-from celery.signals import setup_logging, worker_process_init, worker_shutting_down
+from celery.signals import beat_init, setup_logging, worker_init, worker_process_init, worker_shutting_down
 from django.conf import settings
+
+from awaken_project import telemetry
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "awaken_project.settings")
 
@@ -67,5 +69,20 @@ def _hand_back_on_shutdown(**_: Any) -> None:
 
 @worker_process_init.connect(weak=False)
 def _listen_for_hand_back(**_: Any) -> None:
-    """A prefork child: the main process's HAND_BACK_SIGNAL hands this child's runs back."""
+    """A prefork child: the main process's HAND_BACK_SIGNAL hands this child's runs back; tracing (when
+    configured) is set up here, after the fork, by each child for itself."""
     signal.signal(HAND_BACK_SIGNAL, lambda *_: _hand_back_soon())
+    telemetry.configure("worker")
+
+
+@worker_init.connect(weak=False)
+def _trace_the_worker(sender: Any = None, **_: Any) -> None:
+    """Tracing (when configured) in a worker whose tasks run in this process (threads, solo); a prefork
+    worker's children set up their own (`_listen_for_hand_back`)."""
+    if "prefork" not in str(getattr(sender, "pool_cls", "prefork")):
+        telemetry.configure("worker")
+
+
+@beat_init.connect(weak=False)
+def _trace_beat(**_: Any) -> None:
+    telemetry.configure("beat")  # the periodic tasks it sends start their traces

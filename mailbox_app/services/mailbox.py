@@ -33,7 +33,7 @@ from mailbox_app.contract.requests import (
 )
 from mailbox_app.contract.storage import InvalidInput, RunRecord, StoreError
 from mailbox_app.contract.suspension import ToolCallResume
-from mailbox_app.observability import metrics
+from mailbox_app.observability import metrics, tracing
 from mailbox_app.realtime import doorbells
 from mailbox_app.realtime.live import LiveDeliveryOutcome, deliver_live_to, find_local_run
 from mailbox_app.services.preparation import DEFAULT_PRIORITY, build_dispatch, prepare_run_for_dispatch
@@ -125,6 +125,7 @@ def submit_as(
     return result
 
 
+@tracing.traced_submit
 def submit(
     request: RunRequest,
     *,
@@ -195,6 +196,7 @@ def submit_background(
     return _submit_background_through_port(request, owner_id=owner_id, reject_if_busy=reject_if_busy)
 
 
+@tracing.traced_submit
 def _submit_background_through_port(
     request: RunRequest, *, owner_id: int | None, reject_if_busy: bool
 ) -> SubmitResult:
@@ -225,6 +227,7 @@ def fusable() -> bool:
     return runs_tables.fused() and not connection.in_atomic_block
 
 
+@tracing.traced_submit
 def submit_fused(
     request: RunRequest,
     *,
@@ -298,6 +301,7 @@ def _ring_submitted(submitted: Submitted, delayed: bool) -> None:
         doorbells.ring_on_commit(submitted.thread_id, submitted.dispatch_id)
 
 
+@tracing.traced_submit
 def enqueue_in_transaction(request: RunRequest, *, owner_id: int | None = None) -> DispatchRecord:
     """Queue a background dispatch inside the caller's transaction (no inline claim); the doorbell
     rings when it commits. The finish of an attempt uses it for live input its run did not take."""

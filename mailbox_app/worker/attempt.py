@@ -30,7 +30,7 @@ from mailbox_app.contract.requests import RunRequest, normalize_message_ids
 from mailbox_app.contract.retry import nack_backoff_ms
 from mailbox_app.contract.storage import RunRecord, StoreError, TerminationReason
 from mailbox_app.contract.suspension import RunResumeDecision, ToolCallResume
-from mailbox_app.observability import metrics
+from mailbox_app.observability import metrics, tracing
 from mailbox_app.realtime import doorbells, events
 from mailbox_app.realtime.locks import ThreadLock
 from mailbox_app.services import mailbox
@@ -216,6 +216,33 @@ def finish(
     with `claim_next_as`, the thread's next dispatch claimed for this worker — one transaction. A run that
     ends early (cancelled, superseded, timed out, dead-lettered) closes what its `transcript` shows open:
     the partial output and a cancelled result per open tool call, written with its end (history.py)."""
+    ids = {"awaken.run_id": started.run.run_id, "awaken.dispatch_id": started.dispatch.dispatch_id}
+    with tracing.span(tracing.FINISH, ids | {"awaken.outcome": outcome.kind.value}):
+        return _finish(
+            started,
+            outcome,
+            result,
+            error,
+            cancelled=cancelled,
+            leftovers=leftovers,
+            claim_next_as=claim_next_as,
+            transcript=transcript,
+            lock=lock,
+        )
+
+
+def _finish(
+    started: Started,
+    outcome: MailboxRunOutcome,
+    result: RunResult | None,
+    error: BaseException | None,
+    *,
+    cancelled: bool,
+    leftovers: Leftovers,
+    claim_next_as: str | None,
+    transcript: RunTranscript | None,
+    lock: ThreadLock | None,
+) -> FinishOutcome:
     dispatch, run = started.dispatch, started.run
     instance_id = started.request.session_id or ""
     now = now_ms()

@@ -24,7 +24,7 @@ from mailbox_app.conf import awaken_settings
 from mailbox_app.contract.ids import consumer_id, now_ms, uuid7
 from mailbox_app.contract.mailbox import DispatchRecord, DispatchStatus, LiveRunTarget
 from mailbox_app.contract.storage import NotFound, VersionConflict
-from mailbox_app.observability import metrics
+from mailbox_app.observability import metrics, tracing
 from mailbox_app.realtime import doorbells
 from mailbox_app.realtime.live import LiveSubscription
 from mailbox_app.realtime.locks import ThreadLock
@@ -79,6 +79,16 @@ def execute_claimed(dispatch: DispatchRecord, *, claim_next: bool = False) -> Ex
     Only `dispatch_id`, `thread_id` and `claim_token` are needed: the fenced start returns the row.
     With `claim_next`, the finish transaction also claims the thread's next dispatch for this worker
     (returned in the report: the caller must execute it)."""
+    ids = {"awaken.thread_id": dispatch.thread_id, "awaken.dispatch_id": dispatch.dispatch_id}
+    with tracing.span(tracing.ATTEMPT, ids) as current:  # never the claim token
+        report = _execute_claimed(dispatch, claim_next, current)
+        tracing.set_attributes(current, {"awaken.outcome": report.final_status})
+        return report
+
+
+def _execute_claimed(
+    dispatch: DispatchRecord, claim_next: bool, current: tracing.SpanLike
+) -> ExecutionReport:
     token = dispatch.claim_token or ""
     lock = ThreadLock(dispatch.thread_id, token, awaken_settings.MAILBOX.lease_ms)
     acquired = _acquire_soon(lock, dispatch.dispatch_id)
@@ -90,6 +100,9 @@ def execute_claimed(dispatch: DispatchRecord, *, claim_next: bool = False) -> Ex
         fault("after_claim")
         instance_id = uuid7()
         started = attempt.start(dispatch, instance_id, consumer_id())
+        if isinstance(started, attempt.Started):  # the run, and the submit this attempt carries out
+            tracing.set_attributes(current, {"awaken.run_id": started.run.run_id})
+            tracing.add_link(current, started.request.trace_context)
         next_as = consumer_id() if claim_next else None
         if isinstance(started, attempt.Lost):
             return _report(dispatch, started)

@@ -22,6 +22,7 @@ from mailbox_app.contract.message import ChatMessage
 from mailbox_app.contract.requests import RunMode, RunOrigin, RunRequest
 from mailbox_app.contract.storage import RunRecord, TerminationReason
 from mailbox_app.contract.suspension import ToolCallResume
+from mailbox_app.observability import tracing
 from mailbox_app.realtime import events
 from mailbox_app.realtime.locks import lock_key
 from mailbox_app.services import mailbox
@@ -147,7 +148,8 @@ class AttemptContext:
         )
 
     def step(self, key: str, fn: Callable[Concatenate[str, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
-        return self._journal.step(key, fn, *args, **kwargs)
+        with tracing.span(tracing.STEP, {"awaken.step_key": key, "awaken.run_id": self.run_id}):
+            return self._journal.step(key, fn, *args, **kwargs)
 
     def journal(self) -> Journal:
         return self._journal.journal()
@@ -232,10 +234,14 @@ def call_agent(
 ) -> tuple[MailboxRunOutcome, RunResult | None, BaseException | None]:
     """Run the executor; everything it raises is classified onto the mailbox outcome."""
     context = AttemptContext(active, request)
-    try:
-        outcome, result, error = classify_error(None), resolve_agent(run.agent_id).run(request, context), None
-    except Exception as exc:  # noqa: BLE001 - the executor is user code; classify everything it raises
-        outcome, result, error = classify_error(exc), None, exc
+    ids = {"awaken.agent_id": run.agent_id, "awaken.run_id": run.run_id}
+    with tracing.span(tracing.AGENT, ids) as current:
+        try:
+            executor = resolve_agent(run.agent_id)
+            outcome, result, error = classify_error(None), executor.run(request, context), None
+        except Exception as exc:  # noqa: BLE001 - the executor is user code; classify everything it raises
+            outcome, result, error = classify_error(exc), None, exc
+        tracing.set_attributes(current, {"awaken.outcome": outcome.kind.value})
     if active.timed_out.is_set():
         # Cancelled by its deadline: the run ends `timeout` whatever the agent answered (its output and
         # messages are kept; an error raised on the way out is not retried, a suspension is not kept).
