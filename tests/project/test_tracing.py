@@ -10,7 +10,9 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +21,7 @@ from celery.contrib.testing.worker import start_worker
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+from rest_framework.authtoken.models import Token
 
 from awaken_project import telemetry
 from awaken_project.celery import app
@@ -27,8 +30,8 @@ from mailbox_app.observability import tracing
 from mailbox_app.webhooks import outbox
 from runs_app import store as run_store
 from tests.mailbox_app.webhooks.receivers import PROJECT_SECRET, Receiver
-from tests.support.api import post_json, user_client
-from tests.support.servers import PROJECT_ROOT
+from tests.support.api import new_user, post_json, user_client
+from tests.support.servers import PROJECT_ROOT, asgi_server
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
@@ -224,3 +227,26 @@ def test_without_an_exporter_nothing_of_opentelemetry_is_imported_or_installed()
     )
     on = _probe({"OTEL_TRACES_EXPORTER": "console"})
     assert on["on"] is True and on["no_span"] is False and on["middleware"], on
+
+
+def test_the_asgi_server_traces_a_request_with_the_console_exporter(
+    transactional_db: None, tmp_path: Path
+) -> None:
+    """The real web server (gunicorn + uvicorn, awaken_project/asgi.py) with OTEL_TRACES_EXPORTER=console:
+    a request's server span is printed with its route, and the async request path raises no context
+    error."""
+    token = Token.objects.create(user=new_user("asgi-tracer")).key
+    with asgi_server(tmp_path, env={"OTEL_TRACES_EXPORTER": "console"}) as web:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{web.port}/api/v1/threads", headers={"Authorization": f"Token {token}"}
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.status == 200
+
+        def printed() -> str | None:
+            log = web.log_tail()
+            return log if '"http.route": "api/v1/threads"' in log else None
+
+        log = wait_until(printed, timeout=30, what="the request's span printed")  # batched: ~5 s
+    assert '"kind": "SpanKind.SERVER"' in log
+    assert "Failed to detach context" not in log and "Traceback" not in log, log
