@@ -247,6 +247,6 @@ def test_the_asgi_server_traces_a_request_with_the_console_exporter(
             log = web.log_tail()
             return log if '"http.route": "api/v1/threads"' in log else None
 
-        log = wait_until(printed, timeout=30, what="the request's span printed")  # batched: ~5 s
+        log = str(wait_until(printed, timeout=30, what="the request's span printed"))  # batched: ~5 s
     assert '"kind": "SpanKind.SERVER"' in log
     assert "Failed to detach context" not in log and "Traceback" not in log, log
