@@ -42,7 +42,10 @@ LEASE_ENV = MAILBOX_ENV | {
     "AWAKEN_MAILBOX_LEASE_RENEWAL_INTERVAL_MS": "2000",
 }
 LEASE_S = 30.0
-EXIT_S = 6.0  # "within a few seconds" of SIGTERM, on a loaded 2-core machine
+HAND_BACK_S = 2.0  # the run is handed back at once (measured 0.03 s) ...
+# ... and the worker exits a few seconds later: that part is Celery's own warm shutdown once the task has
+# returned (the prefork pool's join), measured 1.8-4.3 s at a load average of 5-6 and 6.3 s at 10-12
+EXIT_S = 10.0
 STEPS = 4
 
 
@@ -60,10 +63,18 @@ def test_sigterm_hands_the_running_run_back_and_the_next_worker_runs_it_at_once(
 
     sent = time.monotonic()
     os.kill(first.proc.pid, signal.SIGTERM)  # the main process only, as make run and a container stop do
-    first.proc.wait(timeout=30)
+    queued_s = None
+    while first.proc.poll() is None and time.monotonic() - sent < 30:
+        if queued_s is None and dispatch_of(submitted.dispatch_id).status is DispatchStatus.QUEUED:
+            queued_s = time.monotonic() - sent
+        time.sleep(0.02)
     exited_s = time.monotonic() - sent
-    print(f"\n[{pool}] SIGTERM -> worker exited in {exited_s:.2f} s (exit code {first.proc.returncode})")
+    print(
+        f"\n[{pool}] SIGTERM -> run handed back in {queued_s} s, worker exited in {exited_s:.2f} s "
+        f"(exit code {first.proc.returncode}; load average {os.getloadavg()[0]:.1f})"
+    )
     log = first.log_tail()
+    assert queued_s is not None and queued_s < HAND_BACK_S, (queued_s, log)
     assert exited_s < EXIT_S, (exited_s, log)
     assert first.proc.returncode == 0 and "WorkerLostError" not in log, log
 
