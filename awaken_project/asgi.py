@@ -13,6 +13,8 @@ import django
 from asgiref.sync import ThreadSensitiveContext
 from django.urls import get_resolver
 
+from awaken_project import telemetry
+
 AUTH_LOOKUP_THREADS = 2  # threads checking unknown tokens for the intake, each with a pooled connection
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "awaken_project.settings")
@@ -109,6 +111,9 @@ class BoundedViews:
         return ThreadPoolExecutor(max_workers=1, thread_name_prefix="awaken-view")
 
 
+# OpenTelemetry when an exporter is configured (awaken_project/telemetry.py): before the application is
+# built, so Django's instrumentation middleware is in its chain; off, it imports nothing.
+telemetry.configure("web")
 django.setup(set_prefix=False)  # as django.core.asgi.get_asgi_application
 from django.conf import settings  # noqa: E402
 

@@ -180,6 +180,34 @@ class Environment(BaseSettings):
     AWAKEN_ADMIN_LOGIN_MAX_FAILURES: int = _ms(1, 5, "failed logins per client address and username")
     AWAKEN_ADMIN_LOGIN_LOCKOUT_S: int = _ms(1, 900, "seconds")
 
+    # --- tracing (awaken_project/telemetry.py: on when an exporter is configured; the SDK reads them too)
+    OTEL_TRACES_EXPORTER: str = Field(
+        default="", pattern=r"^(otlp|console|none)$", description="otlp, console or none"
+    )
+    OTEL_EXPORTER_OTLP_ENDPOINT: str = Field(
+        default="", description="the http(s) URL of an OTLP/HTTP collector, e.g. http://collector:4318"
+    )
+    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: str = Field(
+        default="", description="an http(s) URL with the traces path, e.g. http://collector:4318/v1/traces"
+    )
+    OTEL_EXPORTER_OTLP_PROTOCOL: str = Field(
+        default="", pattern=r"^http/protobuf$", description="http/protobuf (the OTLP exporter installed)"
+    )
+    OTEL_SERVICE_NAME: str = ""
+
+    @field_validator("OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_PROTOCOL", mode="before")
+    @classmethod
+    def _lower_name(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    @classmethod
+    def _collector(cls, url: str) -> str:
+        parts = urlsplit(url.strip())
+        if url.strip() and (parts.scheme not in {"http", "https"} or not parts.netloc):
+            raise ValueError(f"{url!r} lacks an http:// or https:// scheme and a host")
+        return url.strip()
+
     @field_validator("LOG_LEVEL", mode="before")
     @classmethod
     def _upper(cls, value: Any) -> Any:

@@ -71,7 +71,7 @@ def main() -> int:
     events = {event for *_, event in results}
     print(f"first frame bench: {args.turns} foreground turns one at a time; first events {sorted(events)}")
     for label, index in (("response head", 0), ("first frame", 1), ("stream end", 2)):
-        values = [r[index] for r in results]
+        values = [float(r[index]) for r in results]
         print(f"  {label:14s} p50 {hb.ms(values, 0.5):7.1f} ms   p99 {hb.ms(values, 0.99):7.1f} ms")
     p50 = hb.ms([r[1] for r in results], 0.5)
     met = p50 <= TARGET_FIRST_FRAME_MS

@@ -123,12 +123,17 @@ class Server:
         self.proc.wait()
 
 
-def web_server(app: str, shape: str, log_dir: Path) -> Server:
+def web_server(app: str, shape: str, log_dir: Path, *, workers: int = 2) -> Server:
+    """The Procfile's web line for `app` in `shape` (`--workers` from WEB_CONCURRENCY, as the line reads)."""
     port = free_port()
-    env = {"PORT": str(port), "WEB_HOST": "127.0.0.1", "AWAKEN_API_THROTTLE_RATE": "1000000/minute"}
-    return Server(
-        web_line(app, shape), port, log_dir / f"{app}-{shape}.log", env, "/api/v1/threads/x/mailbox"
-    )
+    env = {
+        "PORT": str(port),
+        "WEB_HOST": "127.0.0.1",
+        "WEB_CONCURRENCY": str(workers),
+        "AWAKEN_API_THROTTLE_RATE": "1000000/minute",
+    }
+    log = log_dir / f"{app}-{shape}.log"
+    return Server(web_line(app, shape), port, log, env, "/api/v1/threads/x/mailbox")
 
 
 def api_token() -> str:

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 from django.contrib.auth import get_user_model
 
+from mailbox_app import store
 from tests.support.chromium import Chromium, headless_chromium, requires_chromium
 from tests.support.servers import PROJECT_ROOT, WebServer, asgi_server
 from tests.support.waiting import wait_until
@@ -133,3 +135,51 @@ def test_a_visitor_logs_in_and_chats_with_the_echo_agent(
     _wait_answer(chromium, "slept 1.5 | steered: also this", "the steered answer")
     assert "(steered: also this)" in _last_answer(chromium)
     assert _answers(chromium) == 3
+
+
+def _spinning(chromium: Chromium) -> bool:
+    return bool(chromium.evaluate("!!document.querySelector('#log li.assistant:last-child .spinner')"))
+
+
+def test_an_ask_shows_its_buttons_at_once_while_the_run_holds_its_claim(
+    chromium: Chromium, server: WebServer, mailbox_worker: Any, settings: Any
+) -> None:
+    """Issue 21 item 3: with the default 15 s live hold the Approve button appeared after 15.8 s and
+    nothing said the run was working. Now a spinner shows while the run works, the buttons come with
+    the approval request (at once), and the click is taken live by the run that holds its claim."""
+    settings.AWAKEN_LIVE_SUSPEND_HOLD_MS = 15_000  # the worker is in this process: it reads it live
+    get_user_model().objects.create_user("ops", password="ops-password", is_staff=True)
+    chromium.navigate(f"http://127.0.0.1:{server.port}/admin/login/?next=/demo/")
+    chromium.evaluate(
+        "document.getElementById('id_username').value = 'ops';"
+        "document.getElementById('id_password').value = 'ops-password';"
+        "document.querySelector('#login-form input[type=submit]').click();"
+    )
+    chromium.wait_for_page(lambda path: path == "/demo/", what="the demo page after logging in")
+
+    _send(chromium, "sleep 1")
+    wait_until(lambda: _spinning(chromium), timeout=10, what="the spinner of the working run")
+    _wait_status(chromium, "done")
+    assert not _spinning(chromium)
+
+    began = time.monotonic()
+    _send(chromium, "ask may I?")
+    wait_until(
+        lambda: chromium.evaluate(
+            "!!document.querySelector('#log li.assistant:last-child button.decide-resume')"
+        ),
+        timeout=10,
+        what="the Approve button",
+    )
+    shown_after = time.monotonic() - began
+    print(f"\nthe Approve button showed {shown_after:.2f} s after sending `ask` (hold 15 s)")
+    assert shown_after < 5.0, shown_after
+    assert not _spinning(chromium)  # waiting for the visitor, not working
+    chromium.evaluate("document.querySelector('#log li.assistant:last-child button.decide-resume').click()")
+    answer = _wait_answer(chromium, 'approved: {"approved": true}', "the approved continuation")
+    assert answer.count("approved: ") == 1  # one stream carried the continuation, not two
+    _wait_status(chromium, "done")
+    assert not _spinning(chromium)
+    thread_id = str(chromium.evaluate("document.getElementById('thread-id').textContent"))
+    asks = [d for d in store.list_dispatches(thread_id) if d.dispatch_id]
+    assert len(asks) == 2  # `sleep 1` and `ask`: the decision was taken live, no resume was queued

@@ -230,6 +230,30 @@ def run_tool_call(
     return result
 
 
+def request_decision(
+    context: RunContext,
+    tool_call_id: str,
+    name: str,
+    arguments: dict[str, Any],
+    *,
+    hold_s: float,
+) -> ToolCallResume | None:
+    """A tool call that needs a person's decision: its approval request goes out at once (the
+    `tool_call_done` event with status `suspended`, which a stream shows as the decision buttons and a
+    run wait answers with), then the run holds its claim up to `hold_s` for a live decision (the
+    `AWAKEN_LIVE_SUSPEND_HOLD_MS` hold, usually), which is returned. None when no decision came in
+    time (or the run was cancelled): the agent then returns its `RunResult(waiting=...)`, the run ends
+    `waiting`, and a later decision resumes it through the queue. Without a hold the run is waiting
+    at once. The event names the call, its arguments and the hold (`hold_ms`), so a reader needs
+    nothing else to ask, and knows until when a decision is taken live."""
+    hold_ms = max(int(hold_s * 1000), 0)
+    request = {"tool_call_id": tool_call_id, "name": name, "arguments": arguments, "hold_ms": hold_ms}
+    context.emit("tool_call_done", {**request, "status": "suspended"})
+    if hold_ms <= 0:
+        return None
+    return context.wait_decision(tool_call_id, hold_s)
+
+
 def resume_tool_call(context: RunContext, tool_call_id: str, decision: ToolCallResume) -> ToolCallResume:
     """A suspended tool call resumed by a decision: the decision is recorded as the call's step result
     (the key `run_tool_call` uses), so an attempt that re-runs after a crash acts on the decision the

@@ -19,7 +19,14 @@ from __future__ import annotations
 import json
 import time
 
-from mailbox_app.agents.base import InferenceFailed, ResolveFailed, RunContext, RunResult, resume_tool_call
+from mailbox_app.agents.base import (
+    InferenceFailed,
+    ResolveFailed,
+    RunContext,
+    RunResult,
+    request_decision,
+    resume_tool_call,
+)
 from mailbox_app.conf import awaken_settings
 from mailbox_app.contract.ids import now_ms
 from mailbox_app.contract.message import ChatMessage, Role
@@ -107,15 +114,11 @@ class EchoAgent:
         # the same id in every attempt of this dispatch, so a re-run asks for (and resumes) the same call
         call_id = f"call-{context.dispatch_id}"
         context.emit("tool_call_start", {"tool_call_id": call_id, "name": "approve", "question": question})
+        # the approval request goes out now; the run holds its claim for a live decision meanwhile
         hold_s = float(awaken_settings.LIVE_SUSPEND_HOLD_MS) / 1000
-        decision = None
-        if hold_s > 0:
-            context.set_suspended(True)
-            decision = context.wait_decision(call_id, hold_s)
-            context.set_suspended(False)
+        decision = request_decision(context, call_id, "approve", {"question": question}, hold_s=hold_s)
         if decision is not None:
             return self._resume(decision, context, call_id=call_id)
-        context.emit("tool_call_done", {"tool_call_id": call_id, "status": "suspended"})
         ticket = WaitingTicket(
             ticket_id=call_id,
             tool_call_id=call_id,

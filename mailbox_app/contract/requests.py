@@ -65,6 +65,9 @@ class RunRequest(BaseModel):
     metadata: dict[str, Any] | None = None
     timeout_ms: int | None = Field(default=None, gt=0)
     start_after_ms: int = Field(default=0, ge=0)
+    # the submit's trace context (W3C headers), kept with the dispatch's request so every attempt links
+    # to it (mailbox_app/observability/tracing.py); None while tracing is off
+    trace_context: dict[str, str] | None = None
 
     def with_(self, **changes: Any) -> RunRequest:
         return self.model_copy(update=changes)
@@ -85,10 +88,12 @@ class RunRequestExtras(BaseModel):
     transport_request_id: str | None = None
     run_mode: RunMode = RunMode.FOREGROUND
     adapter: AdapterKind = AdapterKind.INTERNAL
+    trace_context: dict[str, str] | None = None
 
     @classmethod
     def from_request(cls, request: RunRequest) -> RunRequestExtras:
         return cls(
+            trace_context=request.trace_context or None,
             overrides=request.overrides or None,
             decisions=request.decisions or None,
             frontend_tools=request.frontend_tools or None,
@@ -126,6 +131,7 @@ class RunRequestExtras(BaseModel):
             "dispatch_id_hint",
             "parent_thread_id",
             "transport_request_id",
+            "trace_context",
         ):
             value = getattr(self, name)
             if value:

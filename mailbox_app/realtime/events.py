@@ -269,6 +269,12 @@ def stream_ends(run_id: str, after: str) -> tuple[RunEvent | None, RunEvent | No
     return (decode(*newest[0]) if newest else None), (decode(*first[0]) if first else None)
 
 
+def newest_events(run_id: str, count: int) -> list[RunEvent]:
+    """The run's newest `count` events, newest first (a reader that asks what the run is doing now)."""
+    entries: Any = get_redis().xrevrange(stream_key(run_id), count=count)
+    return [decode(event_id, fields) for event_id, fields in entries]
+
+
 def last_event_id(run_id: str) -> str | None:
     """The id of the run's newest event, None when its stream is empty or gone."""
     entries: Any = get_redis().xrevrange(stream_key(run_id), count=1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
@@ -33,7 +33,7 @@ from mailbox_app.contract.requests import (
 )
 from mailbox_app.contract.storage import InvalidInput, NotFound, RunRecord, StoreError
 from mailbox_app.contract.suspension import ToolCallResume
-from mailbox_app.observability import metrics
+from mailbox_app.observability import metrics, tracing
 from mailbox_app.realtime import doorbells
 from mailbox_app.realtime.live import LiveDeliveryOutcome, deliver_live_to, find_local_run
 from mailbox_app.services.preparation import DEFAULT_PRIORITY, build_dispatch, prepare_run_for_dispatch
@@ -86,12 +86,20 @@ class SubmitStatus(StrEnum):
     QUEUED = "queued"
 
 
+class Delivered(StrEnum):
+    """Where live input went (`submit_live_then_queue`): read by the running run, or queued durably."""
+
+    LIVE = "live"
+    QUEUED = "queued"
+
+
 @dataclass(frozen=True, slots=True)
 class SubmitResult:
     dispatch_id: str
     run_id: str
     thread_id: str
     status: SubmitStatus
+    delivered: Delivered | None = None  # set by submit_live_then_queue only
 
 
 # --- submit paths ------------------------------------------------------------------------------------
@@ -118,6 +126,7 @@ def submit_as(
     return result
 
 
+@tracing.traced_submit
 def submit(
     request: RunRequest,
     *,
@@ -188,6 +197,7 @@ def submit_background(
     return _submit_background_through_port(request, owner_id=owner_id, reject_if_busy=reject_if_busy)
 
 
+@tracing.traced_submit
 def _submit_background_through_port(
     request: RunRequest, *, owner_id: int | None, reject_if_busy: bool
 ) -> SubmitResult:
@@ -218,6 +228,7 @@ def fusable() -> bool:
     return runs_tables.fused() and not connection.in_atomic_block
 
 
+@tracing.traced_submit
 def submit_fused(
     request: RunRequest,
     *,
@@ -291,6 +302,7 @@ def _ring_submitted(submitted: Submitted, delayed: bool) -> None:
         doorbells.ring_on_commit(submitted.thread_id, submitted.dispatch_id)
 
 
+@tracing.traced_submit
 def enqueue_in_transaction(request: RunRequest, *, owner_id: int | None = None) -> DispatchRecord:
     """Queue a background dispatch inside the caller's transaction (no inline claim); the doorbell
     rings when it commits. The finish of an attempt uses it for live input its run did not take."""
@@ -317,7 +329,9 @@ def _owner_key(owner_id: int | None) -> str:
 def submit_live_then_queue(
     request: RunRequest, *, expected_run_id: str | None = None, owner_id: int | None = None
 ) -> SubmitResult:
-    """Steer the thread's running run with the messages, else enqueue them durably (spec §4.4)."""
+    """Steer the thread's running run with the messages, else enqueue them durably (spec §4.4). The
+    answer says which (`delivered`): `live` once the running run acknowledged them (it reads them),
+    `queued` when they became a dispatch of their own (no run was running, or it did not answer)."""
     thread_id, messages = validate_run_inputs(
         request.thread_id, request.messages, allow_empty=bool(request.decisions)
     )
@@ -325,7 +339,8 @@ def submit_live_then_queue(
     steered = _steer(thread_id, messages, expected_run_id, owner_id)
     if steered is not None:
         return steered
-    return submit_background(request.with_(thread_id=thread_id, messages=messages), owner_id=owner_id)
+    queued = submit_background(request.with_(thread_id=thread_id, messages=messages), owner_id=owner_id)
+    return replace(queued, delivered=Delivered.QUEUED)
 
 
 def _steer(
@@ -344,7 +359,7 @@ def _steer(
     command = {"kind": "messages", "messages": [m.model_dump(mode="json") for m in messages]}
     if not deliver_live_command(LiveRunTarget(thread_id, latest.run_id, latest.dispatch_id), command):
         return None
-    return SubmitResult(latest.dispatch_id, latest.run_id, thread_id, SubmitStatus.RUNNING)
+    return SubmitResult(latest.dispatch_id, latest.run_id, thread_id, SubmitStatus.RUNNING, Delivered.LIVE)
 
 
 def deliver_live_command(target: LiveRunTarget, command: dict[str, Any]) -> bool:
@@ -723,6 +738,7 @@ __all__ = [
     "ControlTarget",
     "Decided",
     "DecisionSent",
+    "Delivered",
     "DispatchTarget",
     "IdempotencyKey",
     "InvalidInput",

@@ -10,7 +10,7 @@ with the statement it runs written out beside it, in the module named for what i
 
     queue.py       enqueue, cancel, interrupt_detailed, thread_busy, make_available
     claims.py      claim, claim_dispatch, claim_next_fair, blocking_limit
-    fenced.py      try_start, try_settle, nack, extend_lease, explain_lost, supersede
+    fenced.py      try_start, try_settle, nack, hand_back, extend_lease, explain_lost, supersede
     upkeep.py      reclaim_expired_leases, requeue_dead_letters, purge_terminal, purge_orphaned_epochs,
                    claimable_thread_ids and threads_coming_due (what the sweep rings)
     reads.py       load_dispatch, list_dispatches, counts
@@ -32,6 +32,7 @@ from mailbox_app.store.fenced import (
     explain_lost,
     extend_lease,
     extend_leases,
+    hand_back,
     nack,
     supersede,
     try_settle,
@@ -50,6 +51,7 @@ from mailbox_app.store.transitions import (
     CANCELLING,
     CLAIMING,
     DEAD_LETTERING,
+    HANDING_BACK,
     INTERRUPTING,
     NACKING,
     RECLAIMING,
@@ -75,6 +77,7 @@ __all__ = [
     "CANCELLING",
     "CLAIMING",
     "DEAD_LETTERING",
+    "HANDING_BACK",
     "INTERRUPTING",
     "NACKING",
     "RECLAIMING",
@@ -98,6 +101,7 @@ __all__ = [
     "explain_lost",
     "extend_lease",
     "extend_leases",
+    "hand_back",
     "interrupt_detailed",
     "list_dispatches",
     "load_dispatch",

@@ -178,6 +178,49 @@ def nack(dispatch_id: str, claim_token: str, retry_at: int, error: str, now: int
     )
 
 
+# A worker shutting down gives its claim back (mailbox_app/worker/execution.py): Claimed -> Queued, due
+# now, the attempt not counted (nothing failed; the work was interrupted by the operator's stop), the
+# runtime trace of the abandoned attempt cleared, decisions it acknowledged live carried along.
+HAND_BACK = """
+UPDATE mailbox_dispatch d
+   SET status = 'queued', available_at = %(now)s, last_error = %(reason)s, updated_at = %(now)s,
+       claim_token = NULL, claimed_by = NULL, lease_until = NULL, completed_at = NULL,
+       dispatch_instance_id = NULL, run_status = NULL, termination = NULL, run_response = NULL,
+       run_error = NULL,
+       request = CASE WHEN %(carry_decisions)s::jsonb IS NOT NULL
+                      THEN jsonb_set(COALESCE(d.request, '{}'::jsonb), '{decisions}',
+                                     COALESCE(d.request -> 'decisions', '[]'::jsonb)
+                                     || %(carry_decisions)s::jsonb)
+                      ELSE d.request END
+  FROM mailbox_thread_epoch e
+ WHERE d.dispatch_id = %(dispatch_id)s AND d.status = 'claimed' AND d.claim_token = %(token)s
+   AND e.thread_id = d.thread_id AND d.dispatch_epoch >= e.current_epoch
+RETURNING d.*
+"""
+
+
+def hand_back(
+    dispatch_id: str,
+    claim_token: str,
+    now: int,
+    reason: str,
+    *,
+    carry_decisions: list[dict[str, Any]] | None = None,
+) -> DispatchRecord | None:
+    """Give a claim back, fenced like every attempt write: queued again, due `now`, its attempt not
+    counted; None when fenced out (nothing written)."""
+    return fetch_one(
+        HAND_BACK,
+        {
+            "dispatch_id": dispatch_id,
+            "token": claim_token,
+            "now": now,
+            "reason": reason,
+            "carry_decisions": json.dumps(carry_decisions) if carry_decisions else None,
+        },
+    )
+
+
 EXTEND_LEASE = """
 UPDATE mailbox_dispatch d SET lease_until = %(lease_until)s, updated_at = %(now)s
   FROM mailbox_thread_epoch e

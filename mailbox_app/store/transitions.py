@@ -19,6 +19,7 @@ NACKING = Transition.of("nack (T8, T9)", [_C], [_Q, _D])
 DEAD_LETTERING = Transition.of("dead_letter (T9)", [_C], [_D])
 SETTLING = Transition.of("try_settle: ack, nack or dead letter", [_C], [_A, _Q, _D])
 RECLAIMING = Transition.of("reclaim_expired_leases (T10)", [_C], [_Q, _D])
+HANDING_BACK = Transition.of("hand_back: a worker shutting down gives its claim back", [_C], [_Q])
 SUPERSEDING_CLAIMED = Transition.of("a fenced write or reclaim of a stale claim (T11-T13)", [_C], [_S])
 # `supersede` serves both: its statement has no status condition, so it checks the locked row's status
 SUPERSEDING = Transition.of("supersede", [_Q, _C], [_S])
@@ -34,6 +35,7 @@ TRANSITIONS: tuple[Transition, ...] = (
     DEAD_LETTERING,
     SETTLING,
     RECLAIMING,
+    HANDING_BACK,
     SUPERSEDING_CLAIMED,
     SUPERSEDING,
     REQUEUEING_DEAD_LETTER,

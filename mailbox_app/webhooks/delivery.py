@@ -31,6 +31,7 @@ from django.db import connection, transaction
 
 from mailbox_app.conf import awaken_settings
 from mailbox_app.contract.ids import now_ms
+from mailbox_app.observability import tracing
 from mailbox_app.webhooks import outbox, secret_store, signing, transport
 from mailbox_app.webhooks.targets import TargetRefused, WebhookTargetError, parse_target, resolve
 
@@ -232,6 +233,13 @@ def _send(claimed: ClaimedDelivery, deadline: transport.Deadline) -> tuple[int |
 
 def deliver(delivery_id: str) -> DeliveryOutcome:
     """One attempt at `delivery_id` (the Celery task). A failed attempt schedules the next one."""
+    with tracing.span(tracing.WEBHOOK, {"awaken.delivery_id": delivery_id}) as current:
+        outcome = _deliver(delivery_id)
+        tracing.set_attributes(current, {"awaken.outcome": outcome.value})
+        return outcome
+
+
+def _deliver(delivery_id: str) -> DeliveryOutcome:
     claimed = claim(delivery_id, now=now_ms())
     if claimed is None:
         return DeliveryOutcome.SKIPPED

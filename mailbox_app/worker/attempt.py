@@ -30,7 +30,7 @@ from mailbox_app.contract.requests import RunOrigin, RunRequest, normalize_messa
 from mailbox_app.contract.retry import nack_backoff_ms
 from mailbox_app.contract.storage import RunRecord, RunRequestSnapshot, StoreError, TerminationReason
 from mailbox_app.contract.suspension import RunResumeDecision, ToolCallResume
-from mailbox_app.observability import metrics
+from mailbox_app.observability import metrics, tracing
 from mailbox_app.realtime import doorbells, events
 from mailbox_app.realtime.locks import ThreadLock
 from mailbox_app.services import mailbox
@@ -218,6 +218,33 @@ def finish(
     the partial output and a cancelled result per open tool call, written with its end (history.py).
 
     The reference's `finish_execution`."""
+    ids = {"awaken.run_id": started.run.run_id, "awaken.dispatch_id": started.dispatch.dispatch_id}
+    with tracing.span(tracing.FINISH, ids | {"awaken.outcome": outcome.kind.value}):
+        return _finish(
+            started,
+            outcome,
+            result,
+            error,
+            cancelled=cancelled,
+            leftovers=leftovers,
+            claim_next_as=claim_next_as,
+            transcript=transcript,
+            lock=lock,
+        )
+
+
+def _finish(
+    started: Started,
+    outcome: MailboxRunOutcome,
+    result: RunResult | None,
+    error: BaseException | None,
+    *,
+    cancelled: bool,
+    leftovers: Leftovers,
+    claim_next_as: str | None,
+    transcript: RunTranscript | None,
+    lock: ThreadLock | None,
+) -> FinishOutcome:
     dispatch, run = started.dispatch, started.run
     instance_id = started.request.session_id or ""
     now = now_ms()
@@ -357,6 +384,35 @@ def _announce_retry(running: RunRecord, settled: DispatchRecord) -> None:
         },
     )
     doorbells.ring_at(settled.thread_id, settled.dispatch_id, settled.available_at)
+
+
+HANDED_BACK = "handed back: the worker was shutting down"
+
+
+def hand_back(started: Started, leftovers: Leftovers, lock: ThreadLock) -> FinishOutcome:
+    """Give the claim back (the worker is shutting down): the dispatch queued again, due now, its attempt
+    not counted, the decisions the run acknowledged carried along and its acknowledged steering queued —
+    one transaction, fenced like the finish (a claim lost meanwhile writes nothing). The run stays
+    Running under the dispatch, as for a retry; its stream says so. Once committed the thread lock goes
+    first and then the doorbell rings, so whichever worker takes it finds the thread free."""
+    dispatch = started.dispatch
+    now = now_ms()
+    carried = [RunResumeDecision(call_id=c, resume=r).model_dump(mode="json") for c, r in leftovers.decisions]
+    try:
+        with transaction.atomic():
+            handed = store.hand_back(
+                dispatch.dispatch_id, dispatch.claim_token or "", now, HANDED_BACK, carry_decisions=carried
+            )
+            if handed is None:
+                raise _FenceLost
+            _queue_leftovers(dispatch, None, Leftovers(leftovers.steering, []))
+            transaction.on_commit(lock.release)
+            _announce_retry(started.run, handed)
+    except _FenceLost:
+        lost = _explain(dispatch, "claimed dispatch superseded before its hand-back")
+        queue_leftovers_alone(dispatch, leftovers)
+        return lost
+    return Finished(handed, None)
 
 
 def queue_leftovers_alone(dispatch: DispatchRecord, leftovers: Leftovers) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from enum import StrEnum
@@ -18,22 +19,24 @@ from enum import StrEnum
 from django.db import close_old_connections
 
 from mailbox_app import store
+from mailbox_app.agents.base import MailboxRunOutcome, OutcomeKind, RunResult
 from mailbox_app.conf import awaken_settings
 from mailbox_app.contract.ids import consumer_id, now_ms, uuid7
 from mailbox_app.contract.mailbox import DispatchRecord, DispatchStatus, LiveRunTarget
 from mailbox_app.contract.storage import NotFound, VersionConflict
-from mailbox_app.observability import metrics
+from mailbox_app.observability import metrics, tracing
 from mailbox_app.realtime import doorbells
 from mailbox_app.realtime.live import LiveSubscription
 from mailbox_app.realtime.locks import ThreadLock
 from mailbox_app.worker import attempt, lease
-from mailbox_app.worker.registry import register, unregister
-from mailbox_app.worker.runtime import ActiveRun, call_agent
+from mailbox_app.worker.registry import local_runs, register, unregister
+from mailbox_app.worker.runtime import ActiveRun, call_agent, final_run
 
 log = logging.getLogger(__name__)
 MAX_DRAIN = 1000  # dispatches one drain runs before handing the thread back to a fresh doorbell
+SHUTTING_DOWN = threading.Event()  # this process's worker is shutting down (hand_back_local_runs)
 
-__all__ = ["DispatchAttempt", "ExecutionReport", "drain_thread", "execute_claimed"]
+__all__ = ["DispatchAttempt", "ExecutionReport", "drain_thread", "execute_claimed", "hand_back_local_runs"]
 
 
 class DispatchAttempt(StrEnum):
@@ -76,6 +79,16 @@ def execute_claimed(dispatch: DispatchRecord, *, claim_next: bool = False) -> Ex
     Only `dispatch_id`, `thread_id` and `claim_token` are needed: the fenced start returns the row.
     With `claim_next`, the finish transaction also claims the thread's next dispatch for this worker
     (returned in the report: the caller must execute it)."""
+    ids = {"awaken.thread_id": dispatch.thread_id, "awaken.dispatch_id": dispatch.dispatch_id}
+    with tracing.span(tracing.ATTEMPT, ids) as current:  # never the claim token
+        report = _execute_claimed(dispatch, claim_next, current)
+        tracing.set_attributes(current, {"awaken.outcome": report.final_status})
+        return report
+
+
+def _execute_claimed(
+    dispatch: DispatchRecord, claim_next: bool, current: tracing.SpanLike
+) -> ExecutionReport:
     token = dispatch.claim_token or ""
     lock = ThreadLock(dispatch.thread_id, token, awaken_settings.MAILBOX.lease_ms)
     acquired = _acquire_soon(lock, dispatch.dispatch_id)
@@ -87,6 +100,9 @@ def execute_claimed(dispatch: DispatchRecord, *, claim_next: bool = False) -> Ex
         fault("after_claim")
         instance_id = uuid7()
         started = attempt.start(dispatch, instance_id, consumer_id())
+        if isinstance(started, attempt.Started):  # the run, and the submit this attempt carries out
+            tracing.set_attributes(current, {"awaken.run_id": started.run.run_id})
+            tracing.add_link(current, started.request.trace_context)
         next_as = consumer_id() if claim_next else None
         if isinstance(started, attempt.Lost):
             return _report(dispatch, started)
@@ -164,6 +180,8 @@ def _run_with_lease(started: attempt.Started, lock: ThreadLock, claim_next: bool
     held: lease.Held | None = None
     try:
         register(active)
+        if SHUTTING_DOWN.is_set():  # started after the shutdown began (a drain's next claim): give it back
+            active.hand_back()
         subscription = LiveSubscription(
             LiveRunTarget(dispatch.thread_id, dispatch.run_id, dispatch.dispatch_id), active.on_live_command
         )
@@ -181,12 +199,18 @@ def _run_with_lease(started: attempt.Started, lock: ThreadLock, claim_next: bool
             lease.RENEWER.release(held)
         unregister(dispatch.dispatch_id)
     _at("before_finish", active)
+    leftovers = attempt.Leftovers(steering, decisions)
+    if active.handed_back.is_set() and not active.lease_lost.is_set():
+        if _gives_back(outcome, result, started):
+            return _report(dispatch, attempt.hand_back(started, leftovers, lock))
+        if result is not None and result.waiting is not None:
+            active.cancel_event.clear()  # stopped at a suspension: the run waits durably, as it asked
     if active.lease_lost.is_set():
         # The lease is gone (or could not be renewed before it ran out): another worker may own this
         # dispatch now. Settle nothing; the sweep reclaims the claim and the run is retried. A claim
         # superseded meanwhile (an interrupt) ends its run here; acknowledged steering is queued.
         attempt.reconcile_lost(dispatch)
-        attempt.queue_leftovers_alone(dispatch, attempt.Leftovers(steering, decisions))
+        attempt.queue_leftovers_alone(dispatch, leftovers)
         return ExecutionReport(dispatch.dispatch_id, "lease_lost")
     # The agent has returned; the finish is fenced by the claim token in PostgreSQL. The thread's lock is
     # released with the run's terminal event, in one Redis call after the finish committed (a successor
@@ -199,12 +223,38 @@ def _run_with_lease(started: attempt.Started, lock: ThreadLock, claim_next: bool
         result,
         error,
         cancelled=active.cancel_event.is_set(),
-        leftovers=attempt.Leftovers(steering, decisions),
+        leftovers=leftovers,
         claim_next_as=consumer_id() if claim_next else None,
         transcript=active.transcript,
         lock=lock,
     )
     return _report(dispatch, finished)
+
+
+def _gives_back(outcome: MailboxRunOutcome, result: RunResult | None, started: attempt.Started) -> bool:
+    """Whether an attempt stopped by a shutdown gives its claim back: when the stop cut its work short (it
+    ended cancelled, or failed transiently on the way out). What it finished anyway — an answer, a
+    suspension, a permanent error — is recorded as usual."""
+    if outcome.kind is OutcomeKind.TRANSIENT_ERROR:
+        return True
+    if outcome.kind is not OutcomeKind.COMPLETED or result is None or result.waiting is not None:
+        return False
+    ended = final_run(started.run, result, None, True, now_ms()).run
+    return ended.termination_reason is not None and ended.termination_reason.type == "cancelled"
+
+
+def hand_back_local_runs() -> int:
+    """The worker is shutting down (Celery's warm shutdown, awaken_project/celery.py): every run this
+    process executes is cancelled cooperatively and its claim given back — queued again, due now, the
+    attempt not counted — so the next worker to start (or one still running) runs it at once rather
+    than after its lease expires. How many runs were asked."""
+    SHUTTING_DOWN.set()  # first: a run registered after the snapshot below sees it
+    runs = local_runs()
+    for active in runs:
+        active.hand_back()
+    if runs:
+        log.warning("shutting down: handing back %d running run(s) %s", len(runs), [a.run_id for a in runs])
+    return len(runs)
 
 
 # --- draining a thread -----------------------------------------------------------------------------

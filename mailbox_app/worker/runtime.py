@@ -22,6 +22,7 @@ from mailbox_app.contract.message import ChatMessage
 from mailbox_app.contract.requests import RunMode, RunOrigin, RunRequest
 from mailbox_app.contract.storage import RunRecord, TerminationReason
 from mailbox_app.contract.suspension import ToolCallResume
+from mailbox_app.observability import tracing
 from mailbox_app.realtime import events
 from mailbox_app.realtime.locks import lock_key
 from mailbox_app.services import mailbox
@@ -30,6 +31,7 @@ from mailbox_app.store.ports import run_store
 from mailbox_app.store.runs_tables import steps
 
 log = logging.getLogger(__name__)
+DECISION_RECEIVED = "decision_received"  # a live decision reached the run (the agent has yet to take it)
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -53,6 +55,8 @@ class ActiveRun:
     lease_lost: threading.Event = field(default_factory=threading.Event)
     deadline_at: int | None = None  # the activation's deadline (Unix ms, the run's `deadline_at`)
     timed_out: threading.Event = field(default_factory=threading.Event)
+    # the worker is shutting down: the run is cancelled and its claim given back (execution.py)
+    handed_back: threading.Event = field(default_factory=threading.Event)
     # what the run has emitted so far: closes its open tool calls if it ends early (history.py)
     transcript: RunTranscript = field(default_factory=RunTranscript)
     _inbox_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -65,6 +69,12 @@ class ActiveRun:
             self.timed_out.set()
             self.cancel_event.set()
         return self.cancel_event.is_set()
+
+    def hand_back(self) -> None:
+        """Ask the run to stop because this worker is shutting down: the agent sees a cancellation, and
+        the attempt gives its claim back instead of ending the run (`execution._run_with_lease`)."""
+        self.handed_back.set()
+        self.cancel_event.set()
 
     def on_live_command(self, command: dict[str, Any]) -> bool:
         """Accept a live command; returning True acknowledges it to the sender (the run will read it)."""
@@ -81,10 +91,27 @@ class ActiveRun:
                 return True
             if kind == "decision":
                 for call_id, resume in command.get("decisions", []):
-                    self.decisions.put((call_id, ToolCallResume.model_validate(resume)))
+                    decision = ToolCallResume.model_validate(resume)
+                    self.decisions.put((call_id, decision))
+                    self._announce_decision(call_id, decision)
                 return True
         self.cancel_event.set()  # unknown command: fail safe, like the reference
         return False
+
+    def _announce_decision(self, call_id: str, decision: ToolCallResume) -> None:
+        """`decision_received` on the run's stream before the sender hears "delivered": from then on a
+        reader (a join right after the decision, runs_app/api/run_wait.py) sees that the approval
+        request it answered is no longer open, before the agent itself takes the decision."""
+        try:
+            events.append_fenced(
+                self.run_id,
+                lock_key(self.thread_id),
+                self.claim_token,
+                DECISION_RECEIVED,
+                {"tool_call_id": call_id, "action": decision.action},
+            )
+        except Exception:  # the stream is advisory; the decision itself is taken
+            log.warning("run %s: decision_received not appended", self.run_id, exc_info=True)
 
     def close_inbox(self) -> tuple[list[ChatMessage], list[tuple[str, ToolCallResume]]]:
         """Stop accepting commands; returns the steering messages and decisions accepted but not taken."""
@@ -121,7 +148,8 @@ class AttemptContext:
         )
 
     def step(self, key: str, fn: Callable[Concatenate[str, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
-        return self._journal.step(key, fn, *args, **kwargs)
+        with tracing.span(tracing.STEP, {"awaken.step_key": key, "awaken.run_id": self.run_id}):
+            return self._journal.step(key, fn, *args, **kwargs)
 
     def journal(self) -> Journal:
         return self._journal.journal()
@@ -206,10 +234,14 @@ def call_agent(
 ) -> tuple[MailboxRunOutcome, RunResult | None, BaseException | None]:
     """Run the executor; everything it raises is classified onto the mailbox outcome."""
     context = AttemptContext(active, request)
-    try:
-        outcome, result, error = classify_error(None), resolve_agent(run.agent_id).run(request, context), None
-    except Exception as exc:  # noqa: BLE001 - the executor is user code; classify everything it raises
-        outcome, result, error = classify_error(exc), None, exc
+    ids = {"awaken.agent_id": run.agent_id, "awaken.run_id": run.run_id}
+    with tracing.span(tracing.AGENT, ids) as current:
+        try:
+            executor = resolve_agent(run.agent_id)
+            outcome, result, error = classify_error(None), executor.run(request, context), None
+        except Exception as exc:  # noqa: BLE001 - the executor is user code; classify everything it raises
+            outcome, result, error = classify_error(exc), None, exc
+        tracing.set_attributes(current, {"awaken.outcome": outcome.kind.value})
     if active.timed_out.is_set():
         # Cancelled by its deadline: the run ends `timeout` whatever the agent answered (its output and
         # messages are kept; an error raised on the way out is not retried, a suspension is not kept).

@@ -22,6 +22,7 @@ EVENT_STREAM = "text/event-stream"
 JSON = "application/json"
 CANCEL_REQUESTED = ("cancel_requested",)  # shared by three answers: one named enum (ENUM_NAME_OVERRIDES)
 DECISION_SUBMITTED = ("decision_submitted",)
+DELIVERED = ("live", "queued")
 
 
 class SubmitOut(serializers.Serializer[dict[str, Any]]):
@@ -31,6 +32,12 @@ class SubmitOut(serializers.Serializer[dict[str, Any]]):
     run_id = serializers.CharField()
     thread_id = serializers.CharField()
     status = serializers.ChoiceField(choices=SUBMIT_STATUSES)
+    delivered = serializers.ChoiceField(
+        choices=DELIVERED,
+        required=False,
+        help_text="live input only (mode live_then_queue or steer): `live` when the running run "
+        "acknowledged the messages (it reads them), `queued` when they became a dispatch of their own",
+    )
 
 
 class RunInputsOut(serializers.Serializer[dict[str, Any]]):
@@ -39,6 +46,12 @@ class RunInputsOut(serializers.Serializer[dict[str, Any]]):
     thread_id = serializers.CharField()
     status = serializers.ChoiceField(choices=["inputs_accepted"])
     run_status = serializers.ChoiceField(choices=SUBMIT_STATUSES)
+    delivered = serializers.ChoiceField(
+        choices=DELIVERED,
+        required=False,
+        help_text="live modes only: `live` when this run acknowledged the messages (it reads them), "
+        "`queued` when they were queued as a dispatch of their own",
+    )
 
 
 class RunCancelOut(serializers.Serializer[dict[str, Any]]):

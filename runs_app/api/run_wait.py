@@ -10,6 +10,16 @@ one Redis connection, not 150. It reads PostgreSQL only when a `run_finish` arri
 event lost to a Redis outage; while the feed is down the wait keeps to that) and at the end, so it is
 woken by the run, not by polling. The feed has taken its start position before the first check: whatever
 ends the run after that check appends its event after that position, and the feed hands it over.
+
+A run held live for a decision (its agent asked for one and holds its claim for `AWAKEN_LIVE_SUSPEND_HOLD_MS`,
+mailbox_app/agents/base.py `request_decision`) is still `running` in PostgreSQL, yet what the caller waits
+for has happened: the run waits for a decision. Its stream says so — its newest events are the open
+approval requests (`tool_call_done` suspended, with the hold) — and the wait answers at once with the run
+as `waiting`, its `waiting.tickets` the requests and `waiting.live_until` the end of the hold (a decision
+before then is taken by the running run, after it through the queue). A join after a decision does not
+answer the run it decided: a live decision appends `decision_received` before the decider hears
+"delivered", so the request is no longer the newest event, and a durable one queued a dispatch that
+continues the waiting run, which the join waits for.
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -29,9 +40,11 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from mailbox_app.contract.ids import now_ms
 from mailbox_app.contract.lifecycle import RunStatus
 from mailbox_app.contract.mailbox import DispatchStatus
 from mailbox_app.contract.storage import RunRecord
+from mailbox_app.realtime import events
 from mailbox_app.services import mailbox
 from runs_app import store
 from runs_app.api import serializers as s
@@ -46,7 +59,22 @@ log = logging.getLogger(__name__)
 BACKSTOP_S = 10.0
 PERMIT_SCOPE_KEY = "awaken.view_permit"  # set by awaken_project/asgi.py's BoundedViews
 STOPPED = frozenset({RunStatus.DONE, RunStatus.WAITING})  # a run that finished or suspended
-Probe = Callable[[], tuple[bool, RunRecord | None]]  # (over?, the run as read)
+HELD_SCAN = 20  # newest events read to find the approval requests a run holds open
+TOOL_CALL_START, TOOL_CALL_DONE = "tool_call_start", "tool_call_done"
+
+
+@dataclass(frozen=True, slots=True)
+class HeldRun:
+    """A running run held live for decisions: `requests` are its open approval requests (the
+    `tool_call_done` suspended events' data, oldest first), `live_until` the end of its hold (Unix ms)."""
+
+    run: RunRecord
+    requests: list[dict[str, Any]]
+    live_until: int
+
+
+Seen = RunRecord | HeldRun
+Probe = Callable[[], tuple[bool, Seen | None]]  # (over?, the run as read)
 
 
 class PendingWait(Response):
@@ -57,11 +85,37 @@ class PendingWait(Response):
         super().__init__(_pending_body(run, timeout_s, extra), status=202)
         self.run_id, self.probe, self.timeout_s = run.run_id, probe, timeout_s
 
-    def answer(self, run: RunRecord | None, over: bool) -> None:
-        if run is not None and over:
-            self.status_code, self.data = 200, s.run_json(run)
-        elif run is not None:
+    def answer(self, seen: Seen | None, over: bool) -> None:
+        if seen is not None and over:
+            self.status_code, self.data = 200, answer_json(seen)
+        elif seen is not None:
+            run = seen.run if isinstance(seen, HeldRun) else seen
             self.data = {**self.data, "status": run.status.value}
+
+
+def answer_json(seen: Seen) -> dict[str, Any]:
+    """The run as a wait answers it: a held run as `waiting` on its open approval requests."""
+    if isinstance(seen, RunRecord):
+        return s.run_json(seen)
+    run, requests = seen.run, seen.requests
+    ids = [str(r.get("tool_call_id") or "") for r in requests]
+    tickets = [
+        {
+            "ticket_id": call_id,
+            "tool_call_id": call_id,
+            "tool_name": request.get("name"),
+            "arguments": request.get("arguments"),
+        }
+        for call_id, request in zip(ids, requests, strict=True)
+    ]
+    waiting = {
+        "reason": "tool_permission",
+        "ticket_ids": ids,
+        "tickets": tickets,
+        "since_dispatch_id": run.dispatch_id,
+        "live_until": s.iso_ms(seen.live_until),
+    }
+    return {**s.run_json(run), "status": RunStatus.WAITING.value, "waiting": waiting}
 
 
 def _pending_body(run: RunRecord, timeout_s: float, extra: dict[str, Any]) -> dict[str, Any]:
@@ -83,8 +137,8 @@ def awaiting(view: Callable[..., HttpResponseBase]) -> Callable[..., Coroutine[A
         if not isinstance(response, PendingWait):
             return response
         async with _permit_released(request):
-            over, run = await wait_until_over(response.run_id, response.probe, response.timeout_s)
-        response.answer(run, over)
+            over, seen = await wait_until_over(response.run_id, response.probe, response.timeout_s)
+        response.answer(seen, over)
         return response
 
     functools.update_wrapper(run_view, view)  # keeps `cls` / `initkwargs` (the schema) and csrf_exempt
@@ -120,7 +174,7 @@ async def _permit_released(request: HttpRequest) -> AsyncIterator[None]:
         await reacquire()
 
 
-async def wait_until_over(run_id: str, probe: Probe, timeout_s: float) -> tuple[bool, RunRecord | None]:
+async def wait_until_over(run_id: str, probe: Probe, timeout_s: float) -> tuple[bool, Seen | None]:
     """Block until `probe` says the run is over or `timeout_s` passed; the last probe's answer."""
     loop_time = asyncio.get_running_loop().time
     deadline = loop_time() + timeout_s
@@ -171,8 +225,8 @@ def _unsubscribe(subscription: Subscription | None) -> None:
 
 
 async def _finish_arrives(subscription: Subscription | None, timeout_s: float) -> bool | None:
-    """Whether the feed hands over a `run_finish` within `timeout_s` (without a feed: False after
-    sleeping that long); None when the feed fails."""
+    """Whether the feed hands over a `run_finish` or an approval request within `timeout_s` (without a
+    feed: False after sleeping that long); None when the feed fails."""
     loop_time = asyncio.get_running_loop().time
     deadline = loop_time() + timeout_s
     if subscription is None:
@@ -185,13 +239,18 @@ async def _finish_arrives(subscription: Subscription | None, timeout_s: float) -
             return False
         if isinstance(batch, BaseException):
             return None
-        if any(event.type in TERMINAL_EVENTS for event in batch):
+        if any(event.type in TERMINAL_EVENTS or _asks(event) for event in batch):
             return True
     return False
 
 
-async def _probe(probe: Probe) -> tuple[bool, RunRecord | None]:
-    def read() -> tuple[bool, RunRecord | None]:
+def _asks(event: events.RunEvent) -> bool:
+    """An approval request: a tool call suspended for a decision."""
+    return event.type == TOOL_CALL_DONE and event.data.get("status") == "suspended"
+
+
+async def _probe(probe: Probe) -> tuple[bool, Seen | None]:
+    def read() -> tuple[bool, Seen | None]:
         try:
             return probe()
         finally:
@@ -202,23 +261,71 @@ async def _probe(probe: Probe) -> tuple[bool, RunRecord | None]:
 
 def submit_probe(run_id: str, dispatch_id: str) -> Probe:
     """The submit's run is over once its dispatch has ended (not queued or claimed: a stream's earlier
-    `run_finish`, of a waiting run this submit resumes, does not count) and the run stopped."""
+    `run_finish`, of a waiting run this submit resumes, does not count) and the run stopped — or once
+    the submit's own activation holds it live for a decision."""
 
-    def probe() -> tuple[bool, RunRecord | None]:
+    def probe() -> tuple[bool, Seen | None]:
         dispatch = mailbox.load_dispatch(dispatch_id)
         run = store.load_run(run_id=run_id)
+        if run is None:
+            return False, None
         live = dispatch is not None and dispatch.status in {DispatchStatus.QUEUED, DispatchStatus.CLAIMED}
-        return (run is not None and not live and run.status in STOPPED), run
+        if not live:
+            return run.status in STOPPED, run
+        held = held_run(run) if run.dispatch_id == dispatch_id else None
+        return (True, held) if held is not None else (False, run)
 
     return probe
 
 
 def run_probe(run_id: str) -> Probe:
-    def probe() -> tuple[bool, RunRecord | None]:
+    """The run is over once it is done, waiting with nothing queued to continue it (a decision or input
+    sent through the queue is such a continuation: the join waits for it), or held live for a
+    decision."""
+
+    def probe() -> tuple[bool, Seen | None]:
         run = store.load_run(run_id=run_id)
-        return (run is not None and run.status in STOPPED), run
+        if run is None:
+            return False, None
+        if run.status is RunStatus.DONE:
+            return True, run
+        if run.status is RunStatus.WAITING:
+            return not _continued(run), run
+        held = held_run(run) if run.status is RunStatus.RUNNING else None
+        return (True, held) if held is not None else (False, run)
 
     return probe
+
+
+def _continued(run: RunRecord) -> bool:
+    """Whether a dispatch queued (or claimed, not started yet) will continue this waiting run."""
+    pending = [DispatchStatus.QUEUED, DispatchStatus.CLAIMED]
+    return any(d.run_id == run.run_id for d in mailbox.list_dispatches(run.thread_id, pending))
+
+
+def held_run(run: RunRecord) -> HeldRun | None:
+    """The run as held live for decisions when its newest events are open approval requests whose hold
+    has not run out (an agent holding its claim for a decision emits nothing else); None otherwise, and
+    when the stream cannot be read (the wait then goes by PostgreSQL alone)."""
+    try:
+        newest = events.newest_events(run.run_id, HELD_SCAN)
+    except Exception:  # Redis is not the truth: without it a held run answers when it ends
+        log.warning("run %s: its stream cannot be read; a live hold is not seen", run.run_id, exc_info=True)
+        return None
+    if not newest or not _asks(newest[0]):
+        return None
+    requests: list[dict[str, Any]] = []
+    live_until = 0
+    for event in newest:
+        if event.type == TOOL_CALL_START:
+            continue  # the request's own start, between the requests of several calls
+        if not _asks(event):
+            break
+        requests.append(event.data)
+        live_until = max(live_until, events.position(event.id)[0] + int(event.data.get("hold_ms") or 0))
+    if live_until <= now_ms():  # no hold, or it ran out: the run is ending `waiting`
+        return None
+    return HeldRun(run, requests[::-1], live_until)
 
 
 # --- views ------------------------------------------------------------------------------------------
@@ -261,9 +368,11 @@ class RunJoinView(EdgeCheckedView):
     def get(self, request: Request, run_id: str) -> Response:
         run = run_or_404(request, run_id)
         timeout_s = _timeout_param(request)
-        if run.status in STOPPED:
-            return Response(s.run_json(run))
-        return PendingWait(run, probe=run_probe(run_id), timeout_s=timeout_s, extra={})
+        probe = run_probe(run_id)
+        over, seen = probe()
+        if over and seen is not None:
+            return Response(answer_json(seen))
+        return PendingWait(run, probe=probe, timeout_s=timeout_s, extra={})
 
 
 def _timeout_param(request: Request) -> float:

@@ -59,12 +59,15 @@ SUBMIT_RESPONSES: dict[int | tuple[int, str], Any] = {
 
 
 def submit_json(result: SubmitResult) -> dict[str, Any]:
-    return {
+    body = {
         "dispatch_id": result.dispatch_id,
         "run_id": result.run_id,
         "thread_id": result.thread_id,
         "status": result.status.value,
     }
+    if result.delivered is not None:  # live input (mode live_then_queue / steer): where it went
+        body["delivered"] = result.delivered.value
+    return body
 
 
 def _inputs_json(result: SubmitResult) -> dict[str, Any]:

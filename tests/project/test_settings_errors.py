@@ -78,6 +78,10 @@ BAD: dict[str, str] = {
     "AWAKEN_API_MAX_BODY_BYTES": "100",
     "AWAKEN_ADMIN_LOGIN_MAX_FAILURES": "0",
     "AWAKEN_ADMIN_LOGIN_LOCKOUT_S": "0",
+    "OTEL_TRACES_EXPORTER": "jaeger",
+    "OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4318",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "grpc://collector:4317",
+    "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
     # the apps' own models (mailbox_app/contract/config.py) report through the same lines
     "AWAKEN_MAILBOX_LEASE_MS": "long",
     "AWAKEN_FAIRNESS": "fifo",
@@ -85,7 +89,7 @@ BAD: dict[str, str] = {
 }
 FREE_TEXT = {
     "SECRET_KEY", "STATIC_ROOT", "AWAKEN_FAULT_POINT", "AWAKEN_WEBHOOK_SECRET", "AWAKEN_METRICS_TOKEN",
-    "AWAKEN_METRICS_DIR",
+    "AWAKEN_METRICS_DIR", "OTEL_SERVICE_NAME",
 }  # fmt: skip
 # the issue's examples (#21 item 5), through `manage.py check` in a fresh process
 OBSERVED = [

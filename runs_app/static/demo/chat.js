@@ -1,8 +1,10 @@
 // The /demo/ page's client. Each message is a foreground run on this page's thread; its answer is read
 // as the AI SDK UI message stream (`?protocol=ai-sdk`: SSE frames whose `data:` is one JSON chunk) with
 // fetch's body reader, no library. A message sent while a run streams is steering for that run. A tool
-// call waiting for a decision gets Approve / Deny buttons; the decision's continuation, and a stream
-// that drops before its finish, are read from GET runs/{id}/events with the last SSE id seen.
+// call waiting for a decision gets Approve / Deny buttons as soon as the run asks (the run may hold its
+// claim meanwhile, AWAKEN_LIVE_SUSPEND_HOLD_MS, to take the decision live: its stream then simply goes
+// on); the decision's continuation after the run ended waiting, and a stream that drops before its
+// finish, are read from GET runs/{id}/events with the last SSE id seen. A run at work shows a spinner.
 (() => {
   "use strict";
   const form = document.getElementById("chat");
@@ -58,13 +60,26 @@
       this.texts = new Map();
       this.tools = new Map();
       this.finished = false;
+      this.status = null;
+      this.reading = null; // the read of the stream open now (a promise), if any
+      this.spinner = document.createElement("span");
+      this.spinner.className = "spinner";
+      this.spinner.setAttribute("aria-label", "working");
+      this.working(true);
+    }
+
+    /** The spinner at the end of the bubble while the run works (not while it waits for the user). */
+    working(on) {
+      if (on) this.li.appendChild(this.spinner);
+      else this.spinner.remove();
+      this.li.classList.toggle("working", on);
     }
 
     span(className, text) {
       const el = document.createElement("span");
       el.className = className;
       el.textContent = text;
-      this.li.appendChild(el);
+      this.li.insertBefore(el, this.spinner.parentNode === this.li ? this.spinner : null);
       return el;
     }
 
@@ -88,6 +103,8 @@
           break;
         case "tool-approval-request":
           this.askDecision(chunk.toolCallId);
+          this.working(false);
+          say(`run ${this.runId} waits for your decision`);
           break;
         case "tool-output-available":
           this.toolSays(chunk.toolCallId, ` → ${JSON.stringify(chunk.output)}`);
@@ -113,6 +130,7 @@
           break;
         case "finish":
           this.finished = true;
+          this.working(false);
           if (active === this) active = null; // the next message is a new run, not steering
           this.status = chunk.messageMetadata && chunk.messageMetadata.status;
           say(`run ${this.runId}: ${this.status}`);
@@ -142,20 +160,39 @@
 
     async decide(toolCallId, action) {
       this.tools.get(toolCallId).querySelectorAll("button").forEach((b) => (b.disabled = true));
+      this.working(true);
       const response = await fetch(`/api/v1/runs/${this.runId}/decision`, {
         method: "POST",
         headers: headers(),
         body: JSON.stringify({ tool_call_id: toolCallId, action, payload: { approved: action === "resume" } }),
         credentials: "same-origin",
       });
-      if (!response.ok) return say(`decision refused: ${await problem(response)}`);
-      this.finished = false;
-      await follow(this);
+      if (!response.ok) {
+        this.working(false);
+        return say(`decision refused: ${await problem(response)}`);
+      }
+      say(`decision sent to run ${this.runId}`);
+      // A run still holding its claim took the decision live: the stream open now carries on with it.
+      // A run that ended waiting resumes from the queue: its continuation follows its waiting finish.
+      if (this.reading) await this.reading;
+      if (this.status !== "done") {
+        this.finished = false;
+        await follow(this);
+      }
     }
   }
 
   /** Reads an SSE body into `view`; returns when the server ends the body. */
   async function read(response, view) {
+    view.reading = readBody(response, view);
+    try {
+      await view.reading;
+    } finally {
+      view.reading = null;
+    }
+  }
+
+  async function readBody(response, view) {
     const reader = response.body.getReader();
     const decoder = new TextDecoder();
     let buffer = "";
@@ -195,6 +232,7 @@
       }
     } finally {
       if (active === view) active = null;
+      if (!view.finished) view.working(false); // the stream gave up before the run's finish
     }
   }
 
@@ -209,6 +247,7 @@
         credentials: "same-origin",
       });
       if (!response.ok) {
+        view.working(false);
         view.li.classList.add("error");
         view.li.textContent = await problem(response);
         return;
@@ -228,7 +267,10 @@
       body: JSON.stringify({ mode: "live_then_queue", messages: [{ role: "user", content: text }] }),
       credentials: "same-origin",
     });
-    say(response.ok ? "sent as steering for the running run" : `steering refused: ${await problem(response)}`);
+    if (!response.ok) return say(`steering refused: ${await problem(response)}`);
+    const body = await response.json();
+    // `delivered` says whether the running run took the message or it was queued as a run of its own
+    say(body.delivered === "live" ? "steered into the running run" : "queued: the next run answers it");
   }
 
   form.addEventListener("submit", (event) => {

@@ -56,6 +56,7 @@ STATEMENTS: dict[Transition, tuple[str, ...]] = {
     store.DEAD_LETTERING: (conformance.DEAD_LETTER,),
     store.SETTLING: (fenced.SETTLE, ATTEMPT_FUNCTIONS),
     store.RECLAIMING: (upkeep.LOCK_EXPIRED + upkeep.RECLAIM,),  # the rows LOCK_EXPIRED locked
+    store.HANDING_BACK: (fenced.HAND_BACK,),
     store.SUPERSEDING_CLAIMED: (fenced.SUPERSEDE,),
     store.SUPERSEDING: (fenced.SUPERSEDE,),
     store.REQUEUEING_DEAD_LETTER: (upkeep.REQUEUE_DEAD_LETTERS,),

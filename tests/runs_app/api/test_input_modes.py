@@ -111,6 +111,7 @@ def test_run_inputs_live_then_queue_on_a_running_run_steer_it(client: APIClient)
         "thread_id": "t-in-s",
         "status": "inputs_accepted",
         "run_status": "running",
+        "delivered": "live",
     }
     assert _status(first, RunStatus.DONE).final_output == "slept 1 | steered: go faster"
 
