@@ -122,11 +122,14 @@ class Listener:
         self._thread.start()
 
     def _loop(self) -> None:
+        warned = False  # once an outage: a stopped Redis must not fill the log on every retry
         while True:
             try:
                 self._listen()
-            except Exception:
-                log.warning("live-command listener lost its connection; subscribing again", exc_info=True)
+            except Exception as exc:  # noqa: BLE001 - any failure: subscribe again
+                if self._subscribed.is_set() or not warned:  # a connection that worked, or the first try
+                    log.warning("live-command listener lost its connection (%s); subscribing again", exc)
+                warned = True
             self._subscribed.clear()
             time.sleep(RECONNECT_S)
 

@@ -138,13 +138,9 @@ class RevocationListener:
             try:
                 self._listen(pid)
             except Exception:  # noqa: BLE001 - any failure: untrusted until subscribed again
-                if not warned:
+                if self._subscribed or not warned:  # a subscription that worked, or the first try
                     log.warning("token revocation channel lost; the token cache is off until it is back")
                 warned = True
-            else:
-                warned = False
-            if self._subscribed:
-                warned = False  # it was back in between: the next loss is news
             self._subscribed = False
             self._on_reset()
             time.sleep(RECONNECT_PAUSE_S)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from mailbox_app import store
+from mailbox_app.contract.config import ClaimPolicy
 from mailbox_app.contract.ids import now_ms
 from mailbox_app.contract.lifecycle import RunStatus
 from mailbox_app.contract.mailbox import DispatchStatus
@@ -59,6 +60,9 @@ def test_doorbell_retries_after_a_claim_error_then_runs(engine: Any) -> None:
 
 def test_doorbell_blocked_by_another_consumers_claim_retries_until_released(engine: Any, worker: Any) -> None:
     """seed: dispatch_signal_loop_nacks_when_signal_is_blocked_by_active_claim"""
+    # The remote claim stands for another consumer's live run: never "unstarted" here, however slow the
+    # machine (with the default 100 ms grace a loaded machine let the fair claim take it over).
+    engine.AWAKEN_CLAIM_POLICY = ClaimPolicy(unstarted_claim_grace_ms=600_000)
     thread_id = fresh_thread_id("thread-signal-blocked")
     active = enqueue_prepared(thread_id, "active")
     claimed = store.claim(thread_id, "remote-owner", 30_000, now_ms())
