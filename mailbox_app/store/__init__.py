@@ -14,6 +14,8 @@ with the statement it runs written out beside it, in the module named for what i
     upkeep.py      reclaim_expired_leases, requeue_dead_letters, purge_terminal, purge_orphaned_epochs,
                    claimable_thread_ids and threads_coming_due (what the sweep rings)
     reads.py       load_dispatch, list_dispatches, counts
+    pauses.py      pause, resume and the pauses holding a thread (every claim checks them)
+    inbox.py       a thread's debounce window (the services' inbox.py)
     conformance.py the reference's surface the system does not call (tests and benchmarks use it)
 
 Beside them: steps.py (the durable step journal of a run), ports.py (the run store the mailbox drives).
@@ -37,6 +39,7 @@ from mailbox_app.store.fenced import (
     try_settle,
     try_start,
 )
+from mailbox_app.store.pauses import pauses_holding
 from mailbox_app.store.queue import cancel, enqueue, interrupt_detailed, make_available, thread_busy
 from mailbox_app.store.reads import (
     count_by_status,
@@ -104,6 +107,7 @@ __all__ = [
     "lock_dead_letters",
     "make_available",
     "nack",
+    "pauses_holding",
     "purge_orphaned_epochs",
     "purge_terminal",
     "queued_thread_ids",
