@@ -72,7 +72,9 @@ def deliver(request: RunRequest, policy: InboxPolicy, *, owner_id: int | None = 
     owner_key = "" if owner_id is None else str(owner_id)
     with transaction.atomic():
         now = now_ms()
-        # the thread's row lock first (as every submit): the log's order is the messages' arrival order
+        # the thread (created with its owner) and its row lock first, as every submit: the log's order is
+        # the messages' arrival order
+        run_store().ensure_thread(thread_id=thread_id, owner_id=owner_id, now=now)
         run_store().append_messages(thread_id=thread_id, messages=messages, now=now)
         _check_owner(thread_id, owner_id)
         state = windows.lock_inbox(thread_id, owner_key)
@@ -92,7 +94,7 @@ def _check_owner(thread_id: str, owner_id: int | None) -> None:
     if owner_id is None:
         return
     thread = run_store().load_thread(thread_id=thread_id)
-    if thread is None or thread.owner_id != owner_id:  # (a thread the append just created has no owner)
+    if thread is None or thread.owner_id != owner_id:
         raise NotFound(f"thread {thread_id} not found")
 
 

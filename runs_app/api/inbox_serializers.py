@@ -63,6 +63,9 @@ class InboxPolicyField(InboxPolicyIn):
     def to_internal_value(self, data: Any) -> Any:
         if not isinstance(data, dict):
             raise serializers.ValidationError("must be a JSON object or null")
+        unknown = sorted(set(data) - set(self.fields))
+        if unknown:
+            raise serializers.ValidationError(f"unknown field(s): {', '.join(unknown)}")
         return super().to_internal_value(data)
 
 
@@ -72,11 +75,22 @@ class InboxPolicyOut(serializers.Serializer[dict[str, Any]]):
     while_running = serializers.ChoiceField(choices=WHILE_RUNNING)
 
 
+class ReasonField(serializers.CharField):
+    """A string, never a number turned into one."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            raise serializers.ValidationError("must be a string")
+        return str(super().to_internal_value(data))
+
+
 class PauseIn(serializers.Serializer[dict[str, Any]]):
     interrupt = serializers.BooleanField(
         required=False, default=False, help_text="also stop the thread's active run (what is queued stays)"
     )
-    reason = serializers.CharField(required=False, default="", allow_blank=True, max_length=REASON_MAX)
+    reason = ReasonField(
+        required=False, default="", allow_blank=True, max_length=REASON_MAX, help_text="shown with the pause"
+    )
 
 
 class PauseOut(serializers.Serializer[dict[str, Any]]):
