@@ -130,5 +130,5 @@ SchedulePageOut = page_out("SchedulePageOut", ScheduleOut(many=True), "A page of
 
 
 class ScheduleDeletedOut(serializers.Serializer[dict[str, Any]]):
-    status = serializers.ChoiceField(choices=["deleted"])
+    status = serializers.CharField(help_text='always "deleted"')
     schedule_id = serializers.CharField()
