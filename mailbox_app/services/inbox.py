@@ -173,9 +173,10 @@ def _coalesce(
         now=now,
     )
     starts_at = policy.start_at(opened_at=window.opened_at, now=now)
-    moved = windows.extend_window(
-        window, request=extended.model_dump(mode="json"), available_at=starts_at, count=len(messages), now=now
+    moved = store.extend_queued(
+        dispatch.dispatch_id, request=extended.model_dump(mode="json"), available_at=starts_at, now=now
     )
+    windows.touch_window(window, count=len(messages), now=now)
     doorbells.ring_at(moved.thread_id, moved.dispatch_id, moved.available_at)
     return InboxResult(
         InboxOutcome.COALESCED,

@@ -8,7 +8,7 @@ project is made by a statement of this package, declared as a `Transition` (tran
 This module is the surface the services and the worker call (`store.claim(...)`); each operation lives,
 with the statement it runs written out beside it, in the module named for what it does:
 
-    queue.py       enqueue, cancel, interrupt_detailed, thread_busy, make_available
+    queue.py       enqueue, cancel, interrupt_detailed, thread_busy, make_available, extend_queued
     claims.py      claim, claim_dispatch, claim_next_fair, blocking_limit
     fenced.py      try_start, try_settle, nack, extend_lease, explain_lost, supersede
     upkeep.py      reclaim_expired_leases, requeue_dead_letters, purge_terminal, purge_orphaned_epochs,
@@ -40,7 +40,14 @@ from mailbox_app.store.fenced import (
     try_start,
 )
 from mailbox_app.store.pauses import pauses_holding
-from mailbox_app.store.queue import cancel, enqueue, interrupt_detailed, make_available, thread_busy
+from mailbox_app.store.queue import (
+    cancel,
+    enqueue,
+    extend_queued,
+    interrupt_detailed,
+    make_available,
+    thread_busy,
+)
 from mailbox_app.store.reads import (
     count_by_status,
     count_thread_dispatches,
@@ -101,6 +108,7 @@ __all__ = [
     "explain_lost",
     "extend_lease",
     "extend_leases",
+    "extend_queued",
     "interrupt_detailed",
     "list_dispatches",
     "load_dispatch",

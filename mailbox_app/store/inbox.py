@@ -10,9 +10,7 @@ the dispatch with the message in its input."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from typing import Any
 
 from django.db import connection
 
@@ -95,35 +93,24 @@ def open_window(thread_id: str, dispatch_id: str, *, count: int, now: int) -> No
         cursor.execute(OPEN, {"thread_id": thread_id, "dispatch_id": dispatch_id, "now": now, "count": count})
 
 
-# A message joins the window: the dispatch's input (its request snapshot, input ids in arrival order)
-# and its start time, and the window's count — one statement, on the row OPEN_WINDOW locked.
-EXTEND = """
-WITH w AS (
-    UPDATE mailbox_inbox_window
-       SET last_message_at = %(now)s, messages = messages + %(count)s
-     WHERE thread_id = %(thread_id)s AND dispatch_id = %(dispatch_id)s
-)
-UPDATE mailbox_dispatch d
-   SET request = %(request)s::jsonb, available_at = %(available_at)s, updated_at = %(now)s
- WHERE d.dispatch_id = %(dispatch_id)s AND d.status = 'queued'
-RETURNING d.*
+# A message joins the window: its count and the time of its last message (the dispatch's input and
+# start are queue.py's `extend_queued`, in the same transaction).
+TOUCH = """
+UPDATE mailbox_inbox_window
+   SET last_message_at = %(now)s, messages = messages + %(count)s
+ WHERE thread_id = %(thread_id)s AND dispatch_id = %(dispatch_id)s
 """
 
 
-def extend_window(
-    window: Window, *, request: dict[str, Any], available_at: int, count: int, now: int
-) -> DispatchRecord:
-    params = {
+def touch_window(window: Window, *, count: int, now: int) -> None:
+    params: dict[str, str | int] = {
         "thread_id": window.dispatch.thread_id,
         "dispatch_id": window.dispatch.dispatch_id,
-        "request": json.dumps(request),
-        "available_at": available_at,
         "count": count,
         "now": now,
     }
-    extended = fetch_one(EXTEND, params)
-    assert extended is not None  # locked by OPEN_WINDOW in this transaction, still queued
-    return extended
+    with connection.cursor() as cursor:
+        cursor.execute(TOUCH, params)
 
 
 # Windows whose dispatch was claimed, ended or purged: nothing coalesces into them any more.

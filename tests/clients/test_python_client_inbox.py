@@ -10,14 +10,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from awaken_client import ApiError, AsyncClient, Client
+from awaken_client import ApiError, AsyncClient, Client, InboxPolicy
 from django.contrib.auth import get_user_model
 from rest_framework.authtoken.models import Token
 
 from tests.support.servers import WebServer, asgi_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-SLOW = {"debounce_ms": 60_000, "max_wait_ms": 120_000}
+SLOW: InboxPolicy = {"debounce_ms": 60_000, "max_wait_ms": 120_000}
 
 
 @pytest.fixture(scope="module")
