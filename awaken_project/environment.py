@@ -32,6 +32,7 @@ from mailbox_app.contract.config import (
     Network,
     parse_networks,
 )
+from mailbox_app.contract.inbox import InboxPolicy
 from mailbox_app.webhooks.targets import WebhookTargetError, parse_target
 
 # Published keys (this module's development key, .env.example's placeholder): refused with DEBUG off.
@@ -145,6 +146,16 @@ class Environment(BaseSettings):
     AWAKEN_AUTH_CACHE_TTL_MS: int = _ms(0, 60_000, "milliseconds; 0: no cache")
     AWAKEN_AUTH_CACHE_MAX_ENTRIES: int = _ms(1, 10_000, "tokens")
     AWAKEN_DOORBELL_MAX_COUNTDOWN_MS: int = _ms(1, 300_000)
+    AWAKEN_INBOX_DEFAULT: Annotated[Json[InboxPolicy], NoDecode] | None = Field(
+        default=None,
+        description=(
+            'a JSON object {"debounce_ms": n, "max_wait_ms": n, "while_running": "steer|queue|interrupt"}'
+        ),
+    )
+    AWAKEN_INBOX_AGENT_DEFAULTS: Annotated[Json[dict[str, InboxPolicy]], NoDecode] = Field(
+        default_factory=dict,
+        description='a JSON object {"agent_id": {"debounce_ms": n, ...}} (each as AWAKEN_INBOX_DEFAULT)',
+    )
     AWAKEN_WEB_MAX_CONCURRENT_VIEWS: int = _ms(1, 16, "requests")
     AWAKEN_IDEMPOTENCY_TTL_MS: int = _ms(1, 86_400_000)
     AWAKEN_THREAD_TTL_MS: int = _ms(0, 0, "milliseconds; 0: never")

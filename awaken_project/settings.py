@@ -212,6 +212,9 @@ AWAKEN_STARTUP_RECOVERY_MAX_ATTEMPTS = _ENV.AWAKEN_STARTUP_RECOVERY_MAX_ATTEMPTS
 AWAKEN_STARTUP_RECOVERY_RETRY_DELAY_MS = _ENV.AWAKEN_STARTUP_RECOVERY_RETRY_DELAY_MS
 # Test hook: make a worker os._exit at a named step (after_claim, mid_run, after_result).
 AWAKEN_FAULT_POINT = _ENV.AWAKEN_FAULT_POINT
+# The inbox policy of a thread that sets none (docs/inbox.md): its agent's, else the project's (None: none).
+AWAKEN_INBOX_AGENT_DEFAULTS = dict(_ENV.AWAKEN_INBOX_AGENT_DEFAULTS)
+AWAKEN_INBOX_DEFAULT = _ENV.AWAKEN_INBOX_DEFAULT
 
 # --- webhooks (mailbox_app/webhooks/outbox.py) --------------------------------------------------------------
 # Called for every run without a per-submit `webhook`; empty: none.

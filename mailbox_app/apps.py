@@ -27,6 +27,7 @@ class MailboxAppConfig(AppConfig):
     def ready(self) -> None:
         from mailbox_app.agents import registry as agents  # noqa: F401 - registers the system check
         from mailbox_app.realtime import live
+        from mailbox_app.services import inbox
         from mailbox_app.services.maintenance import gc_ran, recover_with_retry
         from mailbox_app.services.schedule import sync_periodic_tasks
         from mailbox_app.store import install, ports
@@ -48,3 +49,5 @@ class MailboxAppConfig(AppConfig):
         worker_ready.connect(_recover_on_worker_ready, weak=False, dispatch_uid="mailbox_recover")
         # the mailbox GC purges delivered webhook outbox rows too (bounded per tick)
         gc_ran.connect(purge_on_gc, weak=False, dispatch_uid="mailbox_purge_webhook_outbox")
+        # and the debounce windows whose dispatch was claimed or ended (docs/inbox.md)
+        gc_ran.connect(inbox.purge_on_gc, weak=False, dispatch_uid="mailbox_purge_inbox_windows")

@@ -27,6 +27,7 @@ from mailbox_app.contract.config import (
     Network,
     parse_networks,
 )
+from mailbox_app.contract.inbox import InboxPolicy
 
 PREFIX = "AWAKEN_"
 T = TypeVar("T")
@@ -130,6 +131,10 @@ class AwakenSettings:
     # the longest Celery countdown a doorbell is sent with; a later ring is left to the sweep
     # (mailbox_app/realtime/doorbells.py); keep it under half the broker's visibility timeout
     DOORBELL_MAX_COUNTDOWN_MS: Setting[int] = Setting(300_000)
+    # the inbox policy of a thread that sets none (docs/inbox.md): each agent's default by agent id, else
+    # the project's (None: a thread without a policy of its own has none)
+    INBOX_AGENT_DEFAULTS: Setting[dict[str, InboxPolicy]] = Setting(factory=dict)
+    INBOX_DEFAULT: Setting[InboxPolicy | None] = Setting(factory=lambda: None)
 
     @classmethod
     def declared(cls) -> dict[str, Setting[Any]]:

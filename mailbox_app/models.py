@@ -6,6 +6,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from mailbox_app.contract.inbox import ScheduleIfBusy
 from mailbox_app.contract.mailbox import TERMINAL_STATUSES, DispatchStatus
 
 _TERMINAL = sorted(s.value for s in TERMINAL_STATUSES)
@@ -254,3 +255,107 @@ class FairGroup(models.Model):
 
     def __str__(self) -> str:
         return f"{self.owner_key or '(no owner)'} served at {self.served_at}"
+
+
+# --- the inbox: pauses, debounce windows, schedules (docs/inbox.md) ---------------------------------------
+
+_PAUSE_SCOPES = ["thread", "agent", "all"]
+
+
+class Pause(models.Model):
+    """A pause of one scope: a thread (`key` its id), an agent (`key` its id) or everything (`key` "").
+    While a row exists no claim takes a dispatch it covers: the claims check this table in their own
+    statement (mailbox_app/store/claims.sql, claims.py), so a pause survives every restart. Submits are
+    still accepted and queued; deleting the row (a resume) and ringing the threads lets them run."""
+
+    scope = models.CharField(max_length=8, choices=[(s, s) for s in _PAUSE_SCOPES])
+    key = models.CharField(max_length=128, default="", blank=True)
+    paused_by = models.CharField(max_length=255)
+    # an operator's pause (a command, the admin) is resumed by an operator only, never through the API
+    by_operator = models.BooleanField(default=False)
+    reason = models.TextField(default="", blank=True)
+    created_at = models.BigIntegerField()
+
+    class Meta:
+        db_table = "mailbox_pause"
+        ordering = ["created_at", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["scope", "key"], name="pause_scope_key_unique"),
+            models.CheckConstraint(condition=Q(scope__in=_PAUSE_SCOPES), name="pause_scope_valid"),
+            models.CheckConstraint(
+                condition=Q(scope="all", key="") | (~Q(scope="all") & ~Q(key="")), name="pause_key_iff_scoped"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"paused {self.scope}" + (f" {self.key}" if self.key else "")
+
+
+class InboxWindow(models.Model):
+    """The thread's open debounce window: the queued dispatch the next message coalesces into, while no
+    claim has taken it (mailbox_app/store/inbox.py). One row per thread, replaced when a window opens;
+    a row whose dispatch was claimed or ended is closed (the GC removes it)."""
+
+    thread_id = models.CharField(max_length=128, primary_key=True)
+    dispatch_id = models.CharField(max_length=64)
+    opened_at = models.BigIntegerField()
+    last_message_at = models.BigIntegerField()
+    messages = models.IntegerField(default=0)
+
+    class Meta:
+        db_table = "mailbox_inbox_window"
+
+    def __str__(self) -> str:
+        return f"{self.thread_id} -> {self.dispatch_id}"
+
+
+class Schedule(models.Model):
+    """A thread's schedule (mailbox_app/services/schedules.py): django-celery-beat's `PeriodicTask` fires
+    `mailbox.fire_schedule`, which submits a background run on the thread as its owner. `next_run_at` is
+    the slot the next firing takes (each slot is fired at most once, in the transaction of its submit);
+    times are Unix ms."""
+
+    schedule_id = models.CharField(max_length=64, primary_key=True)
+    thread_id = models.CharField(max_length=128, db_index=True)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    # deleting the beat row (in django-celery-beat's admin) deletes the schedule
+    periodic_task = models.OneToOneField(
+        "django_celery_beat.PeriodicTask", on_delete=models.CASCADE, related_name="+"
+    )
+    cron = models.CharField(max_length=255, null=True, blank=True)
+    timezone = models.CharField(max_length=64, default="UTC")
+    interval_s = models.IntegerField(null=True, blank=True)
+    messages = models.JSONField()
+    metadata = models.JSONField(default=dict, blank=True)
+    agent_id = models.CharField(max_length=128, null=True, blank=True)
+    if_busy = models.CharField(
+        max_length=8, choices=[(v.value, v.value) for v in ScheduleIfBusy], default=ScheduleIfBusy.SKIP.value
+    )
+    enabled = models.BooleanField(default=True)
+    anchor_at = models.BigIntegerField()  # an interval's slots are anchor_at + k * interval
+    next_run_at = models.BigIntegerField()
+    last_fired_at = models.BigIntegerField(null=True, blank=True)  # the slot of the last firing
+    last_outcome = models.CharField(max_length=32, default="", blank=True)
+    last_dispatch_id = models.CharField(max_length=64, null=True, blank=True)
+    last_run_id = models.CharField(max_length=64, null=True, blank=True)
+    firings = models.IntegerField(default=0)
+    created_at = models.BigIntegerField()
+    updated_at = models.BigIntegerField()
+
+    class Meta:
+        db_table = "mailbox_schedule"
+        ordering = ["created_at", "schedule_id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=(
+                    Q(cron__isnull=False, interval_s__isnull=True) | Q(cron__isnull=True, interval_s__gte=1)
+                ),
+                name="schedule_cron_xor_interval",
+            ),
+            models.CheckConstraint(
+                condition=Q(if_busy__in=[v.value for v in ScheduleIfBusy]), name="schedule_if_busy_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.schedule_id} on {self.thread_id}"

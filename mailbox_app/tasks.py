@@ -10,7 +10,7 @@ from mailbox_app import store
 from mailbox_app.contract.mailbox import DispatchRecord, DispatchStatus
 from mailbox_app.observability import metrics
 from mailbox_app.realtime import doorbells
-from mailbox_app.services import maintenance
+from mailbox_app.services import maintenance, schedules
 from mailbox_app.webhooks import delivery, outbox
 from mailbox_app.worker import dispatch_signals
 from mailbox_app.worker.execution import drain_thread
@@ -79,3 +79,9 @@ def deliver_webhook(delivery_id: str) -> str:
 def redrive_webhooks() -> int:
     """The beat's safety net: ring every due webhook delivery nobody holds."""
     return delivery.redrive()
+
+
+@shared_task(name=schedules.FIRE_TASK, ignore_result=True)
+def fire_schedule(schedule_id: str) -> str:
+    """Beat's firing of a thread's schedule (its PeriodicTask's kwargs): at most one run per slot."""
+    return schedules.fire(schedule_id).outcome.value

@@ -23,6 +23,8 @@ class Thread(models.Model):
     parent_thread_id = models.CharField(max_length=128, null=True, blank=True)
     title = models.CharField(max_length=255, null=True, blank=True)
     metadata = models.JSONField(default=dict, blank=True)
+    # the thread's inbox policy (mailbox_app/contract/inbox.py InboxPolicy as JSON); null: the defaults
+    inbox = models.JSONField(null=True, blank=True)
     open_run_id = models.CharField(max_length=64, null=True, blank=True)
     active_run_id = models.CharField(max_length=64, null=True, blank=True)
     latest_run_id = models.CharField(max_length=64, null=True, blank=True)

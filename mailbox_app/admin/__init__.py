@@ -4,6 +4,8 @@ dispatches.py        the dispatch list and read-only form (dispatch_actions.py: 
 overview.py          the overview and why-blocked report (activity.py: its charts, drawn by charts.py)
 epochs.py            thread epochs, read-only
 webhooks.py          the webhook outbox (a confirmed retry of failed deliveries)
+pauses.py            what is paused (add a pause; a confirmed resume), docs/inbox.md
+schedules.py         thread schedules, read-only (their beat rows are django-celery-beat's)
 confirm.py           the confirmation page every state-moving action goes through
 display.py, links.py how times, waits, attempts and ids are shown; links between the two apps' pages
 """
@@ -12,9 +14,9 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from mailbox_app.admin import dispatches, epochs, webhooks
+from mailbox_app.admin import dispatches, epochs, pauses, schedules, webhooks
 
-__all__ = ["dispatches", "epochs", "webhooks"]
+__all__ = ["dispatches", "epochs", "pauses", "schedules", "webhooks"]
 
 # Link the overview from the admin index (a documented AdminSite hook; kept if a project set its own).
 if admin.site.index_template is None:

@@ -85,6 +85,8 @@ class ThreadRecord(BaseModel):
     parent_thread_id: str | None = None
     title: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+    # the thread's own inbox policy (mailbox_app/contract/inbox.py InboxPolicy as JSON); None: the defaults
+    inbox: dict[str, Any] | None = None
     open_run_id: str | None = None
     active_run_id: str | None = None
     latest_run_id: str | None = None

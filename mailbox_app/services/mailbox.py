@@ -43,6 +43,7 @@ from mailbox_app.store.ports import run_store
 from mailbox_app.store.runs_tables import decisions as decision_rows
 from mailbox_app.store.runs_tables.submit import (
     IdempotencyKey,
+    InboxDecides,
     InlineClaim,
     Replayed,
     SubmitParams,
@@ -163,8 +164,12 @@ def submit(
         claimed = store.claim_dispatch(
             dispatch.dispatch_id, consumer_id(), awaken_settings.MAILBOX.lease_ms, now
         )
-        if claimed is None and store.blocking_limit(dispatch.agent_key, store.thread_owner_key(thread_id)):
-            # a concurrency limit holds it: it waits its turn in the queue (a freed slot claims it)
+        if claimed is None and (
+            store.blocking_limit(dispatch.agent_key, store.thread_owner_key(thread_id))
+            or store.pauses_holding(thread_id, [dispatch.agent_key])
+        ):
+            # a concurrency limit holds it (a freed slot claims it), or a pause (its resume rings it): it
+            # waits its turn in the queue
             store.make_available(dispatch.dispatch_id, now)
             doorbells.ring_on_commit(thread_id, dispatch.dispatch_id)
             result = SubmitResult(dispatch.dispatch_id, run_id, thread_id, SubmitStatus.QUEUED)
@@ -236,10 +241,13 @@ def submit_fused(
     reject_if_busy: bool = False,
     webhook: str | None = None,
     idempotency: IdempotencyKey | None = None,
+    defer_to_inbox: bool = False,
 ) -> SubmitResult | Replayed:
     """`submit_background` in one round trip (mailbox_app/store/runs_tables/submit.sql): the webhook
     subscription and the idempotency key's answer are written by the same statement; a key answered
-    before is `Replayed` with nothing written. The doorbell rings once it returned (it has committed)."""
+    before is `Replayed` with nothing written. The doorbell rings once it returned (it has committed).
+    With `defer_to_inbox`, a thread with an inbox policy of its own raises `InboxDecides` (nothing
+    written): its inbox (mailbox_app/services/inbox.py) takes the messages instead."""
     request = normalize_mailbox_run_mode(request, background=True)
     thread_id, messages = validate_run_inputs(
         request.thread_id, request.messages, allow_empty=bool(request.decisions)
@@ -269,6 +277,7 @@ def submit_fused(
         now=now,
         webhook=webhook,
         idempotency=idempotency,
+        defer_to_inbox=defer_to_inbox,
     )
     with metrics.ENQUEUE.timed() as timer:
         try:
@@ -741,6 +750,7 @@ __all__ = [
     "Delivered",
     "DispatchTarget",
     "IdempotencyKey",
+    "InboxDecides",
     "InvalidInput",
     "MailboxError",
     "MultitaskStrategy",

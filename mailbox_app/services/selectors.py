@@ -15,12 +15,14 @@ from redis.exceptions import RedisError
 
 from mailbox_app import store
 from mailbox_app.contract.ids import now_ms
+from mailbox_app.contract.inbox import PauseRecord
 from mailbox_app.contract.lifecycle import RunStatus
 from mailbox_app.contract.mailbox import DISPATCH_COLUMNS, DispatchRecord, DispatchStatus, dispatch_from_row
 from mailbox_app.contract.storage import RunRecord
 from mailbox_app.contract.timefmt import format_duration_ms, format_utc_ms
 from mailbox_app.models import Dispatch, ThreadEpoch
 from mailbox_app.realtime.locks import ThreadLock
+from mailbox_app.store import inbox as windows
 from mailbox_app.store.ports import run_store
 
 BLOCK_REPORT_QUEUED_LIMIT = 200
@@ -154,6 +156,7 @@ class ThreadState(StrEnum):
     BACKOFF = "backoff"  # no claim; the next dispatch waits to retry after a failed attempt
     CLAIMABLE = "claimable"  # no claim and work is claimable now: a worker should take it
     STALE_ONLY = "stale_only"  # only stale-epoch queued rows: the next claim supersedes them
+    PAUSED = "paused"  # no claim; the next dispatch is held by a pause (docs/inbox.md)
 
     @property
     def label(self) -> str:
@@ -259,6 +262,7 @@ class ThreadBlockReport:
     execution_lock: ExecutionLock | None  # None when Redis could not be read
     reasons: tuple[str, ...]  # the explanation, one sentence each
     waiting: WaitingRun | None = None
+    pauses: tuple[PauseRecord, ...] = ()  # the pauses holding the thread's queued work, oldest first
 
     @property
     def next_claimable(self) -> QueuedEntry | None:
@@ -293,7 +297,15 @@ class ThreadBlockReport:
             return f"delayed until {format_utc_ms(first.available_at)} (the start time its submit asked for)"
         if self.state is ThreadState.BACKOFF and first is not None:
             return f"backoff: retry at {format_utc_ms(first.available_at)} after a failed attempt"
+        if self.state is ThreadState.PAUSED and self.pauses:
+            return _paused_phrase(self.pauses[0])
         return self.state.label
+
+
+def _paused_phrase(pause: PauseRecord) -> str:
+    """`paused by operator:alice since 2026-01-02 03:04:05 UTC (thread t-1: migration)`."""
+    why = f": {pause.reason}" if pause.reason else ""
+    return f"paused by {pause.paused_by} since {format_utc_ms(pause.since)} ({pause.label}{why})"
 
 
 def _holder(row: Dispatch, *, now: int, epoch: int) -> ClaimHolder:
@@ -453,7 +465,7 @@ def _reasons(report: ThreadBlockReport, exists: bool) -> tuple[str, ...]:
         extra = f" (and {more} more not listed)" if more > 0 else ""
         out.append(f"{len(live)} queued behind claimed dispatch {holder.dispatch_id}{extra}")
     out += [reason for q in queued if (reason := _queued_reason(q, epoch)) is not None]
-    if holder is None and any(q.claimable_now for q in live):
+    if holder is None and not report.pauses and any(q.claimable_now for q in live):
         out.append("nothing holds the thread and work is claimable now: a worker should claim it shortly")
     if lock is not None and lock.held and not lock.by_current_claim:
         out.append(
@@ -485,10 +497,12 @@ def thread_block_report(thread_id: str, now: int | None = None) -> ThreadBlockRe
     known, run = _open_run(thread_id)
     exists = known or epoch is not None or Dispatch.objects.filter(thread_id=thread_id).exists()
     waiting = _waiting(run)
+    agents = sorted({row.agent_key for row in queued_rows if row.dispatch_epoch >= (epoch or 0)})
+    pauses = tuple(store.pauses_holding(thread_id, agents)) if agents else ()
     report = ThreadBlockReport(
         thread_id=thread_id,
         now=stamp,
-        state=_state(holder, queued, waiting, exists),
+        state=_paused_state(_state(holder, queued, waiting, exists), pauses),
         current_epoch=epoch or 0,
         holder=holder,
         queued=queued,
@@ -496,9 +510,30 @@ def thread_block_report(thread_id: str, now: int | None = None) -> ThreadBlockRe
         execution_lock=_execution_lock(thread_id, claimed_row),
         reasons=(),
         waiting=waiting,
+        pauses=pauses,
     )
     reasons = _reasons(report, exists) + _limit_reason(holder, queued_rows, thread_id)
+    reasons += tuple(_paused_phrase(p) for p in pauses) + _window_reason(thread_id, stamp)
     return replace(report, reasons=reasons)
+
+
+def _paused_state(state: ThreadState, pauses: tuple[PauseRecord, ...]) -> ThreadState:
+    """A pause explains queued work that no claim holds (a claim in progress is not paused by it)."""
+    held = {ThreadState.CLAIMABLE, ThreadState.DELAYED, ThreadState.BACKOFF}
+    return ThreadState.PAUSED if pauses and state in held else state
+
+
+def _window_reason(thread_id: str, now: int) -> tuple[str, ...]:
+    """The thread's open debounce window (docs/inbox.md), if its dispatch is still queued."""
+    window = windows.window_of(thread_id)
+    if window is None:
+        return ()
+    dispatch = window.dispatch
+    starts = "now" if dispatch.available_at <= now else f"at {format_utc_ms(dispatch.available_at)}"
+    return (
+        f"{dispatch.dispatch_id}: coalescing {window.messages} message(s) since "
+        f"{format_utc_ms(window.opened_at)} (inbox debounce); it starts {starts}",
+    )
 
 
 def _limit_reason(holder: ClaimHolder | None, queued_rows: list[Dispatch], thread_id: str) -> tuple[str, ...]:

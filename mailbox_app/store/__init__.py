@@ -8,12 +8,14 @@ project is made by a statement of this package, declared as a `Transition` (tran
 This module is the surface the services and the worker call (`store.claim(...)`); each operation lives,
 with the statement it runs written out beside it, in the module named for what it does:
 
-    queue.py       enqueue, cancel, interrupt_detailed, thread_busy, make_available
+    queue.py       enqueue, cancel, interrupt_detailed, thread_busy, make_available, extend_queued
     claims.py      claim, claim_dispatch, claim_next_fair, blocking_limit
     fenced.py      try_start, try_settle, nack, hand_back, extend_lease, explain_lost, supersede
     upkeep.py      reclaim_expired_leases, requeue_dead_letters, purge_terminal, purge_orphaned_epochs,
                    claimable_thread_ids and threads_coming_due (what the sweep rings)
     reads.py       load_dispatch, list_dispatches, counts
+    pauses.py      pause, resume and the pauses holding a thread (every claim checks them)
+    inbox.py       a thread's debounce window (the services' inbox.py)
     conformance.py the reference's surface the system does not call (tests and benchmarks use it)
 
 Beside them: steps.py (the durable step journal of a run), ports.py (the run store the mailbox drives).
@@ -38,7 +40,15 @@ from mailbox_app.store.fenced import (
     try_settle,
     try_start,
 )
-from mailbox_app.store.queue import cancel, enqueue, interrupt_detailed, make_available, thread_busy
+from mailbox_app.store.pauses import pauses_holding
+from mailbox_app.store.queue import (
+    cancel,
+    enqueue,
+    extend_queued,
+    interrupt_detailed,
+    make_available,
+    thread_busy,
+)
 from mailbox_app.store.reads import (
     count_by_status,
     count_thread_dispatches,
@@ -101,6 +111,7 @@ __all__ = [
     "explain_lost",
     "extend_lease",
     "extend_leases",
+    "extend_queued",
     "hand_back",
     "interrupt_detailed",
     "list_dispatches",
@@ -108,6 +119,7 @@ __all__ = [
     "lock_dead_letters",
     "make_available",
     "nack",
+    "pauses_holding",
     "purge_orphaned_epochs",
     "purge_terminal",
     "queued_thread_ids",

@@ -10,6 +10,9 @@ which the fused submit and finish call too); with limits, the statements below. 
 the thread's epoch row, then the limit scopes' advisory locks in a fixed order. PostgreSQL enforces one
 claimed dispatch per thread (a partial unique index, the backstop): a claim under limits that loses a
 race surfaces as a unique violation, answered here as "nothing claimed".
+
+Every claim also checks the pauses (`mailbox_pause`, store/pauses.py) in its own condition, after taking
+their advisory lock in shared mode: a paused thread's or agent's head is not claimed.
 """
 
 from __future__ import annotations
@@ -71,6 +74,10 @@ UPDATE mailbox_dispatch d
    AND (%(owner_limit)s::int IS NULL
         OR (SELECT count(*) FROM mailbox_dispatch c JOIN mailbox_thread_epoch ce ON ce.thread_id = c.thread_id
              WHERE c.status = 'claimed' AND ce.owner_key = %(owner_key)s) < %(owner_limit)s::int)
+   -- a pause of the thread, of the agent or of everything holds it (mailbox_app/store/pauses.py)
+   AND NOT EXISTS (SELECT 1 FROM mailbox_pause p
+                    WHERE p.scope = 'all' OR (p.scope = 'thread' AND p.key = d.thread_id)
+                       OR (p.scope = 'agent' AND p.key = d.agent_key))
 RETURNING d.*
 """
 
@@ -134,13 +141,16 @@ def _lock_scopes(policy: ClaimPolicy, agent_key: str, owner_key: str) -> bool:
     return bool(scopes)
 
 
-# Before a limited claim: the thread's epoch row locked, and the owner and the agent of its head.
+# Before a limited claim: the thread's epoch row locked, and the owner and the agent of its head; and the
+# pauses' lock in shared mode (a pause takes it exclusively: the claim, a later statement, sees every
+# pause committed before it; mailbox_app/store/pauses.py).
 LOCK_THREAD_HEAD = """
 SELECT e.owner_key,
        (SELECT q.agent_key FROM mailbox_dispatch q
          WHERE q.thread_id = e.thread_id AND q.status = 'queued' AND q.dispatch_epoch >= e.current_epoch
            AND q.available_at <= %(now)s
-         ORDER BY q.priority, q.created_at, q.dispatch_id LIMIT 1)
+         ORDER BY q.priority, q.created_at, q.dispatch_id LIMIT 1),
+       pg_advisory_xact_lock_shared(hashtextextended('awaken-pause', 0))
   FROM mailbox_thread_epoch e WHERE e.thread_id = %(thread_id)s
  FOR UPDATE OF e
 """
@@ -150,7 +160,8 @@ SELECT e.owner_key,
        (SELECT q.agent_key FROM mailbox_dispatch q
          WHERE q.thread_id = e.thread_id AND q.status = 'queued' AND q.dispatch_epoch >= e.current_epoch
            AND q.available_at <= %(now)s
-         ORDER BY q.priority, q.created_at, q.dispatch_id LIMIT 1)
+         ORDER BY q.priority, q.created_at, q.dispatch_id LIMIT 1),
+       pg_advisory_xact_lock_shared(hashtextextended('awaken-pause', 0))
   FROM mailbox_thread_epoch e WHERE e.thread_id = %(thread_id)s
  FOR UPDATE OF e SKIP LOCKED
 """
@@ -176,7 +187,7 @@ def _claim_limited(
         row = cursor.fetchone()
     if row is None or row[1] is None:  # no epoch row, locked by someone else, or nothing eligible
         return None, frozenset()
-    owner_key, agent_key = row
+    owner_key, agent_key, _ = row
     scopes = frozenset(policy.lock_scopes(agent_key, owner_key))
     if within is not None and not scopes <= within:
         return None, frozenset()
@@ -197,8 +208,8 @@ SELECT * FROM mailbox_claim_fair(
 
 # The fair heads under limits: each thread's head (its next eligible queued row, or a claim a submit took
 # inline that no worker started within the grace), ordered by when its owner was last served, then
-# priority and age; threads executing a dispatch, and heads whose agent or owner is at its limit, are
-# skipped (re-checked under the scope locks when claimed).
+# priority and age; threads executing a dispatch, heads whose agent or owner is at its limit, and paused
+# heads are skipped (re-checked under the locks when claimed).
 FAIR_HEADS_WITHIN_LIMITS = """
 WITH heads AS (
     SELECT DISTINCT ON (u.thread_id) u.* FROM (
@@ -231,7 +242,12 @@ SELECT h.thread_id, h.dispatch_id, h.claim_token, h.agent_key, COALESCE(e.owner_
                 < (%(agent_limits)s::jsonb ->> h.agent_key)::int)
         AND (%(owner_limit)s::int IS NULL
              OR COALESCE((SELECT n FROM busy_owners o WHERE o.owner_key = COALESCE(e.owner_key, '')), 0)
-                < %(owner_limit)s::int))
+                < %(owner_limit)s::int)
+        -- a paused head is no candidate (its claim checks again); no pause: the table is read once
+        AND (NOT EXISTS (SELECT 1 FROM mailbox_pause)
+             OR NOT EXISTS (SELECT 1 FROM mailbox_pause p
+                             WHERE p.scope = 'all' OR (p.scope = 'thread' AND p.key = h.thread_id)
+                                OR (p.scope = 'agent' AND p.key = h.agent_key))))
  ORDER BY COALESCE(g.served_at, 0), h.priority, h.created_at, h.dispatch_id
  LIMIT %(limit)s
 """
@@ -318,8 +334,10 @@ def _spread(candidates: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
 
 # --- the inline claim of one dispatch ----------------------------------------------------------------
 
+# The thread's epoch row, and the pauses' lock in shared mode (as LOCK_THREAD_HEAD).
 LOCK_EPOCH_OF_DISPATCH = """
-SELECT current_epoch FROM mailbox_thread_epoch
+SELECT current_epoch, pg_advisory_xact_lock_shared(hashtextextended('awaken-pause', 0))
+  FROM mailbox_thread_epoch
  WHERE thread_id = (SELECT thread_id FROM mailbox_dispatch WHERE dispatch_id = %(dispatch_id)s)
  FOR UPDATE
 """
@@ -332,6 +350,10 @@ UPDATE mailbox_dispatch d
        lease_until = %(lease_until)s, updated_at = %(now)s
  WHERE d.dispatch_id = %(dispatch_id)s AND d.status = 'queued'
    AND NOT EXISTS (SELECT 1 FROM mailbox_dispatch c WHERE c.thread_id = d.thread_id AND c.status = 'claimed')
+   -- a pause of the thread, of the agent or of everything holds it (mailbox_app/store/pauses.py)
+   AND NOT EXISTS (SELECT 1 FROM mailbox_pause p
+                    WHERE p.scope = 'all' OR (p.scope = 'thread' AND p.key = d.thread_id)
+                       OR (p.scope = 'agent' AND p.key = d.agent_key))
 RETURNING d.*
 """
 
@@ -351,6 +373,10 @@ UPDATE mailbox_dispatch d
    AND (%(owner_limit)s::int IS NULL
         OR (SELECT count(*) FROM mailbox_dispatch c JOIN mailbox_thread_epoch ce ON ce.thread_id = c.thread_id
              WHERE c.status = 'claimed' AND ce.owner_key = %(owner_key)s) < %(owner_limit)s::int)
+   -- a pause of the thread, of the agent or of everything holds it (mailbox_app/store/pauses.py)
+   AND NOT EXISTS (SELECT 1 FROM mailbox_pause p
+                    WHERE p.scope = 'all' OR (p.scope = 'thread' AND p.key = d.thread_id)
+                       OR (p.scope = 'agent' AND p.key = d.agent_key))
 RETURNING d.*
 """
 

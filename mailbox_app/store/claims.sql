@@ -11,7 +11,8 @@
 
 -- The reference's `claim` of a thread's next eligible dispatch (spec §3.2): stale-epoch queued rows
 -- superseded first (skipped on a never-interrupted thread, so the cost does not grow with the backlog),
--- then the head by (priority, created_at, dispatch_id), available at `p_now`, in the current epoch.
+-- then the head by (priority, created_at, dispatch_id), available at `p_now`, in the current epoch,
+-- unless a pause holds it (its thread, its agent or everything: mailbox_pause).
 -- With `p_skip_locked` a thread whose epoch row another transaction holds is skipped, never waited for.
 CREATE OR REPLACE FUNCTION mailbox_claim_thread(
     p_thread_id varchar, p_token varchar, p_consumer varchar, p_lease_until bigint, p_now bigint,
@@ -29,6 +30,9 @@ BEGIN
     IF NOT FOUND THEN
         RETURN;
     END IF;
+    -- Pauses (mailbox_pause, mailbox_app/store/pauses.py): a pause takes this lock exclusively before it
+    -- inserts its row, so once it is held here the claim below sees every pause committed before.
+    PERFORM pg_advisory_xact_lock_shared(hashtextextended('awaken-pause', 0));
     IF v_epoch > 0 THEN
         UPDATE mailbox_dispatch
            SET status = 'superseded', dispatch_epoch = v_epoch, completed_at = p_now, updated_at = p_now,
@@ -49,6 +53,10 @@ BEGIN
             ORDER BY q.priority, q.created_at, q.dispatch_id
             LIMIT 1
               FOR UPDATE SKIP LOCKED)
+       -- the head waits while a pause of its thread, of its agent or of everything exists
+       AND NOT EXISTS (SELECT 1 FROM mailbox_pause p
+                        WHERE p.scope = 'all' OR (p.scope = 'thread' AND p.key = d.thread_id)
+                           OR (p.scope = 'agent' AND p.key = d.agent_key))
     RETURNING d.*;
 END
 $$;
@@ -57,9 +65,9 @@ $$;
 -- reference's worker drains its own thread, `dispatch_next_claim`, which AWAKEN_FAIRNESS=off gives
 -- back): each thread's head — its next eligible queued row, or a claim a submit took inline that no
 -- worker started since `p_unstarted_before` — ordered by when its owner was last served, then priority
--- and age; threads executing a dispatch are skipped. The first owner's candidates are tried in random
--- order (workers finishing at the same moment read the same list and would otherwise all race for its
--- first thread), then the rest in fair order. A stuck inline claim is taken over with a new token (the
+-- and age; threads executing a dispatch, and paused heads, are skipped. The first owner's candidates
+-- are tried in random order (workers finishing at the same moment read the same list and would
+-- otherwise all race for its first thread), then the rest in fair order. A stuck inline claim is taken over with a new token (the
 -- late hand-over finds its fence gone); a thread whose epoch row or head row another transaction holds
 -- is skipped, never waited for. At most `p_limit` candidates are tried; the first claim wins.
 CREATE OR REPLACE FUNCTION mailbox_claim_fair(
@@ -73,10 +81,10 @@ BEGIN
     FOR v_head IN
         WITH heads AS (
             SELECT DISTINCT ON (u.thread_id) u.* FROM (
-                SELECT q.thread_id, q.dispatch_id, q.priority, q.created_at, q.claim_token
+                SELECT q.thread_id, q.dispatch_id, q.priority, q.created_at, q.claim_token, q.agent_key
                   FROM mailbox_dispatch q WHERE q.status = 'queued' AND q.available_at <= p_now
                 UNION ALL
-                SELECT q.thread_id, q.dispatch_id, q.priority, q.created_at, q.claim_token
+                SELECT q.thread_id, q.dispatch_id, q.priority, q.created_at, q.claim_token, q.agent_key
                   FROM mailbox_dispatch q
                  WHERE q.status = 'claimed' AND q.dispatch_instance_id IS NULL
                    AND q.updated_at <= p_unstarted_before
@@ -87,9 +95,15 @@ BEGIN
               FROM heads h
               LEFT JOIN mailbox_thread_epoch e ON e.thread_id = h.thread_id
               LEFT JOIN mailbox_fair_group g ON g.owner_key = COALESCE(e.owner_key, '')
-             WHERE h.claim_token IS NOT NULL
-                OR NOT EXISTS (SELECT 1 FROM mailbox_dispatch c
-                                WHERE c.thread_id = h.thread_id AND c.status = 'claimed')
+             WHERE (h.claim_token IS NOT NULL
+                    OR NOT EXISTS (SELECT 1 FROM mailbox_dispatch c
+                                    WHERE c.thread_id = h.thread_id AND c.status = 'claimed'))
+               -- a paused head is no candidate (its claim checks again under the pauses' lock); while
+               -- no pause exists the table is read once, not once per head
+               AND (h.claim_token IS NOT NULL OR NOT EXISTS (SELECT 1 FROM mailbox_pause)
+                    OR NOT EXISTS (SELECT 1 FROM mailbox_pause p
+                                    WHERE p.scope = 'all' OR (p.scope = 'thread' AND p.key = h.thread_id)
+                                       OR (p.scope = 'agent' AND p.key = h.agent_key)))
              ORDER BY COALESCE(g.served_at, 0), h.priority, h.created_at, h.dispatch_id
              LIMIT p_limit
         )

@@ -1,5 +1,6 @@
-"""Queued dispatches: enqueue (the reference's `enqueue`), cancel, interrupt, and the busy check of a
-`reject` submit. Each function is one short transaction, its statements written out beside it."""
+"""Queued dispatches: enqueue (the reference's `enqueue`), cancel, interrupt, the busy check of a
+`reject` submit, and a debounce window's growth (`extend_queued`, mailbox_app/services/inbox.py). Each
+function is one short transaction, its statements written out beside it."""
 
 from __future__ import annotations
 
@@ -166,3 +167,29 @@ UPDATE mailbox_dispatch SET available_at = %(now)s, updated_at = %(now)s
 def make_available(dispatch_id: str, now: int) -> None:
     """A queued dispatch held back by the inline-claim guard becomes claimable now."""
     execute(MAKE_AVAILABLE, {"dispatch_id": dispatch_id, "now": now})
+
+
+# A message coalesced into a queued, never-claimed dispatch (a thread's debounce window): its input (the
+# request snapshot, ids in arrival order) and its start. The caller holds the thread's epoch row and this
+# row (mailbox_app/store/inbox.py lock_inbox), so no claim takes it meanwhile.
+EXTEND_QUEUED = """
+UPDATE mailbox_dispatch d
+   SET request = %(request)s::jsonb, available_at = %(available_at)s, updated_at = %(now)s
+ WHERE d.dispatch_id = %(dispatch_id)s AND d.status = 'queued' AND d.attempt_count = 0
+RETURNING d.*
+"""
+
+
+def extend_queued(
+    dispatch_id: str, *, request: dict[str, Any], available_at: int, now: int
+) -> DispatchRecord:
+    """The dispatch's new input and start, inside the caller's transaction (which locked the row)."""
+    params = {
+        "dispatch_id": dispatch_id,
+        "request": json.dumps(request),
+        "available_at": available_at,
+        "now": now,
+    }
+    extended = fetch_one(EXTEND_QUEUED, params)
+    assert extended is not None  # locked by the caller, still queued and never attempted
+    return extended

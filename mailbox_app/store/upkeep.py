@@ -160,11 +160,16 @@ def purge_orphaned_epochs(*, limit: int, batch: int = EPOCH_BATCH) -> int:
     return purged
 
 
-# Threads with claimable queued work and no claim: the sweep's re-drive set (fixes spec §7.3).
+# Threads with claimable queued work and no claim: the sweep's re-drive set (fixes spec §7.3). Paused
+# work is left out (its resume rings it); while no pause exists the pause table is read once.
 CLAIMABLE_THREADS = """
 SELECT DISTINCT q.thread_id FROM mailbox_dispatch q
  WHERE q.status = 'queued' AND q.available_at <= %(now)s
    AND NOT EXISTS (SELECT 1 FROM mailbox_dispatch c WHERE c.thread_id = q.thread_id AND c.status = 'claimed')
+   AND (NOT EXISTS (SELECT 1 FROM mailbox_pause)
+        OR NOT EXISTS (SELECT 1 FROM mailbox_pause p
+                        WHERE p.scope = 'all' OR (p.scope = 'thread' AND p.key = q.thread_id)
+                           OR (p.scope = 'agent' AND p.key = q.agent_key)))
  ORDER BY q.thread_id
  LIMIT %(limit)s
 """
@@ -178,11 +183,16 @@ def claimable_thread_ids(now: int, limit: int = 1000) -> list[str]:
 
 
 # Threads with no claim whose earliest queued dispatch becomes available in (now, until]: the delayed
-# starts the sweep rings ahead of time, each with a countdown to its own time (realtime/doorbells.py).
+# starts the sweep rings ahead of time, each with a countdown to its own time (realtime/doorbells.py);
+# paused work is left out, as above.
 THREADS_COMING_DUE = """
 SELECT DISTINCT ON (q.thread_id) q.thread_id, q.dispatch_id, q.available_at FROM mailbox_dispatch q
  WHERE q.status = 'queued' AND q.available_at > %(now)s AND q.available_at <= %(until)s
    AND NOT EXISTS (SELECT 1 FROM mailbox_dispatch c WHERE c.thread_id = q.thread_id AND c.status = 'claimed')
+   AND (NOT EXISTS (SELECT 1 FROM mailbox_pause)
+        OR NOT EXISTS (SELECT 1 FROM mailbox_pause p
+                        WHERE p.scope = 'all' OR (p.scope = 'thread' AND p.key = q.thread_id)
+                           OR (p.scope = 'agent' AND p.key = q.agent_key)))
  ORDER BY q.thread_id, q.available_at
  LIMIT %(limit)s
 """

@@ -61,6 +61,9 @@ def handle_dispatch_signal(
         # held by a concurrency limit: the attempt that frees the slot claims the next one in its finish
         # transaction (and the sweep rings again), so this doorbell does not poll
         return SignalDecision(SignalAction.ACK, attempt)
+    if store.pauses_holding(thread_id, [pending.agent_key]):
+        # held by a pause: its resume rings the thread, so this doorbell does not poll either
+        return SignalDecision(SignalAction.ACK, attempt)
     not_before = pending.available_at - now_ms()
     if not_before > doorbells.max_countdown_ms():  # too far off for a countdown: the sweep rings it
         return SignalDecision(SignalAction.ACK, attempt)

@@ -107,10 +107,12 @@ def run_or_404(request: Request, run_id: str) -> RunRecord:
     return run
 
 
-def not_taken_or_404(request: Request, thread_id: str) -> None:
-    """A thread id a submit may use: unknown (it creates the thread) or the caller's."""
-    if selectors.thread_taken_by_other(user_id(request), thread_id.strip()):
+def not_taken_or_404(request: Request, thread_id: str) -> ThreadRecord | None:
+    """A thread id a submit may use: unknown (it creates the thread; None) or the caller's (returned)."""
+    taken, thread = selectors.submit_target(user_id(request), thread_id.strip())
+    if taken:
         raise not_found("thread", thread_id)
+    return thread
 
 
 def idempotency_key(request: Request, data: dict[str, Any]) -> str | None:

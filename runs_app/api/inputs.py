@@ -29,7 +29,13 @@ RUN_ID_MAX = 64
 DISPATCH_ID_MAX = 64
 AGENT_ID_MAX = 128
 IDEMPOTENCY_KEY_MAX = 255
-PATH_ID_MAX = {"thread_id": THREAD_ID_MAX, "run_id": RUN_ID_MAX, "dispatch_id": DISPATCH_ID_MAX}
+SCHEDULE_ID_MAX = 64
+PATH_ID_MAX = {
+    "thread_id": THREAD_ID_MAX,
+    "run_id": RUN_ID_MAX,
+    "dispatch_id": DISPATCH_ID_MAX,
+    "schedule_id": SCHEDULE_ID_MAX,
+}
 
 MAX_JSON_DEPTH = 64
 

@@ -10,6 +10,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, inline_serializer
 from rest_framework import serializers
 
+from mailbox_app.contract.inbox import InboxOutcome
 from mailbox_app.contract.mailbox import DispatchStatus
 from mailbox_app.services.mailbox import SubmitStatus
 from runs_app.api.pagination import page_out
@@ -17,6 +18,7 @@ from runs_app.api.run_serializers import RUN_STATUSES, RunOut
 from runs_app.api.thread_serializers import ErrorOut
 
 SUBMIT_STATUSES = tuple(s.value for s in SubmitStatus)
+INBOX_OUTCOMES = tuple(o.value for o in InboxOutcome)
 DISPATCH_STATUSES = tuple(s.value for s in DispatchStatus)
 EVENT_STREAM = "text/event-stream"
 JSON = "application/json"
@@ -26,7 +28,8 @@ DELIVERED = ("live", "queued")
 
 
 class SubmitOut(serializers.Serializer[dict[str, Any]]):
-    """A submit's dispatch and run: `running` when it was claimed at once, else `queued`."""
+    """A submit's dispatch and run: `running` when it was claimed at once, else `queued`. When the
+    thread's inbox decided (docs/inbox.md), also what became of the messages and when they start."""
 
     dispatch_id = serializers.CharField()
     run_id = serializers.CharField()
@@ -37,6 +40,19 @@ class SubmitOut(serializers.Serializer[dict[str, Any]]):
         required=False,
         help_text="live input only (mode live_then_queue or steer): `live` when the running run "
         "acknowledged the messages (it reads them), `queued` when they became a dispatch of their own",
+    )
+    inbox = serializers.ChoiceField(
+        choices=INBOX_OUTCOMES,
+        required=False,
+        help_text=(
+            "(the inbox's answers only) coalesced: joined the input of a dispatch not claimed yet; steered: "
+            "delivered into the running run; queued: the first input of a new dispatch"
+        ),
+    )
+    starts_at = serializers.DateTimeField(
+        required=False,
+        allow_null=True,
+        help_text="(the inbox's answers only) when the dispatch becomes claimable; null: steered or running",
     )
 
 

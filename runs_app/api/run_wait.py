@@ -343,8 +343,10 @@ class ThreadRunWaitView(views.ForegroundSubmit):
     def post(self, request: Request, thread_id: str) -> Response:
         data = validated(RunWaitIn, request)
         timeout_s = float(data.pop("wait_timeout_s", DEFAULT_WAIT_S))  # not part of the submit's key
-        not_taken_or_404(request, thread_id)
-        _, body = views.submit_once(request, data, thread_id, self.default_strategy, status_code=201)
+        thread = not_taken_or_404(request, thread_id)
+        _, body = views.submit_once(
+            request, data, thread_id, self.default_strategy, status_code=201, thread=thread
+        )
         run = store.load_run(run_id=body["run_id"])
         if run is None:  # the run was purged since an idempotent replay's first answer
             raise ApiError(f"run not found: {body['run_id']}", code="run_not_found", status_code=404)

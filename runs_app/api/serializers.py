@@ -18,6 +18,7 @@ from runs_app.api.run_options import RunOptionsIn
 
 ROLES = ("user", "assistant", "system")
 MODES = ("queue", "live_then_queue", "steer", "interrupt_then_queue", "resume_open_run")
+MESSAGE_MODES = (*MODES, "auto")  # `auto`: the thread's inbox policy decides (docs/inbox.md)
 MAX_MESSAGES = 100
 MAX_CONTENT_CHARS = 100_000
 
@@ -32,7 +33,7 @@ class MessagesField(serializers.ListField):
         super().__init__(child=MessageIn(), max_length=MAX_MESSAGES, **kwargs)
 
 
-def _validate_messages(value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def validate_messages(value: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if not value:
         raise serializers.ValidationError("at least one message is required")
     return value
@@ -90,7 +91,7 @@ class WebhookField(serializers.CharField):
 class RunSubmitIn(RunOptionsIn):
     agent_id = AgentIdField()
     thread_id = OptionalThreadIdField()
-    messages = MessagesField(validators=[_validate_messages])
+    messages = MessagesField(validators=[validate_messages])
     stream = serializers.BooleanField(required=False, default=False)
     webhook = WebhookField()
     idempotency_key = serializers.CharField(required=False, max_length=255)
@@ -98,7 +99,7 @@ class RunSubmitIn(RunOptionsIn):
 
 class ThreadRunSubmitIn(RunOptionsIn):
     agent_id = AgentIdField()
-    messages = MessagesField(validators=[_validate_messages])
+    messages = MessagesField(validators=[validate_messages])
     stream = serializers.BooleanField(required=False, default=False)
     webhook = WebhookField()
     idempotency_key = serializers.CharField(required=False, max_length=255)
@@ -106,20 +107,25 @@ class ThreadRunSubmitIn(RunOptionsIn):
 
 class MailboxSubmitIn(RunOptionsIn):
     agent_id = AgentIdField()
-    messages = MessagesField(validators=[_validate_messages])
+    messages = MessagesField(validators=[validate_messages])
     webhook = WebhookField()
     idempotency_key = serializers.CharField(required=False, max_length=255)
 
 
 class ThreadMessagesIn(serializers.Serializer[dict[str, Any]]):
     agent_id = AgentIdField()
-    messages = MessagesField(validators=[_validate_messages])
-    mode = serializers.ChoiceField(choices=MODES, required=False, default="queue")
+    messages = MessagesField(validators=[validate_messages])
+    mode = serializers.ChoiceField(
+        choices=MESSAGE_MODES,
+        required=False,
+        default="queue",
+        help_text="auto: the thread's inbox policy decides (coalesce, steer, queue...; docs/inbox.md)",
+    )
     idempotency_key = serializers.CharField(required=False, max_length=255)
 
 
 class RunInputsIn(serializers.Serializer[dict[str, Any]]):
-    messages = MessagesField(validators=[_validate_messages])
+    messages = MessagesField(validators=[validate_messages])
     mode = serializers.ChoiceField(choices=MODES, required=False, default="queue")
     idempotency_key = serializers.CharField(required=False, max_length=255)
 
@@ -190,6 +196,7 @@ def thread_json(thread: ThreadRecord, runs: dict[str, RunRecord | None]) -> dict
         "id": thread.id,
         "title": thread.title,
         "metadata": thread.metadata,
+        "inbox": thread.inbox,
         "open_run": None if open_run is None else run_json(open_run),
         "active_run": None if active_run is None else run_json(active_run),
         "latest_run_id": thread.latest_run_id,

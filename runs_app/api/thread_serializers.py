@@ -7,6 +7,7 @@ from typing import Any
 
 from rest_framework import serializers
 
+from runs_app.api.inbox_serializers import InboxPolicyField, InboxPolicyOut
 from runs_app.api.pagination import page_out
 from runs_app.api.run_serializers import RunOut
 from runs_app.api.serializers import OptionalThreadIdField
@@ -56,6 +57,7 @@ class ThreadCreateIn(serializers.Serializer[dict[str, Any]]):
         default="raise",
         help_text="when the id is taken: raise (409) or do_nothing (200 with the existing thread, if yours)",
     )
+    inbox = InboxPolicyField()
 
 
 class ThreadPatchIn(serializers.Serializer[dict[str, Any]]):
@@ -64,6 +66,7 @@ class ThreadPatchIn(serializers.Serializer[dict[str, Any]]):
         help_text="merged into the thread's metadata by top-level key; a key set to null is removed",
     )
     title = TitleField()
+    inbox = InboxPolicyField()
 
 
 class ThreadSearchIn(serializers.Serializer[dict[str, Any]]):
@@ -80,6 +83,9 @@ class ThreadOut(serializers.Serializer[dict[str, Any]]):
     id = serializers.CharField()
     title = serializers.CharField(allow_null=True)
     metadata = serializers.DictField()
+    inbox = InboxPolicyOut(
+        allow_null=True, help_text="the thread's own inbox policy; null: the defaults apply"
+    )
     status = serializers.ChoiceField(
         choices=THREAD_STATUSES,
         help_text=(

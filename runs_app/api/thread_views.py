@@ -67,6 +67,7 @@ class ThreadsView(EdgeCheckedView):
             metadata=data["metadata"],
             title=data.get("title"),
             now=now_ms(),
+            inbox=data.get("inbox"),
         )
         if created.created and created.thread is not None:
             return Response(_payload(created.thread), status=201)
@@ -91,6 +92,8 @@ class ThreadDetailView(EdgeCheckedView):
     def patch(self, request: Request, thread_id: str) -> Response:
         data = validated(ts.ThreadPatchIn, request)
         changes: dict[str, Any] = {"title": data["title"]} if "title" in data else {}
+        if "inbox" in data:
+            changes["inbox"] = data["inbox"]
         try:
             thread = threads.update_thread(
                 thread_id=thread_id,

@@ -3,7 +3,7 @@
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from runs_app.api import run_wait, thread_views, views, webhook_views
+from runs_app.api import inbox_views, run_wait, schedule_views, thread_views, views, webhook_views
 
 urlpatterns = [
     path("runs", views.RunsView.as_view(), name="runs"),
@@ -34,6 +34,14 @@ urlpatterns = [
     path("threads/<str:thread_id>/interrupt", views.ThreadInterruptView.as_view(), name="thread-interrupt"),
     path("threads/<str:thread_id>/cancel", views.ThreadCancelView.as_view(), name="thread-cancel"),
     path("threads/<str:thread_id>/decision", views.ThreadDecisionView.as_view(), name="thread-decision"),
+    path("threads/<str:thread_id>/pause", inbox_views.ThreadPauseView.as_view(), name="thread-pause"),
+    path("threads/<str:thread_id>/resume", inbox_views.ThreadResumeView.as_view(), name="thread-resume"),
+    path(
+        "threads/<str:thread_id>/schedules",
+        schedule_views.ThreadSchedulesView.as_view(),
+        name="thread-schedules",
+    ),
+    path("schedules/<str:schedule_id>", schedule_views.ScheduleDetailView.as_view(), name="schedule-detail"),
     path("dispatches/<str:dispatch_id>", views.DispatchDetailView.as_view(), name="dispatch-detail"),
     path("dispatches/<str:dispatch_id>/cancel", views.DispatchCancelView.as_view(), name="dispatch-cancel"),
     path("webhooks/secret", webhook_views.WebhookSecretView.as_view(), name="webhook-secret"),

@@ -14,14 +14,22 @@ from rest_framework import serializers as drf
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from mailbox_app.contract.inbox import InboxPolicy
 from mailbox_app.contract.lifecycle import RunStatus
 from mailbox_app.contract.mailbox import DispatchRecord
 from mailbox_app.contract.message import ChatMessage
 from mailbox_app.contract.requests import RunRequest
-from mailbox_app.contract.storage import InvalidInput, NotFound
+from mailbox_app.contract.storage import InvalidInput, NotFound, ThreadRecord
 from mailbox_app.realtime import events
 from mailbox_app.services import mailbox
-from mailbox_app.services.mailbox import MultitaskStrategy, SubmitRefused, SubmitResult
+from mailbox_app.services.inbox import InboxResult
+from mailbox_app.services.mailbox import (
+    InboxDecides,
+    MultitaskStrategy,
+    SubmitRefused,
+    SubmitResult,
+    SubmitStatus,
+)
 from runs_app import store
 from runs_app.api import responses as out
 from runs_app.api import serializers as s
@@ -70,6 +78,19 @@ def submit_json(result: SubmitResult) -> dict[str, Any]:
     return body
 
 
+def inbox_json(result: InboxResult) -> dict[str, Any]:
+    """A submit answered by the thread's inbox: the submit's fields, what became of the messages
+    (`inbox`) and when their dispatch starts (docs/inbox.md)."""
+    return {
+        "dispatch_id": result.dispatch_id,
+        "run_id": result.run_id,
+        "thread_id": result.thread_id,
+        "status": result.status.value,
+        "inbox": result.outcome.value,
+        "starts_at": s.iso_ms(result.starts_at) if result.status is SubmitStatus.QUEUED else None,
+    }
+
+
 def _inputs_json(result: SubmitResult) -> dict[str, Any]:
     return {**submit_json(result), "status": "inputs_accepted", "run_status": result.status.value}
 
@@ -87,22 +108,61 @@ def _submit_request(thread_id: str, data: dict[str, Any]) -> RunRequest:
     )
 
 
+_UNREAD: Any = object()  # the thread was not read before the submit
+
+
 def submit_once(
-    request: Request, data: dict[str, Any], thread_id: str, default: MultitaskStrategy, *, status_code: int
+    request: Request,
+    data: dict[str, Any],
+    thread_id: str,
+    default: MultitaskStrategy,
+    *,
+    status_code: int,
+    thread: ThreadRecord | None = _UNREAD,
 ) -> Outcome:
     """`control.submit` under the body's `multitask_strategy` (else `default`), at most once per key:
     the key's answer is written in the submit's transaction (a foreground interrupt commits first). A
     background submit the mailbox can make in one statement writes the key there too
-    (`control.submit_fused`), and checks the thread's owner there."""
+    (`control.submit_fused`), and checks the thread's owner there.
+
+    A body that leaves the choice to the thread (no `multitask_strategy`, no `after_seconds`) on a
+    thread with an inbox policy goes through its inbox instead (docs/inbox.md). Whether it has one is
+    read with the thread the route read already (`thread`), or by the fused submit itself, which refuses
+    such a thread before it writes anything: a thread without a policy pays no extra query."""
     key = idempotency_key(request, data)
     run_request = _submit_request(thread_id, data)
     chosen, webhook, owner = strategy(data, default), data.get("webhook"), user_id(request)
     if webhook:
         require_signing_secret(owner)  # before anything is written (a foreground interrupt commits first)
     fingerprint = request_hash(request.path, data)
-    if chosen is not MultitaskStrategy.INTERRUPT and mailbox.fusable():
-        return _submit_fused(run_request, chosen, owner, webhook, key, fingerprint, thread_id, status_code)
-    not_taken_or_404(request, thread_id)
+    inbox_may_decide = bool(thread_id) and "multitask_strategy" not in data and not data.get("after_seconds")
+    fused = chosen is not MultitaskStrategy.INTERRUPT and mailbox.fusable()
+    if inbox_may_decide and (thread is not _UNREAD or not fused or control.inbox_defaults_configured()):
+        known = not_taken_or_404(request, thread_id) if thread is _UNREAD else thread
+        policy = control.inbox_policy(known, run_request.agent_id)
+        if policy is not None:
+            return _inbox_once(request, run_request, policy, webhook, key, fingerprint, status_code)
+        thread = known
+    if fused:
+        try:
+            return _submit_fused(
+                run_request,
+                chosen,
+                owner,
+                webhook,
+                key,
+                fingerprint,
+                thread_id,
+                status_code,
+                inbox_may_decide,
+            )
+        except InboxDecides:  # the thread has a policy of its own (nothing was written)
+            known = not_taken_or_404(request, thread_id)
+            policy = control.inbox_policy(known, run_request.agent_id)
+            assert policy is not None  # the statement saw the policy under the thread's row lock
+            return _inbox_once(request, run_request, policy, webhook, key, fingerprint, status_code)
+    if thread is _UNREAD:
+        not_taken_or_404(request, thread_id)
 
     def action(record: Recorder) -> Outcome:
         def in_transaction(result: SubmitResult) -> None:
@@ -116,6 +176,30 @@ def submit_once(
     return run_once(user_id=owner, key=key, fingerprint=fingerprint, action=action)
 
 
+def _inbox_once(  # noqa: PLR0917 - the submit's parts, named where they are passed
+    request: Request,
+    run_request: RunRequest,
+    policy: InboxPolicy,
+    webhook: str | None,
+    key: str | None,
+    fingerprint: str,
+    status_code: int,
+) -> Outcome:
+    """The run route's messages delivered to the thread's inbox, at most once per key."""
+    owner = user_id(request)
+
+    def action(record: Recorder) -> Outcome:
+        def in_transaction(result: InboxResult) -> None:
+            record(status_code, inbox_json(result))
+
+        result = control.deliver_to_inbox(
+            run_request, policy, owner_id=owner, webhook=webhook, in_transaction=in_transaction
+        )
+        return status_code, inbox_json(result)
+
+    return run_once(user_id=owner, key=key, fingerprint=fingerprint, action=action)
+
+
 def _submit_fused(  # noqa: PLR0917 - the submit's parts, named where they are passed
     run_request: RunRequest,
     chosen: MultitaskStrategy,
@@ -125,6 +209,7 @@ def _submit_fused(  # noqa: PLR0917 - the submit's parts, named where they are p
     fingerprint: str,
     thread_id: str,
     status_code: int,
+    defer_to_inbox: bool = False,
 ) -> Outcome:
     try:
         answer = control.submit_fused(
@@ -133,6 +218,7 @@ def _submit_fused(  # noqa: PLR0917 - the submit's parts, named where they are p
             owner_id=owner,
             webhook=webhook,
             idempotency=None if key is None else key_of(owner, key, fingerprint, status_code),
+            defer_to_inbox=defer_to_inbox,
         )
     except NotFound:  # the thread is another user's (checked under its row lock): as if it did not exist
         raise not_found("thread", thread_id) from None
@@ -214,10 +300,9 @@ class ForegroundSubmit(EdgeCheckedView):
         protocol = requested_protocol(request)  # a front-end protocol (?protocol=ai-sdk|ag-ui) streams
         data = validated(serializer, request, submit_body(protocol, request.data))
         thread_id = thread_id or data.get("thread_id") or None
-        if thread_id:
-            not_taken_or_404(request, thread_id)
+        thread = not_taken_or_404(request, thread_id) if thread_id else None
         status_code, body = submit_once(
-            request, data, thread_id or "", self.default_strategy, status_code=201
+            request, data, thread_id or "", self.default_strategy, status_code=201, thread=thread
         )
         if protocol == NATIVE and not _wants_stream(request, data):
             return Response(body, status=status_code)
@@ -472,9 +557,11 @@ class ThreadMessagesView(EdgeCheckedView):
 
     @extend_schema(request=s.ThreadMessagesIn, responses={202: out.SubmitOut, **out.errors(400, 404, 409)})
     def post(self, request: Request, thread_id: str) -> Response:
-        thread_or_404(request, thread_id)
+        thread = thread_or_404(request, thread_id)
         data = validated(s.ThreadMessagesIn, request)
         agent_id = data.get("agent_id")
+        if data["mode"] == control.InputMode.AUTO.value:
+            return _auto_once(request, data, thread)
 
         def inject(
             messages: list[ChatMessage], mode: control.InputMode, owner: int, hook: control.InTransaction
@@ -484,6 +571,26 @@ class ThreadMessagesView(EdgeCheckedView):
             )
 
         return _inject_once(request, data, inject)
+
+
+def _auto_once(request: Request, data: dict[str, Any], thread: ThreadRecord) -> Response:
+    """The `auto` mode: the thread's inbox policy decides; 202 with what became of the messages."""
+    key, owner = idempotency_key(request, data), user_id(request)
+    messages = s.to_messages(data["messages"])
+
+    def action(record: Recorder) -> Outcome:
+        def in_transaction(result: InboxResult) -> None:
+            record(202, inbox_json(result))
+
+        result = control.deliver_messages(
+            thread, messages, owner_id=owner, agent_id=data.get("agent_id"), in_transaction=in_transaction
+        )
+        return 202, inbox_json(result)
+
+    status_code, body = run_once(
+        user_id=owner, key=key, fingerprint=request_hash(request.path, data), action=action
+    )
+    return Response(body, status=status_code)
 
 
 class RunInputsView(EdgeCheckedView):

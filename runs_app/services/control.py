@@ -10,27 +10,34 @@ on its own before it (spec §7.2).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from django.db import transaction
+from pydantic import ValidationError
 
+from mailbox_app.conf import awaken_settings
 from mailbox_app.contract.ids import now_ms, uuid7
+from mailbox_app.contract.inbox import InboxOutcome, InboxPolicy, resolve_policy
 from mailbox_app.contract.lifecycle import RunStatus
 from mailbox_app.contract.message import ChatMessage
 from mailbox_app.contract.requests import RunRequest
-from mailbox_app.contract.storage import RunRecord
+from mailbox_app.contract.storage import RunRecord, ThreadRecord
 from mailbox_app.contract.suspension import ToolCallResume
 from mailbox_app.realtime import events
-from mailbox_app.services import mailbox
+from mailbox_app.services import inbox, mailbox
+from mailbox_app.services.inbox import InboxResult
 from mailbox_app.services.mailbox import IdempotencyKey, MultitaskStrategy, Replayed, SubmitResult
 from mailbox_app.webhooks import outbox
 from runs_app import store
 from runs_app.services import selectors
 
+log = logging.getLogger(__name__)
 InTransaction = Callable[[SubmitResult], None]
+InboxInTransaction = Callable[[InboxResult], None]
 
 
 class InputMode(StrEnum):
@@ -41,6 +48,7 @@ class InputMode(StrEnum):
     STEER = "steer"  # an alias of live_then_queue
     INTERRUPT_THEN_QUEUE = "interrupt_then_queue"
     RESUME_OPEN_RUN = "resume_open_run"
+    AUTO = "auto"  # the thread's inbox policy decides (docs/inbox.md); without one, as `queue`
 
     @property
     def is_live(self) -> bool:
@@ -163,16 +171,99 @@ def submit_fused(
     owner_id: int,
     webhook: str | None = None,
     idempotency: IdempotencyKey | None = None,
+    defer_to_inbox: bool = False,
 ) -> SubmitResult | Replayed:
     """A background submit (`enqueue` or `reject`) the mailbox makes in one statement (when
     `mailbox.fusable()`): the thread's owner checked, the webhook subscription and the idempotency key's
-    answer written by that statement; a key answered before is `Replayed`, nothing written."""
+    answer written by that statement; a key answered before is `Replayed`, nothing written. With
+    `defer_to_inbox`, a thread with an inbox policy of its own raises `mailbox.InboxDecides` instead
+    (nothing written): the caller delivers to the inbox (`deliver_to_inbox`)."""
     return mailbox.submit_fused(
         request,
         owner_id=owner_id,
         reject_if_busy=strategy is MultitaskStrategy.REJECT,
         webhook=webhook,
         idempotency=idempotency,
+        defer_to_inbox=defer_to_inbox,
+    )
+
+
+# --- the inbox -------------------------------------------------------------------------------------
+
+
+def inbox_defaults_configured() -> bool:
+    """Whether a thread without a policy of its own may still have one (AWAKEN_INBOX_DEFAULT or
+    AWAKEN_INBOX_AGENT_DEFAULTS is set)."""
+    return awaken_settings.INBOX_DEFAULT is not None or bool(awaken_settings.INBOX_AGENT_DEFAULTS)
+
+
+def inbox_policy(thread: ThreadRecord | None, agent_id: str | None) -> InboxPolicy | None:
+    """The policy that applies to the thread (docs/inbox.md): its own, else the default of its agent
+    (`agent_id`, else its latest run's), else the project's; None: none. Reads the latest run only when
+    per-agent defaults are configured and no agent is named. A stored policy that does not validate
+    (the API validates what it stores; one written by hand may not) is ignored, with a warning."""
+    explicit = None
+    if thread is not None and thread.inbox is not None:
+        try:
+            explicit = InboxPolicy.model_validate(thread.inbox)
+        except ValidationError:
+            log.warning(
+                "thread %s: its inbox policy %r is invalid; the defaults apply", thread.id, thread.inbox
+            )
+    agent_defaults = dict(awaken_settings.INBOX_AGENT_DEFAULTS)
+    agent = agent_id
+    if explicit is None and agent is None and agent_defaults and thread is not None:
+        latest = store.latest_run(thread_id=thread.id)
+        agent = latest.agent_id if latest is not None else None
+    return resolve_policy(explicit, agent, agent_defaults, awaken_settings.INBOX_DEFAULT)
+
+
+def deliver_to_inbox(
+    request: RunRequest,
+    policy: InboxPolicy,
+    *,
+    owner_id: int,
+    webhook: str | None = None,
+    in_transaction: InboxInTransaction | None = None,
+) -> InboxResult:
+    """The request's messages through the thread's inbox under `policy`, in one transaction with the
+    webhook subscription (on the run they went to) and `in_transaction`."""
+    with transaction.atomic():
+        result = inbox.deliver(request, policy, owner_id=owner_id)
+        if webhook:
+            outbox.subscribe(result.run_id, webhook, owner_id=owner_id)
+        if in_transaction is not None:
+            in_transaction(result)
+    return result
+
+
+def deliver_messages(
+    thread: ThreadRecord,
+    messages: Sequence[ChatMessage],
+    *,
+    owner_id: int,
+    agent_id: str | None = None,
+    in_transaction: InboxInTransaction | None = None,
+) -> InboxResult:
+    """The `auto` mode of a thread's messages: its inbox policy decides; a thread without one queues
+    them as the `queue` mode does (answered `queued`)."""
+    request = RunRequest(thread_id=thread.id, messages=list(messages), agent_id=agent_id)
+    policy = inbox_policy(thread, agent_id)
+    if policy is not None:
+        return deliver_to_inbox(request, policy, owner_id=owner_id, in_transaction=in_transaction)
+
+    def queued(result: SubmitResult) -> None:
+        if in_transaction is not None:
+            in_transaction(as_inbox_result(result))
+
+    submitted = _committed(lambda: mailbox.submit_background(request, owner_id=owner_id), queued)
+    return as_inbox_result(submitted)
+
+
+def as_inbox_result(result: SubmitResult) -> InboxResult:
+    """A submit that did not go through an inbox, in the inbox's terms: `queued`."""
+    return InboxResult(
+        InboxOutcome.QUEUED, result.dispatch_id, result.run_id, result.thread_id, result.status
     )
 
 

@@ -26,6 +26,15 @@ def thread_taken_by_other(user_id: int, thread_id: str) -> bool:
     return thread is not None and thread.owner_id != user_id
 
 
+def submit_target(user_id: int, thread_id: str) -> tuple[bool, ThreadRecord | None]:
+    """Whether another user has the thread id, and the thread when it is the user's (None: no such
+    thread yet, a submit creates it)."""
+    thread = store.load_thread(thread_id=thread_id)
+    if thread is None:
+        return False, None
+    return thread.owner_id != user_id, (thread if thread.owner_id == user_id else None)
+
+
 def owned_run(user_id: int, run_id: str) -> RunRecord | None:
     run = store.load_run(run_id=run_id)
     if run is None or owned_thread(user_id, run.thread_id) is None:

@@ -1,6 +1,7 @@
 """Every statement of runs_app that reads or writes one of the mailbox's tables (`mailbox_dispatch`,
-`mailbox_thread_epoch`): the end of a run by its dispatch's end, the reconcile's candidates, an
-operator's reopen of a dead-lettered run, and the mailbox rows a thread's delete removes. (The thread
+`mailbox_thread_epoch`; a thread's inbox and schedule rows): the end of a run by its dispatch's end, the
+reconcile's candidates, an operator's reopen of a dead-lettered run, and the mailbox rows a thread's
+delete removes. (The thread
 status view, runs_app/migrations/0008_thread_status_view.py, reads the dispatch table too.) Nothing else
 in runs_app names a mailbox table; mailbox_app/store/runs_tables/ is the mirror on the other side (the
 step journal in runs_app's `runs_step`, the fused transitions)."""
@@ -155,21 +156,33 @@ def reopen_run(*, run_id: str, dispatch_id: str, now: int) -> RunReopen:
     return RunReopen.REOPENED
 
 
-# A thread's delete, the rows without a foreign key to the thread: its dispatches, its epoch row, and the
-# owner's idempotency keys whose stored answer names it (a replay would name a thread that is gone).
+# A thread's delete, the rows without a foreign key to the thread: its dispatches, its epoch row, the
+# owner's idempotency keys whose stored answer names it (a replay would name a thread that is gone), its
+# inbox rows (docs/inbox.md: its debounce window, its pause) and its schedules with their
+# django-celery-beat rows (beat is told through its change row, as its own signals would).
 DELETE_UNLINKED = """
 WITH d AS (DELETE FROM mailbox_dispatch WHERE thread_id = %(thread_id)s RETURNING 1),
      e AS (DELETE FROM mailbox_thread_epoch WHERE thread_id = %(thread_id)s RETURNING 1),
      k AS (DELETE FROM runs_idempotency
-            WHERE user_id = %(owner_id)s AND response ->> 'thread_id' = %(thread_id)s RETURNING 1)
-SELECT (SELECT count(*) FROM d), (SELECT count(*) FROM e), (SELECT count(*) FROM k)
+            WHERE user_id = %(owner_id)s AND response ->> 'thread_id' = %(thread_id)s RETURNING 1),
+     w AS (DELETE FROM mailbox_inbox_window WHERE thread_id = %(thread_id)s RETURNING 1),
+     p AS (DELETE FROM mailbox_pause WHERE scope = 'thread' AND key = %(thread_id)s RETURNING 1),
+     s AS (DELETE FROM mailbox_schedule WHERE thread_id = %(thread_id)s RETURNING periodic_task_id),
+     t AS (DELETE FROM django_celery_beat_periodictask
+            WHERE id IN (SELECT periodic_task_id FROM s) RETURNING 1),
+     b AS (INSERT INTO django_celery_beat_periodictasks (ident, last_update)
+           SELECT 1, now() WHERE EXISTS (SELECT 1 FROM t)
+           ON CONFLICT (ident) DO UPDATE SET last_update = EXCLUDED.last_update RETURNING 1)
+SELECT (SELECT count(*) FROM d), (SELECT count(*) FROM e), (SELECT count(*) FROM k), (SELECT count(*) FROM s),
+       (SELECT count(*) FROM b)
 """
 
 
-def delete_unlinked(*, thread_id: str, owner_id: int | None) -> tuple[int, int, int]:
+def delete_unlinked(*, thread_id: str, owner_id: int | None) -> tuple[int, int, int, int]:
     """Inside the thread delete's transaction (holding the thread's row lock): delete its dispatches, its
-    epoch row and the owner's idempotency keys that name it; how many of each went."""
+    epoch row, the owner's idempotency keys that name it, its inbox rows and its schedules; how many
+    dispatches, epoch rows, keys and schedules went."""
     with connection.cursor() as cursor:
         cursor.execute(DELETE_UNLINKED, {"thread_id": thread_id, "owner_id": owner_id})
-        dispatches, epochs, keys = cursor.fetchone()  # type: ignore[misc]
-    return int(dispatches), int(epochs), int(keys)
+        dispatches, epochs, keys, schedules, _ = cursor.fetchone()  # type: ignore[misc]
+    return int(dispatches), int(epochs), int(keys), int(schedules)

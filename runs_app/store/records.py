@@ -31,6 +31,7 @@ def thread_record(row: Thread) -> ThreadRecord:
         parent_thread_id=row.parent_thread_id,
         title=row.title,
         metadata=row.metadata or {},
+        inbox=row.inbox,
         open_run_id=row.open_run_id,
         active_run_id=row.active_run_id,
         latest_run_id=row.latest_run_id,
@@ -46,6 +47,8 @@ def thread_from_values(values: dict[str, Any]) -> ThreadRecord:
     if isinstance(data["metadata"], str):
         data["metadata"] = json.loads(data["metadata"])
     data["metadata"] = data["metadata"] or {}
+    if isinstance(data["inbox"], str):
+        data["inbox"] = json.loads(data["inbox"])
     return ThreadRecord.model_validate(data)
 
 

@@ -156,18 +156,24 @@ def _rows(cursor: Any) -> list[dict[str, Any]]:
 
 # Inserted only when the id is free (the caller reads the existing row otherwise).
 CREATE_THREAD = """
-INSERT INTO runs_thread AS th (id, owner_id, title, metadata, message_count, created_at, updated_at)
-VALUES (%(thread_id)s, %(owner_id)s, %(title)s, %(metadata)s::jsonb, 0, %(now)s, %(now)s)
+INSERT INTO runs_thread AS th (id, owner_id, title, metadata, inbox, message_count, created_at, updated_at)
+VALUES (%(thread_id)s, %(owner_id)s, %(title)s, %(metadata)s::jsonb, %(inbox)s::jsonb, 0, %(now)s, %(now)s)
 ON CONFLICT (id) DO NOTHING
 RETURNING th.*
 """
 
 
 def create_thread(
-    *, thread_id: str, owner_id: int, metadata: dict[str, Any], title: str | None, now: int
+    *,
+    thread_id: str,
+    owner_id: int,
+    metadata: dict[str, Any],
+    title: str | None,
+    now: int,
+    inbox: dict[str, Any] | None = None,
 ) -> Created:
     """Insert the thread if the id is free; otherwise report the existing one (only if it is the owner's).
-    An id taken by anyone writes nothing."""
+    An id taken by anyone writes nothing. `inbox`: its inbox policy (docs/inbox.md), as JSON."""
     with connection.cursor() as cursor:
         cursor.execute(
             CREATE_THREAD,
@@ -176,6 +182,7 @@ def create_thread(
                 "owner_id": owner_id,
                 "title": title,
                 "metadata": json.dumps(metadata),
+                "inbox": None if inbox is None else json.dumps(inbox),
                 "now": now,
             },
         )
@@ -198,11 +205,18 @@ _UNSET: Any = object()
 
 
 def update_thread(
-    *, thread_id: str, owner_id: int, metadata: dict[str, Any] | None, title: Any = _UNSET, now: int
+    *,
+    thread_id: str,
+    owner_id: int,
+    metadata: dict[str, Any] | None,
+    title: Any = _UNSET,
+    inbox: Any = _UNSET,
+    now: int,
 ) -> ThreadRecord | None:
-    """Merge `metadata` into the thread's (top-level keys; a key set to null is removed) and set `title`
-    (None clears it), under the thread's row lock. None when the thread is not the owner's;
-    MetadataError (nothing written) when the merged metadata is over the bounds."""
+    """Merge `metadata` into the thread's (top-level keys; a key set to null is removed), set `title`
+    (None clears it) and `inbox` (its inbox policy as JSON; None: back to the defaults), under the
+    thread's row lock. None when the thread is not the owner's; MetadataError (nothing written) when the
+    merged metadata is over the bounds."""
     with transaction.atomic():
         row = Thread.objects.select_for_update().filter(id=thread_id, owner_id=owner_id).first()
         if row is None:
@@ -218,6 +232,9 @@ def update_thread(
         if title is not _UNSET:
             row.title = title
             fields.append("title")
+        if inbox is not _UNSET:
+            row.inbox = inbox
+            fields.append("inbox")
         row.updated_at = now
         row.save(update_fields=fields)
     return _own(thread_id)
@@ -326,9 +343,13 @@ def delete_thread(*, thread_id: str, owner_id: int | None, expire_before: int | 
             hook = delete_hook.get("before_delete")
             if hook is not None:
                 hook(thread_id)
-        dispatches, epochs, keys = mailbox_tables.delete_unlinked(thread_id=thread_id, owner_id=locked[0])
+        dispatches, epochs, keys, schedules = mailbox_tables.delete_unlinked(
+            thread_id=thread_id, owner_id=locked[0]
+        )
         _, cascaded = Thread.objects.filter(id=thread_id).delete()
     counts = {"dispatches": dispatches, "epochs": epochs, "idempotency_keys": keys}
+    if schedules:  # (named only when the thread had some: docs/inbox.md)
+        counts["schedules"] = schedules
     counts |= {label.rsplit(".", 1)[-1].lower(): n for label, n in cascaded.items()}
     return Deleted(DeleteOutcome.DELETED, counts)
 

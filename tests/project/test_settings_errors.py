@@ -86,6 +86,8 @@ BAD: dict[str, str] = {
     "AWAKEN_MAILBOX_LEASE_MS": "long",
     "AWAKEN_FAIRNESS": "fifo",
     "AWAKEN_AGENT_LIMITS": "{not json",
+    "AWAKEN_INBOX_DEFAULT": '{"debounce_ms": 500, "max_wait_ms": 100}',
+    "AWAKEN_INBOX_AGENT_DEFAULTS": '{"support": {"while_running": "later"}}',
 }
 FREE_TEXT = {
     "SECRET_KEY", "STATIC_ROOT", "AWAKEN_FAULT_POINT", "AWAKEN_WEBHOOK_SECRET", "AWAKEN_METRICS_TOKEN",

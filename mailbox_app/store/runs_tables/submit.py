@@ -63,6 +63,11 @@ class Replayed:
     same_request: bool
 
 
+class InboxDecides(StoreError):
+    """Nothing was written: the submit deferred to the thread's inbox policy (`defer_to_inbox`) and the
+    thread has one (mailbox_app/services/inbox.py takes it from there)."""
+
+
 class SubmitRefused(StoreError):
     """Nothing was written: the thread is busy (a `reject` submit), still has a claim (a foreground
     submit's inline claim), or a request with the same idempotency key is in flight."""
@@ -95,6 +100,7 @@ class SubmitParams:
     now: int
     webhook: str | None = None
     idempotency: IdempotencyKey | None = None
+    defer_to_inbox: bool = False
 
 
 AWAKEN_SUBMIT = "SELECT awaken_submit(%(p)s::jsonb)"
@@ -103,7 +109,7 @@ AWAKEN_SUBMIT = "SELECT awaken_submit(%(p)s::jsonb)"
 def submit(params: SubmitParams) -> Submitted | Replayed:
     """One statement (its own transaction: call it outside one). Raises NotFound (the thread is another
     owner's), InvalidInput (the run asked for is another thread's or not open), AlreadyExists (a dispatch
-    id or live dedupe key taken) or SubmitRefused; then nothing was written."""
+    id or live dedupe key taken), SubmitRefused or InboxDecides; then nothing was written."""
     try:
         with connection.cursor() as cursor:
             cursor.execute(AWAKEN_SUBMIT, {"p": json.dumps(_payload(params))})
@@ -144,6 +150,8 @@ def _refusal(exc: DatabaseError) -> Exception:
         return InvalidInput(message)
     if sqlstate in ("AW409", "AW423"):
         return SubmitRefused(message)
+    if sqlstate == "AW412":
+        return InboxDecides(message)
     return exc
 
 
@@ -178,6 +186,7 @@ def _payload(params: SubmitParams) -> dict[str, Any]:
         "consumer_id": params.consumer_id,
         "lease_until": params.lease_until,
         "webhook": params.webhook,
+        "defer_to_inbox": params.defer_to_inbox,
         "idempotency": None
         if key is None
         else {

@@ -7,7 +7,8 @@
 -- In order (0: a duplicate of a keyed request in flight: AW423), under the thread's row lock (every
 -- submit and every delete of a thread takes it first):
 --   1. the thread ensured and locked; not the caller's thread: AW404 (nothing written);
---   2. an idempotency key already answered: its answer is returned, nothing else happens;
+--   2. an idempotency key already answered: its answer is returned, nothing else happens; else a submit
+--      that defers to the thread's inbox policy, on a thread that has one: AW412 (nothing written);
 --   3. the run the dispatch activates: the one asked for (continue_run_id / run_id_hint), else the
 --      thread's resumable waiting run (the open run first, then the latest), else a new run that
 --      inherits the latest run's agent and state; a run of another thread or not open: AW400;
@@ -17,6 +18,7 @@
 --   6. a `reject` submit on a busy thread: AW409 'busy' (rolls back 1-5);
 --   7. the inline claim: background — the thread's next dispatch (possibly an older one); foreground —
 --      this very dispatch, or AW409 'conflict' when the thread still has a claim; delayed — none;
+--      a paused dispatch (mailbox_pause) is not claimed: it stays queued;
 --   8. the webhook subscription and the idempotency key's answer, in the same transaction.
 -- Returns {"run_id", "dispatch_id", "thread_id", "status": "running"|"queued", "agent_id",
 -- "available_at", "claimed": the claimed dispatch row or null, "replay": a stored answer or null}.
@@ -28,6 +30,7 @@ DECLARE
     v_base integer;
     v_thread_owner integer;
     v_open_run_id varchar;
+    v_inbox jsonb;
     v_latest runs_run;
     v_existing runs_run;
     v_run_id varchar := NULLIF(btrim(COALESCE(p ->> 'continue_run_id', '')), '');
@@ -56,7 +59,8 @@ BEGIN
     INSERT INTO runs_thread AS th (id, owner_id, metadata, message_count, created_at, updated_at)
     VALUES (v_thread_id, v_owner, '{}'::jsonb, 0, v_now, v_now)
     ON CONFLICT (id) DO UPDATE SET updated_at = th.updated_at
-    RETURNING th.message_count, th.owner_id, th.open_run_id INTO v_base, v_thread_owner, v_open_run_id;
+    RETURNING th.message_count, th.owner_id, th.open_run_id, th.inbox
+         INTO v_base, v_thread_owner, v_open_run_id, v_inbox;
     IF v_owner IS NOT NULL AND v_thread_owner IS DISTINCT FROM v_owner THEN
         RAISE EXCEPTION USING ERRCODE = 'AW404', MESSAGE = format('thread %s not found', v_thread_id);
     END IF;
@@ -72,6 +76,12 @@ BEGIN
         IF v_answer IS NOT NULL THEN
             RETURN jsonb_build_object('replay', v_answer);
         END IF;
+    END IF;
+
+    -- 2b. a submit that leaves the choice to the thread, on a thread with an inbox policy of its own: the
+    --     inbox decides instead (mailbox_app/services/inbox.py); nothing is written here
+    IF (p ->> 'defer_to_inbox')::boolean AND v_inbox IS NOT NULL AND v_inbox <> 'null'::jsonb THEN
+        RAISE EXCEPTION USING ERRCODE = 'AW412', MESSAGE = 'inbox';
     END IF;
 
     -- 3. the run this dispatch activates
@@ -185,11 +195,16 @@ BEGIN
         SELECT * INTO v_claimed FROM mailbox_claim_thread(
             v_thread_id, p ->> 'token', p ->> 'consumer_id', (p ->> 'lease_until')::bigint, v_now, false);
     ELSIF p ->> 'claim' = 'dispatch' THEN
+        -- the pauses' lock, shared (mailbox_app/store/pauses.py): a paused dispatch is not claimed
+        PERFORM pg_advisory_xact_lock_shared(hashtextextended('awaken-pause', 0));
         UPDATE mailbox_dispatch d
            SET status = 'claimed', claim_token = p ->> 'token', claimed_by = p ->> 'consumer_id',
                lease_until = (p ->> 'lease_until')::bigint, updated_at = v_now
          WHERE d.dispatch_id = v_dispatch.dispatch_id AND d.status = 'queued'
            AND NOT EXISTS (SELECT 1 FROM mailbox_dispatch c WHERE c.thread_id = v_thread_id AND c.status = 'claimed')
+           AND NOT EXISTS (SELECT 1 FROM mailbox_pause ps
+                            WHERE ps.scope = 'all' OR (ps.scope = 'thread' AND ps.key = v_thread_id)
+                               OR (ps.scope = 'agent' AND ps.key = d.agent_key))
         RETURNING d.* INTO v_claimed;
         IF v_claimed.dispatch_id IS NULL THEN
             RAISE EXCEPTION USING ERRCODE = 'AW409', MESSAGE = 'conflict';

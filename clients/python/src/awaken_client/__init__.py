@@ -9,22 +9,28 @@ with Client("http://127.0.0.1:8000", token) as client:
 """
 
 from awaken_client.async_client import AsyncClient, AsyncRunStream
-from awaken_client.calls import UNSET, RunOptions, SubmitOptions
+from awaken_client.calls import UNSET, RunOptions, ScheduleChanges, ScheduleOptions, SubmitOptions
 from awaken_client.client import Client, RunStream
 from awaken_client.errors import ApiError
 from awaken_client.models import (
     Accepted,
     Event,
+    InboxPolicy,
     InputMessage,
     Message,
     Page,
     ParseError,
+    Pause,
     PendingRun,
     Run,
+    Schedule,
+    ScheduleCreated,
     Submission,
     Termination,
     Thread,
     ThreadDeleted,
+    ThreadPause,
+    ThreadResume,
 )
 from awaken_client.resume import StreamPolicy
 
@@ -36,18 +42,26 @@ __all__ = [
     "AsyncRunStream",
     "Client",
     "Event",
+    "InboxPolicy",
     "InputMessage",
     "Message",
     "Page",
     "ParseError",
+    "Pause",
     "PendingRun",
     "Run",
     "RunOptions",
     "RunStream",
+    "Schedule",
+    "ScheduleChanges",
+    "ScheduleCreated",
+    "ScheduleOptions",
     "StreamPolicy",
     "Submission",
     "SubmitOptions",
     "Termination",
     "Thread",
     "ThreadDeleted",
+    "ThreadPause",
+    "ThreadResume",
 ]

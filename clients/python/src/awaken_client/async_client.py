@@ -10,7 +10,15 @@ from typing import Any, TypeVar, Unpack
 import httpx
 
 from awaken_client import calls
-from awaken_client.calls import UNSET, Call, Messages, RunOptions, SubmitOptions
+from awaken_client.calls import (
+    UNSET,
+    Call,
+    Messages,
+    RunOptions,
+    ScheduleChanges,
+    ScheduleOptions,
+    SubmitOptions,
+)
 from awaken_client.client import DEFAULT_TIMEOUT_S, STREAM_READ_TIMEOUT_S, api_url, base_headers
 from awaken_client.errors import error_of
 from awaken_client.models import (
@@ -18,13 +26,19 @@ from awaken_client.models import (
     DecisionAction,
     Event,
     IfExists,
+    InboxPolicy,
+    InputMode,
     Message,
     Page,
     PendingRun,
     Run,
+    Schedule,
+    ScheduleCreated,
     Submission,
     Thread,
     ThreadDeleted,
+    ThreadPause,
+    ThreadResume,
     ThreadStatus,
 )
 from awaken_client.resume import CAUGHT, StreamPolicy, StreamState, header, is_drop
@@ -163,16 +177,25 @@ class AsyncClient:
         metadata: Mapping[str, Any] | None = None,
         title: str | None = None,
         if_exists: IfExists = "raise",
+        inbox: InboxPolicy | None = None,
     ) -> Thread:
-        return await self._do(calls.create_thread(thread_id, metadata, title, if_exists))
+        """A new thread (`inbox`: its inbox policy, docs/inbox.md)."""
+        return await self._do(calls.create_thread(thread_id, metadata, title, if_exists, inbox))
 
     async def get_thread(self, thread_id: str) -> Thread:
         return await self._do(calls.get_thread(thread_id))
 
     async def update_thread(
-        self, thread_id: str, *, metadata: Mapping[str, Any] | None = None, title: str | None = UNSET
+        self,
+        thread_id: str,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        title: str | None = UNSET,
+        inbox: InboxPolicy | None = UNSET,
     ) -> Thread:
-        return await self._do(calls.update_thread(thread_id, metadata, title))
+        """Merge `metadata` by top-level key (a key set to None is removed); set `title` (None clears) and
+        `inbox`, the thread's inbox policy (None: back to the agent's or the project's default)."""
+        return await self._do(calls.update_thread(thread_id, metadata, title, inbox))
 
     async def delete_thread(self, thread_id: str) -> ThreadDeleted:
         return await self._do(calls.delete_thread(thread_id))
@@ -199,6 +222,61 @@ class AsyncClient:
         visibility: str | None = None,
     ) -> Page[Message]:
         return await self._do(calls.list_messages(thread_id, limit, offset, visibility))
+
+    # --- the inbox: messages, pause, schedules (docs/inbox.md) ------------------------------------
+
+    async def send_messages(
+        self,
+        thread_id: str,
+        messages: Messages,
+        *,
+        mode: InputMode = "auto",
+        agent_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Submission:
+        """POST threads/{id}/messages: by default (`auto`) the thread's inbox policy decides — the
+        answer's `inbox` says whether the messages were `coalesced` into a dispatch not yet claimed,
+        `steered` into the running run, or `queued` as a new dispatch."""
+        return await self._do(calls.send_messages(thread_id, messages, mode, agent_id, idempotency_key))
+
+    async def get_pause(self, thread_id: str) -> ThreadPause:
+        """Whether a pause holds the thread, and which (its own, its agent's, everything's)."""
+        return await self._do(calls.get_pause(thread_id))
+
+    async def pause_thread(
+        self, thread_id: str, *, interrupt: bool = False, reason: str | None = None
+    ) -> ThreadPause:
+        """Pause the thread: submits are still accepted and queued, nothing is claimed until
+        `resume_thread`; `interrupt` also stops its active run."""
+        return await self._do(calls.pause_thread(thread_id, interrupt, reason))
+
+    async def resume_thread(self, thread_id: str) -> ThreadResume:
+        """Lift the thread's own pause (not an operator's: ApiError 409 `paused_by_operator`)."""
+        return await self._do(calls.resume_thread(thread_id))
+
+    async def create_schedule(
+        self, thread_id: str, messages: Messages, **options: Unpack[ScheduleOptions]
+    ) -> ScheduleCreated:
+        """A schedule on the thread: `cron` (5 fields, with an optional `timezone`) or `interval_s`; each
+        firing submits `messages` as a background run (`if_busy`: skip, the default, or enqueue)."""
+        return await self._do(calls.create_schedule(thread_id, messages, options))
+
+    async def list_schedules(
+        self, thread_id: str, *, limit: int | None = None, offset: int | None = None
+    ) -> Page[Schedule]:
+        return await self._do(calls.list_schedules(thread_id, limit, offset))
+
+    async def get_schedule(self, schedule_id: str) -> Schedule:
+        return await self._do(calls.get_schedule(schedule_id))
+
+    async def update_schedule(
+        self, schedule_id: str, *, messages: Messages | None = None, **changes: Unpack[ScheduleChanges]
+    ) -> Schedule:
+        """Change what is given (`enabled=False` pauses the schedule, `True` resumes it)."""
+        return await self._do(calls.update_schedule(schedule_id, messages, changes))
+
+    async def delete_schedule(self, schedule_id: str) -> Accepted:
+        return await self._do(calls.delete_schedule(schedule_id))
 
 
 class AsyncRunStream:

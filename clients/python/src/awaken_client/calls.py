@@ -15,24 +15,35 @@ from awaken_client.errors import check
 from awaken_client.models import (
     Accepted,
     DecisionAction,
+    IfBusy,
     IfExists,
+    InboxPolicy,
     InputMessage,
+    InputMode,
     Message,
     MultitaskStrategy,
     Page,
     PendingRun,
     Run,
+    Schedule,
+    ScheduleCreated,
     Submission,
     Thread,
     ThreadDeleted,
+    ThreadPause,
+    ThreadResume,
     parse_accepted,
     parse_message,
     parse_page,
     parse_pending,
     parse_run,
+    parse_schedule,
+    parse_schedule_created,
     parse_submission,
     parse_thread,
     parse_thread_deleted,
+    parse_thread_pause,
+    parse_thread_resume,
 )
 
 T = TypeVar("T")
@@ -257,7 +268,11 @@ def decide_thread(thread_id: str, tool_call_id: str, action: DecisionAction, pay
 
 
 def create_thread(
-    thread_id: str | None, metadata: Mapping[str, Any] | None, title: str | None, if_exists: IfExists
+    thread_id: str | None,
+    metadata: Mapping[str, Any] | None,
+    title: str | None,
+    if_exists: IfExists,
+    inbox: InboxPolicy | None = None,
 ) -> Call[Thread]:
     body = _drop_none(
         {
@@ -265,6 +280,7 @@ def create_thread(
             "metadata": None if metadata is None else dict(metadata),
             "title": title,
             "if_exists": if_exists,
+            "inbox": None if inbox is None else dict(inbox),
         }
     )
     return Call("POST", "/threads", _reading(parse_thread), body=body)
@@ -274,11 +290,16 @@ def get_thread(thread_id: str) -> Call[Thread]:
     return Call("GET", f"/threads/{_id(thread_id)}", _reading(parse_thread))
 
 
-def update_thread(thread_id: str, metadata: Mapping[str, Any] | None, title: Any) -> Call[Thread]:
-    """`metadata` is merged by top-level key (a key set to None is removed); `title` None clears it."""
+def update_thread(
+    thread_id: str, metadata: Mapping[str, Any] | None, title: Any, inbox: Any = UNSET
+) -> Call[Thread]:
+    """`metadata` is merged by top-level key (a key set to None is removed); `title` None clears it;
+    `inbox` None clears the thread's policy (the defaults apply)."""
     body: dict[str, Any] = {} if metadata is None else {"metadata": dict(metadata)}
     if title is not UNSET:
         body["title"] = title
+    if inbox is not UNSET:
+        body["inbox"] = None if inbox is None else dict(inbox)
     return Call("PATCH", f"/threads/{_id(thread_id)}", _reading(parse_thread), body=body)
 
 
@@ -323,3 +344,100 @@ def list_messages(
         _reading(lambda d: parse_page(d, parse_message)),
         params=params,
     )
+
+
+# --- the inbox: messages, pause, schedules (docs/inbox.md) ---------------------------------------------
+
+
+def send_messages(
+    thread_id: str,
+    messages: Messages,
+    mode: InputMode,
+    agent_id: str | None,
+    idempotency_key: str | None,
+) -> Call[Submission]:
+    """POST threads/{id}/messages (202): `auto` lets the thread's inbox policy decide."""
+    body = {
+        "messages": messages_json(messages),
+        "mode": mode,
+        **_drop_none({"agent_id": agent_id, "idempotency_key": idempotency_key}),
+    }
+    return Call("POST", f"/threads/{_id(thread_id)}/messages", _reading(parse_submission), body=body)
+
+
+def get_pause(thread_id: str) -> Call[ThreadPause]:
+    return Call("GET", f"/threads/{_id(thread_id)}/pause", _reading(parse_thread_pause))
+
+
+def pause_thread(thread_id: str, interrupt: bool, reason: str | None) -> Call[ThreadPause]:
+    body = {"interrupt": interrupt, **_drop_none({"reason": reason})}
+    return Call("POST", f"/threads/{_id(thread_id)}/pause", _reading(parse_thread_pause), body=body)
+
+
+def resume_thread(thread_id: str) -> Call[ThreadResume]:
+    return Call("POST", f"/threads/{_id(thread_id)}/resume", _reading(parse_thread_resume))
+
+
+class ScheduleOptions(TypedDict, total=False):
+    """What a schedule takes besides its thread and messages: a `cron` (5 fields) with its `timezone`,
+    or `interval_s`; the runs' `metadata` and `agent_id`; `if_busy`; `enabled`."""
+
+    cron: str
+    timezone: str
+    interval_s: int
+    metadata: Mapping[str, Any]
+    agent_id: str
+    if_busy: IfBusy
+    enabled: bool
+
+
+class ScheduleChanges(TypedDict, total=False):
+    """What `update_schedule` may change (each optional; `agent_id` None clears it)."""
+
+    cron: str
+    timezone: str
+    interval_s: int
+    metadata: Mapping[str, Any]
+    agent_id: str | None
+    if_busy: IfBusy
+    enabled: bool
+
+
+def _schedule_body(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options given (as keyword arguments: only those present), as JSON."""
+    return {name: dict(value) if name == "metadata" else value for name, value in options.items()}
+
+
+def create_schedule(thread_id: str, messages: Messages, options: Mapping[str, Any]) -> Call[ScheduleCreated]:
+    body = {"messages": messages_json(messages), **_schedule_body(options)}
+    return Call("POST", f"/threads/{_id(thread_id)}/schedules", _reading(parse_schedule_created), body=body)
+
+
+def list_schedules(thread_id: str, limit: int | None, offset: int | None) -> Call[Page[Schedule]]:
+    params = _drop_none(
+        {"limit": None if limit is None else str(limit), "offset": None if offset is None else str(offset)}
+    )
+    return Call(
+        "GET",
+        f"/threads/{_id(thread_id)}/schedules",
+        _reading(lambda d: parse_page(d, parse_schedule)),
+        params=params,
+    )
+
+
+def get_schedule(schedule_id: str) -> Call[Schedule]:
+    return Call("GET", f"/schedules/{_id(schedule_id)}", _reading(parse_schedule))
+
+
+def update_schedule(
+    schedule_id: str, messages: Messages | None, options: Mapping[str, Any]
+) -> Call[Schedule]:
+    """PATCH: only what is given changes (`enabled=False` pauses the schedule; `agent_id=None` clears)."""
+    body = _schedule_body(options)
+    if messages is not None:
+        body["messages"] = messages_json(messages)
+    return Call("PATCH", f"/schedules/{_id(schedule_id)}", _reading(parse_schedule), body=body)
+
+
+def delete_schedule(schedule_id: str) -> Call[Accepted]:
+    return Call("DELETE", f"/schedules/{_id(schedule_id)}", _reading(parse_accepted))

@@ -10,20 +10,34 @@ from typing import Any, TypeVar, Unpack
 import httpx
 
 from awaken_client import calls
-from awaken_client.calls import UNSET, Call, Messages, RunOptions, SubmitOptions
+from awaken_client.calls import (
+    UNSET,
+    Call,
+    Messages,
+    RunOptions,
+    ScheduleChanges,
+    ScheduleOptions,
+    SubmitOptions,
+)
 from awaken_client.errors import error_of
 from awaken_client.models import (
     Accepted,
     DecisionAction,
     Event,
     IfExists,
+    InboxPolicy,
+    InputMode,
     Message,
     Page,
     PendingRun,
     Run,
+    Schedule,
+    ScheduleCreated,
     Submission,
     Thread,
     ThreadDeleted,
+    ThreadPause,
+    ThreadResume,
     ThreadStatus,
 )
 from awaken_client.resume import CAUGHT, StreamPolicy, StreamState, header, is_drop
@@ -181,17 +195,25 @@ class Client:
         metadata: Mapping[str, Any] | None = None,
         title: str | None = None,
         if_exists: IfExists = "raise",
+        inbox: InboxPolicy | None = None,
     ) -> Thread:
-        return self._do(calls.create_thread(thread_id, metadata, title, if_exists))
+        """A new thread (`inbox`: its inbox policy, docs/inbox.md)."""
+        return self._do(calls.create_thread(thread_id, metadata, title, if_exists, inbox))
 
     def get_thread(self, thread_id: str) -> Thread:
         return self._do(calls.get_thread(thread_id))
 
     def update_thread(
-        self, thread_id: str, *, metadata: Mapping[str, Any] | None = None, title: str | None = UNSET
+        self,
+        thread_id: str,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        title: str | None = UNSET,
+        inbox: InboxPolicy | None = UNSET,
     ) -> Thread:
-        """Merge `metadata` by top-level key (a key set to None is removed); set `title` (None clears)."""
-        return self._do(calls.update_thread(thread_id, metadata, title))
+        """Merge `metadata` by top-level key (a key set to None is removed); set `title` (None clears) and
+        `inbox`, the thread's inbox policy (None: back to the agent's or the project's default)."""
+        return self._do(calls.update_thread(thread_id, metadata, title, inbox))
 
     def delete_thread(self, thread_id: str) -> ThreadDeleted:
         return self._do(calls.delete_thread(thread_id))
@@ -218,6 +240,61 @@ class Client:
         visibility: str | None = None,
     ) -> Page[Message]:
         return self._do(calls.list_messages(thread_id, limit, offset, visibility))
+
+    # --- the inbox: messages, pause, schedules (docs/inbox.md) ------------------------------------
+
+    def send_messages(
+        self,
+        thread_id: str,
+        messages: Messages,
+        *,
+        mode: InputMode = "auto",
+        agent_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Submission:
+        """POST threads/{id}/messages: by default (`auto`) the thread's inbox policy decides — the
+        answer's `inbox` says whether the messages were `coalesced` into a dispatch not yet claimed,
+        `steered` into the running run, or `queued` as a new dispatch."""
+        return self._do(calls.send_messages(thread_id, messages, mode, agent_id, idempotency_key))
+
+    def get_pause(self, thread_id: str) -> ThreadPause:
+        """Whether a pause holds the thread, and which (its own, its agent's, everything's)."""
+        return self._do(calls.get_pause(thread_id))
+
+    def pause_thread(
+        self, thread_id: str, *, interrupt: bool = False, reason: str | None = None
+    ) -> ThreadPause:
+        """Pause the thread: submits are still accepted and queued, nothing is claimed until
+        `resume_thread`; `interrupt` also stops its active run."""
+        return self._do(calls.pause_thread(thread_id, interrupt, reason))
+
+    def resume_thread(self, thread_id: str) -> ThreadResume:
+        """Lift the thread's own pause (not an operator's: ApiError 409 `paused_by_operator`)."""
+        return self._do(calls.resume_thread(thread_id))
+
+    def create_schedule(
+        self, thread_id: str, messages: Messages, **options: Unpack[ScheduleOptions]
+    ) -> ScheduleCreated:
+        """A schedule on the thread: `cron` (5 fields, with an optional `timezone`) or `interval_s`; each
+        firing submits `messages` as a background run (`if_busy`: skip, the default, or enqueue)."""
+        return self._do(calls.create_schedule(thread_id, messages, options))
+
+    def list_schedules(
+        self, thread_id: str, *, limit: int | None = None, offset: int | None = None
+    ) -> Page[Schedule]:
+        return self._do(calls.list_schedules(thread_id, limit, offset))
+
+    def get_schedule(self, schedule_id: str) -> Schedule:
+        return self._do(calls.get_schedule(schedule_id))
+
+    def update_schedule(
+        self, schedule_id: str, *, messages: Messages | None = None, **changes: Unpack[ScheduleChanges]
+    ) -> Schedule:
+        """Change what is given (`enabled=False` pauses the schedule, `True` resumes it)."""
+        return self._do(calls.update_schedule(schedule_id, messages, changes))
+
+    def delete_schedule(self, schedule_id: str) -> Accepted:
+        return self._do(calls.delete_schedule(schedule_id))
 
 
 class RunStream:

@@ -19,6 +19,9 @@ ThreadStatus = Literal["idle", "busy", "waiting", "error"]
 MultitaskStrategy = Literal["reject", "enqueue", "interrupt"]
 DecisionAction = Literal["resume", "cancel"]
 IfExists = Literal["raise", "do_nothing"]
+InputMode = Literal["queue", "live_then_queue", "steer", "interrupt_then_queue", "resume_open_run", "auto"]
+WhileRunning = Literal["steer", "queue", "interrupt"]
+IfBusy = Literal["skip", "enqueue"]
 STOPPED_STATUSES = frozenset({"done", "waiting"})  # a run that finished or suspended for a decision
 
 
@@ -151,13 +154,18 @@ def parse_pending(data: Any) -> PendingRun:
 
 @dataclass(frozen=True, slots=True)
 class Submission:
-    """A submit's answer (201): the new (or resumed) run, its dispatch and the run's status then."""
+    """A submit's answer (201, or 202 for a thread's messages): the new (or resumed) run, its dispatch
+    and the run's status then. When the thread's inbox decided (docs/inbox.md): `inbox` says what became
+    of the messages (`coalesced` into `dispatch_id`, `steered` into the running `run_id`, `queued`) and
+    `starts_at` when the dispatch becomes claimable; both None otherwise."""
 
     run_id: str
     thread_id: str
     dispatch_id: str
     status: str
     raw: dict[str, Any] = field(repr=False, compare=False)
+    inbox: str | None = None
+    starts_at: datetime | None = None
 
 
 def parse_submission(data: Any) -> Submission:
@@ -168,7 +176,149 @@ def parse_submission(data: Any) -> Submission:
         dispatch_id=str(raw["dispatch_id"]),
         status=str(raw["status"]),
         raw=raw,
+        inbox=_optional_str(raw.get("inbox")),
+        starts_at=_time(raw.get("starts_at")),
     )
+
+
+class InboxPolicy(TypedDict, total=False):
+    """A thread's inbox policy (docs/inbox.md): messages within `debounce_ms` of each other coalesce
+    into one run, which starts at the latest `max_wait_ms` after the first; `while_running` says what a
+    message does while a run is active."""
+
+    debounce_ms: int
+    max_wait_ms: int | None
+    while_running: WhileRunning
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """A pause holding a thread: its own (`scope` thread), its agent's, or everything's."""
+
+    scope: str
+    key: str
+    paused_by: str
+    by_operator: bool
+    reason: str
+    since: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadPause:
+    """Whether a pause holds the thread, the pauses that do, and (after a pause with `interrupt`) the
+    runs asked to stop."""
+
+    thread_id: str
+    paused: bool
+    pauses: list[Pause]
+    stopped_runs: list[str]
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+
+def parse_thread_pause(data: Any) -> ThreadPause:
+    raw = _object(data, "a pause answer")
+    return ThreadPause(
+        thread_id=str(raw["thread_id"]),
+        paused=bool(raw["paused"]),
+        pauses=[
+            Pause(
+                scope=str(p["scope"]),
+                key=str(p["key"]),
+                paused_by=str(p["paused_by"]),
+                by_operator=bool(p["by_operator"]),
+                reason=str(p.get("reason") or ""),
+                since=_required_time(p["since"]),
+            )
+            for p in raw.get("pauses") or []
+        ],
+        stopped_runs=[str(r) for r in raw.get("stopped_runs") or []],
+        raw=raw,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadResume:
+    """`resumed`: whether the thread had a pause of its own; `paused`: whether one still holds it (its
+    agent's, everything's)."""
+
+    thread_id: str
+    resumed: bool
+    paused: bool
+    rung_threads: int
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+
+def parse_thread_resume(data: Any) -> ThreadResume:
+    raw = _object(data, "a resume answer")
+    return ThreadResume(
+        thread_id=str(raw["thread_id"]),
+        resumed=bool(raw["resumed"]),
+        paused=bool(raw["paused"]),
+        rung_threads=int(raw.get("rung_threads") or 0),
+        raw=raw,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """A thread's schedule: a cron in a time zone or an interval, what each firing submits, and what
+    the last firing did."""
+
+    schedule_id: str
+    thread_id: str
+    cron: str | None
+    timezone: str | None
+    interval_s: int | None
+    messages: list[dict[str, str]]
+    metadata: dict[str, Any]
+    agent_id: str | None
+    if_busy: str
+    enabled: bool
+    next_run_at: datetime | None
+    last_fired_at: datetime | None
+    last_outcome: str
+    last_run_id: str | None
+    firings: int
+    created_at: datetime
+    updated_at: datetime
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+
+def parse_schedule(data: Any) -> Schedule:
+    raw = _object(data, "a schedule")
+    interval = raw.get("interval_s")
+    return Schedule(
+        schedule_id=str(raw["schedule_id"]),
+        thread_id=str(raw["thread_id"]),
+        cron=_optional_str(raw.get("cron")),
+        timezone=_optional_str(raw.get("timezone")),
+        interval_s=None if interval is None else int(interval),
+        messages=[dict(m) for m in raw.get("messages") or []],
+        metadata=dict(raw.get("metadata") or {}),
+        agent_id=_optional_str(raw.get("agent_id")),
+        if_busy=str(raw["if_busy"]),
+        enabled=bool(raw["enabled"]),
+        next_run_at=_time(raw.get("next_run_at")),
+        last_fired_at=_time(raw.get("last_fired_at")),
+        last_outcome=str(raw.get("last_outcome") or ""),
+        last_run_id=_optional_str(raw.get("last_run_id")),
+        firings=int(raw.get("firings") or 0),
+        created_at=_required_time(raw["created_at"]),
+        updated_at=_required_time(raw["updated_at"]),
+        raw=raw,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleCreated:
+    schedule_id: str
+    next_run_at: datetime
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+
+def parse_schedule_created(data: Any) -> ScheduleCreated:
+    raw = _object(data, "a created schedule")
+    return ScheduleCreated(str(raw["schedule_id"]), _required_time(raw["next_run_at"]), raw)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +334,7 @@ class Thread:
     created_at: datetime
     updated_at: datetime
     raw: dict[str, Any] = field(repr=False, compare=False)
+    inbox: dict[str, Any] | None = None  # the thread's own inbox policy; None: the defaults apply
 
 
 def parse_thread(data: Any) -> Thread:
@@ -200,6 +351,7 @@ def parse_thread(data: Any) -> Thread:
         created_at=_required_time(raw["created_at"]),
         updated_at=_required_time(raw["updated_at"]),
         raw=raw,
+        inbox=None if raw.get("inbox") is None else dict(raw["inbox"]),
     )
 
 
