@@ -2,7 +2,9 @@
 -- dispatch and the fair claim across threads. One definition each, called by claims.py and by the
 -- attempt's and the submit's transitions (mailbox_app/store/runs_tables/*.sql), installed by
 -- `manage.py migrate` (mailbox_app/store/install.py). No concurrency limits here: a claim under
--- limits is claims.py's (advisory locks per scope, counts in the claim's condition).
+-- limits is claims.py's (advisory locks per scope, counts in the claim's condition). Token budgets
+-- (`p_budgets`, NULL when none are configured) are budgets.sql's: a head is admitted only while its
+-- owner's and its agent's windows have tokens left, and its claim charges a reservation.
 --
 -- A claim locks the thread's epoch row first: claims and interrupts of one thread serialize on it, so
 -- the "no claimed dispatch on this thread" check, made after the lock, sees every claim committed
@@ -15,16 +17,21 @@
 -- With `p_skip_locked` a thread whose epoch row another transaction holds is skipped, never waited for.
 CREATE OR REPLACE FUNCTION mailbox_claim_thread(
     p_thread_id varchar, p_token varchar, p_consumer varchar, p_lease_until bigint, p_now bigint,
-    p_skip_locked boolean DEFAULT false
+    p_skip_locked boolean DEFAULT false, p_budgets jsonb DEFAULT NULL
 ) RETURNS SETOF mailbox_dispatch LANGUAGE plpgsql AS $$
 DECLARE
     v_epoch bigint;
+    v_owner varchar;
+    v_head record;
+    v_reservation jsonb;
+    v_claimed mailbox_dispatch;
 BEGIN
     IF p_skip_locked THEN
-        SELECT current_epoch INTO v_epoch FROM mailbox_thread_epoch
+        SELECT current_epoch, owner_key INTO v_epoch, v_owner FROM mailbox_thread_epoch
          WHERE thread_id = p_thread_id FOR UPDATE SKIP LOCKED;
     ELSE
-        SELECT current_epoch INTO v_epoch FROM mailbox_thread_epoch WHERE thread_id = p_thread_id FOR UPDATE;
+        SELECT current_epoch, owner_key INTO v_epoch, v_owner FROM mailbox_thread_epoch
+         WHERE thread_id = p_thread_id FOR UPDATE;
     END IF;
     IF NOT FOUND THEN
         RETURN;
@@ -36,6 +43,31 @@ BEGIN
          WHERE thread_id = p_thread_id AND status = 'queued' AND dispatch_epoch < v_epoch;
     END IF;
     IF EXISTS (SELECT 1 FROM mailbox_dispatch WHERE thread_id = p_thread_id AND status = 'claimed') THEN
+        RETURN;
+    END IF;
+    IF p_budgets IS NOT NULL THEN
+        -- token budgets (budgets.sql): the head, then its admission (the scopes' locks after the epoch
+        -- row's, waiting only when the epoch row was waited for), then the claim and its reservation
+        SELECT q.dispatch_id, q.agent_key INTO v_head FROM mailbox_dispatch q
+         WHERE q.thread_id = p_thread_id AND q.status = 'queued' AND q.dispatch_epoch >= v_epoch
+           AND q.available_at <= p_now
+         ORDER BY q.priority, q.created_at, q.dispatch_id
+         LIMIT 1
+           FOR UPDATE SKIP LOCKED;
+        IF v_head.dispatch_id IS NULL THEN
+            RETURN;
+        END IF;
+        v_reservation := mailbox_budget_admit(p_budgets, v_owner, v_head.agent_key, p_now, NOT p_skip_locked);
+        IF v_reservation IS NULL THEN
+            RETURN;
+        END IF;
+        UPDATE mailbox_dispatch d
+           SET status = 'claimed', claim_token = p_token, claimed_by = p_consumer, lease_until = p_lease_until,
+               updated_at = p_now
+         WHERE d.dispatch_id = v_head.dispatch_id
+        RETURNING d.* INTO v_claimed;
+        PERFORM mailbox_budget_reserve(v_claimed.dispatch_id, p_token, v_reservation, p_now);
+        RETURN NEXT v_claimed;
         RETURN;
     END IF;
     RETURN QUERY
@@ -64,19 +96,21 @@ $$;
 -- is skipped, never waited for. At most `p_limit` candidates are tried; the first claim wins.
 CREATE OR REPLACE FUNCTION mailbox_claim_fair(
     p_token varchar, p_consumer varchar, p_lease_until bigint, p_now bigint, p_unstarted_before bigint,
-    p_limit integer
+    p_limit integer, p_budgets jsonb DEFAULT NULL
 ) RETURNS SETOF mailbox_dispatch LANGUAGE plpgsql AS $$
 DECLARE
     v_head record;
     v_claimed mailbox_dispatch;
+    -- token budgets (budgets.sql): the scopes whose window is spent; their heads are not candidates
+    v_spent text[] := CASE WHEN p_budgets IS NOT NULL THEN mailbox_budget_spent(p_budgets, p_now) END;
 BEGIN
     FOR v_head IN
         WITH heads AS (
             SELECT DISTINCT ON (u.thread_id) u.* FROM (
-                SELECT q.thread_id, q.dispatch_id, q.priority, q.created_at, q.claim_token
+                SELECT q.thread_id, q.dispatch_id, q.priority, q.created_at, q.claim_token, q.agent_key
                   FROM mailbox_dispatch q WHERE q.status = 'queued' AND q.available_at <= p_now
                 UNION ALL
-                SELECT q.thread_id, q.dispatch_id, q.priority, q.created_at, q.claim_token
+                SELECT q.thread_id, q.dispatch_id, q.priority, q.created_at, q.claim_token, q.agent_key
                   FROM mailbox_dispatch q
                  WHERE q.status = 'claimed' AND q.dispatch_instance_id IS NULL
                    AND q.updated_at <= p_unstarted_before
@@ -88,8 +122,11 @@ BEGIN
               LEFT JOIN mailbox_thread_epoch e ON e.thread_id = h.thread_id
               LEFT JOIN mailbox_fair_group g ON g.owner_key = COALESCE(e.owner_key, '')
              WHERE h.claim_token IS NOT NULL
-                OR NOT EXISTS (SELECT 1 FROM mailbox_dispatch c
-                                WHERE c.thread_id = h.thread_id AND c.status = 'claimed')
+                OR (NOT EXISTS (SELECT 1 FROM mailbox_dispatch c
+                                 WHERE c.thread_id = h.thread_id AND c.status = 'claimed')
+                    AND (v_spent IS NULL
+                         OR NOT ('owner:' || COALESCE(e.owner_key, '') = ANY (v_spent)
+                                 OR 'agent:' || h.agent_key = ANY (v_spent))))
              ORDER BY COALESCE(g.served_at, 0), h.priority, h.created_at, h.dispatch_id
              LIMIT p_limit
         )
@@ -113,9 +150,13 @@ BEGIN
                                                 WHERE thread_id = v_head.thread_id)
                       FOR UPDATE SKIP LOCKED)
             RETURNING d.* INTO v_claimed;
+            IF p_budgets IS NOT NULL AND v_claimed.dispatch_id IS NOT NULL THEN  -- its charges move with it
+                UPDATE mailbox_token_charge SET claim_token = p_token
+                 WHERE dispatch_id = v_claimed.dispatch_id AND claim_token = v_head.claim_token;
+            END IF;
         ELSE
-            SELECT * INTO v_claimed
-              FROM mailbox_claim_thread(v_head.thread_id, p_token, p_consumer, p_lease_until, p_now, true);
+            SELECT * INTO v_claimed FROM mailbox_claim_thread(
+                v_head.thread_id, p_token, p_consumer, p_lease_until, p_now, true, p_budgets);
         END IF;
         IF v_claimed.dispatch_id IS NOT NULL THEN
             RETURN NEXT v_claimed;

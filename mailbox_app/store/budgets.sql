@@ -1,0 +1,90 @@
+-- Token budgets at admission (docs/replay-and-budgets.md), as functions the claims call
+-- (mailbox_app/store/claims.sql, claims.py's statements under limits, the fused submit's and finish's
+-- claims through those), installed by `manage.py migrate` (mailbox_app/store/install.py). Every claim
+-- passes the budgets it was configured with (`p_budgets`, mailbox_app/store/budgets.py `budget_param`)
+-- or NULL: with NULL, no claim calls any of these and the claim is what it was before budgets.
+--
+-- A budget is `tokens` per fixed window of `window_ms` (aligned to the Unix epoch) for one owner or one
+-- agent: the admin's row (mailbox_token_budget) for that owner / agent, else the setting's default for
+-- the scope, else none. A window's usage is the sum of its charges (mailbox_token_charge): each claim
+-- admitted in it reserves an estimate, which the attempt's finish replaces with what it used. A claim is
+-- admitted while its window's usage is below the budget; admissions of one scope serialize on an
+-- advisory lock held until the claim commits, so concurrent runs overshoot a budget by at most one
+-- reservation (plus what an attempt uses beyond its reservation, which no admission can know).
+
+-- The budgets that apply to a head of this owner and agent, in lock order (agent, then owner).
+CREATE OR REPLACE FUNCTION mailbox_budget_scopes(p_budgets jsonb, p_owner varchar, p_agent varchar)
+RETURNS TABLE (scope varchar, key varchar, tokens bigint, window_ms bigint) LANGUAGE sql STABLE AS $$
+    SELECT s.scope, s.key, COALESCE(b.tokens, (p_budgets -> s.scope ->> 'tokens')::bigint),
+           COALESCE(b.window_s::bigint * 1000, (p_budgets -> s.scope ->> 'window_ms')::bigint)
+      FROM (VALUES ('agent'::varchar, p_agent), ('owner'::varchar, p_owner)) AS s(scope, key)
+      LEFT JOIN mailbox_token_budget b ON b.scope = s.scope AND b.key = s.key
+     WHERE b.tokens IS NOT NULL OR (p_budgets -> s.scope ->> 'tokens') IS NOT NULL
+     ORDER BY s.scope
+$$;
+
+-- Admission: NULL when a window of this owner or agent is spent (or, with `p_wait` false, when another
+-- claim holds a scope's lock: the caller tries other work rather than wait); otherwise the reservation
+-- the claim must charge (`mailbox_budget_reserve`), `[]` when no budget applies. The lock of each
+-- budgeted scope is taken first and kept to the end of the transaction; the window's sum is read after
+-- it (a new snapshot per statement), so it counts every charge committed before the lock was granted.
+CREATE OR REPLACE FUNCTION mailbox_budget_admit(
+    p_budgets jsonb, p_owner varchar, p_agent varchar, p_now bigint, p_wait boolean
+) RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE
+    v_scope record;
+    v_start bigint;
+    v_used bigint;
+    v_reserve bigint := COALESCE((p_budgets -> 'reserve' ->> p_agent)::bigint,
+                                 (p_budgets ->> 'default_reserve')::bigint, 0);
+    v_out jsonb := '[]'::jsonb;
+BEGIN
+    FOR v_scope IN SELECT * FROM mailbox_budget_scopes(p_budgets, p_owner, p_agent) LOOP
+        IF p_wait THEN
+            PERFORM pg_advisory_xact_lock(
+                hashtextextended('awaken-budget:' || v_scope.scope || ':' || v_scope.key, 0));
+        ELSIF NOT pg_try_advisory_xact_lock(
+                hashtextextended('awaken-budget:' || v_scope.scope || ':' || v_scope.key, 0)) THEN
+            RETURN NULL;
+        END IF;
+        v_start := p_now - p_now % v_scope.window_ms;
+        SELECT COALESCE(sum(c.tokens), 0) INTO v_used FROM mailbox_token_charge c
+         WHERE c.scope = v_scope.scope AND c.key = v_scope.key AND c.window_start = v_start;
+        IF v_used >= v_scope.tokens THEN
+            RETURN NULL;
+        END IF;
+        v_out := v_out || jsonb_build_array(jsonb_build_object(
+            'scope', v_scope.scope, 'key', v_scope.key, 'window_start', v_start,
+            'window_end', v_start + v_scope.window_ms, 'tokens', v_reserve));
+    END LOOP;
+    RETURN v_out;
+END
+$$;
+
+-- The claim's charges: one per budgeted scope, the reservation until its finish settles it.
+CREATE OR REPLACE FUNCTION mailbox_budget_reserve(
+    p_dispatch_id varchar, p_token varchar, p_reservation jsonb, p_now bigint
+) RETURNS void LANGUAGE sql AS $$
+    INSERT INTO mailbox_token_charge (scope, key, window_start, window_end, dispatch_id, claim_token, reserved,
+                                      tokens, created_at)
+    SELECT r ->> 'scope', r ->> 'key', (r ->> 'window_start')::bigint, (r ->> 'window_end')::bigint,
+           p_dispatch_id, p_token, (r ->> 'tokens')::bigint, (r ->> 'tokens')::bigint, p_now
+      FROM jsonb_array_elements(p_reservation) AS r;
+$$;
+
+-- The scopes ('owner:<key>', 'agent:<key>') whose window open at `p_now` is spent, or whose budget is
+-- zero: the fair claim leaves their heads out of its candidates, so an owner over budget cannot fill
+-- them and keep every other owner waiting (fairness holds among the owners that may run).
+CREATE OR REPLACE FUNCTION mailbox_budget_spent(p_budgets jsonb, p_now bigint)
+RETURNS text[] LANGUAGE sql STABLE AS $$
+    SELECT COALESCE(array_agg(s.scope_key), '{}'::text[]) FROM (
+        SELECT u.scope || ':' || u.key AS scope_key
+          FROM (SELECT c.scope, c.key, sum(c.tokens) AS used FROM mailbox_token_charge c
+                 WHERE c.window_end > p_now AND c.window_start <= p_now
+                 GROUP BY c.scope, c.key) AS u
+          LEFT JOIN mailbox_token_budget b ON b.scope = u.scope AND b.key = u.key
+         WHERE u.used >= COALESCE(b.tokens, (p_budgets -> u.scope ->> 'tokens')::bigint)
+        UNION
+        SELECT b.scope || ':' || b.key FROM mailbox_token_budget b WHERE b.tokens = 0
+    ) AS s
+$$;
