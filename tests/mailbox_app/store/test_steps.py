@@ -383,8 +383,10 @@ def test_kill_9_between_steps_2_and_3_resumes_at_step_3(farm: WorkerFarm) -> Non
     # usage (words as tokens): the dead attempt's two steps are listed as its own (it never finished),
     # the re-run's two steps and its reply ("steps 4" in, six words out) as the finishing attempt's; the
     # steps it replayed are not counted again
-    listed = [(a.dispatch_id, a.attempt, a.ended, a.input_tokens, a.output_tokens) for a in run.usage_attempts]
-    assert listed == [(submitted.dispatch_id, 1, "lost", 2, 2), (submitted.dispatch_id, 2, "finished", 4, 8)]
+    attempts = run.usage_attempts
+    listed = [(a.dispatch_id, a.attempt, a.ended, a.input_tokens, a.output_tokens) for a in attempts]
+    dispatch_id = submitted.dispatch_id
+    assert listed == [(dispatch_id, 1, "lost", 2, 2), (dispatch_id, 2, "finished", 4, 8)]
     assert (run.input_tokens, run.output_tokens) == (6, 10)
     second_session = acked.dispatch_instance_id
     assert second_session not in (None, first_session)
