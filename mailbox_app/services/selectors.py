@@ -498,16 +498,18 @@ def thread_block_report(thread_id: str, now: int | None = None) -> ThreadBlockRe
         reasons=(),
         waiting=waiting,
     )
-    reasons = _reasons(report, exists) + _limit_reason(holder, queued_rows, thread_id)
+    reasons = _reasons(report, exists) + _limit_reason(holder, queued_rows, thread_id, stamp)
     return replace(report, reasons=reasons)
 
 
-def _limit_reason(holder: ClaimHolder | None, queued_rows: list[Dispatch], thread_id: str) -> tuple[str, ...]:
+def _limit_reason(
+    holder: ClaimHolder | None, queued_rows: list[Dispatch], thread_id: str, now: int
+) -> tuple[str, ...]:
     """Name the concurrency limit (mailbox_app/conf.py) or the spent token budget (mailbox_app/store/
     budgets.py: "token budget of owner X: resets in N s") that holds the thread's next dispatch."""
     if holder is not None or not queued_rows:
         return ()
-    limit = store.blocking_limit(queued_rows[0].agent_key, store.thread_owner_key(thread_id))
+    limit = store.blocking_limit(queued_rows[0].agent_key, store.thread_owner_key(thread_id), now)
     if limit is None:
         return ()
     if limit.startswith(TOKEN_BUDGET):

@@ -86,10 +86,13 @@ WITH e AS (
        AND (%(budgets)s::jsonb IS NULL OR (SELECT reservation FROM budget) IS NOT NULL)
     RETURNING d.*
 ), charge AS (
-    SELECT mailbox_budget_reserve(c.dispatch_id, c.claim_token, (SELECT reservation FROM budget), %(now)s)
-      FROM claimed c WHERE %(budgets)s::jsonb IS NOT NULL
+    INSERT INTO mailbox_token_charge (scope, key, window_start, window_end, dispatch_id, claim_token,
+                                      reserved, tokens, created_at)
+    SELECT r ->> 'scope', r ->> 'key', (r ->> 'window_start')::bigint, (r ->> 'window_end')::bigint,
+           c.dispatch_id, c.claim_token, (r ->> 'tokens')::bigint, (r ->> 'tokens')::bigint, %(now)s
+      FROM claimed c, budget b, jsonb_array_elements(b.reservation) AS r
 )
-SELECT claimed.* FROM claimed LEFT JOIN (SELECT count(*) FROM charge) AS charged ON TRUE
+SELECT * FROM claimed
 """
 
 
@@ -383,10 +386,13 @@ WITH budget AS MATERIALIZED (
        AND (SELECT reservation FROM budget) IS NOT NULL
     RETURNING d.*
 ), charge AS (
-    SELECT mailbox_budget_reserve(c.dispatch_id, c.claim_token, (SELECT reservation FROM budget), %(now)s)
-      FROM claimed c
+    INSERT INTO mailbox_token_charge (scope, key, window_start, window_end, dispatch_id, claim_token,
+                                      reserved, tokens, created_at)
+    SELECT r ->> 'scope', r ->> 'key', (r ->> 'window_start')::bigint, (r ->> 'window_end')::bigint,
+           c.dispatch_id, c.claim_token, (r ->> 'tokens')::bigint, (r ->> 'tokens')::bigint, %(now)s
+      FROM claimed c, budget b, jsonb_array_elements(b.reservation) AS r
 )
-SELECT claimed.* FROM claimed LEFT JOIN (SELECT count(*) FROM charge) AS charged ON TRUE
+SELECT * FROM claimed
 """
 
 CLAIM_BY_ID_WITHIN_LIMITS = """
@@ -415,10 +421,13 @@ WITH budget AS MATERIALIZED (
        AND (%(budgets)s::jsonb IS NULL OR (SELECT reservation FROM budget) IS NOT NULL)
     RETURNING d.*
 ), charge AS (
-    SELECT mailbox_budget_reserve(c.dispatch_id, c.claim_token, (SELECT reservation FROM budget), %(now)s)
-      FROM claimed c WHERE %(budgets)s::jsonb IS NOT NULL
+    INSERT INTO mailbox_token_charge (scope, key, window_start, window_end, dispatch_id, claim_token,
+                                      reserved, tokens, created_at)
+    SELECT r ->> 'scope', r ->> 'key', (r ->> 'window_start')::bigint, (r ->> 'window_end')::bigint,
+           c.dispatch_id, c.claim_token, (r ->> 'tokens')::bigint, (r ->> 'tokens')::bigint, %(now)s
+      FROM claimed c, budget b, jsonb_array_elements(b.reservation) AS r
 )
-SELECT claimed.* FROM claimed LEFT JOIN (SELECT count(*) FROM charge) AS charged ON TRUE
+SELECT * FROM claimed
 """
 
 
