@@ -16,7 +16,7 @@ from django.contrib.admin.utils import flatten_fieldsets
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
-from django.utils.safestring import SafeString
+from django.utils.safestring import SafeString, mark_safe
 
 from mailbox_app.admin.links import (
     ADMIN_CSS,
@@ -253,7 +253,7 @@ class RunAdmin(ReadOnlyAdmin, RunAdminBase):
         if not attempts:
             return "—"
         return format_html_join(
-            format_html("<br>"),
+            mark_safe("<br>"),  # a constant
             "{} of {}: {} / {}{} ({})",
             (
                 (
