@@ -14,17 +14,21 @@ from awaken_client.client import Client, RunStream
 from awaken_client.errors import ApiError
 from awaken_client.models import (
     Accepted,
+    AttemptUsage,
     Event,
+    Fork,
     InputMessage,
     Message,
     Page,
     ParseError,
     PendingRun,
+    Replay,
     Run,
     Submission,
     Termination,
     Thread,
     ThreadDeleted,
+    Usage,
 )
 from awaken_client.resume import StreamPolicy
 
@@ -34,13 +38,16 @@ __all__ = [
     "ApiError",
     "AsyncClient",
     "AsyncRunStream",
+    "AttemptUsage",
     "Client",
     "Event",
+    "Fork",
     "InputMessage",
     "Message",
     "Page",
     "ParseError",
     "PendingRun",
+    "Replay",
     "Run",
     "RunOptions",
     "RunStream",
@@ -50,4 +57,5 @@ __all__ = [
     "Termination",
     "Thread",
     "ThreadDeleted",
+    "Usage",
 ]
