@@ -262,3 +262,25 @@ def test_the_fused_submit_leaves_a_spent_owners_run_queued(settings: Any) -> Non
     assert list(TokenCharge.objects.values_list("dispatch_id", flat=True)) == [first.dispatch_id]
     report = selectors.thread_block_report("fu-1")
     assert any("token budget of owner (none)" in r for r in report.reasons), report.reasons
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("limits", [False, True], ids=["fused", "under-limits"])
+def test_an_inline_claim_taken_over_by_a_worker_keeps_its_charge(settings: Any, limits: bool) -> None:
+    """The take-over gives the claim a new token (the stuck hand-over's fence is gone): the charge the
+    inline claim made moves to it, so the finish of the attempt that runs settles it."""
+    settings.AWAKEN_TOKEN_BUDGETS = _budgets(owner=1000, reserve=300)
+    settings.AWAKEN_CLAIM_POLICY = ClaimPolicy(
+        unstarted_claim_grace_ms=0, agent_limits={"echo": 10} if limits else {}
+    )
+    submitted = mailbox.submit_background(RunRequest(thread_id="steal-b", messages=[ChatMessage.user("x")]))
+    inline = store.load_dispatch(submitted.dispatch_id)
+    assert inline is not None and inline.status is DispatchStatus.CLAIMED  # no worker here: never started
+    taken = store.claim_next_fair("w", LEASE, inline.updated_at + 1)
+    assert taken is not None and taken.dispatch_id == inline.dispatch_id
+    assert taken.claim_token != inline.claim_token
+    [charge] = TokenCharge.objects.all()
+    assert (charge.claim_token, charge.tokens) == (taken.claim_token, 300)
+    _settle(taken, 42, taken.updated_at + 1)
+    charge.refresh_from_db()
+    assert (charge.tokens, charge.settled_at is not None) == (42, True)

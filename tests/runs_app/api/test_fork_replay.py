@@ -6,9 +6,11 @@ refusals: another user's ids in every position, malformed fields, a step the jou
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 import pytest
+from django.db import connection
 from rest_framework.test import APIClient
 
 from mailbox_app.agents.echo import step_key, steps_log_key
@@ -18,6 +20,7 @@ from mailbox_app.realtime.redis_client import get_redis
 from mailbox_app.store.runs_tables.steps import STEP_RECORDED, STEP_REPLAYED
 from runs_app import store as run_store
 from runs_app.models import Message, Run, RunStep, Thread
+from runs_app.services import fork
 from tests.support.api import new_user, post_json, token_client, user_client
 from tests.support.waiting import wait_until
 
@@ -347,3 +350,34 @@ def test_a_replay_onto_a_taken_id_writes_nothing(alice: APIClient, conversation:
     assert answer.status_code == 201, answer.content
     assert answer.json()["replayed_steps"] == 0
     assert [m[2] for m in _texts("conv-r2")] == ["u1", "a1", "u2"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_forks_racing_for_one_id_create_one_thread() -> None:
+    """Six forks of one thread into the same new id at once, each on its own connection: one is created
+    with all of its messages, the others are refused (nothing half-written)."""
+    owner = new_user("racer")
+    Thread.objects.create(id="race-src", owner=owner, created_at=1, updated_at=1, message_count=3)
+    for seq, message_id in enumerate(["m1", "m2", "m3"], start=1):
+        _message("race-src", seq, message_id, "user")
+    barrier = threading.Barrier(6)
+    outcomes: list[str] = []
+
+    def fork_once() -> None:
+        try:
+            barrier.wait(timeout=10)
+            fork.fork_thread(owner.pk, "race-src", thread_id="race-fork")
+            outcomes.append("created")
+        except fork.ThreadExists:
+            outcomes.append("exists")
+        finally:
+            connection.close()
+
+    workers = [threading.Thread(target=fork_once) for _ in range(6)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=60)
+    assert sorted(outcomes) == ["created"] + ["exists"] * 5
+    assert [m[2] for m in _texts("race-fork")] == ["m1", "m2", "m3"]
+    assert Thread.objects.get(id="race-fork").message_count == 3
