@@ -88,3 +88,81 @@ RETURNS text[] LANGUAGE sql STABLE AS $$
         SELECT b.scope || ':' || b.key FROM mailbox_token_budget b WHERE b.tokens = 0
     ) AS s
 $$;
+
+-- mailbox_claim_fair (claims.sql) under token budgets, which it hands over to when given budgets: the
+-- same claim — the same heads, order, spreading and take-over of stuck inline claims — with two
+-- differences: the heads of scopes whose window is spent (`mailbox_budget_spent`) are not candidates,
+-- so an owner over budget cannot fill the candidates and keep every other owner waiting, and a taken-over
+-- claim's charges move to its new token. Each queued head is claimed by mailbox_claim_thread with the
+-- budgets (its admission under the scopes' locks, tried, never waited for). A kept copy, so that a claim
+-- without budgets runs exactly the statements it ran before budgets existed: a change to either claim
+-- is a change to both.
+CREATE OR REPLACE FUNCTION mailbox_claim_fair_within_budgets(
+    p_token varchar, p_consumer varchar, p_lease_until bigint, p_now bigint, p_unstarted_before bigint,
+    p_limit integer, p_budgets jsonb
+) RETURNS SETOF mailbox_dispatch LANGUAGE plpgsql AS $$
+DECLARE
+    v_head record;
+    v_claimed mailbox_dispatch;
+    v_spent text[] := mailbox_budget_spent(p_budgets, p_now);
+BEGIN
+    FOR v_head IN
+        WITH heads AS (
+            SELECT DISTINCT ON (u.thread_id) u.* FROM (
+                SELECT q.thread_id, q.dispatch_id, q.priority, q.created_at, q.claim_token, q.agent_key
+                  FROM mailbox_dispatch q WHERE q.status = 'queued' AND q.available_at <= p_now
+                UNION ALL
+                SELECT q.thread_id, q.dispatch_id, q.priority, q.created_at, q.claim_token, q.agent_key
+                  FROM mailbox_dispatch q
+                 WHERE q.status = 'claimed' AND q.dispatch_instance_id IS NULL
+                   AND q.updated_at <= p_unstarted_before
+            ) u
+             ORDER BY u.thread_id, u.claim_token NULLS LAST, u.priority, u.created_at, u.dispatch_id
+        ), candidates AS (
+            SELECT h.*, COALESCE(e.owner_key, '') AS owner_key, COALESCE(g.served_at, 0) AS served_at
+              FROM heads h
+              LEFT JOIN mailbox_thread_epoch e ON e.thread_id = h.thread_id
+              LEFT JOIN mailbox_fair_group g ON g.owner_key = COALESCE(e.owner_key, '')
+             WHERE h.claim_token IS NOT NULL
+                OR (NOT EXISTS (SELECT 1 FROM mailbox_dispatch c
+                                 WHERE c.thread_id = h.thread_id AND c.status = 'claimed')
+                    AND NOT ('owner:' || COALESCE(e.owner_key, '') = ANY (v_spent)
+                             OR 'agent:' || h.agent_key = ANY (v_spent)))
+             ORDER BY COALESCE(g.served_at, 0), h.priority, h.created_at, h.dispatch_id
+             LIMIT p_limit
+        )
+        SELECT * FROM (
+            SELECT c.*, c.owner_key = first_value(c.owner_key) OVER (
+                       ORDER BY c.served_at, c.priority, c.created_at, c.dispatch_id) AS first_owner
+              FROM candidates c
+        ) s
+         ORDER BY s.first_owner DESC, CASE WHEN s.first_owner THEN random() END,
+                  s.served_at, s.priority, s.created_at, s.dispatch_id
+    LOOP
+        IF v_head.claim_token IS NOT NULL THEN
+            UPDATE mailbox_dispatch d
+               SET claim_token = p_token, claimed_by = p_consumer, lease_until = p_lease_until,
+                   updated_at = p_now
+             WHERE d.dispatch_id = (
+                   SELECT s.dispatch_id FROM mailbox_dispatch s
+                    WHERE s.dispatch_id = v_head.dispatch_id AND s.status = 'claimed'
+                      AND s.claim_token = v_head.claim_token AND s.dispatch_instance_id IS NULL
+                      AND s.dispatch_epoch >= (SELECT current_epoch FROM mailbox_thread_epoch
+                                                WHERE thread_id = v_head.thread_id)
+                      FOR UPDATE SKIP LOCKED)
+            RETURNING d.* INTO v_claimed;
+            IF v_claimed.dispatch_id IS NOT NULL THEN  -- its charges move with it
+                UPDATE mailbox_token_charge SET claim_token = p_token
+                 WHERE dispatch_id = v_claimed.dispatch_id AND claim_token = v_head.claim_token;
+            END IF;
+        ELSE
+            SELECT * INTO v_claimed FROM mailbox_claim_thread(
+                v_head.thread_id, p_token, p_consumer, p_lease_until, p_now, true, p_budgets);
+        END IF;
+        IF v_claimed.dispatch_id IS NOT NULL THEN
+            RETURN NEXT v_claimed;
+            RETURN;
+        END IF;
+    END LOOP;
+END
+$$;

@@ -27,11 +27,10 @@ DECLARE
     v_claimed mailbox_dispatch;
 BEGIN
     IF p_skip_locked THEN
-        SELECT current_epoch, owner_key INTO v_epoch, v_owner FROM mailbox_thread_epoch
+        SELECT current_epoch INTO v_epoch FROM mailbox_thread_epoch
          WHERE thread_id = p_thread_id FOR UPDATE SKIP LOCKED;
     ELSE
-        SELECT current_epoch, owner_key INTO v_epoch, v_owner FROM mailbox_thread_epoch
-         WHERE thread_id = p_thread_id FOR UPDATE;
+        SELECT current_epoch INTO v_epoch FROM mailbox_thread_epoch WHERE thread_id = p_thread_id FOR UPDATE;
     END IF;
     IF NOT FOUND THEN
         RETURN;
@@ -57,6 +56,7 @@ BEGIN
         IF v_head.dispatch_id IS NULL THEN
             RETURN;
         END IF;
+        SELECT owner_key INTO v_owner FROM mailbox_thread_epoch WHERE thread_id = p_thread_id;  -- (locked above)
         v_reservation := mailbox_budget_admit(p_budgets, v_owner, v_head.agent_key, p_now, NOT p_skip_locked);
         IF v_reservation IS NULL THEN
             RETURN;
@@ -101,16 +101,19 @@ CREATE OR REPLACE FUNCTION mailbox_claim_fair(
 DECLARE
     v_head record;
     v_claimed mailbox_dispatch;
-    -- token budgets (budgets.sql): the scopes whose window is spent; their heads are not candidates
-    v_spent text[] := CASE WHEN p_budgets IS NOT NULL THEN mailbox_budget_spent(p_budgets, p_now) END;
 BEGIN
+    IF p_budgets IS NOT NULL THEN  -- token budgets: the same claim, leaving spent owners out (budgets.sql)
+        RETURN QUERY SELECT * FROM mailbox_claim_fair_within_budgets(
+            p_token, p_consumer, p_lease_until, p_now, p_unstarted_before, p_limit, p_budgets);
+        RETURN;
+    END IF;
     FOR v_head IN
         WITH heads AS (
             SELECT DISTINCT ON (u.thread_id) u.* FROM (
-                SELECT q.thread_id, q.dispatch_id, q.priority, q.created_at, q.claim_token, q.agent_key
+                SELECT q.thread_id, q.dispatch_id, q.priority, q.created_at, q.claim_token
                   FROM mailbox_dispatch q WHERE q.status = 'queued' AND q.available_at <= p_now
                 UNION ALL
-                SELECT q.thread_id, q.dispatch_id, q.priority, q.created_at, q.claim_token, q.agent_key
+                SELECT q.thread_id, q.dispatch_id, q.priority, q.created_at, q.claim_token
                   FROM mailbox_dispatch q
                  WHERE q.status = 'claimed' AND q.dispatch_instance_id IS NULL
                    AND q.updated_at <= p_unstarted_before
@@ -122,11 +125,8 @@ BEGIN
               LEFT JOIN mailbox_thread_epoch e ON e.thread_id = h.thread_id
               LEFT JOIN mailbox_fair_group g ON g.owner_key = COALESCE(e.owner_key, '')
              WHERE h.claim_token IS NOT NULL
-                OR (NOT EXISTS (SELECT 1 FROM mailbox_dispatch c
-                                 WHERE c.thread_id = h.thread_id AND c.status = 'claimed')
-                    AND (v_spent IS NULL
-                         OR NOT ('owner:' || COALESCE(e.owner_key, '') = ANY (v_spent)
-                                 OR 'agent:' || h.agent_key = ANY (v_spent))))
+                OR NOT EXISTS (SELECT 1 FROM mailbox_dispatch c
+                                WHERE c.thread_id = h.thread_id AND c.status = 'claimed')
              ORDER BY COALESCE(g.served_at, 0), h.priority, h.created_at, h.dispatch_id
              LIMIT p_limit
         )
@@ -150,13 +150,9 @@ BEGIN
                                                 WHERE thread_id = v_head.thread_id)
                       FOR UPDATE SKIP LOCKED)
             RETURNING d.* INTO v_claimed;
-            IF p_budgets IS NOT NULL AND v_claimed.dispatch_id IS NOT NULL THEN  -- its charges move with it
-                UPDATE mailbox_token_charge SET claim_token = p_token
-                 WHERE dispatch_id = v_claimed.dispatch_id AND claim_token = v_head.claim_token;
-            END IF;
         ELSE
-            SELECT * INTO v_claimed FROM mailbox_claim_thread(
-                v_head.thread_id, p_token, p_consumer, p_lease_until, p_now, true, p_budgets);
+            SELECT * INTO v_claimed
+              FROM mailbox_claim_thread(v_head.thread_id, p_token, p_consumer, p_lease_until, p_now, true);
         END IF;
         IF v_claimed.dispatch_id IS NOT NULL THEN
             RETURN NEXT v_claimed;
