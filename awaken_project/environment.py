@@ -24,6 +24,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from redis.connection import parse_url as parse_redis_url
 
 from awaken_project.envurls import database_from_url
+from mailbox_app.contract.budgets import FORM as BUDGETS_FORM
+from mailbox_app.contract.budgets import BudgetConfigError, TokenBudgets
 from mailbox_app.contract.config import (
     DEFAULT_ALLOWED_NETWORKS,
     ClaimPolicy,
@@ -174,6 +176,7 @@ class Environment(BaseSettings):
     AWAKEN_WEBHOOK_MAX_RETRY_DELAY_MS: int = _ms(1, 600_000)
     AWAKEN_WEBHOOK_TIMEOUT_MS: int = _ms(100, 5_000)
     AWAKEN_METRICS_TOKEN: str = ""
+    AWAKEN_TOKEN_BUDGETS: str = Field(default="", description=f"a JSON object {BUDGETS_FORM}")
     AWAKEN_METRICS_ALLOWED_NETWORKS: str = Field(
         default=DEFAULT_ALLOWED_NETWORKS, description="comma-separated CIDRs, e.g. 10.0.0.0/8,::1/128"
     )
@@ -285,6 +288,15 @@ class Environment(BaseSettings):
             parse_networks("AWAKEN_METRICS_ALLOWED_NETWORKS", value)
         except ConfigError as exc:
             raise ValueError(str(exc).split(": ", 1)[-1]) from None
+        return value
+
+    @field_validator("AWAKEN_TOKEN_BUDGETS")
+    @classmethod
+    def _budgets(cls, value: str) -> str:
+        try:
+            TokenBudgets.parse(value)
+        except BudgetConfigError as exc:
+            raise ValueError(str(exc)) from None
         return value
 
     @field_validator("AWAKEN_WEBHOOK_URL")

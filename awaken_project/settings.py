@@ -9,6 +9,7 @@ from pathlib import Path
 from awaken_project.environment import ConfigurationErrors, load
 from awaken_project.envurls import database_from_url
 from awaken_project.logconfig import logging_config
+from mailbox_app.contract.budgets import TokenBudgets
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -183,6 +184,8 @@ CELERY_WORKER_REDIRECT_STDOUTS = False
 AWAKEN_MAILBOX = _PARSED.mailbox
 # fairness across owners and concurrency limits (mailbox_app/conf.py)
 AWAKEN_CLAIM_POLICY = _PARSED.claim_policy
+# Token budgets per owner and per agent at admission (docs/replay-and-budgets.md); unset: none.
+AWAKEN_TOKEN_BUDGETS = TokenBudgets.parse(_ENV.AWAKEN_TOKEN_BUDGETS)
 AWAKEN_RUN_STORE = _ENV.AWAKEN_RUN_STORE
 # Extra agents: a JSON object {"agent_id": "dotted.path.to.ExecutorClass"}; `echo` is built in.
 AWAKEN_AGENTS: dict[str, str] = dict(_ENV.AWAKEN_AGENTS)

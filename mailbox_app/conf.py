@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from django.conf import settings
 
+from mailbox_app.contract.budgets import TokenBudgets
 from mailbox_app.contract.config import (
     DEFAULT_ALLOWED_NETWORKS,
     ClaimPolicy,
@@ -79,6 +80,8 @@ class AwakenSettings:
     MAILBOX: Setting[MailboxConfig] = Setting(MailboxConfig())
     # fairness across owners and concurrency limits (`claim_policy()` below)
     CLAIM_POLICY: Setting[ClaimPolicy] = Setting(ClaimPolicy())
+    # token budgets per owner and per agent, checked where runs are admitted (`token_budgets()` below)
+    TOKEN_BUDGETS: Setting[TokenBudgets] = Setting(TokenBudgets())
     # the run store the mailbox drives (mailbox_app/store/ports.py): a dotted module path
     RUN_STORE: Setting[str] = Setting("runs_app.store")
     # extra agents {"agent_id": "dotted.path.to.ExecutorClass"}; `echo` is built in
@@ -168,3 +171,15 @@ def claim_policy() -> ClaimPolicy:
     mailbox_app/contract/config.py; the claims that apply it are in mailbox_app/store/claims.py."""
     policy = awaken_settings.CLAIM_POLICY
     return policy if isinstance(policy, ClaimPolicy) else DEFAULT_POLICY
+
+
+DISABLED_BUDGETS = TokenBudgets()
+
+
+def token_budgets() -> TokenBudgets:
+    """The token budgets (`AWAKEN_TOKEN_BUDGETS`, mailbox_app/contract/budgets.py): disabled unless the
+    variable is set. Enabled, every claim admits a run only while its owner's and its agent's windows
+    have tokens left (the setting's defaults, or the admin's rows) and reserves an estimate for it;
+    the attempt's finish charges what it used instead (mailbox_app/store/budgets.sql)."""
+    budgets = awaken_settings.TOKEN_BUDGETS
+    return budgets if isinstance(budgets, TokenBudgets) else DISABLED_BUDGETS

@@ -359,3 +359,70 @@ class Schedule(models.Model):
 
     def __str__(self) -> str:
         return f"{self.schedule_id} on {self.thread_id}"
+
+
+BUDGET_SCOPES = ("owner", "agent")
+
+
+class TokenBudget(models.Model):
+    """An override of `AWAKEN_TOKEN_BUDGETS` for one owner or one agent (edited in the admin): how many
+    tokens its runs may use per window. The claims read these rows themselves (mailbox_app/store/
+    budgets.sql); without a row the setting's default for the scope applies."""
+
+    scope = models.CharField(max_length=8, choices=[(s, s) for s in BUDGET_SCOPES])
+    # the owner's key (the user's id, as the dispatch queue keys owners) or the agent id
+    key = models.CharField(max_length=128)
+    tokens = models.BigIntegerField(help_text="tokens (input + output) its runs may use per window")
+    window_s = models.IntegerField(default=60, help_text="the window's length in seconds")
+    note = models.CharField(max_length=255, blank=True, default="", db_default="")
+
+    class Meta:
+        db_table = "mailbox_token_budget"
+        verbose_name = "token budget"
+        constraints = [
+            models.UniqueConstraint(fields=["scope", "key"], name="token_budget_scope_key_unique"),
+            models.CheckConstraint(condition=Q(scope__in=BUDGET_SCOPES), name="token_budget_scope_valid"),
+            models.CheckConstraint(condition=Q(tokens__gte=0), name="token_budget_tokens_gte_0"),
+            models.CheckConstraint(
+                condition=Q(window_s__gte=1, window_s__lte=2_678_400), name="token_budget_window_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.scope} {self.key}: {self.tokens} tokens / {self.window_s} s"
+
+
+class TokenCharge(models.Model):
+    """One claim's charge against one budget's window: the reservation the claim made (its estimate),
+    replaced by the attempt's reported usage at its finish (`settled_at`). A claim whose attempt never
+    finishes (a crash, a lost lease) keeps its reservation as its charge. The window's usage is the sum
+    of its charges; rows are deleted by the GC once their window has ended."""
+
+    id = models.BigAutoField(primary_key=True)
+    scope = models.CharField(max_length=8)
+    key = models.CharField(max_length=128)
+    window_start = models.BigIntegerField()
+    window_end = models.BigIntegerField()
+    dispatch_id = models.CharField(max_length=64)
+    claim_token = models.CharField(max_length=64)
+    reserved = models.BigIntegerField()
+    tokens = models.BigIntegerField()
+    created_at = models.BigIntegerField()
+    settled_at = models.BigIntegerField(null=True, blank=True)
+
+    class Meta:
+        db_table = "mailbox_token_charge"
+        indexes = [
+            # a claim's admission: the window's sum for one scope
+            models.Index(fields=["scope", "key", "window_start"], name="token_charge_window_idx"),
+            # the finish's reconcile of its own claim
+            models.Index(fields=["dispatch_id"], name="token_charge_dispatch_idx"),
+            # the fair claim's spent scopes (windows open now) and the GC (windows ended)
+            models.Index(fields=["window_end"], name="token_charge_end_idx"),
+        ]
+        constraints = [
+            models.CheckConstraint(condition=Q(tokens__gte=0, reserved__gte=0), name="token_charge_gte_0")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.scope} {self.key} @ {self.window_start}: {self.tokens}"

@@ -16,7 +16,7 @@ from django.contrib.admin.utils import flatten_fieldsets
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
-from django.utils.safestring import SafeString
+from django.utils.safestring import SafeString, mark_safe
 
 from mailbox_app.admin.links import (
     ADMIN_CSS,
@@ -138,7 +138,7 @@ class RunStepInline(ReadOnlyAdmin, RunStepInlineBase):
     model = RunStep
     verbose_name = "journaled step"
     ordering = ("id",)
-    fields = ("key", "attempt_of_dispatch", "recorded", "result_size", "result_preview")
+    fields = ("key", "attempt_of_dispatch", "recorded", "step_usage", "result_size", "result_preview")
     readonly_fields = fields
     extra = 0
     max_num = 0
@@ -151,6 +151,16 @@ class RunStepInline(ReadOnlyAdmin, RunStepInlineBase):
     @admin.display(description="recorded at")
     def recorded(self, obj: RunStep) -> str:
         return format_utc_ms(obj.recorded_at)
+
+    @admin.display(description="tokens in / out")
+    def step_usage(self, obj: RunStep) -> str:
+        """What the step reported; a replayed run's copy says which run recorded (and paid for) it."""
+        used = f"{obj.input_tokens} / {obj.output_tokens}" + (
+            "" if obj.cost is None else f" · cost {obj.cost:g}"
+        )
+        return (
+            used if obj.copied_from_run_id is None else f"{used} (replayed from run {obj.copied_from_run_id})"
+        )
 
     @admin.display(description="result size")
     def result_size(self, obj: RunStep) -> str:
@@ -186,7 +196,11 @@ class RunAdmin(ReadOnlyAdmin, RunAdminBase):
         ("Outcome", {"fields": ("termination", "waiting_tickets", "final_output", "error_payload")}),
         (
             "Trace",
-            {"fields": ("dispatch_link", "session_id", "transport_request_id", "steps", "tokens")},
+            {"fields": ("dispatch_link", "session_id", "transport_request_id", "steps")},
+        ),
+        (
+            "Usage",  # summed over the attempts (mailbox_app/contract/usage.py)
+            {"fields": ("tokens", "cost_total", "usage_per_attempt")},
         ),
         ("Times", {"fields": ("created", "started", "finished", "updated")}),
         (
@@ -227,6 +241,32 @@ class RunAdmin(ReadOnlyAdmin, RunAdminBase):
     @admin.display(description="tokens in / out")
     def tokens(self, obj: Run) -> str:
         return f"{obj.input_tokens} / {obj.output_tokens}"
+
+    @admin.display(description="cost")
+    def cost_total(self, obj: Run) -> str:
+        return "— (not reported)" if obj.cost is None else f"{obj.cost:g}"
+
+    @admin.display(description="per attempt")
+    def usage_per_attempt(self, obj: Run) -> SafeString | str:
+        """One line per attempt: the dispatch and attempt, tokens in / out, cost, how it ended."""
+        attempts = obj.usage_attempts or []
+        if not attempts:
+            return "—"
+        return format_html_join(
+            mark_safe("<br>"),  # a constant
+            "{} of {}: {} / {}{} ({})",
+            (
+                (
+                    a.get("attempt"),
+                    link(dispatch_url(str(a.get("dispatch_id"))), str(a.get("dispatch_id"))),
+                    a.get("input_tokens", 0),
+                    a.get("output_tokens", 0),
+                    "" if a.get("cost") is None else f" · cost {a['cost']:g}",
+                    a.get("ended", "finished"),
+                )
+                for a in attempts
+            ),
+        )
 
     @admin.display(description="created at", ordering="created_at")
     def created(self, obj: Run) -> str:

@@ -74,6 +74,12 @@ class Run(models.Model):
     steps = models.IntegerField(default=0)
     input_tokens = models.BigIntegerField(default=0)
     output_tokens = models.BigIntegerField(default=0)
+    # Summed over `usage_attempts` with the tokens above: what each attempt of the run reported
+    # (mailbox_app/contract/usage.py). Database defaults, because the fused submit inserts runs in SQL.
+    cost = models.FloatField(null=True, blank=True)
+    usage_attempts = models.JSONField(
+        default=list, db_default=models.Value([], models.JSONField()), blank=True
+    )
     state = models.JSONField(null=True, blank=True)
     # The submitter's JSON object (bounded by the API), searched by containment (`@>`, GIN index).
     metadata = models.JSONField(default=dict, blank=True)
@@ -176,6 +182,13 @@ class RunStep(models.Model):
     state = models.JSONField(null=True, blank=True)
     result_bytes = models.IntegerField()
     recorded_at = models.BigIntegerField()
+    # What the step reported it cost (`StepOutput.usage`); zero / null when it reported nothing.
+    input_tokens = models.BigIntegerField(default=0, db_default=0)
+    output_tokens = models.BigIntegerField(default=0, db_default=0)
+    cost = models.FloatField(null=True, blank=True)
+    # A replayed run's journal starts with the steps of the run it replays (runs_app/services/fork.py):
+    # those rows name that run here. They were paid for there: they count in neither run's usage twice.
+    copied_from_run_id = models.CharField(max_length=64, null=True, blank=True)
 
     class Meta:
         db_table = "runs_step"

@@ -16,6 +16,7 @@ from mailbox_app.contract.message import ChatMessage
 from mailbox_app.contract.requests import RunRequest
 from mailbox_app.contract.storage import TerminationReason
 from mailbox_app.contract.suspension import RunWaitingState, ToolCallResume
+from mailbox_app.contract.usage import Usage
 
 
 class ExecutorError(Exception):
@@ -94,13 +95,17 @@ def classify_error(error: BaseException | None) -> MailboxRunOutcome:
 
 @dataclass(frozen=True)
 class RunResult:
-    """What an executor returns. `waiting` set => the run suspends (status Waiting) instead of finishing."""
+    """What an executor returns. `waiting` set => the run suspends (status Waiting) instead of finishing.
+
+    `usage`: the tokens (and cost) this attempt used outside its steps; what its steps used is reported
+    on each step's `StepOutput`. The attempt's usage is the sum of both (mailbox_app/contract/usage.py)."""
 
     final_output: str | None = None
     termination: TerminationReason = field(default_factory=lambda: TerminationReason(type="natural_end"))
     messages: tuple[ChatMessage, ...] = ()
     waiting: RunWaitingState | None = None
     state: dict[str, Any] | None = None
+    usage: Usage | None = None
 
 
 P = ParamSpec("P")
@@ -109,13 +114,15 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class StepOutput:
-    """What a step may return instead of a bare JSON value: its result plus the messages it produced
-    and the agent's state after it. All three are kept with the journal, so an attempt that re-runs
-    the run sees them (`RunContext.journal()`) and continues where the dead attempt stopped."""
+    """What a step may return instead of a bare JSON value: its result plus the messages it produced,
+    the agent's state after it and what it used (`usage`: the tokens of the model call it made). All are
+    kept with the journal, so an attempt that re-runs the run sees them (`RunContext.journal()`) and
+    continues where the dead attempt stopped; a replayed step's usage is not counted again."""
 
     result: Any = None
     messages: tuple[ChatMessage, ...] = ()
     state: dict[str, Any] | None = None
+    usage: Usage | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,12 +138,14 @@ class RecordedStep:
     state: dict[str, Any] | None
     result_bytes: int
     recorded_at: int
+    usage: Usage | None = None  # what the step reported it used
+    copied_from_run_id: str | None = None  # a replayed run's copy of the replayed run's step
 
     def value(self) -> Any:
         """What `RunContext.step` returns for this step: the bare result, or the `StepOutput`."""
         if self.messages is None:
             return self.result
-        return StepOutput(self.result, self.messages, self.state)
+        return StepOutput(self.result, self.messages, self.state, self.usage)
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,6 +276,10 @@ def resume_tool_call(context: RunContext, tool_call_id: str, decision: ToolCallR
 
 @runtime_checkable
 class RunExecutor(Protocol):
-    """The agent plug-in. Raise an `ExecutorError` subclass to fail; return a `RunResult` otherwise."""
+    """The agent plug-in. Raise an `ExecutorError` subclass to fail; return a `RunResult` otherwise.
+
+    An executor class may declare `max_tokens: int`, the most tokens one attempt of it uses: with token
+    budgets (`AWAKEN_TOKEN_BUDGETS`) a claim reserves that much for it until its finish reports what it
+    used (without it, the setting's `reserve_tokens`)."""
 
     def run(self, request: RunRequest, context: RunContext) -> RunResult: ...

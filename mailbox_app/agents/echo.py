@@ -10,8 +10,19 @@
   steps <n>           -> n journaled steps of one second each (`RunContext.step`); each step body
                          appends one real execution to a side-effect log outside the journal (a Redis
                          list per run), and the reply is "steps done: <n> steps, <k> executions" with k
-                         counted from that log: k == n unless a crash landed inside a step body
+                         counted from that log (this dispatch's entries): k == n unless a crash landed
+                         inside a step body, or the run replays the first steps of another run
 Steering messages received while running are appended as " | steered: <text>".
+
+Usage: words count as tokens. A reply reports the words of the user's text as input tokens and the
+words of the reply as output tokens (`RunResult.usage`); each step of `steps <n>` reports 1 input and
+1 output token (`StepOutput.usage`), counted only by the attempt that executes it.
+
+Step keys are stable across attempts and replays: `steps:<message id>:<i>`, the id of the user message
+that asked for the steps. Every attempt of a turn reads the same message (a re-run replays the recorded
+steps), a later turn of the run is another message (its own steps), and a replay of the run carries
+that message under its id into its fork (runs_app/services/fork.py), so `from_step` names the same step
+there (docs/replay-and-budgets.md).
 """
 
 from __future__ import annotations
@@ -25,6 +36,7 @@ from mailbox_app.agents.base import (
     RunContext,
     RunResult,
     request_decision,
+    StepOutput,
     resume_tool_call,
 )
 from mailbox_app.conf import awaken_settings
@@ -33,6 +45,7 @@ from mailbox_app.contract.message import ChatMessage, Role
 from mailbox_app.contract.requests import RunRequest
 from mailbox_app.contract.storage import TerminationReason
 from mailbox_app.contract.suspension import RunWaitingState, ToolCallResume, WaitingTicket
+from mailbox_app.contract.usage import Usage
 from mailbox_app.realtime.redis_client import get_redis
 
 CANCEL_POLL_S = 0.05
@@ -40,6 +53,7 @@ CANCELLED = TerminationReason(type="cancelled")
 STEP_SECONDS = 1.0
 MAX_STEPS = 100
 STEPS_LOG_TTL_S = 24 * 3600
+STEP_USAGE = Usage(input_tokens=1, output_tokens=1)
 
 
 class _StepCancelled(Exception):
@@ -52,11 +66,16 @@ def steps_log_key(run_id: str) -> str:
 
 
 class EchoAgent:
+    def __init__(self) -> None:
+        self._input_words = 0  # the words of the text this run was asked (its input tokens)
+
     def run(self, request: RunRequest, context: RunContext) -> RunResult:
         if request.decisions:
             call_id, decision = request.decisions[-1]
             return self._resume(decision, context, call_id=call_id)
-        text = _last_user_text(request.messages or context.thread_messages())
+        asked = _last_user(request.messages or context.thread_messages())
+        text = "" if asked is None else asked.text.strip()
+        self._input_words = _words(text)
         command, _, rest = text.partition(" ")
         if command == "fail":
             if rest.strip() == "permanent":
@@ -67,7 +86,8 @@ class EchoAgent:
         if command == "ask":
             return self._ask(rest, context)
         if command == "steps":
-            return self._steps(rest, request.session_id or "", context)
+            turn = (asked.id if asked is not None else None) or context.dispatch_id
+            return self._steps(rest, turn, request.session_id or "", context)
         return self._reply(f"echo: {text}", context)
 
     def _reply(self, text: str, context: RunContext) -> RunResult:
@@ -76,7 +96,8 @@ class EchoAgent:
         words = reply.split(" ")
         for i, word in enumerate(words):
             context.emit("text_delta", {"delta": word if i == 0 else " " + word})
-        return RunResult(final_output=reply, messages=(ChatMessage.assistant(reply),))
+        usage = Usage(input_tokens=self._input_words, output_tokens=_words(reply))
+        return RunResult(final_output=reply, messages=(ChatMessage.assistant(reply),), usage=usage)
 
     def _sleep(self, arg: str, context: RunContext) -> RunResult:
         try:
@@ -89,7 +110,7 @@ class EchoAgent:
                 return RunResult(termination=CANCELLED)
         return self._reply(f"slept {arg.strip()}", context)
 
-    def _steps(self, arg: str, session_id: str, context: RunContext) -> RunResult:
+    def _steps(self, arg: str, turn: str, session_id: str, context: RunContext) -> RunResult:
         try:
             count = int(arg.strip())
         except ValueError:
@@ -98,8 +119,9 @@ class EchoAgent:
             return self._reply(f"echo: steps {arg}", context)
         log_key = steps_log_key(context.run_id)
         for index in range(1, count + 1):
-            # keyed by the dispatch: each turn of a run (a continuation) runs its own steps
-            key = f"steps:{context.dispatch_id}:{index}"
+            # keyed by the message that asked: the same in every attempt and in a replay of the run; a
+            # later turn of the run (another message) runs its own steps
+            key = step_key(turn, index)
             try:
                 context.step(key, _one_step, context, log_key, session_id, index)
             except _StepCancelled:
@@ -145,8 +167,16 @@ class EchoAgent:
         return self._reply("denied", context)
 
 
-def _one_step(idempotency_key: str, context: RunContext, log_key: str, session_id: str, index: int) -> int:
-    """One step of `steps <n>`: a second of work, then one real execution appended to the side-effect log."""
+def step_key(turn: str, index: int) -> str:
+    """The journal key of step `index` (1-based) of `steps <n>` asked by the message `turn`."""
+    return f"steps:{turn}:{index}"
+
+
+def _one_step(
+    idempotency_key: str, context: RunContext, log_key: str, session_id: str, index: int
+) -> StepOutput:
+    """One step of `steps <n>`: a second of work, then one real execution appended to the side-effect log;
+    its result is the step's index, its usage one token in and one out."""
     if context.wait_cancelled(STEP_SECONDS):
         raise _StepCancelled
     entry = {
@@ -159,11 +189,15 @@ def _one_step(idempotency_key: str, context: RunContext, log_key: str, session_i
     pipe.rpush(log_key, json.dumps(entry))
     pipe.expire(log_key, STEPS_LOG_TTL_S)
     pipe.execute()
-    return index
+    return StepOutput(result=index, usage=STEP_USAGE)
 
 
-def _last_user_text(messages: list[ChatMessage]) -> str:
+def _last_user(messages: list[ChatMessage]) -> ChatMessage | None:
     for message in reversed(messages):
         if message.role is Role.USER:
-            return message.text.strip()
-    return ""
+            return message
+    return None
+
+
+def _words(text: str) -> int:
+    return len(text.split())

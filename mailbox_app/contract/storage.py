@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from mailbox_app.contract.lifecycle import RunStatus
 from mailbox_app.contract.message import FROZEN_MODEL, RunMessageInput
 from mailbox_app.contract.suspension import RunResumeDecision, RunWaitingState
+from mailbox_app.contract.usage import AttemptUsage
 
 
 class RunRequestSnapshot(BaseModel):
@@ -58,8 +59,10 @@ class RunRecord(BaseModel):
     finished_at: int | None = None
     updated_at: int = 0
     steps: int = 0
-    input_tokens: int = 0
+    input_tokens: int = 0  # summed over usage_attempts
     output_tokens: int = 0
+    cost: float | None = None  # summed over usage_attempts; None: no attempt reported a cost
+    usage_attempts: list[AttemptUsage] = Field(default_factory=list)  # mailbox_app/contract/usage.py
     state: dict[str, Any] | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     timeout_ms: int | None = None  # each activation's time budget (None: unbounded)

@@ -82,6 +82,14 @@ SIGNAL_ACK = Counter("mailbox_dispatch_signal_ack", "Doorbells acknowledged.")
 SIGNAL_NACK = Counter("mailbox_dispatch_signal_nack", "Doorbells handed back for a retry.", ["delayed"])
 SIGNAL_REDELIVERY = Counter("mailbox_dispatch_signal_redelivery", "Doorbells delivered more than once.")
 
+# What agents used (docs/replay-and-budgets.md): each attempt's reported usage, counted at its finish.
+# One series per agent and owner (the owner's key: the user's id), so a team can bill per customer.
+TOKENS = Counter("awaken_tokens", "Tokens agents used, by agent, owner and kind (input / output).",
+                 ["agent", "owner", "kind"])  # fmt: skip
+COST = Counter(
+    "awaken_cost", "Cost agents reported (the agent's unit), by agent and owner.", ["agent", "owner"]
+)
+
 SIGNAL_NACK_DELAYED = SIGNAL_NACK.labels(delayed="true")
 SIGNAL_NACK_NOW = SIGNAL_NACK.labels(delayed="false")
 OUTCOMES = ("completed", "transient_error", "permanent_error", "cancelled", "superseded", "dead_letter")
@@ -279,6 +287,33 @@ def marks_run(function: Callable[P, R]) -> Callable[P, R]:
         return ended
 
     return wrapper
+
+
+_USAGE_CHILDREN: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
+
+
+def _usage_children(agent: str, owner: str) -> tuple[Any, Any, Any]:
+    """The (input, output, cost) children of one agent and owner, bound on first use and kept."""
+    bound = _USAGE_CHILDREN.get((agent, owner))
+    if bound is None:
+        bound = (
+            TOKENS.labels(agent=agent, owner=owner, kind="input"),
+            TOKENS.labels(agent=agent, owner=owner, kind="output"),
+            COST.labels(agent=agent, owner=owner),
+        )
+        _USAGE_CHILDREN[(agent, owner)] = bound
+    return bound
+
+
+def record_usage(agent: str, owner: str, input_tokens: int, output_tokens: int, cost: float | None) -> None:
+    """An attempt's usage, counted once at its finish (after it committed)."""
+    inputs, outputs, costs = _usage_children(agent, owner)
+    if input_tokens > 0:
+        inputs.inc(input_tokens)
+    if output_tokens > 0:
+        outputs.inc(output_tokens)
+    if cost:
+        costs.inc(cost)
 
 
 # --- depth (refreshed by the sweep), signals -------------------------------------------------------

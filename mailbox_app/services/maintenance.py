@@ -20,6 +20,7 @@ from mailbox_app.realtime import doorbells
 from mailbox_app.realtime.locks import ThreadLock
 from mailbox_app.services import mailbox, timeouts
 from mailbox_app.services.reconcile import reemit_lost_finishes, terminalize_run_for_dispatch
+from mailbox_app.store import budgets
 from mailbox_app.store.ports import run_store
 from mailbox_app.store.runs_tables import steps
 
@@ -138,6 +139,7 @@ def gc_counts(*, now: int | None = None) -> dict[str, int]:
     counts = {"dispatches": store.purge_terminal(stamp - awaken_settings.MAILBOX.gc_ttl_ms)}
     counts["epochs"] = store.purge_orphaned_epochs(limit=awaken_settings.GC_MAX_PER_TICK)
     counts["steps"] = steps.purge_journals(stamp - awaken_settings.MAILBOX.gc_ttl_ms)  # of long-done runs
+    counts["token_charges"] = budgets.purge_charges(stamp, awaken_settings.GC_MAX_PER_TICK)  # ended windows
     for receiver, result in gc_ran.send_robust(sender=gc, now=stamp):
         if isinstance(result, Exception):
             log.warning("gc receiver %r failed", receiver, exc_info=result)

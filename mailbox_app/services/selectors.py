@@ -26,6 +26,7 @@ from mailbox_app.store import inbox as windows
 from mailbox_app.store.ports import run_store
 
 BLOCK_REPORT_QUEUED_LIMIT = 200
+TOKEN_BUDGET = "token budget of "  # how store.blocking_limit names a spent budget
 BACKGROUND_TASKS = "background_tasks"  # the waiting reason of a run that waits for its own tasks
 
 
@@ -512,7 +513,7 @@ def thread_block_report(thread_id: str, now: int | None = None) -> ThreadBlockRe
         waiting=waiting,
         pauses=pauses,
     )
-    reasons = _reasons(report, exists) + _limit_reason(holder, queued_rows, thread_id)
+    reasons = _reasons(report, exists) + _limit_reason(holder, queued_rows, thread_id, stamp)
     reasons += tuple(_paused_phrase(p) for p in pauses) + _window_reason(thread_id, stamp)
     return replace(report, reasons=reasons)
 
@@ -536,13 +537,18 @@ def _window_reason(thread_id: str, now: int) -> tuple[str, ...]:
     )
 
 
-def _limit_reason(holder: ClaimHolder | None, queued_rows: list[Dispatch], thread_id: str) -> tuple[str, ...]:
-    """Name the concurrency limit (mailbox_app/conf.py) that holds the thread's next dispatch, if one does."""
+def _limit_reason(
+    holder: ClaimHolder | None, queued_rows: list[Dispatch], thread_id: str, now: int
+) -> tuple[str, ...]:
+    """Name the concurrency limit (mailbox_app/conf.py) or the spent token budget (mailbox_app/store/
+    budgets.py: "token budget of owner X: resets in N s") that holds the thread's next dispatch."""
     if holder is not None or not queued_rows:
         return ()
-    limit = store.blocking_limit(queued_rows[0].agent_key, store.thread_owner_key(thread_id))
+    limit = store.blocking_limit(queued_rows[0].agent_key, store.thread_owner_key(thread_id), now)
     if limit is None:
         return ()
+    if limit.startswith(TOKEN_BUDGET):
+        return (f"{queued_rows[0].dispatch_id} waits for its {limit}",)
     return (f"{queued_rows[0].dispatch_id} waits for a concurrency slot: {limit}",)
 
 

@@ -6,7 +6,10 @@ fairest head across threads, what a finishing attempt drains to). Who may be cla
 condition under transaction-scoped advisory locks, so two workers can never exceed a limit.
 
 Without limits a claim is a function in the database (claims.sql, beside this module: one definition,
-which the fused submit and finish call too); with limits, the statements below. Lock order everywhere:
+which the fused submit and finish call too); with limits, the statements below. Token budgets
+(budgets.sql, `budget_param`) ride in the same statements: NULL when none are configured, else the
+head is admitted only while its owner's and agent's windows have tokens left, and the claim charges a
+reservation in the same statement. Lock order everywhere:
 the thread's epoch row, then the limit scopes' advisory locks in a fixed order. PostgreSQL enforces one
 claimed dispatch per thread (a partial unique index, the backstop): a claim under limits that loses a
 race surfaces as a unique violation, answered here as "nothing claimed".
@@ -25,22 +28,26 @@ from django.db import IntegrityError, connection, transaction
 
 from mailbox_app.conf import claim_policy
 from mailbox_app.contract.config import ClaimPolicy
-from mailbox_app.contract.ids import uuid7
+from mailbox_app.contract.ids import now_ms, uuid7
 from mailbox_app.contract.mailbox import DispatchRecord, DispatchStatus
 from mailbox_app.observability import metrics
+from mailbox_app.store.budgets import blocking_budget, budget_param
 from mailbox_app.store.fenced import supersede
 from mailbox_app.store.rows import fetch_one, scalar
 
 # The reference's `claim` of a thread's next dispatch, without limits (claims.sql)
 CLAIM_THREAD = """
-SELECT * FROM mailbox_claim_thread(%(thread_id)s, %(token)s, %(consumer_id)s, %(lease_until)s, %(now)s)
+SELECT * FROM mailbox_claim_thread(
+    %(thread_id)s, %(token)s, %(consumer_id)s, %(lease_until)s, %(now)s, false, %(budgets)s::jsonb)
 """
 
 # A thread's claim under concurrency limits (mailbox_claim_thread's, plus the limits): the caller holds
 # the thread's epoch row (LOCK_THREAD_HEAD) and the advisory lock of each limited scope
 # (LOCK_LIMIT_SCOPES, taken in the statement before, so this statement's snapshot sees every claim
 # committed before the lock was granted); the counts are part of the claim's condition. Only a head of
-# the agent the scopes were locked for is claimed.
+# the agent the scopes were locked for is claimed. With token budgets, the head's admission
+# (budgets.sql, its scopes' locks after the limits') is part of the condition too, and the claim
+# charges its reservation (`charge`).
 CLAIM_WITHIN_LIMITS = """
 WITH e AS (
     SELECT current_epoch FROM mailbox_thread_epoch WHERE thread_id = %(thread_id)s FOR UPDATE
@@ -59,26 +66,40 @@ WITH e AS (
      ORDER BY priority, created_at, dispatch_id
      LIMIT 1
      FOR UPDATE SKIP LOCKED
+), budget AS MATERIALIZED (
+    SELECT mailbox_budget_admit(
+               %(budgets)s::jsonb, %(owner_key)s, %(agent_key)s, %(now)s, NOT %(skip_locked)s) AS reservation
+     WHERE %(budgets)s::jsonb IS NOT NULL AND EXISTS (SELECT 1 FROM pick)
+), claimed AS (
+    UPDATE mailbox_dispatch d
+       SET status = 'claimed', claim_token = %(token)s, claimed_by = %(consumer_id)s,
+           lease_until = %(lease_until)s, updated_at = %(now)s
+      FROM pick
+     WHERE d.dispatch_id = pick.dispatch_id AND d.agent_key = %(agent_key)s
+       AND (%(global_limit)s::int IS NULL
+            OR (SELECT count(*) FROM mailbox_dispatch c WHERE c.status = 'claimed') < %(global_limit)s::int)
+       AND (%(agent_limit)s::int IS NULL
+            OR (SELECT count(*) FROM mailbox_dispatch c
+                 WHERE c.status = 'claimed' AND c.agent_key = %(agent_key)s)
+               < %(agent_limit)s::int)
+       AND (%(owner_limit)s::int IS NULL
+            OR (SELECT count(*) FROM mailbox_dispatch c
+                  JOIN mailbox_thread_epoch ce ON ce.thread_id = c.thread_id
+                 WHERE c.status = 'claimed' AND ce.owner_key = %(owner_key)s) < %(owner_limit)s::int)
+       AND (%(budgets)s::jsonb IS NULL OR (SELECT reservation FROM budget) IS NOT NULL)
+       -- a pause of the thread, of the agent or of everything holds it (mailbox_app/store/pauses.py)
+       AND NOT EXISTS (SELECT 1 FROM mailbox_pause p
+                        WHERE p.scope = 'all' OR (p.scope = 'thread' AND p.key = d.thread_id)
+                           OR (p.scope = 'agent' AND p.key = d.agent_key))
+    RETURNING d.*
+), charge AS (
+    INSERT INTO mailbox_token_charge (scope, key, window_start, window_end, dispatch_id, claim_token,
+                                      reserved, tokens, created_at)
+    SELECT r ->> 'scope', r ->> 'key', (r ->> 'window_start')::bigint, (r ->> 'window_end')::bigint,
+           c.dispatch_id, c.claim_token, (r ->> 'tokens')::bigint, (r ->> 'tokens')::bigint, %(now)s
+      FROM claimed c, budget b, jsonb_array_elements(b.reservation) AS r
 )
-UPDATE mailbox_dispatch d
-   SET status = 'claimed', claim_token = %(token)s, claimed_by = %(consumer_id)s,
-       lease_until = %(lease_until)s, updated_at = %(now)s
-  FROM pick
- WHERE d.dispatch_id = pick.dispatch_id AND d.agent_key = %(agent_key)s
-   AND (%(global_limit)s::int IS NULL
-        OR (SELECT count(*) FROM mailbox_dispatch c WHERE c.status = 'claimed') < %(global_limit)s::int)
-   AND (%(agent_limit)s::int IS NULL
-        OR (SELECT count(*) FROM mailbox_dispatch c
-             WHERE c.status = 'claimed' AND c.agent_key = %(agent_key)s)
-           < %(agent_limit)s::int)
-   AND (%(owner_limit)s::int IS NULL
-        OR (SELECT count(*) FROM mailbox_dispatch c JOIN mailbox_thread_epoch ce ON ce.thread_id = c.thread_id
-             WHERE c.status = 'claimed' AND ce.owner_key = %(owner_key)s) < %(owner_limit)s::int)
-   -- a pause of the thread, of the agent or of everything holds it (mailbox_app/store/pauses.py)
-   AND NOT EXISTS (SELECT 1 FROM mailbox_pause p
-                    WHERE p.scope = 'all' OR (p.scope = 'thread' AND p.key = d.thread_id)
-                       OR (p.scope = 'agent' AND p.key = d.agent_key))
-RETURNING d.*
+SELECT * FROM claimed
 """
 
 
@@ -114,6 +135,7 @@ def _claim_params(thread_id: str, consumer_id: str, lease_ms: int, now: int) -> 
         "token": uuid7(),
         "consumer_id": consumer_id,
         "lease_until": now + lease_ms,
+        "budgets": budget_param(),
     }
 
 
@@ -192,7 +214,8 @@ def _claim_limited(
     if within is not None and not scopes <= within:
         return None, frozenset()
     _lock_scopes(policy, agent_key, owner_key)
-    claimed = fetch_one(CLAIM_WITHIN_LIMITS, params | _limit_params(policy, agent_key, owner_key))
+    limits = _limit_params(policy, agent_key, owner_key) | {"skip_locked": skip_locked}
+    claimed = fetch_one(CLAIM_WITHIN_LIMITS, params | limits)
     return claimed, scopes
 
 
@@ -203,13 +226,14 @@ FAIR_CANDIDATES = 16
 # The fair claim across threads, without limits (claims.sql)
 CLAIM_FAIR = """
 SELECT * FROM mailbox_claim_fair(
-    %(token)s, %(consumer_id)s, %(lease_until)s, %(now)s, %(unstarted_before)s, %(limit)s)
+    %(token)s, %(consumer_id)s, %(lease_until)s, %(now)s, %(unstarted_before)s, %(limit)s, %(budgets)s::jsonb)
 """
 
 # The fair heads under limits: each thread's head (its next eligible queued row, or a claim a submit took
 # inline that no worker started within the grace), ordered by when its owner was last served, then
-# priority and age; threads executing a dispatch, heads whose agent or owner is at its limit, and paused
-# heads are skipped (re-checked under the locks when claimed).
+# priority and age; threads executing a dispatch, heads whose agent or owner is at its limit or whose
+# token budget is spent (budgets.sql), and paused heads are skipped (re-checked under the locks when
+# claimed).
 FAIR_HEADS_WITHIN_LIMITS = """
 WITH heads AS (
     SELECT DISTINCT ON (u.thread_id) u.* FROM (
@@ -228,6 +252,8 @@ WITH heads AS (
     SELECT ce.owner_key, count(*) AS n
       FROM mailbox_dispatch c JOIN mailbox_thread_epoch ce ON ce.thread_id = c.thread_id
      WHERE c.status = 'claimed' GROUP BY ce.owner_key
+), spent AS MATERIALIZED (
+    SELECT mailbox_budget_spent(%(budgets)s::jsonb, %(now)s) AS scopes WHERE %(budgets)s::jsonb IS NOT NULL
 )
 SELECT h.thread_id, h.dispatch_id, h.claim_token, h.agent_key, COALESCE(e.owner_key, '')
   FROM heads h
@@ -247,14 +273,18 @@ SELECT h.thread_id, h.dispatch_id, h.claim_token, h.agent_key, COALESCE(e.owner_
         AND (NOT EXISTS (SELECT 1 FROM mailbox_pause)
              OR NOT EXISTS (SELECT 1 FROM mailbox_pause p
                              WHERE p.scope = 'all' OR (p.scope = 'thread' AND p.key = h.thread_id)
-                                OR (p.scope = 'agent' AND p.key = h.agent_key))))
+                                OR (p.scope = 'agent' AND p.key = h.agent_key)))
+        AND (%(budgets)s::jsonb IS NULL
+             OR NOT ('owner:' || COALESCE(e.owner_key, '') = ANY ((SELECT scopes FROM spent)::text[])
+                     OR 'agent:' || h.agent_key = ANY ((SELECT scopes FROM spent)::text[]))))
  ORDER BY COALESCE(g.served_at, 0), h.priority, h.created_at, h.dispatch_id
  LIMIT %(limit)s
 """
 
 # Take over a claim a submit took inline that no worker has started (its hand-over is stuck behind
 # other work): a new token, so the late hand-over finds its fence gone and leaves. Never waits: a row
-# another transaction holds (its hand-over starting it, another worker taking it over) is skipped.
+# another transaction holds (its hand-over starting it, another worker taking it over) is skipped. The
+# claim's token-budget charges (budgets.sql) move to the new token.
 STEAL_UNSTARTED = """
 WITH pick AS (
     SELECT dispatch_id FROM mailbox_dispatch
@@ -262,13 +292,18 @@ WITH pick AS (
        AND dispatch_instance_id IS NULL
        AND dispatch_epoch >= (SELECT current_epoch FROM mailbox_thread_epoch WHERE thread_id = %(thread_id)s)
      FOR UPDATE SKIP LOCKED
+), stolen AS (
+    UPDATE mailbox_dispatch d
+       SET claim_token = %(token)s, claimed_by = %(consumer_id)s, lease_until = %(lease_until)s,
+           updated_at = %(now)s
+      FROM pick
+     WHERE d.dispatch_id = pick.dispatch_id
+    RETURNING d.*
+), moved AS (
+    UPDATE mailbox_token_charge c SET claim_token = %(token)s
+      FROM stolen s WHERE c.dispatch_id = s.dispatch_id AND c.claim_token = %(old_token)s
 )
-UPDATE mailbox_dispatch d
-   SET claim_token = %(token)s, claimed_by = %(consumer_id)s, lease_until = %(lease_until)s,
-       updated_at = %(now)s
-  FROM pick
- WHERE d.dispatch_id = pick.dispatch_id
-RETURNING d.*
+SELECT * FROM stolen
 """
 
 
@@ -292,6 +327,7 @@ def claim_next_fair(consumer_id: str, lease_ms: int, now: int) -> DispatchRecord
         "global_limit": policy.max_active_runs,
         "agent_limits": json.dumps(policy.agent_limits),
         "owner_limit": policy.owner_max_active_runs,
+        "budgets": budget_param(),
     }
     with connection.cursor() as cursor:
         cursor.execute(FAIR_HEADS_WITHIN_LIMITS, params)
@@ -357,27 +393,68 @@ UPDATE mailbox_dispatch d
 RETURNING d.*
 """
 
+# The inline claim of one dispatch under token budgets (budgets.sql): its admission (the scopes' locks,
+# waited for: the caller holds only this thread's epoch row), the claim, its reservation.
+CLAIM_BY_ID_WITHIN_BUDGETS = """
+WITH budget AS MATERIALIZED (
+    SELECT mailbox_budget_admit(%(budgets)s::jsonb, %(owner_key)s, %(agent_key)s, %(now)s, true)
+           AS reservation
+), claimed AS (
+    UPDATE mailbox_dispatch d
+       SET status = 'claimed', claim_token = %(token)s, claimed_by = %(consumer_id)s,
+           lease_until = %(lease_until)s, updated_at = %(now)s
+     WHERE d.dispatch_id = %(dispatch_id)s AND d.status = 'queued'
+       AND NOT EXISTS (SELECT 1 FROM mailbox_dispatch c
+                        WHERE c.thread_id = d.thread_id AND c.status = 'claimed')
+       AND (SELECT reservation FROM budget) IS NOT NULL
+    RETURNING d.*
+), charge AS (
+    INSERT INTO mailbox_token_charge (scope, key, window_start, window_end, dispatch_id, claim_token,
+                                      reserved, tokens, created_at)
+    SELECT r ->> 'scope', r ->> 'key', (r ->> 'window_start')::bigint, (r ->> 'window_end')::bigint,
+           c.dispatch_id, c.claim_token, (r ->> 'tokens')::bigint, (r ->> 'tokens')::bigint, %(now)s
+      FROM claimed c, budget b, jsonb_array_elements(b.reservation) AS r
+)
+SELECT * FROM claimed
+"""
+
 CLAIM_BY_ID_WITHIN_LIMITS = """
-UPDATE mailbox_dispatch d
-   SET status = 'claimed', claim_token = %(token)s, claimed_by = %(consumer_id)s,
-       lease_until = %(lease_until)s, updated_at = %(now)s
- WHERE d.dispatch_id = %(dispatch_id)s AND d.status = 'queued'
-   AND NOT EXISTS (SELECT 1 FROM mailbox_dispatch c WHERE c.thread_id = d.thread_id AND c.status = 'claimed')
-   AND d.agent_key = %(agent_key)s
-   AND (%(global_limit)s::int IS NULL
-        OR (SELECT count(*) FROM mailbox_dispatch c WHERE c.status = 'claimed') < %(global_limit)s::int)
-   AND (%(agent_limit)s::int IS NULL
-        OR (SELECT count(*) FROM mailbox_dispatch c
-             WHERE c.status = 'claimed' AND c.agent_key = %(agent_key)s)
-           < %(agent_limit)s::int)
-   AND (%(owner_limit)s::int IS NULL
-        OR (SELECT count(*) FROM mailbox_dispatch c JOIN mailbox_thread_epoch ce ON ce.thread_id = c.thread_id
-             WHERE c.status = 'claimed' AND ce.owner_key = %(owner_key)s) < %(owner_limit)s::int)
-   -- a pause of the thread, of the agent or of everything holds it (mailbox_app/store/pauses.py)
-   AND NOT EXISTS (SELECT 1 FROM mailbox_pause p
-                    WHERE p.scope = 'all' OR (p.scope = 'thread' AND p.key = d.thread_id)
-                       OR (p.scope = 'agent' AND p.key = d.agent_key))
-RETURNING d.*
+WITH budget AS MATERIALIZED (
+    SELECT mailbox_budget_admit(%(budgets)s::jsonb, %(owner_key)s, %(agent_key)s, %(now)s, true)
+           AS reservation
+     WHERE %(budgets)s::jsonb IS NOT NULL
+), claimed AS (
+    UPDATE mailbox_dispatch d
+       SET status = 'claimed', claim_token = %(token)s, claimed_by = %(consumer_id)s,
+           lease_until = %(lease_until)s, updated_at = %(now)s
+     WHERE d.dispatch_id = %(dispatch_id)s AND d.status = 'queued'
+       AND NOT EXISTS (SELECT 1 FROM mailbox_dispatch c
+                        WHERE c.thread_id = d.thread_id AND c.status = 'claimed')
+       AND d.agent_key = %(agent_key)s
+       AND (%(global_limit)s::int IS NULL
+            OR (SELECT count(*) FROM mailbox_dispatch c WHERE c.status = 'claimed') < %(global_limit)s::int)
+       AND (%(agent_limit)s::int IS NULL
+            OR (SELECT count(*) FROM mailbox_dispatch c
+                 WHERE c.status = 'claimed' AND c.agent_key = %(agent_key)s)
+               < %(agent_limit)s::int)
+       AND (%(owner_limit)s::int IS NULL
+            OR (SELECT count(*) FROM mailbox_dispatch c
+                  JOIN mailbox_thread_epoch ce ON ce.thread_id = c.thread_id
+                 WHERE c.status = 'claimed' AND ce.owner_key = %(owner_key)s) < %(owner_limit)s::int)
+       AND (%(budgets)s::jsonb IS NULL OR (SELECT reservation FROM budget) IS NOT NULL)
+       -- a pause of the thread, of the agent or of everything holds it (mailbox_app/store/pauses.py)
+       AND NOT EXISTS (SELECT 1 FROM mailbox_pause p
+                        WHERE p.scope = 'all' OR (p.scope = 'thread' AND p.key = d.thread_id)
+                           OR (p.scope = 'agent' AND p.key = d.agent_key))
+    RETURNING d.*
+), charge AS (
+    INSERT INTO mailbox_token_charge (scope, key, window_start, window_end, dispatch_id, claim_token,
+                                      reserved, tokens, created_at)
+    SELECT r ->> 'scope', r ->> 'key', (r ->> 'window_start')::bigint, (r ->> 'window_end')::bigint,
+           c.dispatch_id, c.claim_token, (r ->> 'tokens')::bigint, (r ->> 'tokens')::bigint, %(now)s
+      FROM claimed c, budget b, jsonb_array_elements(b.reservation) AS r
+)
+SELECT * FROM claimed
 """
 
 
@@ -401,14 +478,16 @@ def claim_dispatch(dispatch_id: str, consumer_id: str, lease_ms: int, now: int) 
                 "token": uuid7(),
                 "consumer_id": consumer_id,
                 "lease_until": now + lease_ms,
+                "budgets": budget_param(),
             }
-            if not policy.has_limits:
+            if not policy.has_limits and params["budgets"] is None:
                 return fetch_one(CLAIM_BY_ID, params)
             owner_key = thread_owner_key(current.thread_id)
+            scoped = _limit_params(policy, current.agent_key, owner_key)
+            if not policy.has_limits:
+                return fetch_one(CLAIM_BY_ID_WITHIN_BUDGETS, params | scoped)
             _lock_scopes(policy, current.agent_key, owner_key)
-            return fetch_one(
-                CLAIM_BY_ID_WITHIN_LIMITS, params | _limit_params(policy, current.agent_key, owner_key)
-            )
+            return fetch_one(CLAIM_BY_ID_WITHIN_LIMITS, params | scoped)
     except IntegrityError:
         return None
 
@@ -431,12 +510,14 @@ SELECT (SELECT count(*) FROM mailbox_dispatch WHERE status = 'claimed'),
 """
 
 
-def blocking_limit(agent_key: str, owner_key: str) -> str | None:
-    """The concurrency limit that holds a claim of this agent for this owner now, named by its setting;
-    None when no limit is reached."""
+def blocking_limit(agent_key: str, owner_key: str, now: int | None = None) -> str | None:
+    """What holds a claim of this agent for this owner now: a concurrency limit, named by its setting,
+    else a spent token budget (`token budget of owner 7: resets in 42 s …`); None when nothing does.
+    The submit queues a head held so, and a doorbell for it does not poll (the slot's finish or the
+    sweep claims it)."""
     policy = claim_policy()
     if not policy.has_limits:
-        return None
+        return _budget_block(agent_key, owner_key, now)
     with connection.cursor() as cursor:
         cursor.execute(CLAIMED_COUNTS, {"agent_key": agent_key, "owner_key": owner_key})
         row = cursor.fetchone()
@@ -448,4 +529,10 @@ def blocking_limit(agent_key: str, owner_key: str) -> str | None:
         return f"AWAKEN_AGENT_LIMITS[{agent_key}]={agent_limit} ({of_agent} running)"
     if policy.owner_max_active_runs is not None and of_owner >= policy.owner_max_active_runs:
         return f"AWAKEN_OWNER_MAX_ACTIVE_RUNS={policy.owner_max_active_runs} ({of_owner} running)"
-    return None
+    return _budget_block(agent_key, owner_key, now)
+
+
+def _budget_block(agent_key: str, owner_key: str, now: int | None) -> str | None:
+    stamp = now_ms() if now is None else now
+    spent = blocking_budget(owner_key, agent_key, stamp)
+    return None if spent is None else spent.reason(stamp)

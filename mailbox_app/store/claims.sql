@@ -2,7 +2,9 @@
 -- dispatch and the fair claim across threads. One definition each, called by claims.py and by the
 -- attempt's and the submit's transitions (mailbox_app/store/runs_tables/*.sql), installed by
 -- `manage.py migrate` (mailbox_app/store/install.py). No concurrency limits here: a claim under
--- limits is claims.py's (advisory locks per scope, counts in the claim's condition).
+-- limits is claims.py's (advisory locks per scope, counts in the claim's condition). Token budgets
+-- (`p_budgets`, NULL when none are configured) are budgets.sql's: a head is admitted only while its
+-- owner's and its agent's windows have tokens left, and its claim charges a reservation.
 --
 -- A claim locks the thread's epoch row first: claims and interrupts of one thread serialize on it, so
 -- the "no claimed dispatch on this thread" check, made after the lock, sees every claim committed
@@ -16,10 +18,14 @@
 -- With `p_skip_locked` a thread whose epoch row another transaction holds is skipped, never waited for.
 CREATE OR REPLACE FUNCTION mailbox_claim_thread(
     p_thread_id varchar, p_token varchar, p_consumer varchar, p_lease_until bigint, p_now bigint,
-    p_skip_locked boolean DEFAULT false
+    p_skip_locked boolean DEFAULT false, p_budgets jsonb DEFAULT NULL
 ) RETURNS SETOF mailbox_dispatch LANGUAGE plpgsql AS $$
 DECLARE
     v_epoch bigint;
+    v_owner varchar;
+    v_head record;
+    v_reservation jsonb;
+    v_claimed mailbox_dispatch;
 BEGIN
     IF p_skip_locked THEN
         SELECT current_epoch INTO v_epoch FROM mailbox_thread_epoch
@@ -40,6 +46,35 @@ BEGIN
          WHERE thread_id = p_thread_id AND status = 'queued' AND dispatch_epoch < v_epoch;
     END IF;
     IF EXISTS (SELECT 1 FROM mailbox_dispatch WHERE thread_id = p_thread_id AND status = 'claimed') THEN
+        RETURN;
+    END IF;
+    IF p_budgets IS NOT NULL THEN
+        -- token budgets (budgets.sql): the head, then its admission (the scopes' locks after the epoch
+        -- row's, waiting only when the epoch row was waited for), then the claim and its reservation
+        SELECT q.dispatch_id, q.agent_key INTO v_head FROM mailbox_dispatch q
+         WHERE q.thread_id = p_thread_id AND q.status = 'queued' AND q.dispatch_epoch >= v_epoch
+           AND q.available_at <= p_now
+         ORDER BY q.priority, q.created_at, q.dispatch_id
+         LIMIT 1
+           FOR UPDATE SKIP LOCKED;
+        IF v_head.dispatch_id IS NULL OR EXISTS (
+               SELECT 1 FROM mailbox_pause p  -- a paused head waits, as below
+                WHERE p.scope = 'all' OR (p.scope = 'thread' AND p.key = p_thread_id)
+                   OR (p.scope = 'agent' AND p.key = v_head.agent_key)) THEN
+            RETURN;
+        END IF;
+        SELECT owner_key INTO v_owner FROM mailbox_thread_epoch WHERE thread_id = p_thread_id;  -- (locked above)
+        v_reservation := mailbox_budget_admit(p_budgets, v_owner, v_head.agent_key, p_now, NOT p_skip_locked);
+        IF v_reservation IS NULL THEN
+            RETURN;
+        END IF;
+        UPDATE mailbox_dispatch d
+           SET status = 'claimed', claim_token = p_token, claimed_by = p_consumer, lease_until = p_lease_until,
+               updated_at = p_now
+         WHERE d.dispatch_id = v_head.dispatch_id
+        RETURNING d.* INTO v_claimed;
+        PERFORM mailbox_budget_reserve(v_claimed.dispatch_id, p_token, v_reservation, p_now);
+        RETURN NEXT v_claimed;
         RETURN;
     END IF;
     RETURN QUERY
@@ -72,12 +107,17 @@ $$;
 -- is skipped, never waited for. At most `p_limit` candidates are tried; the first claim wins.
 CREATE OR REPLACE FUNCTION mailbox_claim_fair(
     p_token varchar, p_consumer varchar, p_lease_until bigint, p_now bigint, p_unstarted_before bigint,
-    p_limit integer
+    p_limit integer, p_budgets jsonb DEFAULT NULL
 ) RETURNS SETOF mailbox_dispatch LANGUAGE plpgsql AS $$
 DECLARE
     v_head record;
     v_claimed mailbox_dispatch;
 BEGIN
+    IF p_budgets IS NOT NULL THEN  -- token budgets: the same claim, leaving spent owners out (budgets.sql)
+        RETURN QUERY SELECT * FROM mailbox_claim_fair_within_budgets(
+            p_token, p_consumer, p_lease_until, p_now, p_unstarted_before, p_limit, p_budgets);
+        RETURN;
+    END IF;
     FOR v_head IN
         WITH heads AS (
             SELECT DISTINCT ON (u.thread_id) u.* FROM (

@@ -81,6 +81,8 @@ class Settle(StrEnum):
 # `dead_letter`): its result recorded and the delivery settled. A nack requeues with backoff, or
 # dead-letters once attempts reach `max_attempts` (spec §3.7); a requeued dispatch keeps no trace of the
 # abandoned attempt, and decisions the attempt acknowledged live but did not take ride along with it.
+# With token budgets (`charge_tokens`), the claim's reservation becomes what the attempt used
+# (mailbox_app/store/budgets.sql), only when the fence matched.
 SETTLE = """
 WITH next AS (
     SELECT d.dispatch_id,
@@ -88,7 +90,7 @@ WITH next AS (
                 WHEN %(outcome)s = 'dead_letter' OR d.attempt_count + 1 >= d.max_attempts THEN 'dead_letter'
                 ELSE 'queued' END AS status
       FROM mailbox_dispatch d WHERE d.dispatch_id = %(dispatch_id)s
-)
+), settled AS (
 UPDATE mailbox_dispatch d
    SET status = next.status,
        attempt_count = d.attempt_count + CASE WHEN %(outcome)s = 'nack' THEN 1 ELSE 0 END,
@@ -110,6 +112,14 @@ UPDATE mailbox_dispatch d
  WHERE d.dispatch_id = next.dispatch_id AND d.status = 'claimed' AND d.claim_token = %(token)s
    AND e.thread_id = d.thread_id AND d.dispatch_epoch >= e.current_epoch
 RETURNING d.*
+), charged AS (
+UPDATE mailbox_token_charge c
+   SET tokens = %(charge_tokens)s::bigint, settled_at = %(now)s
+  FROM settled s
+ WHERE %(charge_tokens)s::bigint IS NOT NULL AND c.dispatch_id = s.dispatch_id AND c.claim_token = %(token)s
+   AND c.settled_at IS NULL
+)
+SELECT * FROM settled
 """
 
 
@@ -124,10 +134,12 @@ def try_settle(
     retry_at: int | None = None,
     error: str | None = None,
     carry_decisions: list[dict[str, Any]] | None = None,
+    charge_tokens: int | None = None,
 ) -> DispatchRecord | None:
     """`record_run_result` and ack / nack / dead letter as one fenced statement; None when fenced out.
     A nack that reaches `max_attempts` dead-letters (spec §3.7). A nack that requeues appends
-    `carry_decisions` (RunResumeDecision JSON) to the dispatch's own input, so the retry delivers them."""
+    `carry_decisions` (RunResumeDecision JSON) to the dispatch's own input, so the retry delivers them.
+    `charge_tokens` (token budgets on): what the claim's budget charges become."""
     return fetch_one(
         SETTLE,
         {
@@ -143,6 +155,7 @@ def try_settle(
             "response": result.response or None,
             "run_error": result.error,
             "carry_decisions": json.dumps(carry_decisions) if carry_decisions else None,
+            "charge_tokens": charge_tokens,
         },
     )
 

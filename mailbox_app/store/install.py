@@ -20,9 +20,9 @@ from django.core.checks import CheckMessage, Warning
 from django.db import connections
 
 HERE = Path(__file__).resolve().parent
-# The claims first, then the transitions that call them; those write runs_app's tables, so they are
-# installed only where runs_app is (a host with a run store of its own takes the port's path).
-MAILBOX_FILES = (HERE / "claims.sql",)
+# The budgets and the claims first, then the transitions that call them; those write runs_app's tables,
+# so they are installed only where runs_app is (a host with a run store of its own takes the port's path).
+MAILBOX_FILES = (HERE / "budgets.sql", HERE / "claims.sql")
 RUNS_TABLES_FILES = (HERE / "runs_tables" / "submit.sql", HERE / "runs_tables" / "attempt.sql")
 
 

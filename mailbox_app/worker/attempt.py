@@ -19,7 +19,7 @@ from django.db import transaction
 
 from mailbox_app import store
 from mailbox_app.agents.base import MailboxRunOutcome, OutcomeKind, RunResult
-from mailbox_app.conf import awaken_settings, claim_policy
+from mailbox_app.conf import awaken_settings, claim_policy, token_budgets
 from mailbox_app.contract import history
 from mailbox_app.contract.history import RunTranscript
 from mailbox_app.contract.ids import now_ms, uuid7
@@ -30,6 +30,7 @@ from mailbox_app.contract.requests import RunOrigin, RunRequest, normalize_messa
 from mailbox_app.contract.retry import nack_backoff_ms
 from mailbox_app.contract.storage import RunRecord, RunRequestSnapshot, StoreError, TerminationReason
 from mailbox_app.contract.suspension import RunResumeDecision, ToolCallResume
+from mailbox_app.contract.usage import AttemptUsage, Usage
 from mailbox_app.observability import metrics, tracing
 from mailbox_app.realtime import doorbells, events
 from mailbox_app.realtime.locks import ThreadLock
@@ -42,10 +43,11 @@ from mailbox_app.services.reconcile import (
     terminalize_run_for_dispatch,
 )
 from mailbox_app.store import runs_tables
+from mailbox_app.store.budgets import budget_json
 from mailbox_app.store.claims import FAIR_CANDIDATES
 from mailbox_app.store.ports import run_store
 from mailbox_app.store.runs_tables import attempt as fused
-from mailbox_app.worker.runtime import FinalRun, dispatch_result, final_run, finished_run_result
+from mailbox_app.worker.runtime import FinalRun, UsageMeter, dispatch_result, final_run, finished_run_result
 
 log = logging.getLogger(__name__)
 
@@ -210,12 +212,17 @@ def finish(
     claim_next_as: str | None = None,
     transcript: RunTranscript | None = None,
     lock: ThreadLock | None = None,
+    usage: UsageMeter | None = None,
 ) -> FinishOutcome:
     """Fenced finish (spec §4.12): the result recorded, the dispatch settled (ack / nack with backoff /
     dead letter), the run and the messages it produced written, leftover live input queued durably and,
     with `claim_next_as`, the thread's next dispatch claimed for this worker — one transaction. A run that
     ends early (cancelled, superseded, timed out, dead-lettered) closes what its `transcript` shows open:
     the partial output and a cancelled result per open tool call, written with its end (history.py).
+
+    `usage` (the attempt's meter): what the attempt used is added to the run's usage when the finish
+    writes the run, its token-budget reservation is settled with it (budgets.sql), and it is counted
+    in the metrics once the finish committed.
 
     The reference's `finish_execution`."""
     ids = {"awaken.run_id": started.run.run_id, "awaken.dispatch_id": started.dispatch.dispatch_id}
@@ -230,6 +237,7 @@ def finish(
             claim_next_as=claim_next_as,
             transcript=transcript,
             lock=lock,
+            usage=usage,
         )
 
 
@@ -244,13 +252,16 @@ def _finish(
     claim_next_as: str | None,
     transcript: RunTranscript | None,
     lock: ThreadLock | None,
+    usage: UsageMeter | None,
 ) -> FinishOutcome:
     dispatch, run = started.dispatch, started.run
     instance_id = started.request.session_id or ""
     now = now_ms()
+    used = (usage or UsageMeter()).attempt(result)
     final: FinalRun | None = None
     if outcome.kind is OutcomeKind.COMPLETED:
-        final = _closed(final_run(run, result, error, cancelled, now), transcript)
+        listed = _listed_usage(started, usage, used, now)
+        final = _closed(final_run(run, result, error, cancelled, now, usage=listed), transcript)
         trace = _trace(dispatch, instance_id, final.run)
     else:
         failed = TerminationReason(type="error", value=outcome.message)
@@ -259,11 +270,19 @@ def _finish(
         )
     if runs_tables.fused() and _fuses(dispatch, outcome, final, leftovers):
         return _finish_fused(
-            started, outcome, final, trace, now, claim_next_as=claim_next_as, transcript=transcript, lock=lock
+            started,
+            outcome,
+            final,
+            trace,
+            now,
+            claim_next_as=claim_next_as,
+            transcript=transcript,
+            lock=lock,
+            used=used,
         )
     try:
         with transaction.atomic():
-            settled = _settle(dispatch, outcome, trace, now, leftovers)
+            settled = _settle(dispatch, outcome, trace, now, leftovers, charge=_charge(used))
             if settled is None:
                 raise _FenceLost
             written = _write_run(settled, run, final, instance_id, now, transcript=transcript)
@@ -279,7 +298,37 @@ def _finish(
         queue_leftovers_alone(dispatch, leftovers)
         return lost
     metrics.record_dispatch_completion(settled, dispatch.updated_at, now, outcome.kind.value)
+    _count_usage(dispatch, used)
     return Finished(settled, written, next_dispatch)
+
+
+def _listed_usage(started: Started, meter: UsageMeter | None, used: Usage, now: int) -> list[AttemptUsage]:
+    """The attempts the finish adds to the run's usage: earlier attempts of the run that ended without a
+    finish (known from the steps they recorded), then this one (when it reported anything)."""
+    dispatch, run = started.dispatch, started.run
+    attempt = dispatch.attempt_count + 1
+    known = {(a.dispatch_id, a.attempt) for a in run.usage_attempts} | {(dispatch.dispatch_id, attempt)}
+    listed = [] if meter is None else meter.unfinished(known)
+    if not used.is_zero:
+        listed.append(
+            AttemptUsage(
+                dispatch_id=dispatch.dispatch_id, attempt=attempt, recorded_at=now, **used.model_dump()
+            )
+        )
+    return listed
+
+
+def _charge(used: Usage) -> int | None:
+    """What the attempt's token-budget charges become (None: budgets are off, nothing to settle)."""
+    return used.total_tokens if token_budgets().enabled else None
+
+
+def _count_usage(dispatch: DispatchRecord, used: Usage, owner_key: str | None = None) -> None:
+    """The attempt's usage in the metrics, by agent and owner (after the finish committed)."""
+    if used.is_zero:
+        return
+    owner = store.thread_owner_key(dispatch.thread_id) if owner_key is None else owner_key
+    metrics.record_usage(dispatch.agent_key, owner, used.input_tokens, used.output_tokens, used.cost)
 
 
 def _fuses(
@@ -306,10 +355,11 @@ def _finish_fused(
     claim_next_as: str | None,
     transcript: RunTranscript | None,
     lock: ThreadLock | None,
+    used: Usage,
 ) -> FinishOutcome:
-    """`finish` in one statement (mailbox_app/store/runs_tables/attempt.sql): the settle, the run's
-    final record with its messages and webhook outbox row, and the next claim; then, committed, the run's
-    terminal event (or its retry) and the rings."""
+    """`finish` in one statement (mailbox_app/store/runs_tables/attempt.sql): the settle (and the
+    settle of its token-budget charges), the run's final record with its messages and webhook outbox
+    row, and the next claim; then, committed, the run's terminal event (or its retry) and the rings."""
     dispatch, instance_id = started.dispatch, started.request.session_id or ""
     config = awaken_settings.MAILBOX
     requeue = final is None
@@ -334,6 +384,8 @@ def _finish_fused(
         delivery_id=uuid7(),
         default_webhook_url=awaken_settings.WEBHOOK_URL,
         claim_next=_next_claim(claim_next_as, now),
+        charge_tokens=_charge(used),
+        with_owner=not used.is_zero,
     )
     with metrics.OPERATIONS[settle.value].timed() as timer:
         answer = fused.finish(finishing)
@@ -350,6 +402,7 @@ def _finish_fused(
     if claim_next_as is not None:  # the statement's claim, timed as the statement
         metrics.CLAIM.record("ok" if answer.next_dispatch is not None else "empty", elapsed)
     metrics.record_dispatch_completion(settled, dispatch.updated_at, now, outcome.kind.value)
+    _count_usage(dispatch, used, answer.owner_key or "")
     return Finished(settled, answer.run, answer.next_dispatch)
 
 
@@ -366,6 +419,7 @@ def _next_claim(consumer_id: str | None, now: int) -> fused.NextClaim | None:
         lease_until=now + awaken_settings.MAILBOX.lease_ms,
         unstarted_before=now - policy.unstarted_claim_grace_ms,
         limit=FAIR_CANDIDATES,
+        budgets=budget_json(),
     )
 
 
@@ -442,7 +496,12 @@ def settle_already_done(
     try:
         with transaction.atomic():
             settled = store.try_settle(
-                dispatch.dispatch_id, dispatch.claim_token or "", store.Settle.ACK, trace, now_ms()
+                dispatch.dispatch_id,
+                dispatch.claim_token or "",
+                store.Settle.ACK,
+                trace,
+                now_ms(),
+                charge_tokens=_charge(Usage()),  # no agent ran: nothing used
             )
             if settled is None:
                 raise _FenceLost
@@ -491,6 +550,7 @@ def dead_letter(dispatch: DispatchRecord, reason: str, *, claim_next_as: str | N
                 trace,
                 now,
                 error=reason,
+                charge_tokens=_charge(Usage()),  # no agent ran: nothing used
             )
             if settled is None:
                 raise _FenceLost
@@ -519,10 +579,14 @@ def _settle(
     trace: RunDispatchResult,
     now: int,
     leftovers: Leftovers,
+    *,
+    charge: int | None,
 ) -> DispatchRecord | None:
     token = dispatch.claim_token or ""
     if outcome.kind is OutcomeKind.COMPLETED:
-        return store.try_settle(dispatch.dispatch_id, token, store.Settle.ACK, trace, now)
+        return store.try_settle(
+            dispatch.dispatch_id, token, store.Settle.ACK, trace, now, charge_tokens=charge
+        )
     if outcome.kind is OutcomeKind.TRANSIENT_ERROR:
         config = awaken_settings.MAILBOX
         retry_at = now + nack_backoff_ms(
@@ -539,6 +603,7 @@ def _settle(
             carry_decisions=[
                 RunResumeDecision(call_id=c, resume=r).model_dump(mode="json") for c, r in leftovers.decisions
             ],
+            charge_tokens=charge,
         )
     return store.try_settle(
         dispatch.dispatch_id,
@@ -547,6 +612,7 @@ def _settle(
         trace,
         now,
         error=outcome.message or "permanent error",
+        charge_tokens=charge,
     )
 
 

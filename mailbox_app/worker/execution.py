@@ -227,6 +227,7 @@ def _run_with_lease(started: attempt.Started, lock: ThreadLock, claim_next: bool
         claim_next_as=consumer_id() if claim_next else None,
         transcript=active.transcript,
         lock=lock,
+        usage=active.usage,
     )
     return _report(dispatch, finished)
 

@@ -22,6 +22,7 @@ from mailbox_app.contract.message import ChatMessage
 from mailbox_app.contract.requests import RunMode, RunOrigin, RunRequest
 from mailbox_app.contract.storage import RunRecord, TerminationReason
 from mailbox_app.contract.suspension import ToolCallResume
+from mailbox_app.contract.usage import AttemptUsage, Usage
 from mailbox_app.observability import tracing
 from mailbox_app.realtime import events
 from mailbox_app.realtime.locks import lock_key
@@ -34,6 +35,21 @@ log = logging.getLogger(__name__)
 DECISION_RECEIVED = "decision_received"  # a live decision reached the run (the agent has yet to take it)
 P = ParamSpec("P")
 T = TypeVar("T")
+
+
+@dataclass
+class UsageMeter:
+    """What one attempt used, read at its finish: the usage on its `RunResult` plus the usage of the steps
+    it executed (its journal counts them), and the steps of earlier attempts that ended without a finish."""
+
+    journal: steps.StepJournal | None = None
+
+    def attempt(self, result: RunResult | None) -> Usage:
+        executed = self.journal.executed_usage() if self.journal is not None else None
+        return Usage.total((None if result is None else result.usage, executed))
+
+    def unfinished(self, known: set[tuple[str, int]]) -> list[AttemptUsage]:
+        return [] if self.journal is None else self.journal.unfinished_attempts(known)
 
 
 @dataclass
@@ -59,6 +75,8 @@ class ActiveRun:
     handed_back: threading.Event = field(default_factory=threading.Event)
     # what the run has emitted so far: closes its open tool calls if it ends early (history.py)
     transcript: RunTranscript = field(default_factory=RunTranscript)
+    # what the attempt used (tokens, cost), for its finish: the run's usage and its token budgets
+    usage: UsageMeter = field(default_factory=UsageMeter)
     _inbox_lock: threading.Lock = field(default_factory=threading.Lock)
     _inbox_open: bool = True
 
@@ -146,6 +164,7 @@ class AttemptContext:
             emit=self.emit,
             lease_lost=active.lease_lost,
         )
+        active.usage.journal = self._journal
 
     def step(self, key: str, fn: Callable[Concatenate[str, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
         with tracing.span(tracing.STEP, {"awaken.step_key": key, "awaken.run_id": self.run_id}):
@@ -259,10 +278,20 @@ class FinalRun:
 
 
 def final_run(
-    running: RunRecord, result: RunResult | None, error: BaseException | None, cancelled: bool, now: int
+    running: RunRecord,
+    result: RunResult | None,
+    error: BaseException | None,
+    cancelled: bool,
+    now: int,
+    *,
+    usage: list[AttemptUsage] | None = None,
 ) -> FinalRun:
-    """The run after an activation whose outcome completes the delivery (pure: nothing is written)."""
+    """The run after an activation whose outcome completes the delivery (pure: nothing is written).
+    `usage`: the attempts to add to the run's usage (this one, and earlier ones that ended without a
+    finish); the run's tokens and cost are the sums over all its listed attempts."""
     update: dict[str, Any] = {"updated_at": now}
+    if usage:
+        update |= usage_update(running, usage)
     messages: list[ChatMessage] = []
     if error is not None:
         termination = TerminationReason(type="error", value=str(error))
@@ -282,6 +311,18 @@ def final_run(
         update["state"] = result.state
     update["steps"] = running.steps + 1
     return FinalRun(running.model_copy(update=update), messages)
+
+
+def usage_update(running: RunRecord, added: list[AttemptUsage]) -> dict[str, Any]:
+    """The run's usage fields with `added` attempts listed: the tokens and the cost summed over all."""
+    attempts = [*running.usage_attempts, *added]
+    total = Usage.total(a.usage for a in attempts)
+    return {
+        "usage_attempts": attempts,
+        "input_tokens": total.input_tokens,
+        "output_tokens": total.output_tokens,
+        "cost": total.cost,
+    }
 
 
 def _stamp(message: ChatMessage, run_id: str) -> ChatMessage:

@@ -22,6 +22,29 @@ class TerminationOut(serializers.Serializer[dict[str, Any]]):
     value = serializers.JSONField(allow_null=True)
 
 
+class AttemptUsageOut(serializers.Serializer[dict[str, Any]]):
+    dispatch_id = serializers.CharField()
+    attempt = serializers.IntegerField(help_text="the dispatch's attempt, 1 = its first")
+    input_tokens = serializers.IntegerField()
+    output_tokens = serializers.IntegerField()
+    cost = serializers.FloatField(allow_null=True)
+    ended = serializers.ChoiceField(
+        choices=["finished", "lost"],
+        help_text="finished: the attempt that wrote the run at its finish; lost: an attempt that ended "
+        "without one (a crash, a lost lease, a retried failure), known from the steps it recorded",
+    )
+    recorded_at = serializers.DateTimeField()
+
+
+class UsageOut(serializers.Serializer[dict[str, Any]]):
+    """What the run used: the sums over its attempts, and each attempt's (words as tokens for `echo`)."""
+
+    input_tokens = serializers.IntegerField()
+    output_tokens = serializers.IntegerField()
+    cost = serializers.FloatField(allow_null=True, help_text="null: no attempt reported a cost")
+    attempts = AttemptUsageOut(many=True)
+
+
 class RunOut(serializers.Serializer[dict[str, Any]]):
     """A run (`serializers.run_json`): times are ISO-8601 UTC with milliseconds."""
 
@@ -46,8 +69,9 @@ class RunOut(serializers.Serializer[dict[str, Any]]):
     finished_at = serializers.DateTimeField(allow_null=True)
     updated_at = serializers.DateTimeField()
     steps = serializers.IntegerField()
-    input_tokens = serializers.IntegerField()
-    output_tokens = serializers.IntegerField()
+    input_tokens = serializers.IntegerField(help_text="= usage.input_tokens")
+    output_tokens = serializers.IntegerField(help_text="= usage.output_tokens")
+    usage = UsageOut()
     state = serializers.JSONField(allow_null=True)
     metadata = serializers.DictField(child=serializers.JSONField())
     timeout_ms = serializers.IntegerField(allow_null=True, help_text="each activation's time budget")

@@ -161,6 +161,16 @@ def run_json(run: RunRecord) -> dict[str, Any]:
     data = run.model_dump(mode="json")
     for name in RUN_TIME_FIELDS:
         data[name] = iso_ms(data[name])
+    # what the run used, summed over its attempts and per attempt (mailbox_app/contract/usage.py)
+    attempts = data.pop("usage_attempts")
+    for attempt in attempts:
+        attempt["recorded_at"] = iso_ms(attempt["recorded_at"])
+    data["usage"] = {
+        "input_tokens": run.input_tokens,
+        "output_tokens": run.output_tokens,
+        "cost": data.pop("cost"),
+        "attempts": attempts,
+    }
     return data
 
 

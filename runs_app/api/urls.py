@@ -3,7 +3,7 @@
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from runs_app.api import inbox_views, run_wait, schedule_views, thread_views, views, webhook_views
+from runs_app.api import fork_views, inbox_views, run_wait, schedule_views, thread_views, views, webhook_views
 
 urlpatterns = [
     path("runs", views.RunsView.as_view(), name="runs"),
@@ -13,6 +13,7 @@ urlpatterns = [
     path("runs/<str:run_id>/inputs", views.RunInputsView.as_view(), name="run-inputs"),
     path("runs/<str:run_id>/events", views.RunEventsView.as_view(), name="run-events"),
     path("runs/<str:run_id>/join", run_wait.awaiting(run_wait.RunJoinView.as_view()), name="run-join"),
+    path("runs/<str:run_id>/replay", fork_views.RunReplayView.as_view(), name="run-replay"),
     path("threads", thread_views.ThreadsView.as_view(), name="threads"),
     # before threads/{id}: a thread named "search" is reachable through every route but GET threads/{id}
     path("threads/search", thread_views.ThreadSearchView.as_view(), name="thread-search"),
@@ -33,6 +34,7 @@ urlpatterns = [
     path("threads/<str:thread_id>/messages", views.ThreadMessagesView.as_view(), name="thread-messages"),
     path("threads/<str:thread_id>/interrupt", views.ThreadInterruptView.as_view(), name="thread-interrupt"),
     path("threads/<str:thread_id>/cancel", views.ThreadCancelView.as_view(), name="thread-cancel"),
+    path("threads/<str:thread_id>/fork", fork_views.ThreadForkView.as_view(), name="thread-fork"),
     path("threads/<str:thread_id>/decision", views.ThreadDecisionView.as_view(), name="thread-decision"),
     path("threads/<str:thread_id>/pause", inbox_views.ThreadPauseView.as_view(), name="thread-pause"),
     path("threads/<str:thread_id>/resume", inbox_views.ThreadResumeView.as_view(), name="thread-resume"),

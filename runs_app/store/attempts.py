@@ -174,8 +174,9 @@ def start_run(
 
 # --- the fenced finish ------------------------------------------------------------------------------
 
-# The attempt's result lands only on the run it started (same dispatch and session, still running); the
-# messages it produced are appended after the thread's count, which the same statement bumps.
+# The attempt's result lands only on the run it started (same dispatch and session, still running), its
+# usage with it (the record's sums and per-attempt list, worker/runtime.py `final_run`); the messages it
+# produced are appended after the thread's count, which the same statement bumps.
 FINISH_RUN = """
 WITH r AS (
     UPDATE runs_run
@@ -183,7 +184,8 @@ WITH r AS (
            final_output = %(final_output)s, error_payload = %(error_payload)s::jsonb,
            waiting = %(waiting)s::jsonb, outcome = %(outcome)s::jsonb, output = %(output)s::jsonb,
            finished_at = %(finished_at)s, updated_at = %(updated_at)s, steps = %(steps)s,
-           input_tokens = %(input_tokens)s, output_tokens = %(output_tokens)s, state = %(state)s::jsonb
+           input_tokens = %(input_tokens)s, output_tokens = %(output_tokens)s, cost = %(cost)s,
+           usage_attempts = %(usage_attempts)s::jsonb, state = %(state)s::jsonb
      WHERE run_id = %(run_id)s AND thread_id = %(thread_id)s AND status = 'running'
        AND dispatch_id = %(dispatch_id)s AND session_id = %(session_id)s
     RETURNING *

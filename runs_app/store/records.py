@@ -18,7 +18,7 @@ RUN_COLUMNS: tuple[str, ...] = tuple(RunRecord.model_fields)
 # the run columns stored as jsonb (Django's connection loads jsonb as text)
 JSON_COLUMNS = frozenset(
     {"request", "input", "output", "termination_reason", "error_payload", "waiting", "outcome", "state"}
-    | {"metadata"}
+    | {"metadata", "usage_attempts"}
 )
 _RUN_FIELDS = [f for f in RUN_COLUMNS if f not in {"run_id", "thread_id"}]
 

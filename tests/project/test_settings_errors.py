@@ -72,6 +72,7 @@ BAD: dict[str, str] = {
     "AWAKEN_WEBHOOK_MAX_RETRY_DELAY_MS": "-1",
     "AWAKEN_WEBHOOK_TIMEOUT_MS": "10",
     "AWAKEN_METRICS_ALLOWED_NETWORKS": "10.0.0.0/8,office",
+    "AWAKEN_TOKEN_BUDGETS": '{"owner": {"tokens": -5}}',
     "AWAKEN_API_THROTTLE_RATE": "lots",
     "AWAKEN_API_ANON_THROTTLE_RATE": "10/fortnight",
     "AWAKEN_API_NUM_PROXIES": "-1",

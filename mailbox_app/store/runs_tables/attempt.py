@@ -72,6 +72,7 @@ class Settled:
     run: RunRecord | None  # the run's final record, when one was written
     delivery_id: str | None  # the webhook outbox row written with it, if a URL applies
     next_dispatch: DispatchRecord | None  # the worker's next claim
+    owner_key: str | None = None  # the thread's owner, when asked for (`Finish.with_owner`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +85,7 @@ class NextClaim:
     lease_until: int
     unstarted_before: int
     limit: int
+    budgets: dict[str, Any] | None = None  # the token budgets the claim applies (store/budgets.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +106,8 @@ class Finish:
     delivery_id: str = ""
     default_webhook_url: str = ""
     claim_next: NextClaim | None = None
+    charge_tokens: int | None = None  # settle the claim's token-budget charges with this (None: off)
+    with_owner: bool = False  # answer the thread's owner too (the usage metrics')
 
 
 AWAKEN_FINISH = "SELECT awaken_finish(%(p)s::jsonb)"
@@ -124,6 +128,7 @@ def finish(finishing: Finish) -> Settled | Lost:
         run=None if answer["run"] is None else RunRecord.model_validate(answer["run"]),
         delivery_id=answer["delivery_id"],
         next_dispatch=None if answer["next"] is None else _dispatch(answer["next"]),
+        owner_key=answer.get("owner_key"),
     )
 
 
@@ -146,6 +151,8 @@ def _finish_payload(finishing: Finish) -> dict[str, Any]:
         "messages": [message_row(m) for m in finishing.messages or []],
         "delivery_id": finishing.delivery_id,
         "default_webhook_url": finishing.default_webhook_url,
+        "charge_tokens": finishing.charge_tokens,
+        "with_owner": finishing.with_owner,
         "claim_next": None
         if claim is None
         else {
@@ -155,6 +162,7 @@ def _finish_payload(finishing: Finish) -> dict[str, Any]:
             "lease_until": claim.lease_until,
             "unstarted_before": claim.unstarted_before,
             "limit": claim.limit,
+            "budgets": claim.budgets,
         },
     }
 

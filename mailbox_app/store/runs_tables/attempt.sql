@@ -84,7 +84,8 @@ $$;
 -- or dead letter once attempts reach max_attempts, spec §3.7), the run's final record written with the
 -- messages it produced (only while the run is Running under this dispatch and session) and its webhook
 -- event put in the outbox, then the worker's next claim: the fairest head across threads ("fair"),
--- the same thread's next ("thread", as the reference drains), or none. A nack that requeues writes no
+-- the same thread's next ("thread", as the reference drains), or none; with token budgets, the claim's
+-- reservation is settled with what the attempt used (budgets.sql). A nack that requeues writes no
 -- run (it stays Running under this dispatch until the retry starts it); a dead letter or an attempt
 -- with live input left over is the port path's (worker/attempt.py).
 CREATE OR REPLACE FUNCTION awaken_finish(p jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
@@ -127,6 +128,12 @@ BEGIN
     IF v_dispatch.dispatch_id IS NULL THEN
         RETURN jsonb_build_object('outcome', 'lost');
     END IF;
+    -- token budgets (mailbox_app/store/budgets.sql): the claim's reservation becomes what the attempt
+    -- used (sent only while budgets are configured)
+    IF p ->> 'charge_tokens' IS NOT NULL THEN
+        UPDATE mailbox_token_charge SET tokens = (p ->> 'charge_tokens')::bigint, settled_at = v_now
+         WHERE dispatch_id = v_dispatch.dispatch_id AND claim_token = p ->> 'token' AND settled_at IS NULL;
+    END IF;
 
     IF v_final IS NOT NULL AND v_final <> 'null'::jsonb THEN
         UPDATE runs_run
@@ -140,6 +147,8 @@ BEGIN
                finished_at = (v_final ->> 'finished_at')::bigint, updated_at = (v_final ->> 'updated_at')::bigint,
                steps = (v_final ->> 'steps')::integer, input_tokens = (v_final ->> 'input_tokens')::bigint,
                output_tokens = (v_final ->> 'output_tokens')::bigint,
+               cost = (v_final ->> 'cost')::double precision,
+               usage_attempts = COALESCE(NULLIF(v_final -> 'usage_attempts', 'null'::jsonb), '[]'::jsonb),
                state = NULLIF(v_final -> 'state', 'null'::jsonb)
          WHERE run_id = v_dispatch.run_id AND thread_id = v_dispatch.thread_id AND status = 'running'
            AND dispatch_id = v_dispatch.dispatch_id AND session_id = p ->> 'instance_id'
@@ -190,16 +199,21 @@ BEGIN
     IF v_claim ->> 'mode' = 'fair' THEN
         SELECT * INTO v_next FROM mailbox_claim_fair(
             v_claim ->> 'token', v_claim ->> 'consumer_id', (v_claim ->> 'lease_until')::bigint, v_now,
-            (v_claim ->> 'unstarted_before')::bigint, (v_claim ->> 'limit')::integer);
+            (v_claim ->> 'unstarted_before')::bigint, (v_claim ->> 'limit')::integer,
+            NULLIF(v_claim -> 'budgets', 'null'::jsonb));
     ELSIF v_claim ->> 'mode' = 'thread' THEN
         SELECT * INTO v_next FROM mailbox_claim_thread(
             v_dispatch.thread_id, v_claim ->> 'token', v_claim ->> 'consumer_id',
-            (v_claim ->> 'lease_until')::bigint, v_now, false);
+            (v_claim ->> 'lease_until')::bigint, v_now, false, NULLIF(v_claim -> 'budgets', 'null'::jsonb));
     END IF;
     RETURN jsonb_build_object(
         'outcome', 'settled', 'dispatch', to_jsonb(v_dispatch),
         'run', CASE WHEN v_run.run_id IS NOT NULL THEN to_jsonb(v_run) END,
         'delivery_id', v_delivery,
-        'next', CASE WHEN v_next.dispatch_id IS NOT NULL THEN to_jsonb(v_next) END);
+        'next', CASE WHEN v_next.dispatch_id IS NOT NULL THEN to_jsonb(v_next) END,
+        -- the owner the attempt's usage is counted for (metrics), when it reported any
+        'owner_key', CASE WHEN (p ->> 'with_owner')::boolean THEN
+                              (SELECT e.owner_key FROM mailbox_thread_epoch e WHERE e.thread_id = v_dispatch.thread_id)
+                          END);
 END
 $$;

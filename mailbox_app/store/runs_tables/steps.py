@@ -9,6 +9,12 @@ paused past its lease and resumed after the re-run therefore records and overwri
 The journal is read once per attempt, on its first step: a run that never calls `step` pays nothing.
 A step that was started but not recorded (the worker died inside it) runs again in the next attempt;
 the idempotency key handed to it (`<run_id>:<key>`) lets an external API make even that exactly once.
+
+A step's usage (`StepOutput.usage`) is recorded with it. The attempt counts the usage of the steps it
+executed (`executed_usage`), never of those it replayed; steps recorded by earlier attempts of the run
+that ended without a finish are reported once, by the attempt that finishes (`unfinished_attempts`).
+A replayed run's journal starts with copies of the replayed run's steps (`copied_from_run_id`,
+runs_app/services/fork.py): they replay like any recorded step and were paid for by that run.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 from django.db import connection
@@ -31,6 +37,7 @@ from mailbox_app.agents.base import (
 )
 from mailbox_app.contract.ids import now_ms, uuid7
 from mailbox_app.contract.message import ChatMessage
+from mailbox_app.contract.usage import AttemptUsage, Usage
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -39,18 +46,18 @@ MAX_KEY_CHARS = 255
 STEP_RECORDED = "step_recorded"
 STEP_REPLAYED = "step_replayed"
 _COLUMNS = ("key", "dispatch_id", "session_id", "attempt", "result", "messages", "state", "result_bytes",
-            "recorded_at")  # fmt: skip
+            "recorded_at", "input_tokens", "output_tokens", "cost", "copied_from_run_id")  # fmt: skip
 
 # jsonb read back as text whatever the connection's loaders: a JSON string result stays unambiguous
 LOAD_JOURNAL = """
 SELECT key, dispatch_id, session_id, attempt, result::text, messages::text, state::text, result_bytes,
-       recorded_at
+       recorded_at, input_tokens, output_tokens, cost, copied_from_run_id
   FROM runs_step WHERE run_id = %(run_id)s ORDER BY id
 """
 
 LOAD_STEP = """
 SELECT key, dispatch_id, session_id, attempt, result::text, messages::text, state::text, result_bytes,
-       recorded_at
+       recorded_at, input_tokens, output_tokens, cost, copied_from_run_id
   FROM runs_step WHERE run_id = %(run_id)s AND key = %(key)s
 """
 
@@ -65,13 +72,14 @@ WITH fence AS (
        FOR SHARE OF d
 ), ins AS (
     INSERT INTO runs_step (run_id, key, dispatch_id, session_id, attempt, result, messages, state,
-                           result_bytes, recorded_at)
+                           result_bytes, recorded_at, input_tokens, output_tokens, cost)
     SELECT f.run_id, %(key)s, f.dispatch_id, %(session_id)s, f.attempt_count + 1, %(result)s::jsonb,
-           %(messages)s::jsonb, %(state)s::jsonb, %(result_bytes)s, %(now)s
+           %(messages)s::jsonb, %(state)s::jsonb, %(result_bytes)s, %(now)s, %(input_tokens)s,
+           %(output_tokens)s, %(cost)s
       FROM fence f
     ON CONFLICT (run_id, key) DO NOTHING
     RETURNING key, dispatch_id, session_id, attempt, result::text, messages::text, state::text, result_bytes,
-              recorded_at
+              recorded_at, input_tokens, output_tokens, cost, copied_from_run_id
 )
 SELECT EXISTS (SELECT 1 FROM fence), ins.* FROM (SELECT 1) AS one LEFT JOIN ins ON TRUE
 """
@@ -94,6 +102,7 @@ class _Encoded:
     result: str
     messages: str | None
     state: str | None
+    usage: Usage | None = None
 
 
 class StepJournal:
@@ -120,6 +129,7 @@ class StepJournal:
         self._lease_lost = lease_lost
         self._lock = threading.Lock()
         self._steps: dict[str, RecordedStep] | None = None
+        self._executed: list[Usage] = []  # the usage of each step this attempt executed and recorded
 
     def journal(self) -> Journal:
         return Journal(tuple(self._loaded().values()))
@@ -135,10 +145,42 @@ class StepJournal:
         encoded = _encode(key, fn(idempotency_key(self._run_id, key), *args, **kwargs))
         recorded, mine = self._record(key, encoded)
         if mine:
+            if encoded.usage is not None:
+                with self._lock:
+                    self._executed.append(encoded.usage)
             self._emit(STEP_RECORDED, _event(recorded))
         else:
             self._replayed(recorded)
         return cast(T, recorded.value())
+
+    def executed_usage(self) -> Usage:
+        """What the steps this attempt executed (and recorded) reported: its steps' share of its usage."""
+        with self._lock:
+            return Usage.total(self._executed)
+
+    def unfinished_attempts(self, known: set[tuple[str, int]]) -> list[AttemptUsage]:
+        """The usage of steps recorded by attempts of this run not in `known` (the run's listed attempts
+        and this one, as (dispatch_id, attempt)): attempts that ended without a finish (a crash, a lost
+        lease, a retried failure). Empty when this attempt never read the journal (it ran no step)."""
+        with self._lock:
+            if self._steps is None:
+                return []
+            steps = list(self._steps.values())
+        totals: dict[tuple[str, int], list[RecordedStep]] = {}
+        for step in steps:
+            ident = (step.dispatch_id, step.attempt)
+            if step.copied_from_run_id is None and step.usage is not None and ident not in known:
+                totals.setdefault(ident, []).append(step)
+        return [
+            AttemptUsage(
+                dispatch_id=dispatch_id,
+                attempt=attempt,
+                ended="lost",
+                recorded_at=max(s.recorded_at for s in recorded),
+                **Usage.total(s.usage for s in recorded).model_dump(),
+            )
+            for (dispatch_id, attempt), recorded in totals.items()
+        ]
 
     def _loaded(self) -> dict[str, RecordedStep]:
         with self._lock:
@@ -162,6 +204,9 @@ class StepJournal:
             "state": encoded.state,
             "result_bytes": len(encoded.result.encode()),
             "now": now_ms(),
+            "input_tokens": 0 if encoded.usage is None else encoded.usage.input_tokens,
+            "output_tokens": 0 if encoded.usage is None else encoded.usage.output_tokens,
+            "cost": None if encoded.usage is None else encoded.usage.cost,
         }
         with connection.cursor() as cursor:
             cursor.execute(RECORD_STEP, params)
@@ -211,7 +256,8 @@ def _encode(key: str, value: Any) -> _Encoded:
         return _Encoded(_dumps(key, "result", value), None, None)
     messages = [_with_id(m).model_dump(mode="json") for m in value.messages]
     state = None if value.state is None else _dumps(key, "state", value.state)
-    return _Encoded(_dumps(key, "result", value.result), _dumps(key, "messages", messages), state)
+    encoded = _Encoded(_dumps(key, "result", value.result), _dumps(key, "messages", messages), state)
+    return encoded if value.usage is None else replace(encoded, usage=value.usage)
 
 
 def _with_id(message: ChatMessage) -> ChatMessage:
@@ -226,6 +272,7 @@ def _json(value: str | None) -> Any:
 def _recorded(row: Sequence[Any]) -> RecordedStep:
     data = dict(zip(_COLUMNS, row, strict=True))
     messages = _json(data["messages"])
+    usage = Usage(input_tokens=data["input_tokens"], output_tokens=data["output_tokens"], cost=data["cost"])
     return RecordedStep(
         key=data["key"],
         dispatch_id=data["dispatch_id"],
@@ -236,14 +283,21 @@ def _recorded(row: Sequence[Any]) -> RecordedStep:
         state=_json(data["state"]),
         result_bytes=data["result_bytes"],
         recorded_at=data["recorded_at"],
+        usage=None if usage.is_zero else usage,
+        copied_from_run_id=data["copied_from_run_id"],
     )
 
 
 def _event(step: RecordedStep) -> dict[str, Any]:
-    return {
+    event: dict[str, Any] = {
         "key": step.key,
         "dispatch_id": step.dispatch_id,
         "attempt": step.attempt,
         "recorded_at": step.recorded_at,
         "result_bytes": step.result_bytes,
     }
+    if step.usage is not None:
+        event["usage"] = step.usage.model_dump()
+    if step.copied_from_run_id is not None:  # a replayed run's step, recorded by the run it replays
+        event["from_run_id"] = step.copied_from_run_id
+    return event

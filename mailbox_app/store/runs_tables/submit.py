@@ -16,6 +16,7 @@ from mailbox_app.contract.mailbox import DispatchRecord
 from mailbox_app.contract.message import ChatMessage
 from mailbox_app.contract.requests import RunRequest, request_snapshot
 from mailbox_app.contract.storage import AlreadyExists, InvalidInput, NotFound, StoreError
+from mailbox_app.store.budgets import budget_json
 from mailbox_app.store.rows import record
 from mailbox_app.store.runs_tables import message_row
 
@@ -185,6 +186,7 @@ def _payload(params: SubmitParams) -> dict[str, Any]:
         "token": params.token,
         "consumer_id": params.consumer_id,
         "lease_until": params.lease_until,
+        "budgets": budget_json(),  # the inline claim's token budgets (store/budgets.py; None: off)
         "webhook": params.webhook,
         "defer_to_inbox": params.defer_to_inbox,
         "idempotency": None

@@ -48,6 +48,7 @@ DECLARE
     v_status text;
     v_key jsonb := NULLIF(p -> 'idempotency', 'null'::jsonb);
     v_answer jsonb;
+    v_budget jsonb;
 BEGIN
     -- 0. a request with the same idempotency key in flight (a transaction-scoped advisory lock, in the
     --    lock space of runs_app/api/idempotency.py's session-level one): refused at once
@@ -193,14 +194,19 @@ BEGIN
     -- 7. the inline claim
     IF p ->> 'claim' = 'thread' THEN
         SELECT * INTO v_claimed FROM mailbox_claim_thread(
-            v_thread_id, p ->> 'token', p ->> 'consumer_id', (p ->> 'lease_until')::bigint, v_now, false);
+            v_thread_id, p ->> 'token', p ->> 'consumer_id', (p ->> 'lease_until')::bigint, v_now, false,
+            NULLIF(p -> 'budgets', 'null'::jsonb));
     ELSIF p ->> 'claim' = 'dispatch' THEN
         -- the pauses' lock, shared (mailbox_app/store/pauses.py): a paused dispatch is not claimed
         PERFORM pg_advisory_xact_lock_shared(hashtextextended('awaken-pause', 0));
+        -- with token budgets (budgets.sql), admitted first; a spent window is a conflict like a claim
+        v_budget := CASE WHEN NULLIF(p -> 'budgets', 'null'::jsonb) IS NULL THEN '[]'::jsonb
+                         ELSE mailbox_budget_admit(p -> 'budgets', COALESCE(v_owner::text, ''), v_agent, v_now, true)
+                    END;
         UPDATE mailbox_dispatch d
            SET status = 'claimed', claim_token = p ->> 'token', claimed_by = p ->> 'consumer_id',
                lease_until = (p ->> 'lease_until')::bigint, updated_at = v_now
-         WHERE d.dispatch_id = v_dispatch.dispatch_id AND d.status = 'queued'
+         WHERE d.dispatch_id = v_dispatch.dispatch_id AND d.status = 'queued' AND v_budget IS NOT NULL
            AND NOT EXISTS (SELECT 1 FROM mailbox_dispatch c WHERE c.thread_id = v_thread_id AND c.status = 'claimed')
            AND NOT EXISTS (SELECT 1 FROM mailbox_pause ps
                             WHERE ps.scope = 'all' OR (ps.scope = 'thread' AND ps.key = v_thread_id)
@@ -209,6 +215,7 @@ BEGIN
         IF v_claimed.dispatch_id IS NULL THEN
             RAISE EXCEPTION USING ERRCODE = 'AW409', MESSAGE = 'conflict';
         END IF;
+        PERFORM mailbox_budget_reserve(v_claimed.dispatch_id, p ->> 'token', v_budget, v_now);
     END IF;
     v_status := CASE WHEN v_claimed.dispatch_id IS NOT NULL AND (p ->> 'claim') <> 'none' THEN 'running'
                      ELSE 'queued' END;

@@ -27,7 +27,7 @@ from mailbox_app.agents.base import (
     StepResultNotJSON,
     run_tool_call,
 )
-from mailbox_app.agents.echo import steps_log_key
+from mailbox_app.agents.echo import step_key, steps_log_key
 from mailbox_app.contract.ids import now_ms
 from mailbox_app.contract.lifecycle import RunStatus
 from mailbox_app.contract.mailbox import DispatchRecord, DispatchStatus
@@ -307,7 +307,7 @@ def test_echo_steps_runs_each_step_once(mailbox_worker: Any, step_agents: Any) -
     submitted = mailbox.submit_background(echo_request("t-steps-echo", "steps 2"))
     run = wait_run_status(submitted.run_id, RunStatus.DONE, timeout=20)
     assert run.final_output == "steps done: 2 steps, 2 executions"
-    assert _keys(submitted.run_id) == [f"steps:{submitted.dispatch_id}:{i}" for i in (1, 2)]
+    assert _keys(submitted.run_id) == [step_key(_turn(submitted.run_id), i) for i in (1, 2)]
 
 
 # --- GC and the admin --------------------------------------------------------------------------------
@@ -347,6 +347,13 @@ def test_the_run_admin_shows_its_journal(mailbox_worker: Any, step_agents: Any, 
 # --- crashes across real worker processes ------------------------------------------------------------
 
 
+def _turn(run_id: str) -> str:
+    """The id of the message that asked a run's steps: echo's step keys name it (stable across attempts)."""
+    run = run_of(run_id)
+    assert run.input is not None
+    return run.input.trigger_message_ids[-1]
+
+
 def _log(run_id: str) -> list[dict[str, Any]]:
     return [json.loads(raw) for raw in get_redis().lrange(steps_log_key(run_id), 0, -1)]
 
@@ -373,6 +380,14 @@ def test_kill_9_between_steps_2_and_3_resumes_at_step_3(farm: WorkerFarm) -> Non
     assert acked.attempt_count == 1
     run = run_of(submitted.run_id)
     assert run.status is RunStatus.DONE and run.final_output == "steps done: 4 steps, 4 executions"
+    # usage (words as tokens): the dead attempt's two steps are listed as its own (it never finished),
+    # the re-run's two steps and its reply ("steps 4" in, six words out) as the finishing attempt's; the
+    # steps it replayed are not counted again
+    attempts = run.usage_attempts
+    listed = [(a.dispatch_id, a.attempt, a.ended, a.input_tokens, a.output_tokens) for a in attempts]
+    dispatch_id = submitted.dispatch_id
+    assert listed == [(dispatch_id, 1, "lost", 2, 2), (dispatch_id, 2, "finished", 4, 8)]
+    assert (run.input_tokens, run.output_tokens) == (6, 10)
     second_session = acked.dispatch_instance_id
     assert second_session not in (None, first_session)
     # the side-effect log: steps 1-2 executed by the dead attempt, 3-4 by the re-run, none twice
@@ -383,7 +398,7 @@ def test_kill_9_between_steps_2_and_3_resumes_at_step_3(farm: WorkerFarm) -> Non
         (4, second_session),
     ]
     rows = _journal_rows(submitted.run_id)
-    keys = [f"steps:{submitted.dispatch_id}:{i}" for i in (1, 2, 3, 4)]
+    keys = [step_key(_turn(submitted.run_id), i) for i in (1, 2, 3, 4)]
     assert [(r["key"], r["attempt"], r["session_id"]) for r in rows] == [
         (keys[0], 1, first_session),
         (keys[1], 1, first_session),

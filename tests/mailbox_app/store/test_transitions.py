@@ -45,6 +45,7 @@ STATEMENTS: dict[Transition, tuple[str, ...]] = {
         CLAIM_FUNCTIONS,
         claims.CLAIM_WITHIN_LIMITS,
         claims.CLAIM_BY_ID,
+        claims.CLAIM_BY_ID_WITHIN_BUDGETS,
         claims.CLAIM_BY_ID_WITHIN_LIMITS,
         SUBMIT_FUNCTION,
     ),

@@ -14,14 +14,17 @@ from awaken_client.client import Client, RunStream
 from awaken_client.errors import ApiError
 from awaken_client.models import (
     Accepted,
+    AttemptUsage,
     Event,
     InboxPolicy,
+    Fork,
     InputMessage,
     Message,
     Page,
     ParseError,
     Pause,
     PendingRun,
+    Replay,
     Run,
     Schedule,
     ScheduleCreated,
@@ -31,6 +34,7 @@ from awaken_client.models import (
     ThreadDeleted,
     ThreadPause,
     ThreadResume,
+    Usage,
 )
 from awaken_client.resume import StreamPolicy
 
@@ -40,15 +44,18 @@ __all__ = [
     "ApiError",
     "AsyncClient",
     "AsyncRunStream",
+    "AttemptUsage",
     "Client",
     "Event",
     "InboxPolicy",
+    "Fork",
     "InputMessage",
     "Message",
     "Page",
     "ParseError",
     "Pause",
     "PendingRun",
+    "Replay",
     "Run",
     "RunOptions",
     "RunStream",
@@ -64,4 +71,5 @@ __all__ = [
     "ThreadDeleted",
     "ThreadPause",
     "ThreadResume",
+    "Usage",
 ]

@@ -25,12 +25,14 @@ from awaken_client.models import (
     Accepted,
     DecisionAction,
     Event,
+    Fork,
     IfExists,
     InboxPolicy,
     InputMode,
     Message,
     Page,
     PendingRun,
+    Replay,
     Run,
     Schedule,
     ScheduleCreated,
@@ -152,6 +154,11 @@ class AsyncClient:
             calls.list_runs(thread_id=thread_id, status=status, metadata=metadata, limit=limit, offset=offset)
         )
 
+    async def replay_run(self, run_id: str, from_step: str, *, thread_id: str | None = None) -> Replay:
+        """Replay a run from one of its recorded steps: the steps before `from_step` come from its journal
+        (`step_replayed`), `from_step` and every later step run anew, on a fork of its thread."""
+        return await self._do(calls.replay_run(run_id, from_step, thread_id))
+
     async def cancel_run(self, run_id: str) -> Accepted:
         return await self._do(calls.cancel_run(run_id))
 
@@ -196,6 +203,12 @@ class AsyncClient:
         """Merge `metadata` by top-level key (a key set to None is removed); set `title` (None clears) and
         `inbox`, the thread's inbox policy (None: back to the agent's or the project's default)."""
         return await self._do(calls.update_thread(thread_id, metadata, title, inbox))
+
+    async def fork_thread(
+        self, thread_id: str, *, at_run_id: str | None = None, new_thread_id: str | None = None
+    ) -> Fork:
+        """Fork a thread at one of its runs (default: the latest): a new, independent thread of yours."""
+        return await self._do(calls.fork_thread(thread_id, at_run_id, new_thread_id))
 
     async def delete_thread(self, thread_id: str) -> ThreadDeleted:
         return await self._do(calls.delete_thread(thread_id))

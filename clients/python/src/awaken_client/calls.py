@@ -16,6 +16,7 @@ from awaken_client.models import (
     Accepted,
     DecisionAction,
     IfBusy,
+    Fork,
     IfExists,
     InboxPolicy,
     InputMessage,
@@ -24,6 +25,7 @@ from awaken_client.models import (
     MultitaskStrategy,
     Page,
     PendingRun,
+    Replay,
     Run,
     Schedule,
     ScheduleCreated,
@@ -33,9 +35,11 @@ from awaken_client.models import (
     ThreadPause,
     ThreadResume,
     parse_accepted,
+    parse_fork,
     parse_message,
     parse_page,
     parse_pending,
+    parse_replay,
     parse_run,
     parse_schedule,
     parse_schedule_created,
@@ -231,6 +235,13 @@ def list_runs(
     return Call("GET", "/runs", _reading(lambda d: parse_page(d, parse_run)), params=params)
 
 
+def replay_run(run_id: str, from_step: str, thread_id: str | None) -> Call[Replay]:
+    """POST runs/{id}/replay: a new run on a fork of the run's thread (at the run before it, under
+    `thread_id` or a new id) whose journal starts with the run's steps recorded before `from_step`."""
+    body = _drop_none({"from_step": from_step, "thread_id": thread_id})
+    return Call("POST", f"/runs/{_id(run_id)}/replay", _reading(parse_replay), body=body)
+
+
 def cancel_run(run_id: str) -> Call[Accepted]:
     return Call("POST", f"/runs/{_id(run_id)}/cancel", _reading(parse_accepted))
 
@@ -301,6 +312,13 @@ def update_thread(
     if inbox is not UNSET:
         body["inbox"] = None if inbox is None else dict(inbox)
     return Call("PATCH", f"/threads/{_id(thread_id)}", _reading(parse_thread), body=body)
+
+
+def fork_thread(thread_id: str, at_run_id: str | None, new_thread_id: str | None) -> Call[Fork]:
+    """POST threads/{id}/fork: a new thread holding the messages up to and including `at_run_id`'s
+    output (default: the latest run's), under `new_thread_id` or a new id."""
+    body = _drop_none({"at_run_id": at_run_id, "thread_id": new_thread_id})
+    return Call("POST", f"/threads/{_id(thread_id)}/fork", _reading(parse_fork), body=body)
 
 
 def delete_thread(thread_id: str) -> Call[ThreadDeleted]:

@@ -70,6 +70,62 @@ class Termination:
 
 
 @dataclass(frozen=True, slots=True)
+class AttemptUsage:
+    """One attempt's usage: `ended` "finished" (it wrote the run) or "lost" (it ended without a finish;
+    known from the steps it recorded)."""
+
+    dispatch_id: str
+    attempt: int
+    input_tokens: int
+    output_tokens: int
+    cost: float | None
+    ended: str
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What a run used: the sums over its attempts (tokens in and out, the cost its agent reported; None:
+    none did), and each attempt's."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: float | None = None
+    attempts: tuple[AttemptUsage, ...] = ()
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+def _cost(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def parse_usage(data: Any) -> Usage:
+    """A run's `usage` (absent from servers older than usage: zero)."""
+    if data is None:
+        return Usage()
+    raw = _object(data, "usage")
+    attempts = tuple(
+        AttemptUsage(
+            dispatch_id=str(a["dispatch_id"]),
+            attempt=int(a["attempt"]),
+            input_tokens=int(a.get("input_tokens") or 0),
+            output_tokens=int(a.get("output_tokens") or 0),
+            cost=_cost(a.get("cost")),
+            ended=str(a.get("ended", "finished")),
+        )
+        for a in (_object(item, "an attempt's usage") for item in raw.get("attempts") or [])
+    )
+    return Usage(
+        input_tokens=int(raw.get("input_tokens") or 0),
+        output_tokens=int(raw.get("output_tokens") or 0),
+        cost=_cost(raw.get("cost")),
+        attempts=attempts,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Run:
     run_id: str
     thread_id: str
@@ -86,6 +142,7 @@ class Run:
     finished_at: datetime | None
     updated_at: datetime
     raw: dict[str, Any] = field(repr=False, compare=False)
+    usage: Usage = field(default_factory=Usage)
 
     @property
     def is_stopped(self) -> bool:
@@ -123,6 +180,7 @@ def parse_run(data: Any) -> Run:
             finished_at=_time(raw.get("finished_at")),
             updated_at=_required_time(raw["updated_at"]),
             raw=raw,
+            usage=parse_usage(raw.get("usage")),
         )
     except KeyError as exc:
         raise ParseError(f"a run without {exc.args[0]!r}") from None
@@ -352,6 +410,63 @@ def parse_thread(data: Any) -> Thread:
         updated_at=_required_time(raw["updated_at"]),
         raw=raw,
         inbox=None if raw.get("inbox") is None else dict(raw["inbox"]),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Fork:
+    """A fork's answer (201): the new thread and where it was forked from (`run_id` None: at no run)."""
+
+    thread: Thread
+    forked_from_thread_id: str
+    forked_from_run_id: str | None
+    message_count: int
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+
+def parse_fork(data: Any) -> Fork:
+    raw = _object(data, "a fork answer")
+    source = _object(raw.get("forked_from"), "forked_from")
+    return Fork(
+        thread=parse_thread(raw["thread"]),
+        forked_from_thread_id=str(source["thread_id"]),
+        forked_from_run_id=_optional_str(source.get("run_id")),
+        message_count=int(raw.get("message_count") or 0),
+        raw=raw,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """A replay's answer (201): the new run (on its fork), the run it replays and from which step, and
+    how many steps its journal starts with (the source's steps before `from_step`)."""
+
+    run_id: str
+    thread_id: str
+    dispatch_id: str
+    status: str
+    replay_of_run_id: str
+    from_step: str
+    forked_from_thread_id: str
+    forked_from_run_id: str | None
+    replayed_steps: int
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+
+def parse_replay(data: Any) -> Replay:
+    raw = _object(data, "a replay answer")
+    source, of = _object(raw.get("forked_from"), "forked_from"), _object(raw.get("replay_of"), "replay_of")
+    return Replay(
+        run_id=str(raw["run_id"]),
+        thread_id=str(raw["thread_id"]),
+        dispatch_id=str(raw["dispatch_id"]),
+        status=str(raw["status"]),
+        replay_of_run_id=str(of["run_id"]),
+        from_step=str(of["from_step"]),
+        forked_from_thread_id=str(source["thread_id"]),
+        forked_from_run_id=_optional_str(source.get("run_id")),
+        replayed_steps=int(raw.get("replayed_steps") or 0),
+        raw=raw,
     )
 
 
