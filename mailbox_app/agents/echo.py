@@ -35,8 +35,8 @@ from mailbox_app.agents.base import (
     ResolveFailed,
     RunContext,
     RunResult,
-    request_decision,
     StepOutput,
+    request_decision,
     resume_tool_call,
 )
 from mailbox_app.conf import awaken_settings

@@ -324,6 +324,7 @@ def _append_in_one_transaction(client: redis.Redis, run_id: str, count: int) -> 
             "open",
             30_000,
             300_000,
+            "",  # ARGV[12]: no lock to release
         ]
         script(keys=[key, events.OPEN_RUNS_KEY, events.finishes_key(run_id), key], args=args, client=pipe)
     pipe.execute()

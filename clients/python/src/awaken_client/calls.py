@@ -15,8 +15,8 @@ from awaken_client.errors import check
 from awaken_client.models import (
     Accepted,
     DecisionAction,
-    IfBusy,
     Fork,
+    IfBusy,
     IfExists,
     InboxPolicy,
     InputMessage,
