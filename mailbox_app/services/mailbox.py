@@ -74,6 +74,12 @@ class ThreadBusy(MailboxError):
         self.thread_id = thread_id
 
 
+class InterruptThroughPort(MailboxError):
+    """A fused foreground submit (`submit_fused(interrupt=True)`) found the thread with a claim, or its new
+    dispatch held by a pause or a budget: nothing was written; `submit` interrupts it, cancelling the
+    active run first."""
+
+
 class MultitaskStrategy(StrEnum):
     """What a submit does when its thread is busy: refuse, queue behind, or interrupt (latest wins)."""
 
@@ -242,13 +248,18 @@ def submit_fused(
     webhook: str | None = None,
     idempotency: IdempotencyKey | None = None,
     defer_to_inbox: bool = False,
+    interrupt: bool = False,
 ) -> SubmitResult | Replayed:
     """`submit_background` in one round trip (mailbox_app/store/runs_tables/submit.sql): the webhook
     subscription and the idempotency key's answer are written by the same statement; a key answered
     before is `Replayed` with nothing written. The doorbell rings once it returned (it has committed).
     With `defer_to_inbox`, a thread with an inbox policy of its own raises `InboxDecides` (nothing
-    written): its inbox (mailbox_app/services/inbox.py) takes the messages instead."""
-    request = normalize_mailbox_run_mode(request, background=True)
+    written): its inbox (mailbox_app/services/inbox.py) takes the messages instead.
+
+    With `interrupt`, the foreground `submit` on an idle thread in the same round trip: the epoch moved
+    on, the queued dispatches superseded and this very dispatch claimed, in the statement; a thread with
+    a claim (or a dispatch a pause or a budget holds) raises `InterruptThroughPort`, nothing written."""
+    request = normalize_mailbox_run_mode(request, background=not interrupt)
     thread_id, messages = validate_run_inputs(
         request.thread_id, request.messages, allow_empty=bool(request.decisions)
     )
@@ -266,10 +277,11 @@ def submit_fused(
         new_run_id=uuid7(),
         reuse_waiting=request.continue_run_id is None and request.run_id_hint is None,
         priority=DEFAULT_PRIORITY if request.priority is None else request.priority,
-        available_at=now + request.start_after_ms,
+        # a foreground dispatch is claimed by id; the guard keeps any other claim off it meanwhile
+        available_at=now + (request.start_after_ms if delayed or not interrupt else INLINE_CLAIM_GUARD_MS),
         max_attempts=config.default_max_attempts,
         timeout_ms=request.timeout_ms or awaken_settings.RUN_TIMEOUT_MS,
-        claim=InlineClaim.NONE if delayed else InlineClaim.THREAD,
+        claim=_inline_claim(delayed, interrupt),
         reject_if_busy=reject_if_busy,
         token=uuid7(),
         consumer_id=consumer_id(),
@@ -278,6 +290,7 @@ def submit_fused(
         webhook=webhook,
         idempotency=idempotency,
         defer_to_inbox=defer_to_inbox,
+        interrupt=interrupt,
     )
     with metrics.ENQUEUE.timed() as timer:
         try:
@@ -285,6 +298,8 @@ def submit_fused(
         except SubmitRefused as refused:
             if refused.reason == "busy":
                 raise ThreadBusy(thread_id) from None
+            if interrupt and refused.reason in ("active", "conflict"):
+                raise InterruptThroughPort(thread_id) from None
             raise
     if isinstance(submitted, Replayed):
         return submitted
@@ -297,6 +312,14 @@ def submit_fused(
         log.warning("doorbell for dispatch %s not rung; the sweep will", submitted.dispatch_id, exc_info=True)
     status = SubmitStatus.RUNNING if submitted.status == "running" else SubmitStatus.QUEUED
     return SubmitResult(submitted.dispatch_id, submitted.run_id, thread_id, status)
+
+
+def _inline_claim(delayed: bool, interrupt: bool) -> InlineClaim:
+    """A delayed start claims nothing; a foreground submit its own dispatch; a background one the
+    thread's next (possibly an older one)."""
+    if delayed:
+        return InlineClaim.NONE
+    return InlineClaim.DISPATCH if interrupt else InlineClaim.THREAD
 
 
 def _ring_submitted(submitted: Submitted, delayed: bool) -> None:
@@ -751,6 +774,7 @@ __all__ = [
     "DispatchTarget",
     "IdempotencyKey",
     "InboxDecides",
+    "InterruptThroughPort",
     "InvalidInput",
     "MailboxError",
     "MultitaskStrategy",

@@ -25,6 +25,7 @@ from mailbox_app.services import mailbox
 from mailbox_app.services.inbox import InboxResult
 from mailbox_app.services.mailbox import (
     InboxDecides,
+    InterruptThroughPort,
     MultitaskStrategy,
     SubmitRefused,
     SubmitResult,
@@ -121,9 +122,10 @@ def submit_once(
     thread: ThreadRecord | None = _UNREAD,
 ) -> Outcome:
     """`control.submit` under the body's `multitask_strategy` (else `default`), at most once per key:
-    the key's answer is written in the submit's transaction (a foreground interrupt commits first). A
-    background submit the mailbox can make in one statement writes the key there too
-    (`control.submit_fused`), and checks the thread's owner there.
+    the key's answer is written in the submit's transaction. A submit the mailbox can make in one
+    statement (`control.submit_fused`: a background one, or a foreground one on a thread with no claim)
+    writes the key there too and checks the thread's owner there; a foreground submit that must cancel
+    a running run first goes through the port (its interrupt commits first).
 
     A body that leaves the choice to the thread (no `multitask_strategy`, no `after_seconds`) on a
     thread with an inbox policy goes through its inbox instead (docs/inbox.md). Whether it has one is
@@ -136,7 +138,7 @@ def submit_once(
         require_signing_secret(owner)  # before anything is written (a foreground interrupt commits first)
     fingerprint = request_hash(request.path, data)
     inbox_may_decide = bool(thread_id) and "multitask_strategy" not in data and not data.get("after_seconds")
-    fused = chosen is not MultitaskStrategy.INTERRUPT and mailbox.fusable()
+    fused = mailbox.fusable()
     if inbox_may_decide and (thread is not _UNREAD or not fused or control.inbox_defaults_configured()):
         known = not_taken_or_404(request, thread_id) if thread is _UNREAD else thread
         policy = control.inbox_policy(known, run_request.agent_id)
@@ -161,6 +163,8 @@ def submit_once(
             policy = control.inbox_policy(known, run_request.agent_id)
             assert policy is not None  # the statement saw the policy under the thread's row lock
             return _inbox_once(request, run_request, policy, webhook, key, fingerprint, status_code)
+        except InterruptThroughPort:  # a run to cancel first (nothing was written): the port's submit
+            pass
     if thread is _UNREAD:
         not_taken_or_404(request, thread_id)
 

@@ -173,15 +173,17 @@ def submit_fused(
     idempotency: IdempotencyKey | None = None,
     defer_to_inbox: bool = False,
 ) -> SubmitResult | Replayed:
-    """A background submit (`enqueue` or `reject`) the mailbox makes in one statement (when
-    `mailbox.fusable()`): the thread's owner checked, the webhook subscription and the idempotency key's
-    answer written by that statement; a key answered before is `Replayed`, nothing written. With
-    `defer_to_inbox`, a thread with an inbox policy of its own raises `mailbox.InboxDecides` instead
-    (nothing written): the caller delivers to the inbox (`deliver_to_inbox`)."""
+    """A submit the mailbox makes in one statement (when `mailbox.fusable()`): the thread's owner
+    checked, the webhook subscription and the idempotency key's answer written by that statement; a key
+    answered before is `Replayed`, nothing written. With `defer_to_inbox`, a thread with an inbox policy
+    of its own raises `mailbox.InboxDecides` instead (nothing written): the caller delivers to the inbox
+    (`deliver_to_inbox`). An `interrupt` submit on a thread with a claim raises
+    `mailbox.InterruptThroughPort` (nothing written): the caller submits through `submit`."""
     return mailbox.submit_fused(
         request,
         owner_id=owner_id,
         reject_if_busy=strategy is MultitaskStrategy.REJECT,
+        interrupt=strategy is MultitaskStrategy.INTERRUPT,
         webhook=webhook,
         idempotency=idempotency,
         defer_to_inbox=defer_to_inbox,

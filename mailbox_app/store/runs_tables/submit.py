@@ -102,6 +102,7 @@ class SubmitParams:
     webhook: str | None = None
     idempotency: IdempotencyKey | None = None
     defer_to_inbox: bool = False
+    interrupt: bool = False  # foreground: the thread's epoch moved on, its queued work superseded
 
 
 AWAKEN_SUBMIT = "SELECT awaken_submit(%(p)s::jsonb)"
@@ -189,6 +190,7 @@ def _payload(params: SubmitParams) -> dict[str, Any]:
         "budgets": budget_json(),  # the inline claim's token budgets (store/budgets.py; None: off)
         "webhook": params.webhook,
         "defer_to_inbox": params.defer_to_inbox,
+        "interrupt": params.interrupt,
         "idempotency": None
         if key is None
         else {

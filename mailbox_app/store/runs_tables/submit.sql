@@ -14,7 +14,10 @@
 --      inherits the latest run's agent and state; a run of another thread or not open: AW400;
 --   4. the messages appended after the thread's last seq (ids already in the log skipped), the run
 --      inserted or given its new input (the whole log), the thread's run pointers;
---   5. the dispatch inserted at the thread's current epoch (the epoch row ensured, the owner noted);
+--   5. the dispatch inserted at the thread's current epoch (the epoch row ensured, the owner noted); a
+--      foreground submit (`interrupt`) first moves the epoch on and supersedes the queued dispatches
+--      (the reference's `interrupt`), unless the thread has a claim: AW409 'active' (rolls back 1-4),
+--      and the caller interrupts through the port, which cancels the active run first;
 --   6. a `reject` submit on a busy thread: AW409 'busy' (rolls back 1-5);
 --   7. the inline claim: background — the thread's next dispatch (possibly an older one); foreground —
 --      this very dispatch, or AW409 'conflict' when the thread still has a claim; delayed — none;
@@ -49,6 +52,7 @@ DECLARE
     v_key jsonb := NULLIF(p -> 'idempotency', 'null'::jsonb);
     v_answer jsonb;
     v_budget jsonb;
+    v_interrupt boolean := COALESCE((p ->> 'interrupt')::boolean, false);
 BEGIN
     -- 0. a request with the same idempotency key in flight (a transaction-scoped advisory lock, in the
     --    lock space of runs_app/api/idempotency.py's session-level one): refused at once
@@ -127,7 +131,7 @@ BEGIN
     END IF;
     -- the request as stored names the run it continues, or the run it was meant to create
     v_snapshot := jsonb_set(v_snapshot, '{request_extras}',
-        COALESCE(v_snapshot -> 'request_extras', '{}'::jsonb)
+        COALESCE(NULLIF(v_snapshot -> 'request_extras', 'null'::jsonb), '{}'::jsonb)
         || CASE WHEN v_continue THEN jsonb_build_object('continue_run_id', v_run_id)
                 ELSE jsonb_build_object('run_id_hint', v_run_id) END);
 
@@ -169,12 +173,24 @@ BEGIN
            parent_thread_id = COALESCE(th.parent_thread_id, NULLIF(btrim(p ->> 'parent_thread_id'), ''))
      WHERE th.id = v_thread_id;
 
-    -- 5. the dispatch, at the thread's current epoch
+    -- 5. the dispatch, at the thread's current epoch (an interrupt's new one: the epoch row's lock is
+    --    held from here, so no claim of the thread commits between the check and the supersede)
     INSERT INTO mailbox_thread_epoch AS ep (thread_id, current_epoch, owner_key)
-    VALUES (v_thread_id, 0, COALESCE(v_owner::text, ''))
+    VALUES (v_thread_id, CASE WHEN v_interrupt THEN 1 ELSE 0 END, COALESCE(v_owner::text, ''))
     ON CONFLICT (thread_id) DO UPDATE
-       SET owner_key = CASE WHEN EXCLUDED.owner_key <> '' THEN EXCLUDED.owner_key ELSE ep.owner_key END
+       SET owner_key = CASE WHEN EXCLUDED.owner_key <> '' THEN EXCLUDED.owner_key ELSE ep.owner_key END,
+           current_epoch = ep.current_epoch + CASE WHEN v_interrupt THEN 1 ELSE 0 END
     RETURNING current_epoch INTO v_epoch;
+    IF v_interrupt THEN
+        IF EXISTS (SELECT 1 FROM mailbox_dispatch c WHERE c.thread_id = v_thread_id AND c.status = 'claimed') THEN
+            RAISE EXCEPTION USING ERRCODE = 'AW409', MESSAGE = 'active';
+        END IF;
+        UPDATE mailbox_dispatch d  -- as mailbox_app/store/queue.py SUPERSEDE_QUEUED_BY_INTERRUPT
+           SET status = 'superseded', last_error = 'queued dispatch superseded by interrupt',
+               claim_token = NULL, claimed_by = NULL, lease_until = NULL, completed_at = v_now,
+               updated_at = v_now
+         WHERE d.thread_id = v_thread_id AND d.status = 'queued';
+    END IF;
     INSERT INTO mailbox_dispatch AS d (
         dispatch_id, thread_id, run_id, priority, dedupe_key, dispatch_epoch, status, available_at,
         attempt_count, max_attempts, created_at, updated_at, request, agent_key)
