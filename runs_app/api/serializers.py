@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -199,7 +200,7 @@ def message_json(record: Any) -> dict[str, Any]:
     }
 
 
-def thread_json(thread: ThreadRecord, runs: dict[str, RunRecord | None]) -> dict[str, Any]:
+def thread_json(thread: ThreadRecord, runs: Mapping[str, RunRecord | None]) -> dict[str, Any]:
     open_run = runs.get(thread.open_run_id or "")
     active_run = runs.get(thread.active_run_id or "")
     return {

@@ -15,7 +15,7 @@ from mailbox_app.contract.ids import now_ms, uuid7
 from mailbox_app.contract.storage import RunRecord, ThreadRecord
 from runs_app.api import serializers as s
 from runs_app.api import thread_serializers as ts
-from runs_app.api.edge import EdgeCheckedView, thread_or_404, user_id, validated
+from runs_app.api.edge import EdgeCheckedView, user_id, validated
 from runs_app.api.errors import ApiError, not_found
 from runs_app.api.pagination import PARAMETERS as PAGE_PARAMETERS
 from runs_app.api.pagination import Window
@@ -86,7 +86,10 @@ class ThreadsView(EdgeCheckedView):
 class ThreadDetailView(EdgeCheckedView):
     @extend_schema(responses={200: ts.ThreadOut, **_ERRORS})
     def get(self, request: Request, thread_id: str) -> Response:
-        return Response(_payload(thread_or_404(request, thread_id)))
+        view = selectors.owned_thread_view(user_id(request), thread_id)  # one round trip
+        if view is None:
+            raise not_found("thread", thread_id)
+        return Response({**s.thread_json(view.thread, view.runs), "status": view.status.value})
 
     @extend_schema(request=ts.ThreadPatchIn, responses={200: ts.ThreadOut, **_ERRORS})
     def patch(self, request: Request, thread_id: str) -> Response:

@@ -21,6 +21,12 @@ def owned_thread(user_id: int, thread_id: str) -> ThreadRecord | None:
     return thread if thread is not None and thread.owner_id == user_id else None
 
 
+def owned_thread_view(user_id: int, thread_id: str) -> store.ThreadView | None:
+    """`owned_thread` with its status and its open and active runs, in one round trip."""
+    view = store.load_thread_view(thread_id=thread_id)
+    return view if view is not None and view.thread.owner_id == user_id else None
+
+
 def thread_taken_by_other(user_id: int, thread_id: str) -> bool:
     thread = store.load_thread(thread_id=thread_id)
     return thread is not None and thread.owner_id != user_id

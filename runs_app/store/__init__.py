@@ -33,9 +33,17 @@ from runs_app.store.runs import (
     overdue_runs,
     require_run,
 )
-from runs_app.store.threads import ensure_thread, load_thread, load_thread_and_latest_run, load_threads
+from runs_app.store.threads import (
+    ThreadView,
+    ensure_thread,
+    load_thread,
+    load_thread_and_latest_run,
+    load_thread_view,
+    load_threads,
+)
 
 __all__ = [
+    "ThreadView",
     "append_messages",
     "cancel_waiting_run",
     "checkpoint",
@@ -53,6 +61,7 @@ __all__ = [
     "load_runs",
     "load_thread",
     "load_thread_and_latest_run",
+    "load_thread_view",
     "load_threads",
     "overdue_runs",
     "prepare_run",

@@ -120,6 +120,47 @@ def load_thread_and_latest_run(*, thread_id: str) -> tuple[ThreadRecord | None, 
     return thread, None if latest is None else run_from_values(latest)
 
 
+# A thread as `GET threads/{id}` answers it — the row, its status and its open and active runs — in one
+# round trip; each run comes as one jsonb value, so no column of one shadows a column of another.
+THREAD_VIEW = """
+SELECT th.*, s.status AS thread_status, to_jsonb(o) AS open_run, to_jsonb(a) AS active_run
+  FROM runs_thread th
+  JOIN runs_thread_status s ON s.thread_id = th.id
+  LEFT JOIN runs_run o ON o.run_id = th.open_run_id
+  LEFT JOIN runs_run a ON a.run_id = th.active_run_id
+ WHERE th.id = %(thread_id)s
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadView:
+    """A thread with what its answer shows: its status and its open and active runs (by id)."""
+
+    thread: ThreadRecord
+    status: ThreadStatus
+    runs: dict[str, RunRecord]
+
+
+def load_thread_view(*, thread_id: str) -> ThreadView | None:
+    """`load_thread`, `thread_statuses` and the thread's open and active runs in one round trip."""
+    with connection.cursor() as cursor:
+        cursor.execute(THREAD_VIEW, {"thread_id": thread_id})
+        row = cursor.fetchone()
+        names = [column.name for column in cursor.description or ()]
+    if row is None:
+        return None
+    values = dict(zip(names, row, strict=True))
+    runs: dict[str, RunRecord] = {}
+    for column in ("open_run", "active_run"):
+        value = values[column]
+        if isinstance(value, str):
+            value = json.loads(value)
+        if value is not None:
+            run = run_from_values(value)
+            runs[run.run_id] = run
+    return ThreadView(thread_from_values(values), ThreadStatus(values["thread_status"]), runs)
+
+
 def load_threads(*, thread_ids: Collection[str]) -> dict[str, ThreadRecord]:
     """The threads of `thread_ids` that exist, by id, in one query (a page of them)."""
     rows = Thread.objects.filter(id__in=list(thread_ids)) if thread_ids else []

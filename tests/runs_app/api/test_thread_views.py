@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
@@ -204,6 +205,21 @@ def test_status_is_derived_from_runs_and_dispatches(alice: APIClient) -> None:
         "t-done": "idle",
     }
     assert alice.get(f"{THREADS}/t-wait").json()["status"] == "waiting"
+
+
+def test_a_threads_answer_is_one_query_and_the_same_as_the_lists(alice: APIClient) -> None:
+    """`GET threads/{id}` reads the thread, its status and its open and active runs in one statement
+    (issue 19: a plain read in two round trips, the other being the throttle's); what it answers is
+    what the list answers for the same thread."""
+    _statused_threads(alice)
+    listed = {t["id"]: t for t in alice.get(THREADS).json()["items"]}
+    for thread_id in ("t-idle", "t-busy", "t-wait", "t-err", "t-done"):
+        with CaptureQueriesContext(connection) as queries:
+            answer = alice.get(f"{THREADS}/{thread_id}")
+        assert answer.status_code == 200
+        assert answer.json() == listed[thread_id]
+        reads = [q["sql"] for q in queries.captured_queries if "authtoken" not in q["sql"]]
+        assert len(reads) == 1, reads
 
 
 @pytest.mark.parametrize(
