@@ -51,7 +51,10 @@ shell: $(BASE_STAMP)
 celery: $(BASE_STAMP)
 	$(WITH_RUN_ENV) $(PY) -m celery -A awaken_project $(ARGS)
 
-## make test: the whole suite against real PostgreSQL, Redis and Celery workers
+## make test: the whole suite against real PostgreSQL, Redis and Celery workers. Three pytest-xdist
+## processes, each with servers of its own (tests/harness.py), a file's tests in one of them; one process:
+## make test PYTEST_ARGS=
+PYTEST_ARGS ?= -n 3 --dist loadfile
 test: $(DEV_STAMP) $(NODE_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 

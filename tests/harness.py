@@ -3,6 +3,11 @@
 When DATABASE_URL / REDIS_URL are unset it starts the embedded servers under `.data/test` (or
 `$AWAKEN_TEST_DATA_DIR`; `-2`, `-3`, … beside it while another session holds it) before
 Django's settings are imported, and stops them when the session ends.
+
+Under pytest-xdist (`make test` runs `-n 3`: the suite mostly waits on servers and workers, so three
+processes share two cores well) each worker process starts servers of its own the same way: its own
+PostgreSQL, its own Redis (pub/sub channels, which no Redis database number separates, included) and
+its own metrics directory, so no test sees another's rows, keys, messages or figures.
 """
 
 from __future__ import annotations
@@ -34,12 +39,18 @@ _held: list[object] = []
 _DATA_DIR = Path(os.environ.get("AWAKEN_TEST_DATA_DIR", embedded.PROJECT_ROOT / ".data" / "test"))
 _started = False
 
+if os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("AWAKEN_TEST_SERVICES_PID"):
+    # a worker of a session whose controller started the servers: this process starts its own instead
+    for _inherited in ("DATABASE_URL", "REDIS_URL", "PROMETHEUS_MULTIPROC_DIR", "AWAKEN_TEST_SERVICES_PID"):
+        os.environ.pop(_inherited, None)
+
 if not os.environ.get("DATABASE_URL") or not os.environ.get("REDIS_URL"):
     _DATA_DIR = _own_data_dir(_DATA_DIR)
     _services = embedded.ensure_services(_DATA_DIR)
     os.environ.setdefault("DATABASE_URL", _services.database_url)
     os.environ.setdefault("REDIS_URL", _services.redis_url)
     _started = os.environ.get("AWAKEN_KEEP_TEST_SERVICES", "") != "1"
+    os.environ["AWAKEN_TEST_SERVICES_PID"] = str(os.getpid())
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "awaken_project.settings")
 # prometheus_client's multiprocess mode, as in production: set before anything imports it, emptied per
@@ -55,5 +66,5 @@ os.environ.setdefault("CELERY_DB_REUSE_MAX", "0")
 
 
 def pytest_unconfigure(config: object) -> None:
-    if _started and not hasattr(config, "workerinput"):
+    if _started:  # each process stops the servers it started (a worker its own)
         embedded.stop_services(_DATA_DIR)

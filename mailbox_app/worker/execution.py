@@ -24,7 +24,7 @@ from mailbox_app.conf import awaken_settings
 from mailbox_app.contract.ids import consumer_id, now_ms, uuid7
 from mailbox_app.contract.mailbox import DispatchRecord, DispatchStatus, LiveRunTarget
 from mailbox_app.contract.storage import NotFound, VersionConflict
-from mailbox_app.observability import metrics, tracing
+from mailbox_app.observability import log_context, metrics, tracing
 from mailbox_app.realtime import doorbells
 from mailbox_app.realtime.live import LiveSubscription
 from mailbox_app.realtime.locks import ThreadLock
@@ -80,7 +80,11 @@ def execute_claimed(dispatch: DispatchRecord, *, claim_next: bool = False) -> Ex
     With `claim_next`, the finish transaction also claims the thread's next dispatch for this worker
     (returned in the report: the caller must execute it)."""
     ids = {"awaken.thread_id": dispatch.thread_id, "awaken.dispatch_id": dispatch.dispatch_id}
-    with tracing.span(tracing.ATTEMPT, ids) as current:  # never the claim token
+    # every record logged by the attempt names its thread, and its run once the start read it
+    with (
+        log_context.bind_run(dispatch.run_id or None, dispatch.thread_id),
+        tracing.span(tracing.ATTEMPT, ids) as current,
+    ):  # never the claim token
         report = _execute_claimed(dispatch, claim_next, current)
         tracing.set_attributes(current, {"awaken.outcome": report.final_status})
         return report
@@ -112,7 +116,8 @@ def _execute_claimed(
             return _report(
                 dispatch, attempt.dead_letter(started.dispatch, started.reason, claim_next_as=next_as)
             )
-        return _run_with_lease(started, lock, claim_next)
+        with log_context.bind_run(started.run.run_id, dispatch.thread_id):
+            return _run_with_lease(started, lock, claim_next)
     finally:
         lock.release()
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import weakref
 from pathlib import Path
+from typing import Any
 
 import pytest
 from celery.signals import setup_logging
@@ -20,7 +21,12 @@ from celery.signals import setup_logging
 from awaken_project import celery as celery_module
 from awaken_project.gunicorn_conf import logconfig_dict
 from awaken_project.logconfig import logging_config, process_name
+from mailbox_app.contract.message import ChatMessage
+from mailbox_app.contract.requests import RunRequest
 from mailbox_app.observability.log_context import NO_RUN, bind_run, current
+from mailbox_app.services import mailbox
+from tests.support.agents import LOG_CONTEXTS
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = "awaken_project.settings"
@@ -115,3 +121,17 @@ def test_a_management_command_logs_in_json_with_log_format_json() -> None:
     assert {"logger": "probe", "message": "hello", "level": "INFO", "process": "python"}.items() <= entries[
         -1
     ].items()
+
+
+def test_a_real_workers_attempt_binds_its_run_and_thread_for_every_record(
+    mailbox_worker: Any, engine_settings: Any
+) -> None:
+    """The worker binds the attempt it runs (mailbox_app/worker/execution.py): what the agent logs names
+    the run and the thread; outside the attempt nothing is bound."""
+    LOG_CONTEXTS.clear()
+    submitted = mailbox.submit_background(
+        RunRequest(thread_id="t-logged", agent_id="log-context", messages=[ChatMessage.user("hi")])
+    )
+    wait_until(lambda: LOG_CONTEXTS, timeout=30, what="the agent to run")
+    assert [(submitted.run_id, "t-logged")] == LOG_CONTEXTS
+    assert current() == NO_RUN

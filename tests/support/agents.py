@@ -4,6 +4,7 @@ released) and one that suspends on a background task which later wakes it."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from mailbox_app.contract.message import ChatMessage
 from mailbox_app.contract.requests import RunRequest
 from mailbox_app.contract.storage import TerminationReason
 from mailbox_app.contract.suspension import RunWaitingState
+from mailbox_app.observability import log_context
 from runs_app import store as run_store
 from tests.support.waiting import wait_until
 
@@ -76,6 +78,19 @@ class BlockingAgent:
         return RunResult(final_output="released")
 
 
+LOG_CONTEXTS: list[tuple[str | None, str | None]] = []
+
+
+class LogContextAgent:
+    """Logs a line and records the run and thread its log records are bound to (log_context.py)."""
+
+    def run(self, request: RunRequest, context: RunContext) -> RunResult:
+        logging.getLogger("tests.agents").info("agent working")
+        bound = log_context.current()
+        LOG_CONTEXTS.append((bound.run_id, bound.thread_id))
+        return RunResult(final_output="logged")
+
+
 class NoopAgent:
     def run(self, request: RunRequest, context: RunContext) -> RunResult:
         return RunResult()
@@ -86,6 +101,7 @@ TEST_AGENTS = {
     "recording": "tests.support.agents.RecordingAgent",
     "blocking": "tests.support.agents.BlockingAgent",
     "noop": "tests.support.agents.NoopAgent",
+    "log-context": "tests.support.agents.LogContextAgent",
 }
 
 
