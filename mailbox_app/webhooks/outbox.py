@@ -20,16 +20,17 @@ import hmac
 import json
 import logging
 import os
-from datetime import UTC, datetime
 from typing import Any
 
 from celery import current_app
 from django.db import connection, transaction
 
 from mailbox_app.conf import awaken_settings
+from mailbox_app.contract import wire
 from mailbox_app.contract.ids import now_ms, uuid7
 from mailbox_app.contract.lifecycle import RunStatus
 from mailbox_app.contract.storage import RunRecord
+from mailbox_app.contract.wire import iso_ms
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +70,6 @@ SELECT %(delivery_id)s, %(run_id)s, %(thread_id)s, %(event)s, target.url, target
  WHERE target.url IS NOT NULL
 RETURNING delivery_id
 """
-
-# Every `*_at` field of a run record is a Unix-ms time, rendered as ISO-8601 like the API's.
-RUN_TIME_FIELDS = tuple(name for name in RunRecord.model_fields if name.endswith("_at"))
 
 
 def subscribe(run_id: str, url: str, *, owner_id: int | None = None, now: int | None = None) -> None:
@@ -133,20 +131,9 @@ def ring_on_commit(delivery_ids: list[str]) -> None:
 # --- the body ----------------------------------------------------------------------------------------
 
 
-def iso_ms(value: int | None) -> str | None:
-    if value is None:
-        return None
-    return (
-        datetime.fromtimestamp(value / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    )
-
-
 def run_json(payload: dict[str, Any]) -> dict[str, Any]:
-    """A stored run record in the shape of `GET runs/{id}` (runs_app.api.serializers.run_json)."""
-    data = RunRecord.model_validate(payload).model_dump(mode="json")
-    for name in RUN_TIME_FIELDS:
-        data[name] = iso_ms(data[name])
-    return data
+    """A stored run record in the shape of `GET runs/{id}` (mailbox_app/contract/wire.py)."""
+    return wire.run_json(RunRecord.model_validate(payload))
 
 
 def body_of(delivery_id: str, event: str, created_at: int, payload: dict[str, Any]) -> bytes:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 from rest_framework import serializers
 
 from mailbox_app.conf import awaken_settings
+from mailbox_app.contract import wire
 from mailbox_app.contract.mailbox import DispatchRecord, DispatchStatus
 from mailbox_app.contract.message import ChatMessage
 from mailbox_app.contract.storage import RunRecord, ThreadRecord
@@ -146,33 +146,10 @@ def to_messages(raw: list[dict[str, Any]]) -> list[ChatMessage]:
     return [ChatMessage.model_validate({"role": m["role"], "content": m["content"]}) for m in raw]
 
 
-def iso_ms(value: int | None) -> str | None:
-    if value is None:
-        return None
-    return (
-        datetime.fromtimestamp(value / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    )
-
-
-RUN_TIME_FIELDS = ("created_at", "started_at", "finished_at", "updated_at", "deadline_at")
+# the run's document and the time format are the contract's (webhooks send the same document)
+iso_ms = wire.iso_ms
+run_json = wire.run_json
 DISPATCH_TIME_FIELDS = ("available_at", "lease_until", "completed_at", "created_at", "updated_at")
-
-
-def run_json(run: RunRecord) -> dict[str, Any]:
-    data = run.model_dump(mode="json")
-    for name in RUN_TIME_FIELDS:
-        data[name] = iso_ms(data[name])
-    # what the run used, summed over its attempts and per attempt (mailbox_app/contract/usage.py)
-    attempts = data.pop("usage_attempts")
-    for attempt in attempts:
-        attempt["recorded_at"] = iso_ms(attempt["recorded_at"])
-    data["usage"] = {
-        "input_tokens": run.input_tokens,
-        "output_tokens": run.output_tokens,
-        "cost": data.pop("cost"),
-        "attempts": attempts,
-    }
-    return data
 
 
 def dispatch_json(dispatch: DispatchRecord) -> dict[str, Any]:

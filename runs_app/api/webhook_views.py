@@ -16,8 +16,8 @@ from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from mailbox_app.contract.wire import iso_ms
 from mailbox_app.webhooks import secret_store
-from mailbox_app.webhooks.outbox import iso_ms
 from runs_app.api.edge import EdgeCheckedView, user_id, validated
 from runs_app.api.errors import ApiError
 from runs_app.api.responses import errors

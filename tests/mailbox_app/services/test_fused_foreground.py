@@ -64,8 +64,8 @@ def test_on_an_idle_thread_it_moves_the_epoch_supersedes_the_queue_and_runs_in_o
     assert claimed.status is DispatchStatus.CLAIMED and claimed.dispatch_epoch == epoch + 1
     # the request as stored names the run it was meant to create (a foreground request carries no
     # extras of its own: JSON null became an object, not [null, {...}], which no start could read)
-    stored = Run.objects.get(run_id=result.run_id).request["request_extras"]
-    assert stored == {"run_id_hint": result.run_id}
+    stored = Run.objects.get(run_id=result.run_id).request
+    assert stored is not None and stored["request_extras"] == {"run_id_hint": result.run_id}
 
 
 def test_a_new_thread_starts_at_epoch_one_as_the_ports_interrupt_leaves_it() -> None:
