@@ -90,6 +90,18 @@ COST = Counter(
     "awaken_cost", "Cost agents reported (the agent's unit), by agent and owner.", ["agent", "owner"]
 )
 
+# Webhook deliveries (mailbox_app/webhooks/delivery.py): one count per attempt that claimed its outbox row,
+# by how it ended, once that outcome was written; and how long its request took (DNS, connect, TLS, send,
+# the answer), which AWAKEN_WEBHOOK_TIMEOUT_MS bounds.
+WEBHOOK_ATTEMPT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+WEBHOOK_ATTEMPTS = Counter("mailbox_webhook_attempts", "Webhook delivery attempts by outcome.", ["outcome"])
+WEBHOOK_ATTEMPT_DURATION = Histogram(
+    "mailbox_webhook_attempt_duration_seconds",
+    "One webhook delivery attempt's request, by outcome.",
+    ["outcome"],
+    buckets=WEBHOOK_ATTEMPT_BUCKETS,
+)
+
 SIGNAL_NACK_DELAYED = SIGNAL_NACK.labels(delayed="true")
 SIGNAL_NACK_NOW = SIGNAL_NACK.labels(delayed="false")
 OUTCOMES = ("completed", "transient_error", "permanent_error", "cancelled", "superseded", "dead_letter")
@@ -108,6 +120,14 @@ class _Outcome:
 
 
 _OUTCOMES = {name: _Outcome(name) for name in OUTCOMES}
+# delivered (2xx), failed (retried later), gave_up (the last attempt failed: the row is failed), refused
+# (the target resolved to an address the policy forbids: failed at once), lost (the outcome's write found
+# the row no longer this attempt's: its lease passed and another attempt took it).
+WEBHOOK_OUTCOMES = ("delivered", "failed", "gave_up", "refused", "lost")
+_WEBHOOK_OUTCOMES = {
+    name: (WEBHOOK_ATTEMPTS.labels(outcome=name), WEBHOOK_ATTEMPT_DURATION.labels(outcome=name))
+    for name in WEBHOOK_OUTCOMES
+}
 _DEPTHS = {status: DISPATCH_DEPTH.labels(status=status.value) for status in DEPTH_STATUSES}
 
 
@@ -314,6 +334,15 @@ def record_usage(agent: str, owner: str, input_tokens: int, output_tokens: int, 
         outputs.inc(output_tokens)
     if cost:
         costs.inc(cost)
+
+
+def record_webhook_attempt(outcome: str, seconds: float) -> None:
+    """A webhook delivery attempt ended (`WEBHOOK_OUTCOMES`), its request having taken `seconds`;
+    called once its outcome was written, so a worker that dies first counts nothing (the re-drive's
+    attempt is counted instead)."""
+    attempts, duration = _WEBHOOK_OUTCOMES[outcome]
+    attempts.inc()
+    duration.observe(seconds)
 
 
 # --- depth (refreshed by the sweep), signals -------------------------------------------------------

@@ -10,6 +10,8 @@ still holds. A 2xx delivers it; anything else (a deadline that passed too) is re
 a retry action, in the admin); a target that resolves to a non-public address is failed at once.
 Delivery is at least once: a worker that dies after the receiver answered but before the outcome is
 written delivers again (same `Idempotency-Key` / `webhook-id`), so receivers deduplicate on it.
+Each attempt that claimed its row is counted once its outcome is written (`metrics.record_webhook_attempt`:
+delivered, failed, gave_up, refused, or lost when the fenced write found the row no longer its own).
 
 Signing (`signing.py`): a row of a subscription is signed with its owner's secret (`secret_store.py`),
 looked up at each attempt; the project's AWAKEN_WEBHOOK_SECRET signs only rows to AWAKEN_WEBHOOK_URL.
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -31,7 +34,7 @@ from django.db import connection, transaction
 
 from mailbox_app.conf import awaken_settings
 from mailbox_app.contract.ids import now_ms
-from mailbox_app.observability import tracing
+from mailbox_app.observability import metrics, tracing
 from mailbox_app.webhooks import outbox, secret_store, signing, transport
 from mailbox_app.webhooks.targets import TargetRefused, WebhookTargetError, parse_target, resolve
 
@@ -244,7 +247,9 @@ def _deliver(delivery_id: str) -> DeliveryOutcome:
     if claimed is None:
         return DeliveryOutcome.SKIPPED
     deadline = transport.Deadline.after_ms(awaken_settings.WEBHOOK_TIMEOUT_MS)  # inside the lease
+    started = time.perf_counter()
     code, error, give_up = _send(claimed, deadline)
+    seconds = time.perf_counter() - started
     now = now_ms()
     params: dict[str, Any] = {
         "delivery_id": delivery_id,
@@ -254,16 +259,23 @@ def _deliver(delivery_id: str) -> DeliveryOutcome:
         "error": None if error is None else error[:ERROR_CHARS],
     }
     if error is None:
-        _execute(DELIVERED, params)
+        _counted(_execute(DELIVERED, params), "delivered", seconds)
         return DeliveryOutcome.DELIVERED
     if give_up or claimed.attempt >= awaken_settings.WEBHOOK_MAX_ATTEMPTS:
-        _execute(GAVE_UP, params)
+        _counted(_execute(GAVE_UP, params), "refused" if give_up else "gave_up", seconds)
         log.warning("webhook %s gave up after %d attempts: %s", delivery_id, claimed.attempt, error)
         return DeliveryOutcome.GAVE_UP
     delay = backoff_ms(claimed.attempt)
-    if _execute(RETRY, params | {"retry_at": now + delay}):
+    if _counted(_execute(RETRY, params | {"retry_at": now + delay}), "failed", seconds):
         outbox.ring(delivery_id, countdown_s=delay / 1000)
     return DeliveryOutcome.RETRY
+
+
+def _counted(written: int, outcome: str, seconds: float) -> int:
+    """Count the attempt once its outcome's write returned (autocommit: it is durable): by `outcome`,
+    or `lost` when the fenced write matched nothing (the row was no longer this attempt's)."""
+    metrics.record_webhook_attempt(outcome if written else "lost", seconds)
+    return written
 
 
 def redrive(*, now: int | None = None, limit: int = REDRIVE_BATCH) -> int:
