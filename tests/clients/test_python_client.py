@@ -156,8 +156,8 @@ def test_a_decision_resumes_an_ask_run(mailbox_worker: Any, client: Client) -> N
     assert final.final_output == 'approved: {"ok": true}'
 
     with pytest.raises(ApiError) as raised:
-        client.decide_run(asked.run_id, call_id, "resume")  # nothing waits on it any more
-    assert (raised.value.status_code, raised.value.code) == (404, "decision_target_not_found")
+        client.decide_run(asked.run_id, call_id, "resume")  # the call took its one decision already
+    assert (raised.value.status_code, raised.value.code) == (409, "already_decided")  # docs/security.md
 
 
 def test_cancel_a_sleeping_run_and_a_thread(mailbox_worker: Any, client: Client) -> None:

@@ -25,10 +25,12 @@ from rest_framework.authtoken.models import Token
 
 from awaken_project import telemetry
 from awaken_project.celery import app
+from mailbox_app.agents import echo
 from mailbox_app.contract.lifecycle import RunStatus
 from mailbox_app.observability import tracing
 from mailbox_app.webhooks import outbox
 from runs_app import store as run_store
+from runs_app.models import Message
 from tests.mailbox_app.webhooks.receivers import PROJECT_SECRET, Receiver
 from tests.support.api import new_user, post_json, user_client
 from tests.support.servers import PROJECT_ROOT, asgi_server
@@ -137,7 +139,8 @@ def test_one_run_is_one_trace_from_the_http_request_to_the_webhook(
     assert celery_task.kind is SpanKind.CONSUMER and "mailbox.run_claimed" in celery_task.name
 
     step = _one(named(tracing.STEP), "step")
-    assert (step.attributes or {}).get("awaken.step_key") == f"steps:{dispatch_id}:1"
+    asked = Message.objects.get(thread_id="t-traced", role="user").message_id  # echo keys steps by it
+    assert (step.attributes or {}).get("awaken.step_key") == echo.step_key(asked, 1)
     assert attempt in _ancestors(step, by_id)
     agent = _one(named(tracing.AGENT), "agent")
     assert agent in _ancestors(step, by_id) and (agent.attributes or {}).get("awaken.agent_id") == "default"

@@ -148,6 +148,7 @@ def test_three_runs_on_a_prefork_worker_move_every_figure_by_three(worker_farm: 
     assert figure(after, "active_runs") == 0
 
     # a doorbell for a thread with nothing to do: acknowledged
+    runs_done = after
     celery_app.send_task(doorbells.DISPATCH_TASK, args=["metrics-0", None])
     wait_until(
         lambda: moved(before, scrape(scraper), "mailbox_dispatch_signal_ack_total") == 1,
@@ -155,7 +156,9 @@ def test_three_runs_on_a_prefork_worker_move_every_figure_by_three(worker_farm: 
         what="the doorbell's ack",
     )
     after = scrape(scraper)
-    assert op(before, after, "claim", "ok") == 3  # it found nothing to claim
+    # it found nothing to claim (compared with the figures after the runs: those may hold 4 `ok` claims,
+    # a take-over of an inline claim among them, as said above)
+    assert op(runs_done, after, "claim", "ok") == 0
     assert moved(before, after, "mailbox_dispatch_signal_redelivery_total") == 0
     assert moved(before, after, "mailbox_dispatch_signal_nack_total", delayed="true") == 0
 
