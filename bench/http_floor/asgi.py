@@ -4,6 +4,9 @@ import os
 
 from django.core.asgi import get_asgi_application
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.http_floor.settings")
+# its own settings, always: the bench runs it with the project's DJANGO_SETTINGS_MODULE in the
+# environment (the Procfile line's collectstatic needs them), which setdefault kept, so the "floor"
+# served the project's settings without its pool
+os.environ["DJANGO_SETTINGS_MODULE"] = "bench.http_floor.settings"
 os.environ.setdefault("HTTP_FLOOR_POOL", "1")
 application = get_asgi_application()

@@ -21,7 +21,7 @@ DATABASES = {"default": database_from_url(os.environ["DATABASE_URL"])}
 # As the project's web process: under ASGI (a thread per request) a pool of warm connections, under a
 # threaded WSGI worker (threads that live) persistent connections.
 if os.environ.get("HTTP_FLOOR_POOL"):
-    DATABASES["default"]["OPTIONS"]["pool"] = {"min_size": 2, "max_size": 16, "timeout": 10}
+    DATABASES["default"]["OPTIONS"]["pool"] = {"min_size": 2, "max_size": 8, "timeout": 10}  # 8 clients
 else:
     DATABASES["default"]["CONN_MAX_AGE"] = 600
 USE_TZ = True
