@@ -6,7 +6,10 @@ In order, on the event loop (no thread, no permit):
 2. A `Content-Length` above the body limit (AWAKEN_API_MAX_BODY_BYTES, Django's
    DATA_UPLOAD_MAX_MEMORY_SIZE) answers 413 at the headers, before a byte of the body is read.
 3. A request to the API (`/api/`, but the browser's docs page) without a session cookie and without a
-   valid `Authorization: Token <key>` answers 401 before its body is read. The key is checked in the
+   valid `Authorization: Token <key>` answers 401 before its body is read — and counts against its
+   client address's anonymous budget (AWAKEN_API_ANON_THROTTLE_RATE, awaken_project/throttling.py, the
+   same shared counter Django's throttle uses): once that is spent it answers 429 with `Retry-After`,
+   so guessing tokens is throttled like any anonymous request. The key is checked in the
    per-process token cache (runs_app/api/auth.py); a miss is one query on a small executor of its own
    (`lookup_threads` threads, at most MAX_PENDING_LOOKUPS waiting, else 503). A session cookie is let
    through: Django decides, but its body is still read under 4.
@@ -27,9 +30,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 from django import db
@@ -38,6 +43,7 @@ from rest_framework.exceptions import AuthenticationFailed
 
 from awaken_project.probes import PATHS as PROBE_PATHS
 from awaken_project.probes import Probes
+from awaken_project.throttling import SharedAnonRateThrottle
 from runs_app.api.auth import tokens
 
 Message = dict[str, Any]
@@ -77,6 +83,17 @@ class Refusal:
 
 def unauthorized(message: str, code: str) -> Refusal:
     return Refusal(401, message, code, headers=((b"www-authenticate", b"Token"),))
+
+
+def throttled(wait: float | None) -> Refusal:
+    """429 as DRF's throttles answer it (the API's error shape, `Retry-After` in whole seconds)."""
+    seconds = max(1, math.ceil(wait or 0))
+    return Refusal(
+        429,
+        f"Request was throttled. Expected available in {seconds} second{'s' if seconds != 1 else ''}.",
+        "throttled",
+        headers=((b"retry-after", str(seconds).encode()),),
+    )
 
 
 TOO_LARGE = Refusal(413, "request body too large", "body_too_large")
@@ -193,6 +210,8 @@ class Intake:
             return
         if self._guarded(scope["path"]):
             refusal = await self.credentials(headers)
+            if refusal is not None and refusal.status == 401:
+                refusal = await self._counted(scope, headers, refusal)
             if refusal is not None:
                 await respond(send, refusal, close=unread)
                 return
@@ -235,6 +254,27 @@ class Intake:
             return None
         return await self._lookup(key)
 
+    async def _counted(self, scope: Message, headers: Headers, refusal: Refusal) -> Refusal:
+        """The 401, counted against the client address's anonymous budget on a lookup thread (the
+        counter is in Redis); 429 once the budget is spent. A counter that cannot be reached leaves
+        the 401 as it was."""
+        if self._pending >= MAX_PENDING_LOOKUPS:  # a flood: its 401s are cheap, the executor stays bounded
+            return refusal
+        client = scope.get("client") or ("", 0)
+        meta = {"REMOTE_ADDR": client[0]}
+        forwarded = headers.get(b"x-forwarded-for")
+        if forwarded is not None:
+            meta["HTTP_X_FORWARDED_FOR"] = forwarded.decode("latin-1")
+        self._pending += 1
+        try:
+            wait = await asyncio.get_running_loop().run_in_executor(self._lookups, _spend_anonymous, meta)
+        except Exception:
+            log.warning("could not count a refused request", exc_info=True)
+            return refusal
+        finally:
+            self._pending -= 1
+        return refusal if wait is None else throttled(wait)
+
     def _has_session(self, headers: Headers) -> bool:
         cookie = headers.get(b"cookie")
         if cookie is None:
@@ -254,6 +294,16 @@ class Intake:
         finally:
             self._pending -= 1
         return None if message is None else unauthorized(message, "authentication_failed")
+
+
+def _spend_anonymous(meta: dict[str, str]) -> float | None:
+    """On a lookup thread: one request without valid credentials from the address in `meta`, counted
+    as Django's anonymous throttle counts it (its address rule, AWAKEN_API_NUM_PROXIES included); the
+    seconds until the window ends when the budget is spent, else None."""
+    throttle = SharedAnonRateThrottle()
+    if throttle.allow_request(SimpleNamespace(user=None, META=meta), None):  # type: ignore[arg-type]
+        return None
+    return throttle.wait()
 
 
 def _check_key(key: str) -> str | None:

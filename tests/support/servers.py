@@ -98,6 +98,7 @@ def asgi_server(log_dir: Path, env: dict[str, str] | None = None) -> Iterator[We
         "REDIS_URL": settings.REDIS_URL,
         "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
         "AWAKEN_API_THROTTLE_RATE": "1000000/minute",
+        "AWAKEN_API_ANON_THROTTLE_RATE": "1000000/minute",  # tests that count it set their own
         "PYTHONUNBUFFERED": "1",
     }
     full_env |= env or {}
