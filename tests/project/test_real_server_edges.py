@@ -497,5 +497,5 @@ def test_a_start_past_the_longest_countdown_is_parked_by_the_real_server_and_swe
     for bell in published:  # every countdown this process sent was within the bound
         assert bell.eta_ms is None or bell.eta_ms - bell.sent_ms <= MAX_COUNTDOWN_MS + 50, bell
     lateness_ms = done.completed_at - far_row.available_at
-    assert lateness_ms >= 0
+    assert 0 <= lateness_ms < 1_000, f"finished {lateness_ms} ms after its time"  # rung ahead, not late
     print(f"far start: {sweeps} sweeps, finished {lateness_ms} ms after its time, rung {len(rings)}x")
