@@ -301,7 +301,11 @@ def _spend_anonymous(meta: dict[str, str]) -> float | None:
     as Django's anonymous throttle counts it (its address rule, AWAKEN_API_NUM_PROXIES included); the
     seconds until the window ends when the budget is spent, else None."""
     throttle = SharedAnonRateThrottle()
-    if throttle.allow_request(SimpleNamespace(user=None, META=meta), None):  # type: ignore[arg-type]
+    forwarded = meta.get("HTTP_X_FORWARDED_FOR")
+    request = SimpleNamespace(
+        user=None, META=meta, headers={} if forwarded is None else {"x-forwarded-for": forwarded}
+    )
+    if throttle.allow_request(request, None):  # type: ignore[arg-type]
         return None
     return throttle.wait()
 

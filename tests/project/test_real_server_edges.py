@@ -159,12 +159,6 @@ def test_anonymous_requests_past_the_rate_are_429_across_two_real_servers(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="uvicorn's proxy headers are on (gunicorn's forwarded_allow_ips defaults to 127.0.0.1): a "
-    "loopback peer's X-Forwarded-For becomes REMOTE_ADDR before Django, so with AWAKEN_API_NUM_PROXIES=0 "
-    "the address is not the peer's as docs/operations.md says, and a forged header is a fresh budget",
-)
 def test_a_forged_x_forwarded_for_is_no_new_budget_on_the_real_server(
     transactional_db: None, clean_redis: redis.Redis, tmp_path: Path
 ) -> None:
@@ -180,12 +174,6 @@ def test_a_forged_x_forwarded_for_is_no_new_budget_on_the_real_server(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="awaken_project/intake.py answers 401 to a request without a valid token before Django, so "
-    "the anonymous throttle never counts it: guessing tokens on the real server is never 429, contrary "
-    "to docs/operations.md ('guessing tokens ends in 429')",
-)
 def test_requests_without_a_valid_token_are_counted_by_the_real_server(
     transactional_db: None, clean_redis: redis.Redis, tmp_path: Path
 ) -> None:

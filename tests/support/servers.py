@@ -52,6 +52,7 @@ def web_command(port: int, workers: int = 1) -> list[str]:
     """The Procfile's web server (gunicorn + uvicorn ASGI workers), with `workers` processes."""
     return [
         sys.executable, "-m", "gunicorn", "awaken_project.asgi:application",
+        "-c", "python:awaken_project.gunicorn_conf",
         "--worker-class", "uvicorn_worker.UvicornWorker", "--bind", f"127.0.0.1:{port}",
         "--workers", str(workers), "--timeout", "0", "--graceful-timeout", "3",
     ]  # fmt: skip
