@@ -139,7 +139,7 @@ def test_three_runs_on_a_prefork_worker_move_every_figure_by_three(worker_farm: 
     # a dispatch is claimed after it was enqueued, and completes after it started
     enqueue_to_start = moved(before, after, "mailbox_dispatch_enqueue_to_start_seconds_sum")
     claim_to_start = moved(before, after, "mailbox_dispatch_claim_to_start_seconds_sum")
-    assert 0 <= claim_to_start <= enqueue_to_start < 30
+    assert 0 <= claim_to_start <= enqueue_to_start + 1e-9 < 30  # (sums of floats: 0.193 vs 0.19299…96)
     runtime = moved(before, after, "mailbox_dispatch_runtime_seconds_sum", outcome="completed")
     to_complete = moved(
         before, after, "mailbox_dispatch_enqueue_to_complete_seconds_sum", outcome="completed"
