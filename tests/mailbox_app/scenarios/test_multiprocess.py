@@ -329,6 +329,13 @@ def test_a_sigstopped_worker_resumed_after_reclaim_writes_nothing(farm: WorkerFa
         live = farm.start("w-live", pool="threads")
         acked = sweep_until(submitted.dispatch_id, DispatchStatus.ACKED, timeout=40)
         assert acked.attempt_count == 1 and acked.claimed_by is None
+        # the live attempt appends its run_finish right after its commit: killed in between, the reconcile
+        # re-emits it later (docs/streams.md), so the snapshot waits for it to be there first
+        wait_until(
+            lambda: any(e.type == events.RUN_FINISH for e in events.read_events(submitted.run_id)),
+            timeout=30,
+            what="the live attempt's run_finish",
+        )
         settled = _durable_snapshot(thread_id, submitted.run_id)
         assert thread_texts(thread_id) == ["sleep 2", "slept 2"]
         live.kill_group()
