@@ -127,6 +127,23 @@ def _tool_call(run_id: str) -> str:
     return "" if start is None else str(start.data["tool_call_id"])
 
 
+def _held_call(run_id: str) -> str:
+    """The call of the run's approval request once it went out with a live hold (`tool_call_done`,
+    suspended, `hold_ms` > 0). echo reads the hold after its `tool_call_start`: switching the hold off at
+    the start (as this did) let a loaded worker read 0, and the "live" run waited durably instead."""
+    done = next(
+        (
+            e
+            for e in events.read_events(run_id)
+            if e.type == "tool_call_done"
+            and e.data.get("status") == "suspended"
+            and e.data.get("hold_ms", 0) > 0
+        ),
+        None,
+    )
+    return "" if done is None else str(done.data["tool_call_id"])
+
+
 def _run(run_id: str) -> RunRecord:
     run = run_store.load_run(run_id=run_id)
     assert run is not None
@@ -149,7 +166,7 @@ def victim(settings: Any, post: Any, name: str = "bob") -> Victim:
     # a run suspended live in the worker (echo's `ask` holds for a decision), then one waiting durably
     settings.AWAKEN_LIVE_SUSPEND_HOLD_MS = HOLD_MS
     live = submit(f"{name}-live", "ask deploy to production?")
-    live_call = wait_until(lambda: _tool_call(live["run_id"]), timeout=30, what="Bob's live tool call")
+    live_call = wait_until(lambda: _held_call(live["run_id"]), timeout=30, what="Bob's live tool call held")
     settings.AWAKEN_LIVE_SUSPEND_HOLD_MS = 0
     waiting = submit(f"{name}-wait", "ask refund the order?")
     held = wait_until(
